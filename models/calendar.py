@@ -1,0 +1,113 @@
+"""Time rules: Europe/Stockholm, working days, office hours, on-call windows, due times.
+
+Pure functions, no I/O. Every function takes timezone-aware datetimes and judges them by Stockholm wall-clock
+time; naive datetimes are refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+
+import holidays
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from models.clock import STOCKHOLM
+
+# Public holidays plus midsummer, Christmas and New Year's Eve, which semesterlagen 7 § equates with Sundays.
+# holidays 0.109 keeps the eves in "de_facto"; older releases put them in the default set (version pinned).
+_HOLIDAY_CATEGORIES = ("public", "de_facto")
+
+
+class WorkingHours(BaseModel):
+    """A region's office hours and on-call window (Stockholm local time)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    office_start: time = time(8, 0)
+    office_end: time = time(16, 30)
+    on_call_start: time = time(17, 0)
+    on_call_end: time = time(7, 0)
+    # Östergötland takes urgent calls around the clock, so its whole day counts as on call.
+    urgent_line_always_open: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkingHours:
+        if not self.office_start < self.office_end:
+            raise ValueError(f"office_start {self.office_start} must be before office_end {self.office_end}")
+        # On call runs overnight, so it must end before office hours begin and start after they end.
+        if not (self.on_call_end <= self.office_start and self.office_end <= self.on_call_start):
+            raise ValueError(
+                f"on call {self.on_call_start}–{self.on_call_end} (overnight) overlaps office hours "
+                f"{self.office_start}–{self.office_end}"
+            )
+        return self
+
+
+def local(at: datetime) -> datetime:
+    """`at` as Europe/Stockholm time."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"naive datetime {at.isoformat()}: give a timezone")
+    return at.astimezone(STOCKHOLM)
+
+
+@lru_cache(maxsize=32)
+def _non_working_dates(year: int) -> frozenset[date]:
+    return frozenset(holidays.country_holidays("SE", years=year, categories=_HOLIDAY_CATEGORIES))
+
+
+def is_working_day(d: date) -> bool:
+    """Monday–Friday and neither a public holiday nor midsummer, Christmas or New Year's Eve."""
+    if isinstance(d, datetime):
+        # A datetime never equals a date, so the holiday lookup would silently miss.
+        raise TypeError("is_working_day takes a date; use local(at).date()")
+    return d.weekday() < 5 and d not in _non_working_dates(d.year)
+
+
+def next_working_day(d: date) -> date:
+    """The first working day strictly after `d`."""
+    d += timedelta(days=1)
+    while not is_working_day(d):
+        d += timedelta(days=1)
+    return d
+
+
+def is_office_hours(at: datetime, hours: WorkingHours) -> bool:
+    t = local(at)
+    return is_working_day(t.date()) and hours.office_start <= t.time() < hours.office_end
+
+
+def is_on_call(at: datetime, hours: WorkingHours) -> bool:
+    """All day on non-working days; on working days from on_call_start until on_call_end the next morning.
+
+    The gap between office_end and on_call_start belongs to neither, unless the urgent line is always open.
+    """
+    if hours.urgent_line_always_open:
+        return True
+    t = local(at)
+    if not is_working_day(t.date()):
+        return True
+    # The early morning of a working day is on call whatever the day before was: the previous evening's
+    # shift if that was a working day, otherwise the tail of a non-working day (Friday 17:00 → Monday 07:00).
+    return t.time() >= hours.on_call_start or t.time() < hours.on_call_end
+
+
+def due_at(submitted: datetime, hours: WorkingHours) -> datetime:
+    """When a non-urgent order is due: one working day after submission.
+
+    In office hours: the same wall-clock time on the next working day. Outside them: the end of office hours
+    on the first working day whose office hours start after the submission.
+    """
+    t = local(submitted)
+    if is_office_hours(t, hours):
+        # Wall-clock, not elapsed time: Friday 10:00 CET is due Monday 10:00 CEST across the spring change.
+        return datetime.combine(next_working_day(t.date()), t.time(), tzinfo=STOCKHOLM)
+    day = t.date()
+    if not (is_working_day(day) and t.time() < hours.office_start):
+        day = next_working_day(day)
+    return datetime.combine(day, hours.office_end, tzinfo=STOCKHOLM)
+
+
+def callback_deadline(submitted: datetime, minutes: int = 30) -> datetime:
+    """When an urgent caller must have been called back: `minutes` of elapsed time, however the clocks move."""
+    return (local(submitted).astimezone(UTC) + timedelta(minutes=minutes)).astimezone(STOCKHOLM)

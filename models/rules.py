@@ -1,0 +1,296 @@
+"""The rule engine: every error and warning of an order at once, and the stages it needs.
+
+Pure functions. The caller supplies what the rules need to know about the world in a `RuleContext`:
+the time, the care-unit directory, the regions' working hours and (for restores) the patient's
+current access state in the 1177 registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from models import personnummer
+from models.access import AccessState
+from models.calendar import WorkingHours, is_office_hours, local
+from models.schemas import ACTIONS, INITIATIVES, ORDER_TYPES, REASON_MAX, MinorAccess, OrderRequest, Problem
+
+MESSAGES: dict[str, str] = {
+    "required": "Fältet måste fyllas i.",
+    "invalid_value": "Ogiltigt värde.",
+    "invalid_personal_number": "Ogiltigt personnummer eller samordningsnummer (kontrollera format, datum och kontrollsiffra).",
+    "not_aged_13_to_15": "Barnet måste vara 13, 14 eller 15 år i dag.",
+    "guardian_is_patient": "Vårdnadshavaren kan inte vara samma person som patienten.",
+    "reason_too_long": f"Motiveringen får vara högst {REASON_MAX} tecken.",
+    "unknown_care_unit": "Vårdenheten finns inte i katalogen.",
+    "care_only": "Denna beställning kan bara göras på vårdens initiativ.",
+    "identity_check_required": "Patientens egen försegling kan bara hävas efter identitetskontroll vid personligt besök.",
+    "consent_required": "Barnets samtycke krävs för att ge vårdnadshavare tillgång.",
+    "protected_identity": "Vårdnadshavare kan inte få tillgång när patienten har skyddade personuppgifter.",
+    "care_initiated_restriction": "En begränsning gjord på vårdens initiativ kan inte hävas på patientens begäran.",
+    "nothing_to_restore": "Det finns ingen sådan begränsning att häva för patienten.",
+}
+WARNINGS: dict[str, str] = {
+    "lock_without_seal": "En låst inloggning hindrar inte att 1177 journal nås via direktlänk. Försegla journalen också för att ta bort all åtkomst.",
+    "protected_identity": "Patienten har skyddade personuppgifter: hantera per telefon, aldrig via e-post eller ärende.",
+    "outside_office_hours": "Beställningen kom utanför kontorstid och handläggs nästa arbetsdag.",
+}
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    now: datetime
+    care_units: Mapping[str, str]          # HSA-id -> region code
+    region_hours: Mapping[str, WorkingHours]  # region code -> working hours
+    access: AccessState | None = None      # the patient's current state, when known
+
+
+@dataclass
+class CheckResult:
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    order: OrderRequest | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _err(result: CheckResult, fieldname: str, code: str, message: str | None = None) -> None:
+    result.errors.append(Problem(field=fieldname, code=code, message=message or MESSAGES[code]))
+
+
+def _warn(result: CheckResult, code: str, fieldname: str = "") -> None:
+    result.warnings.append(Problem(field=fieldname, code=code, message=WARNINGS[code]))
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or v == []
+
+
+def _choice(raw: Mapping[str, Any], name: str, choices: tuple[str, ...], r: CheckResult) -> str | None:
+    v = raw.get(name)
+    if _blank(v):
+        _err(r, name, "required")
+        return None
+    if not isinstance(v, str) or v not in choices:
+        _err(r, name, "invalid_value", f"Ogiltigt värde. Tillåtna värden: {', '.join(choices)}.")
+        return None
+    return v
+
+
+def _flag(raw: Mapping[str, Any], name: str, r: CheckResult) -> bool:
+    v = raw.get(name, False)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        _err(r, name, "invalid_value", "Ange sant eller falskt.")
+        return False
+    return v
+
+
+def _person(raw: Mapping[str, Any], name: str, ctx: RuleContext, r: CheckResult) -> personnummer.PersonalNumber | None:
+    v = raw.get(name)
+    if _blank(v):
+        _err(r, name, "required")
+        return None
+    if not isinstance(v, str):
+        _err(r, name, "invalid_personal_number")
+        return None
+    try:
+        return personnummer.parse(v, local(ctx.now).date())
+    except personnummer.InvalidPersonalNumber:
+        _err(r, name, "invalid_personal_number")
+        return None
+
+
+def _actions(raw: Mapping[str, Any], r: CheckResult) -> list[str] | None:
+    v = raw.get("actions")
+    if _blank(v):
+        _err(r, "actions", "required", "Välj minst en åtgärd.")
+        return None
+    if not isinstance(v, list) or not all(isinstance(a, str) and a in ACTIONS for a in v):
+        _err(r, "actions", "invalid_value", f"Ogiltig åtgärd. Tillåtna värden: {', '.join(ACTIONS)}.")
+        return None
+    return sorted(set(v), key=ACTIONS.index)
+
+
+def _minor_access(raw: Mapping[str, Any], r: CheckResult) -> MinorAccess | None:
+    v = raw.get("minor_access")
+    if _blank(v):
+        _err(r, "minor_access", "required")
+        return None
+    if not isinstance(v, Mapping):
+        _err(r, "minor_access", "invalid_value")
+        return None
+    ok = True
+    if v.get("grant") is None:
+        _err(r, "minor_access.grant", "required", "Ange om tillgång ska ges eller tas bort.")
+        ok = False
+    elif not isinstance(v.get("grant"), bool):
+        _err(r, "minor_access.grant", "invalid_value")
+        ok = False
+    if _blank(v.get("recipient")):
+        _err(r, "minor_access.recipient", "required", "Ange vem som ska få eller förlora tillgång.")
+        ok = False
+    elif v.get("recipient") not in ("minor", "guardian"):
+        _err(r, "minor_access.recipient", "invalid_value", "Ogiltigt värde. Tillåtna värden: minor, guardian.")
+        ok = False
+    consent = v.get("child_consent", False)
+    if consent is not None and not isinstance(consent, bool):
+        _err(r, "minor_access.child_consent", "invalid_value")
+        ok = False
+    if not ok:
+        return None
+    return MinorAccess(grant=v["grant"], recipient=v["recipient"], child_consent=bool(consent))
+
+
+def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
+    """Check a raw request body. Returns all errors and warnings; `order` is set only when there are no errors."""
+    r = CheckResult()
+    if not isinstance(raw, Mapping):
+        _err(r, "", "invalid_value", "Förväntade ett JSON-objekt.")
+        return r
+
+    order_type = _choice(raw, "order_type", ORDER_TYPES, r)
+    initiative = _choice(raw, "initiative", INITIATIVES, r)
+    region = _choice(raw, "region", tuple(ctx.region_hours), r)
+    patient = _person(raw, "patient_personal_number", ctx, r)
+    protected = _flag(raw, "patient_protected_identity", r)
+    identity_checked = _flag(raw, "identity_checked_in_person", r)
+    urgent = _flag(raw, "urgent", r)
+
+    reason = raw.get("reason")
+    if reason is None:
+        reason = ""
+    elif not isinstance(reason, str):
+        _err(r, "reason", "invalid_value")
+        reason = ""
+    elif len(reason) > REASON_MAX:
+        _err(r, "reason", "reason_too_long")
+
+    unit = raw.get("care_unit_hsa_id")
+    if _blank(unit):
+        _err(r, "care_unit_hsa_id", "required")
+    elif not isinstance(unit, str) or unit.strip().upper() not in ctx.care_units:
+        _err(r, "care_unit_hsa_id", "unknown_care_unit")
+    else:
+        unit = unit.strip().upper()
+        if region and ctx.care_units[unit] != region:
+            _err(r, "region", "invalid_value", "Vårdenheten hör inte till den valda regionen.")
+
+    actions: list[str] | None = []
+    if order_type in ("seal_or_lock", "restore_access"):
+        actions = _actions(raw, r)
+
+    minor: MinorAccess | None = None
+    if order_type == "minor_access":
+        minor = _minor_access(raw, r)
+
+    guardian: personnummer.PersonalNumber | None = None
+    # From the raw recipient, so a missing guardian is reported even when another minor_access field is wrong.
+    raw_minor = raw.get("minor_access")
+    to_guardian = isinstance(raw_minor, Mapping) and raw_minor.get("recipient") == "guardian"
+    needs_guardian = order_type == "block_guardian" or (order_type == "minor_access" and to_guardian)
+    if needs_guardian:
+        guardian = _person(raw, "guardian_personal_number", ctx, r)
+        if guardian and patient and guardian.digits == patient.digits:
+            _err(r, "guardian_personal_number", "guardian_is_patient")
+
+    if order_type in ("block_guardian", "minor_access") and initiative == "patient":
+        _err(r, "initiative", "care_only")
+
+    if order_type == "minor_access" and patient and not 13 <= patient.age_on(local(ctx.now).date()) <= 15:
+        _err(r, "patient_personal_number", "not_aged_13_to_15")
+
+    if order_type == "minor_access" and to_guardian and isinstance(raw_minor, Mapping) and raw_minor.get("grant") is not False:
+        if raw_minor.get("child_consent") is not True:
+            _err(r, "minor_access.child_consent", "consent_required")
+        if protected:
+            _err(r, "guardian_personal_number", "protected_identity")
+
+    if order_type == "restore_access" and actions:
+        _restore_rules(actions, initiative, identity_checked, ctx.access, r)
+
+    if order_type == "seal_or_lock" and actions == ["lock_login"]:
+        _warn(r, "lock_without_seal", "actions")
+    if protected:
+        _warn(r, "protected_identity", "patient_protected_identity")
+    if region and not urgent and not is_office_hours(ctx.now, ctx.region_hours[region]):
+        _warn(r, "outside_office_hours")
+
+    if r.ok:
+        assert order_type and initiative and patient and region and isinstance(unit, str)
+        r.order = OrderRequest(
+            order_type=order_type,  # type: ignore[arg-type]
+            initiative=initiative,  # type: ignore[arg-type]
+            actions=actions or [],  # type: ignore[arg-type]
+            patient_personal_number=patient.digits,
+            patient_protected_identity=protected,
+            guardian_personal_number=guardian.digits if guardian else None,
+            minor_access=minor,
+            identity_checked_in_person=identity_checked,
+            urgent=urgent,
+            reason=reason,
+            care_unit_hsa_id=unit,
+            region=region,
+        )
+    return r
+
+
+def _restore_rules(actions: list[str], initiative: str | None, identity_checked: bool,
+                   access: AccessState | None, r: CheckResult) -> None:
+    if initiative == "patient" and "seal_journal" in actions and not identity_checked:
+        _err(r, "identity_checked_in_person", "identity_check_required")
+    if access is None:
+        return
+    missing = [a for a in actions if access.restriction_for(a) is None]
+    if missing:
+        _err(r, "actions", "nothing_to_restore")
+    if initiative == "patient" and any(
+        (rs := access.restriction_for(a)) is not None and rs.initiative == "care" for a in actions
+    ):
+        _err(r, "initiative", "care_initiated_restriction")
+
+
+# --- Stages ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageRequirement:
+    stage: str            # "harm_assessment" | "approval" | "execution"
+    required: bool
+    role: str | None      # who decides, when required
+    rule: str             # stable id of the rule that decided
+    reason: str           # Swedish, shown on the order and in the audit log
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    harm_assessment: StageRequirement
+    approval: StageRequirement
+
+    def as_list(self) -> list[StageRequirement]:
+        return [self.harm_assessment, self.approval]
+
+
+def plan_stages(order: OrderRequest, *, at: datetime, hours: WorkingHours) -> StagePlan:
+    """Which human stages an order needs and who decides them."""
+    if order.initiative == "patient":
+        harm = StageRequirement("harm_assessment", False, None, "patient_own_request",
+                                "Ingen menprövning: patienten begär själv ändringen av sin egen åtkomst.")
+    elif order.order_type == "block_guardian":
+        harm = StageRequirement("harm_assessment", True, "assessor", "guardian_block_harm_test",
+                                "Menprövning krävs: betydande men för barnet (OSL 12 kap. 3 §).")
+    else:
+        harm = StageRequirement("harm_assessment", True, "assessor", "care_initiative_harm_test",
+                                "Menprövning krävs: vårdens initiativ (OSL 25 kap.).")
+
+    if order.urgent and not is_office_hours(at, hours):
+        approval = StageRequirement("approval", True, "bakjour", "urgent_out_of_hours_bakjour",
+                                    "Brådskande utanför kontorstid: bakjouren godkänner.")
+    else:
+        approval = StageRequirement("approval", True, "head_of_department", "head_of_department_approves",
+                                    "Verksamhetschefen för den beställande vårdenheten godkänner.")
+    return StagePlan(harm, approval)
