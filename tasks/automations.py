@@ -1,0 +1,125 @@
+"""Prefect automations shipped with the project, created idempotently by name.
+
+- **Missed urgent callback**: fires on every `order.callback.missed` event (emitted by the escalation
+  dispatcher, tasks/escalation.py, resource `order.<reference>`), so each missed callback shows in the
+  dashboard's automation and event views, linked to the order's run.
+- **Order run failed**: fires when a run of an order flow (or of `urgent-order`) fails or crashes.
+
+The default action is "do nothing": the automation firing is itself the record the dashboard shows
+(`prefect.automation.triggered` / `action.executed` events). With a notification block configured
+(`RO_AUTOMATION_NOTIFY_BLOCK=<block-type-slug>/<block-name>`, e.g. `slack-webhook/on-call`), the automations
+send a notification through it instead. Templates are single simple expressions (see prefect-3-notes §3).
+
+Embedded default: `ensure_automations()` from `make run` (forms/embedded.py), after the Prefect server is up.
+Production, after `prefect deploy --all`, either of:
+    restriction-orders automations                     # idempotent: creates or updates by name
+    restriction-orders automations --print > automations.json && prefect automation create -f automations.json
+The second is `prefect`'s own tool but creates duplicates when run twice; prefer the first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+from uuid import UUID
+
+from prefect.events.actions import ActionTypes, DoNothing, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+log = logging.getLogger(__name__)
+
+MISSED_CALLBACK = "Missed urgent callback"
+RUN_FAILED = "Order run failed"
+TAG = "restriction-orders"
+ORDER_FLOWS = ["seal-or-lock", "restore-access", "block-guardian", "minor-access", "urgent-order"]
+
+
+def _actions(block_id: UUID | None, subject: str, body: str) -> list[ActionTypes]:
+    if block_id is None:
+        return [DoNothing()]
+    return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
+
+
+def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore]:
+    """The automations as Prefect models (no personal data: references and event names only)."""
+    missed = AutomationCore(
+        name=MISSED_CALLBACK, tags=[TAG],
+        description="Brådskande beställning: ingen återuppringning inom tiden. Eskalerad till regionens "
+                    "eskaleringskontakt och registrerad som avvikelse (händelse order.callback.missed).",
+        trigger=EventTrigger(posture=Posture.Reactive, expect={"order.callback.missed"},
+                             match={"prefect.resource.id": "order.*"}, for_each={"prefect.resource.id"},
+                             threshold=1),
+        actions=_actions(notify_block_id, "Missad återuppringning: {{ event.resource.id }}",
+                         "Missad återuppringning för {{ event.resource.id }}: eskalerad, avvikelse registrerad."),
+    )
+    failed = AutomationCore(
+        name=RUN_FAILED, tags=[TAG],
+        description="En körning av ett beställningsflöde (eller urgent-order) misslyckades eller kraschade. "
+                    "Husstädningen startar en ny körning för en öppen beställning; titta på orsaken.",
+        trigger=EventTrigger(posture=Posture.Reactive,
+                             expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                             match={"prefect.resource.id": "prefect.flow-run.*"},
+                             match_related={"prefect.resource.role": "flow", "prefect.resource.name": ORDER_FLOWS},
+                             for_each={"prefect.resource.id"}, threshold=1),
+        actions=_actions(notify_block_id, "Körning misslyckades: {{ event.resource.name }}",
+                         "Körningen {{ event.resource.name }} misslyckades: {{ event.event }}"),
+    )
+    return [missed, failed]
+
+
+def _comparable(a: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(a.model_dump_json())
+    keep = ("name", "description", "enabled", "tags", "trigger", "actions", "actions_on_trigger", "actions_on_resolve")
+    out = {k: data.get(k) for k in keep}
+    trigger = out.get("trigger")
+    if isinstance(trigger, dict):
+        trigger.pop("id", None)
+        for k in ("expect", "after", "for_each"):  # sets: order does not matter
+            if isinstance(trigger.get(k), list):
+                trigger[k] = sorted(trigger[k])
+    return out
+
+
+def _block_id(client: Any, spec: str | None) -> UUID | None:
+    if not spec:
+        return None
+    slug, _, name = spec.partition("/")
+    doc = client.read_block_document_by_name(name=name, block_type_slug=slug)
+    return UUID(str(doc.id))
+
+
+def ensure_automations(notify_block: str | None = None) -> dict[str, str]:
+    """Create the project's automations, or bring them up to date, by name; returns name → id.
+    Safe to call on every start. Raises when the Prefect API cannot be reached."""
+    from prefect.client.orchestration import get_client
+    notify_block = notify_block if notify_block is not None else os.environ.get("RO_AUTOMATION_NOTIFY_BLOCK", "")
+    out: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        block_id = _block_id(client, notify_block)
+        for spec in automation_specs(block_id):
+            existing = client.read_automations_by_name(spec.name)
+            if not existing:
+                out[spec.name] = str(client.create_automation(spec))
+                log.info("automation %r created", spec.name)
+                continue
+            first, *dupes = sorted(existing, key=lambda a: str(a.id))  # deterministic: the same one every time
+            if _comparable(first) != _comparable(spec):
+                client.update_automation(first.id, spec)
+                log.info("automation %r updated", spec.name)
+            for d in dupes:  # `prefect automation create` run twice: keep one
+                if TAG in (d.tags or []):
+                    client.delete_automation(d.id)
+            out[spec.name] = str(first.id)
+    return out
+
+
+def specs_json(notify_block_id: UUID | None = None) -> str:
+    """The automations as a file for `prefect automation create --from-file automations.json`."""
+    return json.dumps({"automations": [json.loads(a.model_dump_json()) for a in automation_specs(notify_block_id)]},
+                      indent=2, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    print(json.dumps(ensure_automations(), indent=2))

@@ -1,0 +1,91 @@
+"""The orders database: engine, sessions, migrations and demo data.
+
+`python -m tasks.database migrate|seed` is what `make run` uses.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.settings import ROOT, settings
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite") and path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=4)
+def engine(url: str | None = None) -> Engine:
+    url = url or settings().orders_db_url
+    _ensure_sqlite_dir(url)
+    if url.startswith("sqlite"):
+        eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(eng, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # WAL lets the app read while a flow writes; foreign keys are off by default in SQLite.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return eng
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@lru_cache(maxsize=4)
+def _factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error."""
+    s = _factory(settings().orders_db_url)()
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()
+
+
+def migrate(url: str | None = None) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    url = url or settings().orders_db_url
+    _ensure_sqlite_dir(url)
+    cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[1] if len(argv) > 1 else "migrate"
+    if cmd == "migrate":
+        migrate()
+    elif cmd == "seed":
+        from tasks.demo import seed_demo
+        seed_demo()
+    else:
+        print("usage: python -m tasks.database migrate|seed", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,179 @@
+"""Escalation of missed urgent callbacks: an idempotent dispatcher over the `deadlines` table.
+
+`escalate_due(now)` fires every callback deadline that is due (`due_at <= now`), not met and not fired:
+it marks the deadline fired with one conditional UPDATE (so two dispatchers, or a dispatcher restarted
+half-way, never both fire it), and in that same transaction records a deviation (avvikelse) with the
+minutes late, audits it and queues the email to the region's escalation contact. After the commit it
+sends that email and emits the Prefect event `order.callback.missed` (resource `order.<reference>`,
+no personal data), which the automation "Missed urgent callback" shows in the dashboard.
+
+Everything lives in the database, not in a sleeping process: the dispatcher can run every few seconds
+from the housekeeping loop, once a minute from a deployment, or by hand (`restriction-orders escalate`),
+from any number of processes, and a restart of everything in between only delays the escalation.
+
+A callback counts from the moment the on-call person records it (the stored decision), not from when the
+order's run gets round to accepting it: recorded at 29:59 means no escalation, even if the run is slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.regions import load_regions
+from models.status import FINAL
+from models.tables import Deadline, Decision, Deviation, Order
+from tasks import audit, mail
+from tasks.database import session
+from tasks.paging import when_local
+
+log = logging.getLogger(__name__)
+
+EVENT = "order.callback.missed"
+DEVIATION_KIND = "callback_missed"
+ACTOR = "system:escalation"
+
+
+@dataclass(frozen=True)
+class MissedCallback:
+    """One escalation, as told to Prefect: references and times only."""
+    reference: str
+    region: str
+    order_type: str
+    deadline_id: int
+    deviation_id: int
+    due_at: datetime
+    escalated_at: datetime
+    minutes_late: int
+    flow_run_id: str | None
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        # Stable per deadline: should the event ever be sent twice, Prefect sees the same event.
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"urn:restriction-orders:{EVENT}:{self.reference}:{self.deadline_id}")
+
+    def resource(self) -> dict[str, str]:
+        return {"prefect.resource.id": f"order.{self.reference}", "prefect.resource.name": self.reference,
+                "order.reference": self.reference, "order.region": self.region, "order.type": self.order_type}
+
+    def related(self) -> list[dict[str, str]]:
+        if not self.flow_run_id:
+            return []
+        return [{"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}", "prefect.resource.role": "flow-run"}]
+
+    def payload(self) -> dict[str, Any]:
+        return {"callback_due_at": self.due_at.isoformat(), "escalated_at": self.escalated_at.isoformat(),
+                "minutes_late": self.minutes_late, "deviation_id": self.deviation_id}
+
+
+Emitter = Callable[[MissedCallback], None]
+
+
+def prefect_emitter(m: MissedCallback) -> None:
+    """Send the event to the Prefect API (queued by Prefect's events worker; never raises)."""
+    try:
+        from prefect.events import emit_event
+        emit_event(event=EVENT, resource=m.resource(), related=m.related() or None, payload=m.payload(),
+                   id=m.event_id, occurred=m.escalated_at)
+    except Exception as exc:
+        log.warning("could not emit %s for %s: %s", EVENT, m.reference, type(exc).__name__)
+
+
+def callback_recorded_at(s: Session, order: Order) -> datetime | None:
+    """When on-call recorded the callback: the first stored (not refused) callback decision, else the
+    time the order or its deadline says. None when nobody has recorded it."""
+    first = s.scalar(select(func.min(Decision.created_at)).where(
+        Decision.order_id == order.id, Decision.stage == "callback", Decision.state.in_(("proposed", "accepted"))))
+    met = s.scalar(select(func.min(Deadline.met_at)).where(Deadline.order_reference == order.reference,
+                                                           Deadline.kind == "callback"))
+    times = [t for t in (first, order.callback_at, met) if t is not None]
+    return min(times) if times else None
+
+
+def minutes_late(due_at: datetime, now: datetime) -> int:
+    return max(0, int((now - due_at).total_seconds() // 60))
+
+
+def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
+    with session() as s:
+        dl = s.get(Deadline, deadline_id)
+        if dl is None or dl.fired_at is not None or dl.met_at is not None:
+            return None
+        order = s.scalar(select(Order).where(Order.reference == dl.order_reference))
+        if order is None:
+            return None
+        recorded = callback_recorded_at(s, order)
+        if recorded is not None and recorded <= dl.due_at:
+            return None  # called back in time; the run marks the deadline met when it accepts the decision
+        # The guard: only the dispatcher whose UPDATE changes the row goes on.
+        res = s.execute(update(Deadline).where(Deadline.id == deadline_id, Deadline.fired_at.is_(None),
+                                               Deadline.met_at.is_(None)).values(fired_at=now))
+        if getattr(res, "rowcount", 0) != 1:
+            s.rollback()
+            return None
+        late = minutes_late(dl.due_at, now)
+        dev = Deviation(order_reference=order.reference, kind=DEVIATION_KIND, minutes_late=late, at=now)
+        s.add(dev)
+        s.flush()
+        audit.record(s, actor=ACTOR, action="callback_escalated", order=order, at=now,
+                     detail={"deadline_id": dl.id, "deviation_id": dev.id, "minutes_late": late,
+                             "callback_due_at": dl.due_at.isoformat()})
+        region = load_regions()[order.region]
+        mail.enqueue(s, order, f"escalated-{dl.id}", [mail.Recipient("escalation", region.escalation_email)],
+                     now=now, template="escalated",
+                     subject=f"ESKALERING {order.reference}: återuppringningen missades ({late} min sen)",
+                     extra={"callback_due_local": when_local(dl.due_at), "escalated_local": when_local(now),
+                            "minutes_late": str(late), "region_name": region.name})
+        return MissedCallback(reference=order.reference, region=order.region, order_type=order.order_type,
+                              deadline_id=dl.id, deviation_id=dev.id, due_at=dl.due_at, escalated_at=now,
+                              minutes_late=late, flow_run_id=order.flow_run_id)
+
+
+def due_deadlines(now: datetime, references: Collection[str] | None = None, limit: int = 200) -> list[int]:
+    q = (select(Deadline.id).join(Order, Order.reference == Deadline.order_reference)
+         .where(Deadline.kind == "callback", Deadline.due_at <= now, Deadline.met_at.is_(None),
+                Deadline.fired_at.is_(None), Order.status.not_in([str(x) for x in FINAL])))
+    if references is not None:
+        q = q.where(Deadline.order_reference.in_([r.strip().upper() for r in references]))
+    with session() as s:
+        return list(s.scalars(q.order_by(Deadline.due_at, Deadline.id).limit(limit)))
+
+
+def escalate_due(now: datetime, *, emit: Emitter | None = None, references: Collection[str] | None = None,
+                 limit: int = 200) -> list[str]:
+    """Escalate every missed callback that is due at `now`; returns the references escalated by this call.
+
+    Safe to call any time, from any number of processes at once: each deadline fires exactly once.
+    `references` limits the sweep (tests, the CLI); `emit` replaces the Prefect event sender."""
+    if now.tzinfo is None:
+        raise ValueError("naive datetime: give a timezone")
+    emit = prefect_emitter if emit is None else emit
+    fired: list[MissedCallback] = []
+    for deadline_id in due_deadlines(now, references, limit):
+        try:
+            m = _fire(deadline_id, now)
+        except Exception as exc:  # one broken row must not stop the others; the next round retries it
+            log.warning("escalation of deadline %s failed: %s", deadline_id, type(exc).__name__)
+            continue
+        if m is not None:
+            fired.append(m)
+            log.warning("urgent callback missed for %s: escalated %s min late", m.reference, m.minutes_late)
+    for m in fired:
+        mail.deliver(m.reference, now=max(now, datetime.now(UTC)))
+        emit(m)
+    return [m.reference for m in fired]
+
+
+def dispatch(now: datetime, *, emit: Emitter | None = None) -> dict[str, int]:
+    """One housekeeping round for the urgent path: queue pages that never went out, escalate missed callbacks."""
+    from tasks.paging import page_unpaged
+    paged = page_unpaged(now)
+    escalated = escalate_due(now, emit=emit)
+    return {"paged": len(paged), "escalated": len(escalated)}

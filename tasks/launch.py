@@ -1,0 +1,160 @@
+"""Starting and resuming order runs on the Prefect server, and the reconciler that repairs what failed.
+
+Submitting stores the order first; the run is started after the commit with the order reference as
+idempotency key, so a retry can never make a second run. When the Prefect API is down the order keeps
+`flow_run_id = NULL` and `reconcile()` starts it once the API answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.deployments.flow_runs import arun_deployment
+from prefect.exceptions import PrefectException
+from prefect.flow_runs import aresume_flow_run
+from sqlalchemy import select
+
+from models.status import FINAL, OrderStatus
+from models.tables import Decision, Order
+from tasks import audit
+from tasks.database import session
+from tasks.orders import STAGE_STATUS
+
+log = logging.getLogger(__name__)
+URGENT_TAG = "urgent"
+
+
+def deployment_name(flow_name: str) -> str:
+    return f"{flow_name}/{flow_name}"
+
+
+def tags(order: Order) -> list[str]:
+    out = [f"type:{order.order_type}", f"region:{order.region}", f"channel:{order.channel}"]
+    if order.urgent:
+        out.append(URGENT_TAG)
+    return out
+
+
+async def start_run(reference: str, *, restart: int = 0) -> str | None:
+    """Create the order's flow run; returns its id, or None when the Prefect API cannot be reached."""
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        if order is None or OrderStatus(order.status) in FINAL:
+            return None
+        if order.flow_run_id and not restart:
+            return order.flow_run_id
+        name, run_tags = order.flow_name, tags(order)
+    key = reference if not restart else f"{reference}/restart-{restart}"
+    try:
+        fr = await arun_deployment(deployment_name(name), parameters={"reference": reference}, timeout=0,
+                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False)
+    except Exception as exc:  # network errors, API errors: the reconciler will try again
+        log.warning("could not start run for %s: %s", reference, type(exc).__name__)
+        return None
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        assert order is not None
+        if order.flow_run_id != str(fr.id):
+            order.flow_run_id = str(fr.id)
+            audit.record(s, actor="system", action="run_started", order=order,
+                         detail={"flow_run_id": str(fr.id), "restart": restart})
+    return str(fr.id)
+
+
+async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
+    """Hand a decision to the suspended run. False when the run was not waiting (it will pick the
+    stored decision up itself when it reaches the stage, or the reconciler resumes it)."""
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        run_id = order.flow_run_id if order else None
+    if not run_id:
+        return False
+    try:
+        await aresume_flow_run(UUID(run_id), run_input=run_input)
+    except (PrefectException, RuntimeError, OSError) as exc:
+        log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
+        return False
+    except Exception as exc:  # httpx errors when the API is down
+        log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
+        return False
+    return True
+
+
+async def cancel_run(reference: str) -> None:
+    """Stop the order's run in Prefect (it is usually suspended, so no process is interrupted)."""
+    from prefect.states import Cancelled
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        run_id = order.flow_run_id if order else None
+    if not run_id:
+        return
+    try:
+        async with get_client() as client:
+            await client.set_flow_run_state(UUID(run_id), Cancelled(message="order cancelled"), force=True)
+    except Exception as exc:  # the run then ends by itself: its next step sees the cancelled order
+        log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
+
+
+async def reconcile(limit: int = 200) -> dict[str, int]:
+    """Repair the gaps between the orders database and Prefect. Safe to run any time, from any process:
+    start runs that were never started, hand stored decisions to suspended runs, and start a new run
+    for an open order whose run ended (crashed, or a suspension that expired)."""
+    counts = {"started": 0, "resumed": 0, "restarted": 0}
+    with session() as s:
+        open_orders = list(s.scalars(select(Order).where(
+            Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value]))
+            .order_by(Order.id).limit(limit)))
+        no_run = [o.reference for o in open_orders if not o.flow_run_id]
+        with_run = {o.reference: str(o.flow_run_id) for o in open_orders if o.flow_run_id}
+        proposed = {o.reference: (d.stage, _input_for(d)) for o in open_orders for d in o.decisions
+                    if d.state == "proposed" and STAGE_STATUS.get(d.stage) == o.status}
+    for ref in no_run:
+        if await start_run(ref):
+            counts["started"] += 1
+    if not with_run:
+        return counts
+    try:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[UUID(r) for r in with_run.values()])))
+    except Exception:
+        return counts
+    state_of = {str(r.id): r.state for r in runs}
+    for ref, run_id in with_run.items():
+        state = state_of.get(run_id)
+        if state is None:
+            continue
+        if state.is_paused() and ref in proposed:
+            if await resume(ref, *proposed[ref]):
+                counts["resumed"] += 1
+        elif state.is_final() and await start_run(ref, restart=_runs_started(ref)):
+            counts["restarted"] += 1
+    return counts
+
+
+def _runs_started(reference: str) -> int:
+    from models.tables import AuditEvent
+    with session() as s:
+        return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
+                                                               AuditEvent.action == "run_started"))))
+
+
+def _input_for(d: Decision) -> dict[str, Any]:
+    base: dict[str, Any] = {"decided_by": d.decided_by, "decision_id": d.id}
+    if d.stage == "harm_assessment":
+        base |= {"harm_found": bool(d.detail.get("harm_found")), "decision": d.outcome,
+                 "review_after_days": d.detail.get("review_after_days")}
+    elif d.stage == "approval":
+        base["approved"] = d.outcome == "approve"
+    elif d.stage == "execution":
+        base["system_reference"] = str(d.detail.get("system_reference", ""))
+    return base
+
+
+def decision_input(d: Decision) -> dict[str, Any]:
+    """The run input that carries a stored decision to the suspended run (no free text)."""
+    return _input_for(d)

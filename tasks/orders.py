@@ -1,0 +1,252 @@
+"""The order lifecycle against the orders database: submit, read, propose decisions, transition, cancel.
+
+Both entrypoints use it: the app (forms/) when people act, the flows (via tasks/stages.py) when the
+routine moves on. Every status change goes through `transition`, which writes the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import personnummer
+from models.authority import Decider, OrderFacts, Refusal, refusal
+from models.calendar import callback_deadline, due_at, local
+from models.regions import load_regions
+from models.rules import CheckResult, RuleContext, check_order
+from models.schemas import HistoryEntry, OrderView, Problem
+from models.status import CANCELLABLE, OrderStatus, check_transition
+from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
+from tasks import audit, directory
+from tasks.database import session
+from tasks.gateway import access_state
+
+FLOW_NAMES: dict[str, str] = {
+    "seal_or_lock": "seal-or-lock",
+    "restore_access": "restore-access",
+    "block_guardian": "block-guardian",
+    "minor_access": "minor-access",
+}
+STAGE_STATUS: dict[str, OrderStatus] = {
+    "callback": OrderStatus.AWAITING_CALLBACK,
+    "harm_assessment": OrderStatus.AWAITING_ASSESSMENT,
+    "approval": OrderStatus.AWAITING_APPROVAL,
+    "execution": OrderStatus.EXECUTING,
+}
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    """The order is not in a state where this can be done (HTTP 409)."""
+
+
+class Forbidden(PermissionError):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+@dataclass
+class SubmitOutcome:
+    kind: str                      # created | replayed | conflict | invalid
+    order: Order | None = None
+    check: CheckResult = field(default_factory=CheckResult)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rule_context(s: Session, raw: Any, now: datetime) -> RuleContext:
+    regions = load_regions()
+    state = None
+    if isinstance(raw, dict) and raw.get("order_type") == "restore_access":
+        try:
+            pnr = personnummer.parse(str(raw.get("patient_personal_number", "")), local(now).date())
+            state = access_state(s, pnr.digits)
+        except personnummer.InvalidPersonalNumber:
+            pass
+    return RuleContext(now=now, care_units=directory.care_units(s),
+                       region_hours={c: r.hours for c, r in regions.items()}, access=state)
+
+
+def check(raw: Any, now: datetime) -> CheckResult:
+    with session() as s:
+        return check_order(raw, rule_context(s, raw, now))
+
+
+def request_hash(raw: Any) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _next_reference(s: Session, year: int) -> str:
+    for _ in range(5):
+        n = s.execute(update(ReferenceCounter).where(ReferenceCounter.year == year)
+                      .values(last=ReferenceCounter.last + 1).returning(ReferenceCounter.last)).scalar()
+        if n is not None:
+            return f"RO-{year}-{n:06d}"
+        try:
+            with s.begin_nested():
+                s.add(ReferenceCounter(year=year, last=0))
+        except IntegrityError:
+            pass
+    raise RuntimeError("could not allocate a reference")
+
+
+def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None = None,
+           channel: str = "digital", reference: str | None = None, paper_received_on: datetime | None = None,
+           paper_registered_by: str | None = None) -> SubmitOutcome:
+    """Store a valid order (status `submitted`) and its deadlines; the caller then starts its flow run.
+
+    A signed paper order registered by support (tasks/paper_orders.py) passes `channel="paper"` and when and
+    by whom it was received, so the order and that record are stored in one transaction."""
+    digest = request_hash(raw)
+    with session() as s:
+        if idempotency_key:
+            first = s.scalar(select(Order).where(Order.idempotency_key == idempotency_key))
+            if first is not None:
+                return SubmitOutcome("replayed" if first.request_hash == digest else "conflict", first)
+        result = check_order(raw, rule_context(s, raw, now))
+        if not result.ok or result.order is None:
+            return SubmitOutcome("invalid", check=result)
+        req = result.order
+        region = load_regions()[req.region]
+        hours = region.hours
+        callback = callback_deadline(now, region.callback_minutes)
+        ref = reference or _next_reference(s, local(now).year)
+        order = Order(
+            reference=ref, order_type=req.order_type, initiative=req.initiative, actions=list(req.actions),
+            patient_pnr=req.patient_personal_number, patient_protected=req.patient_protected_identity,
+            guardian_pnr=req.guardian_personal_number,
+            minor_grant=req.minor_access.grant if req.minor_access else None,
+            minor_recipient=req.minor_access.recipient if req.minor_access else None,
+            child_consent=bool(req.minor_access and req.minor_access.child_consent),
+            identity_checked=req.identity_checked_in_person, urgent=req.urgent, reason=req.reason,
+            care_unit_hsa_id=req.care_unit_hsa_id, region=req.region, status=OrderStatus.SUBMITTED,
+            channel=channel, submitted_by=actor, created_at=now, updated_at=now,
+            due_at=callback if req.urgent else due_at(now, hours),
+            callback_due_at=callback if req.urgent else None,
+            flow_name=FLOW_NAMES[req.order_type], idempotency_key=idempotency_key, request_hash=digest,
+            paper_received_on=paper_received_on, paper_registered_by=paper_registered_by,
+        )
+        s.add(order)
+        s.flush()
+        audit.record(s, actor=actor, action="submitted", order=order, to_status=OrderStatus.SUBMITTED,
+                     channel=channel, at=now, detail={"warnings": [w.code for w in result.warnings]})
+        from tasks.deadlines import schedule
+        schedule(s, order)
+        return SubmitOutcome("created", order, result)
+
+
+def get(s: Session, reference: str) -> Order:
+    order = s.scalar(select(Order).where(Order.reference == reference.strip().upper()))
+    if order is None:
+        raise NotFound(reference)
+    return order
+
+
+def transition(s: Session, order: Order, to: OrderStatus | str, *, actor: str, action: str | None = None,
+               detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+    to = OrderStatus(to)
+    current = OrderStatus(order.status)
+    if current == to:
+        return
+    check_transition(current, to)
+    at = at or utcnow()
+    order.status = to
+    order.updated_at = at
+    audit.record(s, actor=actor, action=action or f"status:{to}", order=order, from_status=current,
+                 to_status=to, detail=detail, at=at)
+
+
+def facts(s: Session, order: Order) -> OrderFacts:
+    unit = directory.unit(s, order.care_unit_hsa_id)
+    assessed = next((d.decided_by for d in order.decisions
+                     if d.stage == "harm_assessment" and d.state == "accepted"), None)
+    approval_role = (order.stage_plan.get("approval") or {}).get("role") or "head_of_department"
+    return OrderFacts(submitted_by=order.submitted_by, care_unit_hsa_id=order.care_unit_hsa_id,
+                      unit_head_hsa_id=unit.head_hsa_id if unit else None, region=order.region,
+                      initiative=order.initiative, approval_role=approval_role, assessed_by=assessed)
+
+
+def decider(person: Staff | None) -> Decider | None:
+    if person is None:
+        return None
+    return Decider(person.hsa_id, tuple(person.roles), person.unit_hsa_id, person.region)
+
+
+def propose(reference: str, stage: str, actor: str, outcome: str, detail: dict[str, Any], text: str = "",
+            now: datetime | None = None) -> tuple[Order, Decision]:
+    """A person's decision, checked and stored as `proposed`; the flow accepts it after its own re-check."""
+    now = now or utcnow()
+    with session() as s:
+        order = get(s, reference)
+        if order.status != STAGE_STATUS[stage]:
+            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[stage]}")
+        person = directory.staff(s, actor)
+        why = refusal(stage, decider(person), facts(s, order))
+        if why:
+            audit.record(s, actor=actor, action="decision_refused", order=order, from_status=order.status,
+                         detail={"stage": stage, "why": why.code, "by": "app"}, at=now)
+            s.commit()
+            raise Forbidden(why)
+        pending = [d for d in order.decisions if d.stage == stage and d.state == "proposed"]
+        if pending:
+            raise Conflict("a decision on this stage is already being processed")
+        d = Decision(order_id=order.id, stage=stage, decided_by=person.hsa_id if person else actor,
+                     outcome=outcome, detail=detail, text=text, state="proposed", created_at=now)
+        s.add(d)
+        s.flush()
+        audit.record(s, actor=actor, action="decision_proposed", order=order, from_status=order.status,
+                     detail={"stage": stage, "outcome": outcome, "decision_id": d.id}, at=now)
+        return order, d
+
+
+def cancel(reference: str, actor: str, reason: str, now: datetime | None = None) -> Order:
+    now = now or utcnow()
+    with session() as s:
+        order = get(s, reference)
+        person = directory.staff(s, actor)
+        if not (actor == order.submitted_by or directory.has_role(person, "admin")):
+            raise Forbidden(Refusal("wrong_role", "Endast beställaren eller en administratör kan återkalla."))
+        if OrderStatus(order.status) not in CANCELLABLE:
+            raise Conflict(f"order is {order.status}")
+        transition(s, order, OrderStatus.CANCELLED, actor=actor, action="cancelled",
+                   detail={"has_reason": bool(reason)}, at=now)
+        if reason:
+            s.add(Decision(order_id=order.id, stage="cancel", decided_by=actor, outcome="cancel", detail={},
+                           text=reason, state="accepted", created_at=now))
+        return order
+
+
+def history(s: Session, order: Order) -> list[HistoryEntry]:
+    rows = s.scalars(select(AuditEvent).where(AuditEvent.order_reference == order.reference,
+                                              AuditEvent.to_status.is_not(None)).order_by(AuditEvent.id))
+    return [HistoryEntry(at=e.at, actor=e.actor, **{"from": e.from_status}, to=e.to_status or "",
+                         note=e.action) for e in rows]
+
+
+def view(s: Session, order: Order) -> OrderView:
+    return OrderView(reference=order.reference, order_type=order.order_type, status=order.status,
+                     urgent=order.urgent, patient=personnummer.mask(order.patient_pnr),
+                     created_at=order.created_at, due_at=order.due_at, callback_due_at=order.callback_due_at,
+                     history=history(s, order))
+
+
+def problems_json(problems: list[Problem]) -> list[dict[str, str]]:
+    return [p.model_dump() for p in problems]
+
+
+def overdue(order: Order, now: datetime) -> bool:
+    return order.due_at is not None and OrderStatus(order.status) not in (
+        OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED) and order.due_at < now

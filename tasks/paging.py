@@ -1,0 +1,272 @@
+"""The immediate page for an urgent order: on-call support out of office hours, the support queue in them.
+
+`page_order(reference, now)` is called right after an urgent order is stored (flows/commands.py::submit)
+and when on-call support makes an existing order urgent (flows/urgent.py). It does not wait for Prefect
+or for a poll: the page is queued in the outbox in the same transaction as its audit record and sent to
+the SMTP server at once, in the caller's process. Should that send fail, the message stays queued and
+the housekeeping loop retries it; should the process die before the page was even queued,
+`page_unpaged(now)` (housekeeping) queues it.
+
+Who gets it is decided by the time the callback clock started (submission, or the moment the order was
+made urgent), with `is_on_call` of the order's region: on call (17:00–07:00 on working days, all day on
+non-working days, always for a region whose urgent line is always open) → the region's on-call address;
+otherwise → the top of the region's support queue, with the same 30-minute target.
+
+Beside the email there can be more notifiers (SMS gateway, chat, pager) behind the `Notifier` protocol; a
+webhook notifier (JSON POST) ships with the project, off unless `RO_PAGING_WEBHOOK_URL` is set. Extra
+notifiers are called once per page, after the email, and their failure never stops the email.
+
+A page carries the reference, order type, care unit, status and callback deadline, and the masked
+personal number: no personal data, no free text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.calendar import is_on_call, local
+from models.regions import RegionSettings, load_regions
+from models.schemas import ORDER_TYPE_LABELS_SV
+from models.status import FINAL, OrderStatus
+from models.tables import Deadline, Order, OutboxMessage
+from tasks import audit, directory, mail
+from tasks.database import session
+
+log = logging.getLogger(__name__)
+
+Target = Literal["on_call", "support_queue"]
+# (outbox event, recipient role, template) per target; the Message-ID made from them keeps a page single.
+ROUTES: dict[str, tuple[str, str, str]] = {
+    "on_call": ("paged", "on_call", "paged"),
+    "support_queue": ("support-queue", "support", "support_queue"),
+}
+SUBJECTS = {
+    "on_call": "BRÅDSKANDE {ref}: ring upp beställaren senast kl. {hhmm}",
+    "support_queue": "BRÅDSKANDE {ref} överst i supportkön: ring upp senast kl. {hhmm}",
+}
+
+
+class PagingSettings(BaseSettings):
+    """`RO_PAGING_WEBHOOK_URL` turns the webhook notifier on (empty: off, the default)."""
+    model_config = SettingsConfigDict(env_prefix="RO_PAGING_", extra="ignore")
+
+    webhook_url: str = ""
+    webhook_token: str = ""      # sent as `Authorization: Bearer …` when set
+    webhook_timeout: float = 3.0
+
+
+def when_local(at: datetime) -> str:
+    """`2026-12-24 kl. 17.30 CET`: Swedish time with the zone, which tells the two 02.15s of October apart."""
+    t = local(at)
+    return f"{t:%Y-%m-%d} kl. {t:%H.%M} {t.tzname()}"
+
+
+@dataclass(frozen=True)
+class Page:
+    """What a notifier may say: no personal data."""
+    reference: str
+    region: str
+    region_name: str
+    target: Target
+    address: str                 # the mailbox of the target (on-call or support queue)
+    order_type: str
+    order_type_label: str
+    unit_hsa_id: str
+    unit_name: str
+    status: str
+    clock_started_at: datetime
+    callback_due_at: datetime
+    callback_minutes: int
+    now: datetime
+
+    def public(self) -> dict[str, Any]:
+        """The JSON a webhook gets."""
+        d = asdict(self)
+        d.pop("now")
+        d.pop("address")
+        for k in ("clock_started_at", "callback_due_at"):
+            d[k] = local(d[k]).isoformat()
+        return {"event": "order.urgent.paged", **d}
+
+
+class Notifier(Protocol):
+    """One way of reaching a person. `notify` returns True when the page was handed over."""
+    name: str
+
+    def notify(self, page: Page) -> bool: ...
+
+
+class EmailNotifier:
+    """The page as an email through the outbox, sent at once (not when the next housekeeping round runs)."""
+    name = "email"
+
+    def enqueue(self, s: Session, order: Order, page: Page) -> bool:
+        """Queue the page in the caller's transaction; False when it was queued before (same Message-ID)."""
+        event, role, template = ROUTES[page.target]
+        subject = SUBJECTS[page.target].format(ref=page.reference, hhmm=f"{local(page.callback_due_at):%H.%M}")
+        extra = {"callback_due_local": when_local(page.callback_due_at),
+                 "clock_started_local": when_local(page.clock_started_at),
+                 "callback_minutes": str(page.callback_minutes), "region_name": page.region_name}
+        return mail.enqueue(s, order, event, [mail.Recipient(role, page.address)], now=page.now,
+                            template=template, extra=extra, subject=subject) > 0
+
+    def send(self, page: Page) -> bool:
+        """Hand the queued page to the SMTP server now; True when it has been accepted (now or before)."""
+        mail.deliver(page.reference, now=max(page.now, datetime.now(UTC)))
+        event, role, _ = ROUTES[page.target]
+        with session() as s:
+            status = s.scalar(select(OutboxMessage.status).where(
+                OutboxMessage.message_id == mail.message_id(page.reference, event, role)))
+        return status == "sent"
+
+    def notify(self, page: Page) -> bool:
+        with session() as s:
+            self.enqueue(s, _order(s, page.reference), page)
+        return self.send(page)
+
+
+class WebhookNotifier:
+    """A JSON POST per page (an SMS gateway, a chat channel, a pager service). Off by default."""
+    name = "webhook"
+
+    def __init__(self, url: str, token: str = "", timeout: float = 3.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url, self.token, self.timeout, self.transport = url, token, timeout, transport
+
+    def notify(self, page: Page) -> bool:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
+                r = client.post(self.url, json=page.public(), headers=headers)
+            return 200 <= r.status_code < 300
+        except httpx.HTTPError as exc:
+            log.warning("webhook page for %s failed: %s", page.reference, type(exc).__name__)
+            return False
+
+
+def extra_notifiers() -> list[Notifier]:
+    """The notifiers configured beside the email (by environment)."""
+    cfg = PagingSettings()
+    return [WebhookNotifier(cfg.webhook_url, cfg.webhook_token, cfg.webhook_timeout)] if cfg.webhook_url else []
+
+
+@dataclass(frozen=True)
+class PageResult:
+    reference: str
+    target: Target
+    address: str
+    callback_due_at: datetime
+    new: bool                    # False: this page had been queued before (a repeat call does nothing twice)
+    delivered: bool              # accepted by the SMTP server
+    notified: dict[str, bool]    # extra notifiers
+
+
+def _order(s: Session, reference: str) -> Order:
+    from tasks.orders import get
+    return get(s, reference)
+
+
+def target_for(started: datetime, region: RegionSettings) -> Target:
+    return "on_call" if is_on_call(started, region.hours) else "support_queue"
+
+
+def clock_started(order: Order, region: RegionSettings) -> datetime:
+    """When the callback clock started: submission, or the moment the order was made urgent."""
+    assert order.callback_due_at is not None
+    return order.callback_due_at - timedelta(minutes=region.callback_minutes)
+
+
+def build_page(s: Session, order: Order, now: datetime) -> Page:
+    region = load_regions()[order.region]
+    started = clock_started(order, region)
+    target = target_for(started, region)
+    unit = directory.unit(s, order.care_unit_hsa_id)
+    assert order.callback_due_at is not None
+    return Page(reference=order.reference, region=order.region, region_name=region.name, target=target,
+                address=region.on_call_email if target == "on_call" else region.support_queue_email,
+                order_type=order.order_type,
+                order_type_label=ORDER_TYPE_LABELS_SV.get(order.order_type, order.order_type),
+                unit_hsa_id=order.care_unit_hsa_id, unit_name=unit.name if unit else "", status=order.status,
+                clock_started_at=started, callback_due_at=order.callback_due_at,
+                callback_minutes=region.callback_minutes, now=now)
+
+
+def _needs_page(order: Order) -> bool:
+    return (order.urgent and order.callback_due_at is not None and order.callback_at is None
+            and OrderStatus(order.status) not in FINAL)
+
+
+def page_order(reference: str, now: datetime, *, notifiers: Sequence[Notifier] | None = None,
+               actor: str = "system") -> PageResult | None:
+    """Page for an urgent order now. Idempotent: a second call sends nothing new. None when there is
+    nothing to page (not urgent, callback already made, order ended)."""
+    email = EmailNotifier()
+    for attempt in (1, 2):
+        try:
+            with session() as s:
+                order = _order(s, reference)
+                if not _needs_page(order):
+                    return None
+                page = build_page(s, order, now)
+                new = email.enqueue(s, order, page)
+                if new:
+                    audit.record(s, actor=actor, action="urgent_paged", order=order, at=now,
+                                 detail={"target": page.target, "callback_due_at": page.callback_due_at.isoformat()})
+            break
+        except IntegrityError:  # a concurrent caller queued the same page first: it is there now
+            if attempt == 2:
+                raise
+    delivered = email.send(page)
+    notified: dict[str, bool] = {}
+    if new:
+        for n in (extra_notifiers() if notifiers is None else notifiers):
+            try:
+                notified[n.name] = n.notify(page)
+            except Exception as exc:  # a broken extra channel must never stop the email page
+                log.warning("notifier %s failed for %s: %s", n.name, reference, type(exc).__name__)
+                notified[n.name] = False
+    log.info("urgent %s paged to %s (new=%s, delivered=%s)", reference, page.target, new, delivered)
+    return PageResult(reference, page.target, page.address, page.callback_due_at, new, delivered, notified)
+
+
+def page_unpaged(now: datetime, limit: int = 100) -> list[str]:
+    """Housekeeping: page every urgent order whose clock runs and whose page was never queued (the process
+    died between storing the order and queuing its page, or an order arrived by another route)."""
+    events = [e for e, _, _ in ROUTES.values()]
+    queued = select(OutboxMessage.id).where(OutboxMessage.order_reference == Order.reference,
+                                            OutboxMessage.event.in_(events)).exists()
+    with session() as s:
+        refs = list(s.scalars(
+            select(Order.reference).join(Deadline, Deadline.order_reference == Order.reference)
+            .where(Order.urgent.is_(True), Order.callback_at.is_(None), Order.created_at <= now,
+                   Deadline.kind == "callback", Deadline.met_at.is_(None),
+                   Order.status.not_in([str(x) for x in FINAL]), ~queued)
+            .distinct().order_by(Order.reference).limit(limit)))
+    out = []
+    for ref in refs:
+        try:
+            if page_order(ref, now) is not None:
+                out.append(ref)
+        except Exception as exc:
+            log.warning("page sweep for %s failed: %s", ref, type(exc).__name__)
+    return out
+
+
+def page_safely(reference: str, now: datetime) -> PageResult | None:
+    """`page_order` for callers that must not fail because of it (submit): a page that could not even be
+    queued is logged and left to `page_unpaged` in the next housekeeping round."""
+    try:
+        return page_order(reference, now)
+    except Exception as exc:
+        log.error("page for urgent %s not queued now: %s", reference, type(exc).__name__)
+        return None

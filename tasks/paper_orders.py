@@ -1,0 +1,317 @@
+"""Paper orders (reservrutin, DOMAIN.md §3.5): registering a received, signed paper form, and handing an
+order that fell back to paper back to the digital route.
+
+- `register_paper_order`: support staff register a signed paper form. Without a reference (a blank form
+  filled in by hand) it becomes a new order with channel `paper`, and its run starts at the beginning of
+  the routine. With the reference printed on a pre-filled form, the order in `paper_fallback` with that
+  reference continues from the stage it fell back at (its reference, history and decisions are kept).
+- `continue_digitally`: an order in `paper_fallback` goes back to the stage it was at and gets a new run
+  (`POST /api/orders/{reference}/resume-digital`, and the registration above).
+
+Both write the orders database first and then tell Prefect; if Prefect cannot be told now, the
+housekeeping reconciler starts the run later (a new order has no run yet; a continued order's old run has
+ended), with the same idempotency key, so there is never a second run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import personnummer
+from models.authority import Refusal
+from models.calendar import local
+from models.clock import STOCKHOLM
+from models.schemas import Problem
+from models.status import ALLOWED, OrderStatus
+from models.tables import AuditEvent, Order
+from tasks import audit, directory, launch, orders
+from tasks.database import session
+from tasks.orders import Conflict, Forbidden, NotFound
+
+log = logging.getLogger(__name__)
+
+REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$", re.IGNORECASE)
+PAPER_FIELDS = ("reference", "received_on", "signature_checked", "orderer_hsa_id")
+# For a continued order, these fields of the body (when given) must agree with the stored order: a mistyped
+# reference must never continue another patient's order.
+MATCHED_FIELDS = ("order_type", "patient_personal_number", "care_unit_hsa_id", "region")
+REGISTER_ROLES = ("support",)
+RESUME_ROLES = ("support", "admin")
+MESSAGES = {
+    "required": "Fältet måste fyllas i.",
+    "invalid_value": "Ogiltigt värde.",
+    "invalid_reference": "Referensen ska se ut som RO-2026-000123.",
+    "unknown_reference": "Det finns ingen beställning med den referensen. Kontrollera referensen på blanketten, "
+                         "eller registrera blanketten utan referens.",
+    "invalid_date": "Ange datumet som ÅÅÅÅ-MM-DD.",
+    "date_in_future": "Mottagningsdatumet kan inte ligga i framtiden.",
+    "signature_not_checked": "Underskriften på pappersblanketten måste vara kontrollerad innan den registreras.",
+    "unknown_staff": "Personen finns inte i personalkatalogen.",
+    "does_not_match_order": "Stämmer inte med beställningen som referensen pekar på.",
+}
+
+
+class PaperInvalid(ValueError):
+    """The registration has field errors (HTTP 422, every problem at once)."""
+
+    def __init__(self, errors: list[Problem]) -> None:
+        super().__init__(", ".join(f"{e.field}:{e.code}" for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Registered:
+    kind: str                  # created | replayed | continued
+    reference: str
+    status: str
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def _problem(fieldname: str, code: str) -> Problem:
+    return Problem(field=fieldname, code=code, message=MESSAGES[code])
+
+
+def _received_on(value: Any, today: date, errors: list[Problem]) -> date | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        errors.append(_problem("received_on", "required"))
+        return None
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(str(value).strip())
+    except ValueError:
+        errors.append(_problem("received_on", "invalid_date"))
+        return None
+    if day > today:
+        errors.append(_problem("received_on", "date_in_future"))
+        return None
+    return day
+
+
+def _received_at(day: date) -> datetime:
+    """The column holds a timestamp: midnight Swedish time of the day the form arrived."""
+    return datetime.combine(day, time(0), tzinfo=STOCKHOLM)
+
+
+def fallback_occasions(s: Session, reference: str) -> int:
+    """How many times the order has moved to `paper_fallback` (1 for the first time). Each occasion gets
+    its own email, so a re-run never doubles one and a second fallback is still told."""
+    return int(s.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.order_reference == reference, AuditEvent.to_status == OrderStatus.PAPER_FALLBACK.value)) or 0)
+
+
+def status_before_fallback(s: Session, order: Order) -> OrderStatus:
+    """The stage the order was at when it fell back to paper, to continue from there."""
+    last = s.scalar(select(AuditEvent).where(
+        AuditEvent.order_reference == order.reference, AuditEvent.to_status == OrderStatus.PAPER_FALLBACK.value)
+        .order_by(AuditEvent.id.desc()).limit(1))
+    before = OrderStatus(last.from_status) if last is not None and last.from_status else None
+    if before is not None and before in ALLOWED[OrderStatus.PAPER_FALLBACK]:
+        return before
+    # Fell back before the run planned its stages (from `submitted`): start at the first open stage.
+    from tasks.stages import HUMAN_STAGES
+    for stage in HUMAN_STAGES:
+        if (order.stage_plan or {}).get(stage, {}).get("required"):
+            return orders.STAGE_STATUS[stage]
+    if not order.stage_plan:
+        raise Conflict("the order fell back to paper before its stages were planned")
+    return OrderStatus.EXECUTING
+
+
+def _check_person(s: Session, hsa_id: str, roles: tuple[str, ...], region: str | None) -> str:
+    person = directory.staff(s, hsa_id)
+    if person is None:
+        raise Forbidden(Refusal("not_found", "Personen finns inte i personalkatalogen."))
+    if not directory.has_role(person, *roles):
+        raise Forbidden(Refusal("wrong_role", "Du har inte behörighet till detta."))
+    if region and person.region and person.region != region and not directory.has_role(person, "admin"):
+        raise Forbidden(Refusal("other_region", "Beställningen hör till en annan region."))
+    return person.hsa_id
+
+
+async def _retire_waiting_run(run_id: str | None) -> None:
+    """A run still suspended at a human step would wait for ever next to the new one: cancel it. A run
+    that ended is left as it is (its history stays true); a running one ends by itself (every step
+    re-reads the order)."""
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+            if run.state is not None and (run.state.is_paused() or run.state.is_scheduled()
+                                          or run.state.is_pending()):
+                await client.set_flow_run_state(UUID(run_id), Cancelled(message="order continues in a new run"),
+                                                force=True)
+    except Exception as exc:  # Prefect down: the new run is started by the reconciler later anyway
+        log.info("could not check the old run: %s", type(exc).__name__)
+
+
+def _runs_started(s: Session, reference: str) -> int:
+    # The same count tasks.launch.reconcile uses for its restart key: if both start the order's next run,
+    # they use the same idempotency key and Prefect makes one run.
+    return int(s.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.order_reference == reference, AuditEvent.action == "run_started")) or 0)
+
+
+async def _start_next_run(reference: str, old_run: str | None) -> None:
+    await _retire_waiting_run(old_run)
+    with session() as s:
+        restart = _runs_started(s, reference)
+    await launch.start_run(reference, restart=restart)
+
+
+def _back_to_digital(s: Session, order: Order, actor: str, action: str, detail: dict[str, Any],
+                     now: datetime) -> OrderStatus:
+    target = status_before_fallback(s, order)
+    orders.transition(s, order, target, actor=actor, action=action, detail=detail, at=now)
+    return target
+
+
+async def continue_digitally(reference: str, actor: str, *, now: datetime | None = None) -> Order:
+    """Support or admin: the execution system is back, so an order in `paper_fallback` returns to the stage
+    it was at (normally `executing`) and a new run completes it digitally. Nothing is lost: the order,
+    its decisions and its history are the same rows; the paper form is no longer needed."""
+    now = now or datetime.now(UTC)
+    with session() as s:
+        order = orders.get(s, reference)
+        who = _check_person(s, actor, RESUME_ROLES, order.region)
+        if order.status != OrderStatus.PAPER_FALLBACK:
+            raise Conflict(f"order is {order.status}, not paper_fallback")
+        _back_to_digital(s, order, who, "resumed_digital", {"occasion": fallback_occasions(s, order.reference)}, now)
+        old_run = order.flow_run_id
+    await _start_next_run(order.reference, old_run)
+    return order
+
+
+def _paper_fields(raw: Mapping[str, Any], now: datetime) -> tuple[list[Problem], str | None, date | None, str | None]:
+    errors: list[Problem] = []
+    ref_raw = raw.get("reference")
+    reference: str | None = None
+    if ref_raw not in (None, ""):
+        if not isinstance(ref_raw, str) or not REFERENCE.fullmatch(ref_raw.strip()):
+            errors.append(_problem("reference", "invalid_reference"))
+        else:
+            reference = ref_raw.strip().upper()
+    received = _received_on(raw.get("received_on"), local(now).date(), errors)
+    signed = raw.get("signature_checked")
+    if signed is None:
+        errors.append(_problem("signature_checked", "required"))
+    elif not isinstance(signed, bool):
+        errors.append(_problem("signature_checked", "invalid_value"))
+    elif not signed:
+        errors.append(_problem("signature_checked", "signature_not_checked"))
+    orderer = raw.get("orderer_hsa_id")
+    if orderer in (None, ""):
+        orderer = None
+    elif not isinstance(orderer, str):
+        errors.append(_problem("orderer_hsa_id", "invalid_value"))
+        orderer = None
+    else:
+        with session() as s:
+            person = directory.staff(s, orderer)
+        if person is None:
+            errors.append(_problem("orderer_hsa_id", "unknown_staff"))
+        orderer = person.hsa_id if person else None
+    return errors, reference, received, orderer
+
+
+def _mismatches(order: Order, raw: Mapping[str, Any], now: datetime) -> list[Problem]:
+    out: list[Problem] = []
+    for name in MATCHED_FIELDS:
+        given = raw.get(name)
+        if given in (None, ""):
+            continue
+        if name == "patient_personal_number":
+            try:
+                same = personnummer.parse(str(given), local(now).date()).digits == order.patient_pnr
+            except personnummer.InvalidPersonalNumber:
+                same = False
+        elif name == "care_unit_hsa_id":
+            same = str(given).strip().upper() == order.care_unit_hsa_id
+        else:
+            same = str(given).strip() == getattr(order, name)
+        if not same:
+            out.append(_problem(name, "does_not_match_order"))
+    return out
+
+
+async def register_paper_order(raw: Any, registered_by: str, *, now: datetime | None = None,
+                               idempotency_key: str | None = None) -> Registered:
+    """Register a received, signed paper order, then start (or continue) its run.
+
+    `raw` is the body of `POST /api/orders` plus `received_on` (date), `signature_checked` (must be true),
+    optionally `reference` (printed on a pre-filled form) and `orderer_hsa_id` (who signed as orderer;
+    defaults to the person registering). Raises PaperInvalid (422), orders.Forbidden (403), Conflict (409:
+    the referenced order is not in `paper_fallback`)."""
+    now = now or datetime.now(UTC)
+    with session() as s:  # the role first: a person who may not register learns nothing about orders
+        registrar = _check_person(s, registered_by, REGISTER_ROLES, None)
+    if not isinstance(raw, Mapping):
+        raise PaperInvalid([Problem(field="", code="invalid_value", message="Förväntade ett JSON-objekt.")])
+    errors, reference, received, orderer = _paper_fields(raw, now)
+
+    existing: Order | None = None
+    if reference is not None:
+        with session() as s:
+            existing = s.scalar(select(Order).where(Order.reference == reference))
+        if existing is None:
+            errors.append(_problem("reference", "unknown_reference"))
+    region = existing.region if existing is not None else raw.get("region")
+    with session() as s:  # support registers the paper forms that arrive at its own region's postal route
+        _check_person(s, registrar, REGISTER_ROLES, region if isinstance(region, str) else None)
+
+    if existing is not None:
+        errors += _mismatches(existing, raw, now)
+        if errors:
+            raise PaperInvalid(errors)
+        assert received is not None
+        return await _continue_paper(existing.reference, registrar, received, now)
+
+    order_raw = {k: v for k, v in raw.items() if k not in PAPER_FIELDS}
+    if errors:  # every problem at once: the order's own fields too
+        raise PaperInvalid(errors + orders.check(order_raw, now).errors)
+    assert received is not None
+    key = f"paper:{registrar}:{idempotency_key}" if idempotency_key else None
+    out = orders.submit(dict(raw), orderer or registrar, now, idempotency_key=key, channel="paper",
+                        paper_received_on=_received_at(received), paper_registered_by=registrar)
+    if out.kind == "invalid":
+        raise PaperInvalid(out.check.errors)
+    if out.kind == "conflict":
+        raise Conflict("idempotency key reused with another body")
+    assert out.order is not None
+    if out.kind == "created":
+        with session() as s:
+            order = orders.get(s, out.order.reference)
+            audit.record(s, actor=registrar, action="paper_registered", order=order, channel="paper", at=now,
+                         detail={"received_on": received.isoformat(), "signature_checked": True,
+                                 "orderer": order.submitted_by, "continued": False})
+        await launch.start_run(out.order.reference)
+    return Registered(out.kind, out.order.reference, out.order.status, out.check.warnings)
+
+
+async def _continue_paper(reference: str, registrar: str, received: date, now: datetime) -> Registered:
+    with session() as s:
+        order = orders.get(s, reference)
+        if order.status != OrderStatus.PAPER_FALLBACK:
+            raise Conflict(f"order is {order.status}, not paper_fallback")
+        order.paper_received_on = _received_at(received)
+        order.paper_registered_by = registrar
+        target = _back_to_digital(s, order, registrar, "paper_registered",
+                                  {"received_on": received.isoformat(), "signature_checked": True,
+                                   "continued": True}, now)
+        old_run = order.flow_run_id
+    await _start_next_run(reference, old_run)
+    return Registered("continued", reference, target.value)
+
+
+__all__ = ["PaperInvalid", "Registered", "continue_digitally", "fallback_occasions", "register_paper_order",
+           "status_before_fallback", "NotFound"]

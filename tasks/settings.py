@@ -1,0 +1,44 @@
+"""Settings from the environment: the one place that decides embedded default versus production adapters."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RO_", extra="ignore")
+
+    data_dir: Path = ROOT / ".data"
+    # DATABASE_URL (no prefix) is the conventional name production and CI set.
+    database_url: str = Field(default="", validation_alias=AliasChoices("DATABASE_URL", "RO_DATABASE_URL"))
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_from: str = "Begränsningsbeställningar <noreply@restriction-orders.invalid>"
+    smtp_timeout: float = 10.0
+
+    gateway: Literal["simulated", "manual", "down"] = "simulated"
+    app_base_url: str = "http://127.0.0.1:8000"
+    trusted_proxies: str = "127.0.0.1,::1"
+    session_secret: str = "embedded-default-not-secret"
+    embedded_login: bool = True
+    # Outbox messages that failed are retried with backoff up to this many attempts, then stay for a person.
+    outbox_max_attempts: int = 12
+
+    @property
+    def orders_db_url(self) -> str:
+        if self.database_url:
+            return self.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"sqlite:///{self.data_dir / 'orders.db'}"
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings()

@@ -1,0 +1,254 @@
+"""The routine's steps as Prefect tasks. Every one is idempotent against the orders database.
+
+A suspended flow run re-runs from the top when it is resumed, so each step first looks at the order's
+state and does nothing that is already done. Results are references and statuses only, and are not
+persisted: the orders database, not Prefect's result store, is what makes a re-run safe, on whichever
+machine the resumed run lands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from models.authority import refusal
+from models.regions import load_regions
+from models.rules import plan_stages
+from models.schemas import ORDER_TYPE_LABELS_SV, MinorAccess, OrderRequest
+from models.status import FINAL, LABELS_SV, OrderStatus
+from models.tables import AuditEvent, Decision, Order
+from tasks import audit, deadlines, directory, mail
+from tasks.database import session
+from tasks.gateway import ExecutionRefused, GatewayUnavailable, gateway
+from tasks.orders import STAGE_STATUS, decider, facts, get, transition
+
+SYSTEM = "system"
+HUMAN_STAGES = ("callback", "harm_assessment", "approval")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _request(order: Order) -> OrderRequest:
+    minor = MinorAccess(grant=bool(order.minor_grant), recipient=order.minor_recipient,  # type: ignore[arg-type]
+                        child_consent=order.child_consent) if order.minor_recipient else None
+    return OrderRequest(order_type=order.order_type, initiative=order.initiative,  # type: ignore[arg-type]
+                        actions=list(order.actions or []), patient_personal_number=order.patient_pnr,  # type: ignore[arg-type]
+                        patient_protected_identity=order.patient_protected, guardian_personal_number=order.guardian_pnr,
+                        minor_access=minor, identity_checked_in_person=order.identity_checked, urgent=order.urgent,
+                        reason="", care_unit_hsa_id=order.care_unit_hsa_id, region=order.region)
+
+
+def _first_open_stage(order: Order) -> OrderStatus:
+    for stage in HUMAN_STAGES:
+        if order.stage_plan.get(stage, {}).get("required"):
+            return STAGE_STATUS[stage]
+    return OrderStatus.EXECUTING
+
+
+@task(name="receive-order", persist_result=False, cache_policy=NO_CACHE)
+def receive(reference: str) -> str:
+    """Plan the stages (each one required or not, with the rule that said so) and open the first."""
+    with session() as s:
+        order = get(s, reference)
+        if order.status != OrderStatus.SUBMITTED and order.status != OrderStatus.PAPER_FALLBACK:
+            return order.status
+        if not order.stage_plan:
+            plan = plan_stages(_request(order), at=order.created_at, hours=load_regions()[order.region].hours)
+            stages: dict[str, Any] = {
+                "callback": {"required": order.urgent, "role": "on_call" if order.urgent else None,
+                             "rule": "urgent_callback" if order.urgent else "not_urgent",
+                             "reason": "Brådskande: beredskapen ringer upp inom 30 minuter." if order.urgent
+                             else "Inte brådskande: ingen återuppringning."},
+            }
+            for req in plan.as_list():
+                stages[req.stage] = {"required": req.required, "role": req.role, "rule": req.rule, "reason": req.reason}
+            order.stage_plan = stages
+            for name, st in stages.items():
+                audit.record(s, actor=SYSTEM, action="stage_planned", order=order,
+                             detail={"stage": name, "required": st["required"], "rule": st["rule"]})
+        if order.status == OrderStatus.SUBMITTED:
+            transition(s, order, _first_open_stage(order), actor=SYSTEM, action="received")
+        return order.status
+
+
+@dataclass(frozen=True)
+class StageState:
+    state: str            # done | waiting | closed
+    attempt: int = 0      # how many decisions were refused: the suspend key's counter
+    proposed: int | None = None
+
+
+@task(name="stage-state", persist_result=False, cache_policy=NO_CACHE)
+def stage_state(reference: str, stage: str) -> StageState:
+    with session() as s:
+        order = get(s, reference)
+        if OrderStatus(order.status) in FINAL or order.status == OrderStatus.PAPER_FALLBACK:
+            return StageState("closed")
+        if order.status != STAGE_STATUS[stage]:
+            return StageState("done")
+        refused = sum(1 for d in order.decisions if d.stage == stage and d.state == "refused")
+        proposed = next((d.id for d in order.decisions if d.stage == stage and d.state == "proposed"), None)
+        return StageState("waiting", refused, proposed)
+
+
+def _outcome(stage: str, run_input: dict[str, Any]) -> str:
+    if stage == "harm_assessment":
+        return str(run_input.get("decision"))
+    if stage == "approval":
+        return "approve" if run_input.get("approved") else "reject"
+    return "done"
+
+
+@task(name="record-decision", persist_result=False, cache_policy=NO_CACHE)
+def record_decision(reference: str, stage: str, run_input: dict[str, Any], channel: str) -> str:
+    """Accept or refuse a decision after checking the decider against the staff directory again."""
+    now = _now()
+    with session() as s:
+        order = get(s, reference)
+        if order.status != STAGE_STATUS[stage]:
+            return "stale"
+        decision: Decision | None = None
+        if run_input.get("decision_id") is not None:
+            decision = s.get(Decision, int(run_input["decision_id"]))
+            if decision is None or decision.order_id != order.id or decision.stage != stage:
+                decision = None
+        if decision is None:
+            decision = Decision(order_id=order.id, stage=stage, decided_by=str(run_input.get("decided_by", "")).upper(),
+                                outcome=_outcome(stage, run_input),
+                                detail={k: v for k, v in run_input.items() if k not in ("decided_by", "decision_id")},
+                                text="", state="proposed", created_at=now)
+            s.add(decision)
+            s.flush()
+        why = refusal(stage, decider(directory.staff(s, decision.decided_by)), facts(s, order))
+        claimed = str(run_input.get("decided_by") or decision.decided_by).upper()
+        if why is None and claimed != decision.decided_by:
+            why_code = "identity_mismatch"
+        else:
+            why_code = why.code if why else ""
+        if why_code:
+            decision.state = "refused"
+            decision.refusal = why_code
+            audit.record(s, actor=decision.decided_by or "unknown", action="decision_refused", order=order,
+                         from_status=order.status, channel=channel, at=now,
+                         detail={"stage": stage, "why": why_code, "by": "flow"})
+            return "refused"
+        decision.state = "accepted"
+        _apply_decision(s, order, stage, decision, now)
+        return order.status
+
+
+def _apply_decision(s: Any, order: Order, stage: str, d: Decision, now: datetime) -> None:
+    actor = d.decided_by
+    if stage == "callback":
+        order.callback_at = now
+        deadlines.meet(s, order.reference, "callback", now)
+        transition(s, order, _next_after(order, stage), actor=actor, action="callback_recorded", at=now)
+    elif stage == "harm_assessment":
+        if d.outcome == "do_not_restrict":
+            transition(s, order, OrderStatus.REJECTED, actor=actor, action="assessed_no_restriction", at=now)
+        else:
+            order.review_after_days = d.detail.get("review_after_days")
+            transition(s, order, _next_after(order, stage), actor=actor, action="assessed", at=now)
+    elif stage == "approval":
+        if d.outcome == "reject":
+            transition(s, order, OrderStatus.REJECTED, actor=actor, action="approval_rejected", at=now)
+        else:
+            transition(s, order, OrderStatus.EXECUTING, actor=actor, action="approved", at=now)
+    elif stage == "execution":
+        _complete(s, order, actor, str(d.detail.get("system_reference", "")), now)
+
+
+def _next_after(order: Order, stage: str) -> OrderStatus:
+    later = HUMAN_STAGES[HUMAN_STAGES.index(stage) + 1:]
+    for st in later:
+        if order.stage_plan.get(st, {}).get("required"):
+            return STAGE_STATUS[st]
+    return OrderStatus.EXECUTING
+
+
+def _complete(s: Any, order: Order, actor: str, system_reference: str, now: datetime) -> None:
+    if order.initiative == "care" and order.order_type != "restore_access":
+        days = order.review_after_days or load_regions()[order.region].review_interval_days
+        from datetime import timedelta
+        order.review_due_on = now + timedelta(days=days)
+    deadlines.meet(s, order.reference, "due", now)
+    transition(s, order, OrderStatus.COMPLETED, actor=actor, action="executed", at=now,
+               detail={"system_reference": system_reference})
+
+
+@task(name="execute-order", retries=3, retry_delay_seconds=[1, 5, 15], persist_result=False, cache_policy=NO_CACHE)
+def execute(reference: str) -> str:
+    """Apply the order through the configured gateway. Returns `manual` when a person must do it."""
+    gw = gateway()
+    with session() as s:
+        order = get(s, reference)
+        if order.status != OrderStatus.EXECUTING:
+            return order.status
+        if gw.manual:
+            return "manual"
+        try:
+            system_ref = gw.apply(s, order)
+        except ExecutionRefused as exc:
+            transition(s, order, OrderStatus.FAILED, actor=SYSTEM, action="execution_refused",
+                       detail={"why": str(exc)[:200]})
+            return order.status
+        _complete(s, order, SYSTEM, system_ref, _now())
+        return order.status
+
+
+@task(name="fall-back-to-paper", persist_result=False, cache_policy=NO_CACHE)
+def fall_back_to_paper(reference: str) -> str:
+    with session() as s:
+        order = get(s, reference)
+        if order.status == OrderStatus.EXECUTING:
+            transition(s, order, OrderStatus.PAPER_FALLBACK, actor=SYSTEM, action="gateway_unavailable")
+        return order.status
+
+
+@task(name="send-confirmations", retries=2, retry_delay_seconds=2, persist_result=False, cache_policy=NO_CACHE)
+def confirm(reference: str) -> str:
+    """Queue the emails the final status calls for, then try to send them now."""
+    with session() as s:
+        order = get(s, reference)
+        status = OrderStatus(order.status)
+        if status == OrderStatus.COMPLETED:
+            mail.enqueue(s, order, "completed", mail.confirmation_recipients(s, order))
+        elif status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+            orderer = [r for r in mail.confirmation_recipients(s, order) if r.role == "orderer"]
+            mail.enqueue(s, order, status.value, orderer)
+    mail.deliver(reference)
+    return status.value
+
+
+@task(name="publish-timeline", persist_result=False, cache_policy=NO_CACHE)
+def publish_timeline(reference: str) -> None:
+    """A markdown card per order for the dashboard: reference, type, stages and times, no personal data."""
+    from sqlalchemy import select
+    with session() as s:
+        order = get(s, reference)
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference)
+                                .order_by(AuditEvent.id)))
+        lines = [f"# {order.reference}", "",
+                 f"**{ORDER_TYPE_LABELS_SV[order.order_type]}** · {order.region} · "
+                 f"{'brådskande' if order.urgent else 'ej brådskande'} · status **{LABELS_SV[OrderStatus(order.status)]}**", "",
+                 "| Steg | Krävs | Regel |", "|---|---|---|"]
+        for name, st in order.stage_plan.items():
+            lines.append(f"| {name} | {'ja' if st.get('required') else 'nej'} | {st.get('rule')} |")
+        lines += ["", "| Tid (UTC) | Vem | Händelse | Från | Till |", "|---|---|---|---|---|"]
+        for e in events:
+            if e.action in ("order_read",):
+                continue
+            lines.append(f"| {e.at:%Y-%m-%d %H:%M:%S} | {e.actor} | {e.action} | {e.from_status or ''} | {e.to_status or ''} |")
+    create_markdown_artifact(key=f"order-{reference.lower()}", markdown="\n".join(lines),
+                             description=f"Tidslinje för {reference}")
+
+
+__all__ = ["receive", "stage_state", "record_decision", "execute", "fall_back_to_paper", "confirm",
+           "publish_timeline", "GatewayUnavailable", "StageState"]
