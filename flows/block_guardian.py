@@ -1,0 +1,21 @@
+"""Borttagande av direktåtkomst för vårdnadshavare: remove one guardian's access to a child's journal.
+
+The routine: receive → (urgent: callback) → harm assessment → approval → execution → confirmation emails.
+Stages the rules do not require are recorded as not required, with the rule, and pass straight through.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.routine import confirmation, execution, human_step, receive
+
+
+@flow(name="block-guardian", flow_run_name="{reference}", persist_result=False, log_prints=False)
+async def block_guardian(reference: str) -> str:
+    await receive(reference)
+    if (await human_step(reference, "callback")
+            and await human_step(reference, "harm_assessment")
+            and await human_step(reference, "approval")):
+        await execution(reference)
+    return await confirmation(reference)

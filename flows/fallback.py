@@ -1,0 +1,163 @@
+"""Paper fallback (reservrutin, DOMAIN.md §3.5): what happens when an order cannot be executed digitally.
+
+When the execution system is still unreachable after the execute task's bounded retries, the routine
+moves the order to `paper_fallback` and runs this flow as a subflow (flows/routine.py::execution). It
+
+1. makes sure the order's pre-filled paper form can be produced: it renders the PDF once and throws it
+   away (the PDF holds personal data; the orderer prints it from the app, `GET /api/orders/{ref}/paper.pdf`,
+   which renders it again from the orders database);
+2. emails the orderer once per fallback, with no personal data and no attachment: log in, print, sign,
+   send by internal mail to the region's postal route, and phone support too when the order is urgent.
+
+Both steps are idempotent, so the flow can be run again at any time. Without a reference it sweeps every
+order in `paper_fallback` whose orderer has not been told yet (the deployment can run it on a schedule, to
+repair a run that died between the fallback and the email).
+
+`resume_digital(reference, actor)`: when the execution system is back, support puts the order back to the
+stage it was at and a new run completes it digitally. The order, its decisions and history are kept.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from sqlalchemy import select
+
+from models.calendar import local
+from models.regions import load_regions
+from models.status import OrderStatus
+from models.tables import AuditEvent, Order, OutboxMessage
+from tasks import audit, directory, mail
+from tasks.database import session
+from tasks.orders import get
+from tasks.paper_orders import continue_digitally, fallback_occasions
+from tasks.settings import settings
+
+SYSTEM = "system"
+TEMPLATE = "paper_fallback"
+SUBJECT = "Beställning {ref}: skriv ut pappersblanketten (reservrutin)"
+
+
+def event_name(occasion: int) -> str:
+    """The outbox event of one fallback: its Message-ID makes the email unique per order and occasion."""
+    return f"paper_fallback-{occasion}"
+
+
+def _run_name() -> str:
+    ref = flow_run.parameters.get("reference")
+    return f"{ref}-paper" if ref else "paper-fallback-sweep"
+
+
+def _already(reference: str, action: str, occasion: int) -> bool:
+    with session() as s:
+        rows = s.scalars(select(AuditEvent.detail).where(AuditEvent.order_reference == reference,
+                                                         AuditEvent.action == action))
+        return any((d or {}).get("occasion") == occasion for d in rows)
+
+
+@task(name="check-paper-form", retries=1, retry_delay_seconds=2, persist_result=False, cache_policy=NO_CACHE)
+def check_paper_form(reference: str) -> int:
+    """Render the order's pre-filled paper form once to prove it can be printed; returns the fallback
+    occasion (0 when the order is no longer in `paper_fallback`). The PDF is not kept anywhere."""
+    from forms.api import paper_order, paper_region  # the same conversion as the app's PDF endpoint
+    from forms.paper import render_pdf
+
+    with session() as s:
+        order = get(s, reference)
+        if order.status != OrderStatus.PAPER_FALLBACK:
+            return 0
+        occasion = fallback_occasions(s, reference)
+    if _already(reference, "paper_form_checked", occasion):
+        return occasion
+    pdf = render_pdf(order.order_type, paper_region(order.region), paper_order(order))
+    if not (pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]):
+        raise RuntimeError(f"paper form for {reference} is not a complete PDF")
+    with session() as s:
+        audit.record(s, actor=SYSTEM, action="paper_form_checked", order=get(s, reference), channel="flow",
+                     detail={"occasion": occasion, "bytes": len(pdf)})
+    get_run_logger().info("%s: paper form renders (%d bytes)", reference, len(pdf))
+    return occasion
+
+
+def _recipients(s: Any, order: Order) -> list[mail.Recipient]:
+    orderer = directory.staff(s, order.submitted_by)
+    if orderer is not None:
+        return [mail.Recipient("orderer", orderer.email)]
+    # The orderer has left the directory: the region's support queue takes the paper routine instead.
+    queue = load_regions()[order.region].support_queue_email
+    return [mail.Recipient("support", queue)] if queue else []
+
+
+@task(name="notify-paper-fallback", retries=2, retry_delay_seconds=2, persist_result=False, cache_policy=NO_CACHE)
+def notify_orderer(reference: str, occasion: int) -> int:
+    """Queue the orderer's email for this fallback (once: the Message-ID is unique), then try to send it
+    now; the housekeeping loop sends it later if the SMTP server is down. Returns how many were queued."""
+    if occasion <= 0:
+        return 0
+    with session() as s:
+        order = get(s, reference)
+        if order.status != OrderStatus.PAPER_FALLBACK or fallback_occasions(s, reference) != occasion:
+            return 0
+        region_cfg = load_regions()[order.region]
+        base = settings().app_base_url
+        extra = {
+            "postal_route": ", ".join(region_cfg.postal_route),
+            "support_phone": f"{region_cfg.support_phone} {region_cfg.support_option or ''}".strip(),
+            "urgent": "ja" if order.urgent else "",
+            "needs_head_signature": "ja" if (order.stage_plan or {}).get("approval", {}).get("required", True) else "",
+            "pdf_link": f"{base}/api/orders/{order.reference}/paper.pdf",
+            "fallback_at": f"{local(datetime.now(UTC)):%Y-%m-%d %H:%M}",
+        }
+        recipients = _recipients(s, order)
+        new = mail.enqueue(s, order, event_name(occasion), recipients, template=TEMPLATE, extra=extra,
+                           subject=SUBJECT.format(ref=order.reference))
+        if new:
+            audit.record(s, actor=SYSTEM, action="paper_fallback_notified", order=order, channel="flow",
+                         detail={"occasion": occasion, "recipients": [r.role for r in recipients]})
+        elif not recipients:
+            audit.record(s, actor=SYSTEM, action="paper_fallback_unnotified", order=order, channel="flow",
+                         detail={"occasion": occasion, "why": "no_recipient"})
+    mail.deliver(reference)
+    return new
+
+
+def _untold() -> list[str]:
+    """Orders in `paper_fallback` whose current fallback has no email in the outbox yet."""
+    with session() as s:
+        refs = list(s.scalars(select(Order.reference).where(Order.status == OrderStatus.PAPER_FALLBACK.value)
+                              .order_by(Order.id)))
+        out = []
+        for ref in refs:
+            prefix = f"<{ref}.{event_name(fallback_occasions(s, ref))}."
+            if s.scalar(select(OutboxMessage.id).where(OutboxMessage.message_id.startswith(prefix))) is None:
+                out.append(ref)
+        return out
+
+
+@flow(name="paper-fallback", flow_run_name=_run_name, persist_result=False, log_prints=False)
+async def paper_fallback(reference: str | None = None) -> list[str]:
+    """Check the paper form and tell the orderer, for one order, or (no reference) for every order in
+    `paper_fallback` that was not told yet. Returns the references handled. The only parameter is the
+    order reference: no personal data in Prefect."""
+    refs = [reference] if reference else _untold()
+    done = []
+    for ref in refs:
+        occasion = check_paper_form(ref)
+        if occasion:
+            notify_orderer(ref, occasion)
+            done.append(ref)
+    return done
+
+
+async def resume_digital(reference: str, actor: str) -> Order:
+    """The execution system is back: the order returns to the stage it was at (normally `executing`) and
+    a new run completes it digitally. Support or admin. Raises orders.NotFound, orders.Conflict (not in
+    `paper_fallback`), orders.Forbidden (wrong role or region)."""
+    return await continue_digitally(reference, actor)
+
+
+__all__ = ["paper_fallback", "resume_digital", "check_paper_form", "notify_orderer", "event_name"]

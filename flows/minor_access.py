@@ -1,0 +1,21 @@
+"""Ge eller ta bort tillgång till minderårigs journal: a 13-15-year-old's journal, for the child or a guardian.
+
+The routine: receive → (urgent: callback) → harm assessment → approval → execution → confirmation emails.
+Stages the rules do not require are recorded as not required, with the rule, and pass straight through.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.routine import confirmation, execution, human_step, receive
+
+
+@flow(name="minor-access", flow_run_name="{reference}", persist_result=False, log_prints=False)
+async def minor_access(reference: str) -> str:
+    await receive(reference)
+    if (await human_step(reference, "callback")
+            and await human_step(reference, "harm_assessment")
+            and await human_step(reference, "approval")):
+        await execution(reference)
+    return await confirmation(reference)
