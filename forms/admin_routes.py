@@ -1,0 +1,540 @@
+"""Monitoring for administrators, and the review outcome for heads of department: pages and JSON.
+
+`router` is a plain APIRouter; the app includes it (`app.include_router(admin_routes.router)`).
+
+Pages (Swedish, no JavaScript needed):
+  GET  /admin                      counts by status and region, the red list (overdue), filters
+  GET  /admin/avvikelser           deviations (avvikelser)
+  GET  /admin/omprovningar         reviews due
+  GET  /admin/logg                 log extract for one patient, sample checks
+  POST /admin/logg/patient         the extract (the personal number travels in the body, never in a URL)
+  POST /admin/logg/stickprov       a sample check
+  GET  /omprovningar               head of department: the unit's reviews due, with the outcome forms
+  POST /omprovningar/{reference}   head of department: record keep / restore
+JSON:
+  GET  /api/admin/overview | /api/admin/overdue | /api/admin/deviations | /api/admin/reviews
+  GET  /api/admin/orders.csv       CSV without personal numbers
+  POST /api/admin/patient-log      {"personal_number": "..."}
+  POST /api/admin/sample-check     {"days": 30, "size": 20, "seed": null}
+  POST /api/orders/{reference}/review   {"outcome": "keep" | "restore"}   (head of department of the unit)
+
+Identity: `forms.auth.identify` (X-Remote-User from a trusted proxy, else the embedded login's session
+cookie), roles from the staff directory. No identity: 401; wrong role: 403. The errors subclass both the
+app's NotAuthenticated/NotAllowed (so inside the app they get the app's answers: login redirect for pages,
+the contract's JSON for the API) and HTTPException (so the router also works on a bare FastAPI()).
+Time comes from the `now` dependency (tests override it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from flows import review as review_flow
+from forms.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    NotAllowed,
+    NotAuthenticated,
+    User,
+    csrf_ok,
+    identify,
+    session_data,
+    set_session,
+)
+from models import personnummer, sla
+from models.calendar import local
+from models.regions import load_regions
+from models.schemas import ORDER_TYPE_LABELS_SV
+from models.status import LABELS_SV, OrderStatus
+from models.tables import CareUnit, Order
+from tasks import audit, audit_extract, monitoring, orders
+from tasks.database import session
+
+router = APIRouter(tags=["monitoring"])
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
+CSV_COLUMNS = ("reference", "type", "region", "unit", "status", "urgent", "created", "due", "overdue")
+OUTCOME_LABELS = {"keep": "Behåll begränsningen", "restore": "Häv begränsningen (beställ återställande)"}
+
+
+# --- identity --------------------------------------------------------------------------------------------
+
+def _problem(code: str, message: str, field: str = "") -> dict[str, Any]:
+    return {"errors": [{"field": field, "code": code, "message": message}]}
+
+
+class Unauthenticated(NotAuthenticated, HTTPException):
+    def __init__(self) -> None:
+        NotAuthenticated.__init__(self)
+        HTTPException.__init__(self, 401, _problem("not_authenticated", "Du är inte inloggad (ingen identitet)."))
+
+
+class Refused(NotAllowed, HTTPException):
+    def __init__(self, message: str, code: str = "wrong_role") -> None:
+        NotAllowed.__init__(self, message, code)
+        HTTPException.__init__(self, 403, _problem(code, message))
+
+
+def current_user(request: Request) -> User:
+    user = identify(request)
+    if user is None:
+        raise Unauthenticated()
+    return user
+
+
+def admin_user(request: Request) -> User:
+    user = current_user(request)
+    if not user.has("admin"):
+        raise Refused("Sidan är till för administratörer (kräver roll: administratör).")
+    return user
+
+
+def head_user(request: Request) -> User:
+    user = current_user(request)
+    if not user.has("head_of_department"):
+        raise Refused("Omprövning registreras av verksamhetschefen (kräver roll: verksamhetschef).")
+    return user
+
+
+def now() -> datetime:
+    """The time the routes use; tests override this dependency with a fixed clock."""
+    return datetime.now(UTC)
+
+
+def _check_json_post(request: Request, user: User) -> None:
+    """Only JSON (a cross-site form cannot send it), and the CSRF header when the session cookie authenticates."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, _problem("unsupported_media_type", "Skicka JSON (Content-Type: application/json)."))
+    if user.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
+        raise Refused("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
+
+
+def _check_form_csrf(request: Request, token: Any) -> None:
+    if not csrf_ok(request, token if isinstance(token, str) else None):
+        raise Refused("Formuläret har gått ut eller kom inte från den här tjänsten. Ladda om sidan och försök igen.",
+                      "csrf_failed")
+
+
+def _error(status: int, code: str, message: str, field: str = "") -> JSONResponse:
+    return JSONResponse(_problem(code, message, field), status_code=status)
+
+
+# --- filters and rows --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Filters:
+    region: str | None = None
+    status: str | None = None
+
+    def query(self) -> str:
+        parts = [f"region={self.region}" if self.region else "", f"status={self.status}" if self.status else ""]
+        return "&".join(p for p in parts if p)
+
+
+class BadFilter(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def parse_filters(region: str | None, status: str | None) -> Filters:
+    region = (region or "").strip().lower() or None
+    status = (status or "").strip().lower() or None
+    if region and region not in load_regions():
+        raise BadFilter("region", f"Okänd region. Tillåtna värden: {', '.join(load_regions())}.")
+    if status and status not in {s.value for s in OrderStatus}:
+        raise BadFilter("status", f"Okänd status. Tillåtna värden: {', '.join(s.value for s in OrderStatus)}.")
+    return Filters(region, status)
+
+
+def _filters_or_422(region: str | None, status: str | None) -> Filters | JSONResponse:
+    try:
+        return parse_filters(region, status)
+    except BadFilter as exc:
+        return _error(422, "invalid_value", exc.message, exc.field)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return local(at).isoformat() if at is not None else None
+
+
+def order_row(o: Order, at: datetime) -> dict[str, Any]:
+    """An order as the monitoring pages show it: no personal number, no free text."""
+    late = sla.is_overdue(o.due_at, o.status, at)
+    return {"reference": o.reference, "order_type": o.order_type, "initiative": o.initiative, "region": o.region,
+            "care_unit_hsa_id": o.care_unit_hsa_id, "status": o.status, "urgent": o.urgent,
+            "created_at": _iso(o.created_at), "due_at": _iso(o.due_at), "overdue": late,
+            "minutes_late": sla.minutes_late(o.due_at, at) if late and o.due_at else 0}
+
+
+def overview_data(at: datetime, f: Filters) -> dict[str, Any]:
+    with session() as s:
+        counts = monitoring.open_order_counts(s, at, f.region, f.status)
+        red = [order_row(o, at) for o in monitoring.overdue_orders(s, at, f.region, f.status)]
+        n_deviations = monitoring.deviation_count(s, f.region)
+        n_reviews = len(monitoring.reviews_due(s, at, f.region))
+    by_status: dict[str, int] = {}
+    by_region: dict[str, int] = {}
+    for c in counts:
+        by_status[c.status] = by_status.get(c.status, 0) + c.open
+        by_region[c.region] = by_region.get(c.region, 0) + c.open
+    return {"generated_at": _iso(at), "filters": {"region": f.region, "status": f.status},
+            "counts": [{"region": c.region, "status": c.status, "open": c.open, "overdue": c.overdue} for c in counts],
+            "by_status": by_status, "by_region": by_region,
+            "open_total": sum(c.open for c in counts), "overdue_total": sum(c.overdue for c in counts),
+            "overdue": red, "deviations_total": n_deviations, "reviews_due_total": n_reviews}
+
+
+def deviation_rows(region: str | None) -> list[dict[str, Any]]:
+    with session() as s:
+        rows = monitoring.deviations(s, region)
+    return [{"reference": d.reference, "kind": d.kind, "minutes_late": d.minutes_late, "at": _iso(d.at),
+             "region": d.region, "care_unit_hsa_id": d.unit_hsa_id, "status": d.status} for d in rows]
+
+
+def review_rows(at: datetime, region: str | None = None, units: list[str] | None = None) -> list[dict[str, Any]]:
+    with session() as s:
+        rows = monitoring.reviews_due(s, at, region, unit_hsa_ids=units)
+    return [{"reference": r.reference, "order_type": r.order_type, "region": r.region,
+             "care_unit_hsa_id": r.unit_hsa_id, "review_due_on": _iso(r.review_due_on), "period": r.period,
+             "reminder_sent": r.reminded, "restore_possible": r.order_type in sla.RESTORABLE_TYPES} for r in rows]
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A spreadsheet must never read a cell as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def orders_csv(at: datetime, f: Filters, overdue_only: bool | None) -> tuple[str, int]:
+    with session() as s:
+        rows = monitoring.orders_for_export(s, f.region, f.status)
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\r\n")
+        w.writerow(CSV_COLUMNS)
+        n = 0
+        for o in rows:
+            late = sla.is_overdue(o.due_at, o.status, at)
+            if overdue_only is not None and late != overdue_only:
+                continue
+            w.writerow([_cell(v) for v in (o.reference, o.order_type, o.region, o.care_unit_hsa_id, o.status,
+                                           "true" if o.urgent else "false", _iso(o.created_at), _iso(o.due_at),
+                                           "true" if late else "false")])
+            n += 1
+    return out.getvalue(), n
+
+
+# --- JSON ----------------------------------------------------------------------------------------------------
+
+@router.get("/api/admin/overview", summary="Antal per status och region, röda listan (administratör)")
+def api_overview(region: str | None = Query(None), status: str | None = Query(None),
+                 user: User = Depends(admin_user), at: datetime = Depends(now)) -> Any:
+    f = _filters_or_422(region, status)
+    return f if isinstance(f, JSONResponse) else overview_data(at, f)
+
+
+@router.get("/api/admin/overdue", summary="Röda listan: försenade beställningar (administratör)")
+def api_overdue(region: str | None = Query(None), status: str | None = Query(None),
+                user: User = Depends(admin_user), at: datetime = Depends(now)) -> Any:
+    f = _filters_or_422(region, status)
+    if isinstance(f, JSONResponse):
+        return f
+    with session() as s:
+        return {"orders": [order_row(o, at) for o in monitoring.overdue_orders(s, at, f.region, f.status)]}
+
+
+@router.get("/api/admin/deviations", summary="Avvikelser (administratör)")
+def api_deviations(region: str | None = Query(None), user: User = Depends(admin_user)) -> Any:
+    f = _filters_or_422(region, None)
+    return f if isinstance(f, JSONResponse) else {"deviations": deviation_rows(f.region)}
+
+
+@router.get("/api/admin/reviews", summary="Omprövningar som är aktuella (administratör)")
+def api_reviews(region: str | None = Query(None), user: User = Depends(admin_user),
+                at: datetime = Depends(now)) -> Any:
+    f = _filters_or_422(region, None)
+    return f if isinstance(f, JSONResponse) else {"reviews": review_rows(at, f.region)}
+
+
+@router.get("/api/admin/orders.csv", response_class=Response, summary="CSV-export utan personnummer (administratör)",
+            responses={200: {"content": {"text/csv": {}}}})
+def api_orders_csv(region: str | None = Query(None), status: str | None = Query(None),
+                   overdue: bool | None = Query(None), user: User = Depends(admin_user),
+                   at: datetime = Depends(now)) -> Response:
+    f = _filters_or_422(region, status)
+    if isinstance(f, JSONResponse):
+        return f
+    body, n = orders_csv(at, f, overdue)
+    with session() as s:
+        audit.record(s, actor=user.hsa_id, action="orders_exported", at=at,
+                     detail={"format": "csv", "rows": n, "region": f.region, "status": f.status, "overdue": overdue})
+    stamp = f"{local(at):%Y-%m-%d}"
+    return Response(body, media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="bestallningar-{stamp}.csv"', "Cache-Control": "no-store"})
+
+
+class PatientLogRequest(BaseModel):
+    personal_number: str = Field(min_length=1, max_length=20)
+
+
+class SampleCheckRequest(BaseModel):
+    days: int = Field(30, ge=1, le=3660)
+    size: int = Field(20, ge=1, le=500)
+    seed: int | None = Field(None, ge=0, le=2**31)
+
+
+@router.post("/api/admin/patient-log", summary="Loggutdrag för en patient (administratör; sökningen loggas)")
+def api_patient_log(body: PatientLogRequest, request: Request, user: User = Depends(admin_user),
+                    at: datetime = Depends(now)) -> Any:
+    _check_json_post(request, user)
+    try:
+        extract = audit_extract.patient_extract(user.hsa_id, body.personal_number, at)
+    except personnummer.InvalidPersonalNumber:
+        return _error(422, "invalid_personal_number", "Ogiltigt personnummer eller samordningsnummer.",
+                      "personal_number")
+    return JSONResponse(extract.as_json(), headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/admin/sample-check", summary="Stickprovskontroll av loggen (administratör; kontrollen loggas)")
+def api_sample_check(body: SampleCheckRequest, request: Request, user: User = Depends(admin_user),
+                     at: datetime = Depends(now)) -> Any:
+    _check_json_post(request, user)
+    check = audit_extract.sample_check(user.hsa_id, at, days=body.days, size=body.size, seed=body.seed)
+    return JSONResponse(check.as_json(), headers={"Cache-Control": "no-store"})
+
+
+class ReviewOutcome(BaseModel):
+    outcome: Literal["keep", "restore"]
+
+
+async def _record(reference: str, user: User, outcome: str, at: datetime) -> dict[str, Any]:
+    """The outcome, or raises _ReviewError with the contract's error shape."""
+    ref = reference.strip().upper()
+    try:
+        result = await review_flow.record_outcome(ref, user.hsa_id, outcome, at)
+    except orders.NotFound:
+        raise _ReviewError(404, [{"field": "", "code": "not_found", "message": "Beställningen finns inte."}]) from None
+    except monitoring.ReviewRefused as exc:
+        raise _ReviewError(exc.status, exc.errors) from None
+    return {"reference": result.reference, "outcome": result.outcome, "period": result.period,
+            "review_due_on": _iso(result.review_due_on), "restore_reference": result.restore_reference}
+
+
+class _ReviewError(Exception):
+    def __init__(self, status: int, errors: list[dict[str, str]]) -> None:
+        super().__init__(status)
+        self.status, self.errors = status, errors
+
+
+@router.post("/api/orders/{reference}/review", summary="Omprövning: behåll eller häv (verksamhetschef för enheten)",
+             responses={403: {}, 404: {}, 409: {}, 422: {}})
+async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
+                     at: datetime = Depends(now)) -> Any:
+    _check_json_post(request, user)
+    try:
+        return await _record(reference, user, body.outcome, at)
+    except _ReviewError as exc:
+        if exc.status == 403:
+            raise Refused(exc.errors[0]["message"], exc.errors[0]["code"]) from None
+        return JSONResponse({"errors": exc.errors}, status_code=exc.status)
+
+
+# --- pages -------------------------------------------------------------------------------------------------
+
+def _when(at: datetime | None) -> str:
+    if at is None:
+        return "–"
+    t = local(at)
+    return f"{t.day} {MONTHS[t.month - 1]} {t.year} {t:%H.%M}"
+
+
+def _when_iso(text: str | None) -> str:
+    return _when(datetime.fromisoformat(text)) if text else "–"
+
+
+def _late(minutes: int) -> str:
+    return monitoring.late_sv(minutes)
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader([TEMPLATES / "admin", TEMPLATES / "pages"]), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(when=_when, when_iso=_when_iso, late=_late)
+    env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
+                       action_label=audit_extract.action_label, outcome_labels=OUTCOME_LABELS)
+    return env
+
+
+templates = Jinja2Templates(env=_env())
+
+ADMIN_NAV = [("/admin", "Översikt"), ("/admin/avvikelser", "Avvikelser"), ("/admin/omprovningar", "Omprövningar"),
+             ("/admin/logg", "Loggutdrag")]
+
+
+def _nav(user: User) -> list[tuple[str, str]]:
+    items = [("/", "Start")]
+    if user.has("head_of_department"):
+        items.append(("/omprovningar", "Omprövning"))
+    if user.has("admin"):
+        items += ADMIN_NAV
+    return items
+
+
+def render(request: Request, user: User, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
+    data = session_data(request)
+    regions = load_regions()
+    base = {"user": user, "nav": _nav(user), "path": request.url.path, "csrf": data.csrf, "csrf_field": CSRF_FIELD,
+            "errors": {}, "summary": [], "notice": None,
+            "regions": [(code, r.name) for code, r in regions.items()],
+            "region_name": lambda c: regions[c].name if c in regions else c,
+            "statuses": [(s.value, LABELS_SV[s]) for s in OrderStatus]}
+    response = templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
+    response.headers["Cache-Control"] = "no-store"  # also outside the app's middleware: names, log rows
+    if data.fresh:  # so the forms can echo the CSRF token
+        set_session(response, data)
+    return response
+
+
+def _filter_page_error(request: Request, user: User, exc: BadFilter) -> HTMLResponse:
+    return render(request, user, "admin_error.html.j2", {"title": "Fel i filtret", "message": exc.message}, 422)
+
+
+@router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+def overview_page(request: Request, region: str | None = None, status: str | None = None,
+                  user: User = Depends(admin_user), at: datetime = Depends(now)) -> Response:
+    try:
+        f = parse_filters(region, status)
+    except BadFilter as exc:
+        return _filter_page_error(request, user, exc)
+    data = overview_data(at, f)
+    regions = [f.region] if f.region else list(load_regions())
+    statuses = [s.value for s in OrderStatus if s.value in data["by_status"]]
+    cells = {(c["status"], c["region"]): c for c in data["counts"]}
+    return render(request, user, "overview.html.j2", {
+        "title": "Översikt för administratörer", "data": data, "f": f, "matrix_regions": regions,
+        "matrix_statuses": statuses, "cells": cells, "csv_query": f.query(), "now_text": _when(at)})
+
+
+@router.get("/admin/avvikelser", response_class=HTMLResponse, include_in_schema=False)
+def deviations_page(request: Request, region: str | None = None, user: User = Depends(admin_user)) -> Response:
+    try:
+        f = parse_filters(region, None)
+    except BadFilter as exc:
+        return _filter_page_error(request, user, exc)
+    return render(request, user, "deviations.html.j2", {"title": "Avvikelser", "rows": deviation_rows(f.region), "f": f})
+
+
+@router.get("/admin/omprovningar", response_class=HTMLResponse, include_in_schema=False)
+def reviews_page(request: Request, region: str | None = None, user: User = Depends(admin_user),
+                 at: datetime = Depends(now)) -> Response:
+    try:
+        f = parse_filters(region, None)
+    except BadFilter as exc:
+        return _filter_page_error(request, user, exc)
+    return render(request, user, "reviews.html.j2", {"title": "Omprövningar som är aktuella", "rows": review_rows(at, f.region),
+                                               "f": f})
+
+
+@router.get("/admin/logg", response_class=HTMLResponse, include_in_schema=False)
+def log_page(request: Request, user: User = Depends(admin_user)) -> Response:
+    return render(request, user, "log.html.j2", {"title": "Loggutdrag och stickprov", "pnr_error": None, "extract": None,
+                                           "check": None, "days": 30, "size": 20})
+
+
+@router.post("/admin/logg/patient", response_class=HTMLResponse, include_in_schema=False)
+async def log_patient(request: Request, user: User = Depends(admin_user), at: datetime = Depends(now)) -> Response:
+    form = await request.form()
+    _check_form_csrf(request, form.get(CSRF_FIELD))
+    raw = form.get("personal_number")
+    text = raw.strip() if isinstance(raw, str) else ""
+    try:
+        extract = await run_in_threadpool(audit_extract.patient_extract, user.hsa_id, text[:20], at)
+    except personnummer.InvalidPersonalNumber:
+        message = "Ange ett giltigt personnummer eller samordningsnummer, till exempel 19121212-1212."
+        return render(request, user, "log.html.j2", {
+            "title": "Fel: Loggutdrag och stickprov", "pnr_error": message, "extract": None, "check": None,
+            "days": 30, "size": 20,
+            "summary": [{"href": "#personal_number", "text": f"Personnummer: {message}"}]}, 422)
+    return render(request, user, "log.html.j2", {"title": "Loggutdrag för en patient", "pnr_error": None,
+                                           "extract": extract, "check": None, "days": 30, "size": 20})
+
+
+def _int_field(form: Any, name: str, default: int, low: int, high: int) -> int | None:
+    raw = form.get(name)
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not text:
+        return default
+    return int(text) if text.isdigit() and low <= int(text) <= high else None
+
+
+@router.post("/admin/logg/stickprov", response_class=HTMLResponse, include_in_schema=False)
+async def log_sample(request: Request, user: User = Depends(admin_user), at: datetime = Depends(now)) -> Response:
+    form = await request.form()
+    _check_form_csrf(request, form.get(CSRF_FIELD))
+    days = _int_field(form, "days", 30, 1, 3660)
+    size = _int_field(form, "size", 20, 1, 500)
+    if days is None or size is None:
+        summary = ([{"href": "#days", "text": "Period: ange 1–3660 dagar."}] if days is None else []) + \
+                  ([{"href": "#size", "text": "Antal: ange 1–500."}] if size is None else [])
+        return render(request, user, "log.html.j2", {"title": "Fel: Loggutdrag och stickprov", "pnr_error": None,
+                                               "extract": None, "check": None, "days": days or 30,
+                                               "size": size or 20, "summary": summary}, 422)
+    check = await run_in_threadpool(lambda: audit_extract.sample_check(user.hsa_id, at, days=days, size=size))
+    return render(request, user, "log.html.j2", {"title": "Stickprovskontroll", "pnr_error": None, "extract": None,
+                                           "check": check, "days": days, "size": size})
+
+
+def _head_units(user: User) -> list[str]:
+    with session() as s:
+        units = list(s.scalars(select(CareUnit.hsa_id).where(CareUnit.head_hsa_id == user.hsa_id)))
+    if user.unit_hsa_id and user.unit_hsa_id not in units:
+        units.append(user.unit_hsa_id)
+    return units
+
+
+@router.get("/omprovningar", response_class=HTMLResponse, include_in_schema=False)
+def head_reviews_page(request: Request, klar: str = "", utfall: str = "", user: User = Depends(head_user),
+                      at: datetime = Depends(now)) -> Response:
+    rows = review_rows(at, units=_head_units(user))
+    notice = None
+    if klar and utfall in OUTCOME_LABELS and klar.upper() == klar and len(klar) <= 20:
+        notice = f"Omprövningen av {klar} är registrerad: {OUTCOME_LABELS[utfall].lower()}."
+    return render(request, user, "head_reviews.html.j2", {"title": "Omprövning", "rows": rows, "notice": notice,
+                                                    "row_error": {}})
+
+
+@router.post("/omprovningar/{reference}", response_class=HTMLResponse, include_in_schema=False)
+async def head_review_post(request: Request, reference: str, user: User = Depends(head_user),
+                           at: datetime = Depends(now)) -> Response:
+    form = await request.form()
+    _check_form_csrf(request, form.get(CSRF_FIELD))
+    outcome = form.get("outcome")
+    ref = reference.strip().upper()
+    problem: dict[str, str] | None = None
+    status = 422
+    if outcome not in OUTCOME_LABELS:
+        problem = {"code": "required", "message": "Välj om begränsningen ska behållas eller hävas."}
+    else:
+        try:
+            result = await _record(ref, user, str(outcome), at)
+            return RedirectResponse(f"/omprovningar?klar={result['reference']}&utfall={outcome}", status_code=303)
+        except _ReviewError as exc:
+            status, problem = exc.status, exc.errors[0]
+    rows = review_rows(at, units=_head_units(user))
+    return render(request, user, "head_reviews.html.j2", {
+        "title": "Fel: Omprövning", "rows": rows, "row_error": {ref: problem["message"]},
+        "summary": [{"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"}]}, status)

@@ -1,0 +1,228 @@
+"""The form app: HTML pages for people and the JSON API of the contract, in one FastAPI application.
+
+`uvicorn forms.app:app` serves it; `create_app()` builds a fresh one (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from forms import admin_routes, api, pages, paper_routes, urgent_routes
+from forms.auth import NotAllowed, NotAuthenticated
+from models.schemas import OrderRequest
+from tasks.settings import settings
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024  # an order is a few kB; the reason is at most 2000 characters
+STATIC = Path(__file__).resolve().parent / "static"
+TOO_LARGE = "Förfrågan är för stor (högst 64 KiB)."
+
+# Same-origin only, no inline script or style: free text can never become code on our pages.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _is_too_large(exc: BaseException) -> bool:
+    # Task groups in middleware may wrap the signal in an exception group.
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_too_large(e) for e in exc.exceptions)
+    return isinstance(exc, _TooLarge)
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS, and `Cache-Control: no-store` outside /static (answers may hold personal data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = dict(SECURITY_HEADERS)
+        if not scope["path"].startswith("/static/"):
+            extra["Cache-Control"] = "no-store"
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower().encode() not in present]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, by Content-Length up front or by counting a chunked stream."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(scope, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BaseException as exc:
+            if not _is_too_large(exc):
+                raise
+            if not started:
+                await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        if scope["path"].startswith("/api/"):
+            body = json.dumps({"errors": [{"field": "", "code": "body_too_large", "message": TOO_LARGE}]},
+                              ensure_ascii=False).encode()
+            ctype = b"application/json"
+        else:
+            body = pages.render_plain_error(413, "För stor förfrågan", TOO_LARGE).encode()
+            ctype = b"text/html; charset=utf-8"
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", ctype), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/healthz"
+
+
+def _error_json(status: int, code: str, message: str, field: str = "") -> JSONResponse:
+    return JSONResponse({"errors": [{"field": field, "code": code, "message": message}]}, status_code=status)
+
+
+def _validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        missing = e.get("type") == "missing"
+        out.append({"field": ".".join(loc), "code": "required" if missing else "invalid_value",
+                    "message": "Fältet måste fyllas i." if missing else "Ogiltigt värde."})
+    return out
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(api.ApiError)
+    async def _api_error(request: Request, exc: api.ApiError) -> Response:
+        if _wants_json(request):
+            return exc.response()
+        return pages.error_page(request, exc.status, exc.message)
+
+    @app.exception_handler(NotAuthenticated)
+    async def _no_identity(request: Request, exc: NotAuthenticated) -> Response:
+        if _wants_json(request):
+            return _error_json(401, "not_authenticated", "Du är inte inloggad (ingen identitet).")
+        if settings().embedded_login:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+        return pages.error_page(request, 401, "Du är inte inloggad. Logga in med SITHS-kort och försök igen.")
+
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(request: Request, exc: NotAllowed) -> Response:
+        if _wants_json(request):
+            return _error_json(403, exc.code, exc.message)
+        return pages.error_page(request, 403, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse({"errors": _validation_problems(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        messages = {404: "Sidan finns inte.", 405: "Metoden är inte tillåten."}
+        message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
+        if _wants_json(request):
+            return _error_json(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", message)
+        return pages.error_page(request, exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        message = "Ett tekniskt fel inträffade. Försök igen, eller använd pappersblanketten (reservrutin)."
+        if _wants_json(request):
+            return _error_json(500, "internal_error", message)
+        return pages.error_page(request, 500, message)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus OrderRequest, which documents the raw body of POST /api/orders(/validate)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    order = OrderRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(order.pop("$defs", {}))
+    components["OrderRequest"] = order
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Begränsningsbeställningar", version="0.1.0",
+        description="Beställningar av begränsad åtkomst till 1177 journal och e-tjänster. "
+                    "Identitet: `X-Remote-User` från betrodd proxy, annars sessionskaka från inloggningssidan.",
+        # Swagger UI and ReDoc load scripts from a CDN; the schema itself is at /openapi.json.
+        docs_url=None, redoc_url=None,
+    )
+    _install_handlers(app)
+
+    app.include_router(api.router)
+    app.include_router(api.health_router)
+    # The contract's additions from the other parts of the system: the urgent path, paper registration,
+    # monitoring and reviews. Each brings its own routes; identity and errors are this app's.
+    app.include_router(urgent_routes.router)
+    app.include_router(paper_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)  # outermost of ours: nothing reads a body before it
+    return app
+
+
+app = create_app()

@@ -1,0 +1,204 @@
+"""Who is asking, and what they may do.
+
+Identity comes from one of two places:
+- the SSO reverse proxy's `X-Remote-User: <HSA-id>` header, trusted only when the TCP peer (as uvicorn
+  reports it) is listed in `settings().trusted_proxies` (addresses or networks, comma-separated);
+- otherwise the signed session cookie set by the embedded login page (when `settings().embedded_login`).
+
+The session cookie also carries the CSRF token, so a browser behind the SSO proxy gets a cookie too (with
+no user in it): every HTML form post must echo the token in a hidden field, and a JSON post that is
+authenticated by the cookie must send it in `X-CSRF-Token`. JSON posts authenticated by the header are
+exempt, because the API refuses anything but `application/json`, which a cross-site form cannot send.
+Roles always come from the staff table, never from the request.
+
+`trusted_proxies` is compared with the client address uvicorn reports. uvicorn rewrites that address from
+`X-Forwarded-For` when the peer is in its `forwarded_allow_ips` (loopback by default), so behind the SSO
+proxy leave the proxy out of `forwarded_allow_ips` and list it in `RO_TRUSTED_PROXIES`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from fastapi import Request, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from models.tables import Order, Staff
+from tasks import directory
+from tasks.database import session
+from tasks.settings import settings
+
+COOKIE = "ro_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+USER_HEADER = "X-Remote-User"
+SESSION_MAX_AGE = 12 * 60 * 60  # one working shift
+
+ROLE_LABELS_SV: dict[str, str] = {
+    "clinician": "Vårdpersonal",
+    "assessor": "Menprövare",
+    "head_of_department": "Verksamhetschef",
+    "support": "Ärendehanterare (support)",
+    "account_admin": "Kontoadministratör",
+    "on_call": "Beredskap",
+    "bakjour": "Bakjour",
+    "admin": "Administratör",
+}
+# Roles that read every order of their region (a person without a region reads all regions).
+REGION_READERS = ("support", "on_call", "assessor", "account_admin", "bakjour")
+
+
+class NotAuthenticated(Exception):
+    """No identity: 401 for the API, a redirect to the login page for pages."""
+
+
+class NotAllowed(Exception):
+    """A known person without the right to do this: 403."""
+
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class User:
+    hsa_id: str
+    name: str
+    roles: tuple[str, ...]
+    unit_hsa_id: str | None
+    region: str | None
+    via: Literal["header", "cookie"]
+
+    def has(self, *roles: str) -> bool:
+        return any(r in self.roles for r in roles)
+
+    @property
+    def role_labels(self) -> str:
+        return ", ".join(ROLE_LABELS_SV.get(r, r) for r in self.roles)
+
+
+@dataclass(frozen=True)
+class SessionData:
+    hsa_id: str | None
+    csrf: str
+    fresh: bool  # not read from a valid cookie: the response must set it
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings().session_secret, salt="restriction-orders-session")
+
+
+@lru_cache(maxsize=8)
+def _networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in spec.split(",") if p.strip())
+
+
+def trusted_peer(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(addr in net for net in _networks(settings().trusted_proxies))
+
+
+def session_data(request: Request) -> SessionData:
+    """The session from the cookie, or a fresh one (not logged in, new CSRF token). Cached per request."""
+    cached = getattr(request.state, "ro_session", None)
+    if isinstance(cached, SessionData):
+        return cached
+    data = SessionData(None, secrets.token_urlsafe(32), True)
+    raw = request.cookies.get(COOKIE)
+    if raw:
+        try:
+            loaded = _serializer().loads(raw, max_age=SESSION_MAX_AGE)
+            if isinstance(loaded, dict) and isinstance(loaded.get("c"), str) and loaded["c"]:
+                data = SessionData(str(loaded.get("u") or "") or None, loaded["c"], False)
+        except BadSignature:  # also SignatureExpired
+            pass
+    request.state.ro_session = data
+    return data
+
+
+def set_session(response: Response, data: SessionData) -> None:
+    value = _serializer().dumps({"u": data.hsa_id or "", "c": data.csrf})
+    response.set_cookie(COOKIE, value, max_age=SESSION_MAX_AGE, httponly=True, samesite="lax", path="/",
+                        secure=settings().app_base_url.startswith("https://"))
+
+
+def clear_session(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
+
+
+def new_login(hsa_id: str | None) -> SessionData:
+    # A new CSRF token on every login and logout, so a token seen before cannot be replayed after.
+    return SessionData(hsa_id, secrets.token_urlsafe(32), True)
+
+
+def _user(person: Staff | None, via: Literal["header", "cookie"]) -> User | None:
+    if person is None:
+        return None
+    return User(person.hsa_id, person.name, tuple(person.roles), person.unit_hsa_id, person.region, via)
+
+
+def identify(request: Request) -> User | None:
+    """The member of staff behind this request, or None. Cached per request."""
+    if hasattr(request.state, "ro_user"):
+        cached: User | None = request.state.ro_user
+        return cached
+    user: User | None = None
+    header = request.headers.get(USER_HEADER, "").strip()
+    if header and trusted_peer(request):
+        with session() as s:
+            user = _user(directory.staff(s, header), "header")
+    elif settings().embedded_login:
+        hsa = session_data(request).hsa_id
+        if hsa:
+            with session() as s:
+                user = _user(directory.staff(s, hsa), "cookie")
+    request.state.ro_user = user
+    return user
+
+
+def require_user(request: Request) -> User:
+    user = identify(request)
+    if user is None:
+        raise NotAuthenticated()
+    return user
+
+
+def require_roles(user: User, *roles: str, message: str | None = None) -> None:
+    if not user.has(*roles):
+        wanted = ", ".join(ROLE_LABELS_SV.get(r, r).lower() for r in roles)
+        raise NotAllowed(message or f"Du har inte behörighet till detta (kräver roll: {wanted}).", "wrong_role")
+
+
+def csrf_ok(request: Request, token: str | None) -> bool:
+    data = session_data(request)
+    return not data.fresh and bool(token) and secrets.compare_digest(str(token), data.csrf)
+
+
+def check_api_csrf(request: Request, user: User) -> None:
+    """JSON posts authenticated by the session cookie must carry the token in a header."""
+    if user.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
+        raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
+
+
+def check_form_csrf(request: Request, token: str | None) -> None:
+    if not csrf_ok(request, token):
+        raise NotAllowed("Formuläret har gått ut eller kom inte från den här tjänsten. Ladda om sidan och försök igen.",
+                         "csrf_failed")
+
+
+def may_read(user: User, order: Order, unit_head: str | None) -> bool:
+    """Clinicians read their own orders; heads the orders of their units; region roles their region's."""
+    if user.hsa_id == order.submitted_by or user.has("admin"):
+        return True
+    if user.has("head_of_department") and (unit_head == user.hsa_id or order.care_unit_hsa_id == user.unit_hsa_id):
+        return True
+    return user.has(*REGION_READERS) and user.region in (None, order.region)

@@ -1,0 +1,142 @@
+"""`restriction-orders`: the command-line tool for on-call support and operations (installed with the project).
+
+    restriction-orders urgent RO-2026-000123 [--by DEMO-KALMAR-ONCALL]
+        make an existing order urgent (given by reference on the phone, or registered from paper), page
+        on-call at once and make sure the order's run is going
+    restriction-orders callback RO-2026-000123 --by DEMO-KALMAR-ONCALL [--note "Uppringd 17.12"]
+        record the callback: stops the 30-minute clock and lets the order continue
+    restriction-orders clock RO-2026-000123
+        the callback clock: deadline, seconds left, met or missed
+    restriction-orders escalate [--reference RO-2026-000123 ...]
+        run the urgent dispatcher once: send pages that never went out, escalate missed callbacks
+    restriction-orders automations [--print]
+        create or update the project's Prefect automations (or print them for `prefect automation create`)
+
+Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
+only, never personal data. Exit status: 0 done, 1 refused (unknown order, wrong status, not allowed), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from models.calendar import local
+
+
+def _when(at: datetime | None) -> str:
+    return local(at).strftime("%Y-%m-%d %H:%M:%S %Z") if at else "-"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="restriction-orders", description="Begränsningsbeställningar: beredskap och drift.")
+    sub = p.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("urgent", help="gör en beställning brådskande och sök beredskapen")
+    u.add_argument("reference")
+    u.add_argument("--by", default="", help="ditt HSA-id (beredskap eller support); kontrolleras mot personalkatalogen")
+    c = sub.add_parser("callback", help="registrera återuppringning (stoppar klockan)")
+    c.add_argument("reference")
+    c.add_argument("--by", required=True, help="ditt HSA-id (beredskap eller support)")
+    c.add_argument("--note", default="", help="anteckning (stannar i beställningsdatabasen)")
+    k = sub.add_parser("clock", help="visa återuppringningsklockan")
+    k.add_argument("reference")
+    e = sub.add_parser("escalate", help="kör eskaleringen en gång")
+    e.add_argument("--reference", action="append", default=[],
+                   help="bara denna beställning (kan upprepas); utan: alla, och missade sökningar skickas")
+    a = sub.add_parser("automations", help="skapa/uppdatera Prefect-automationerna")
+    a.add_argument("--print", action="store_true", dest="print_only", help="skriv ut dem som JSON i stället")
+    return p
+
+
+def _urgent(reference: str, by: str) -> int:
+    from flows.urgent import start_urgent
+    out = asyncio.run(start_urgent(reference, by.strip().upper() or "cli", check_actor=bool(by.strip())))
+    print(f"{out.reference}: {'gjord brådskande' if out.made_urgent else 'redan brådskande'}, status {out.status}")
+    print(f"  återuppringning senast: {_when(out.callback_due_at)}")
+    if out.paged:
+        target = "beredskapen" if out.paged == "on_call" else "supportkön (kontorstid)"
+        print(f"  sökt: {target}, {'levererat' if out.page_delivered else 'i utkorgen (skickas om)'}")
+    else:
+        print("  inget att söka (återuppringning redan gjord)")
+    print(f"  körning: {out.flow_run_id or 'startas av husstädningen när Prefect svarar'}")
+    return 0
+
+
+def _callback(reference: str, by: str, note: str) -> int:
+    from flows.urgent import record_callback
+    out = asyncio.run(record_callback(reference, by.strip().upper(), note))
+    print(f"{out.reference}: återuppringning registrerad {_when(out.recorded_at)} "
+          f"({'i tid' if out.on_time else 'SENT'}), status {out.status}")
+    return 0
+
+
+def _clock(reference: str) -> int:
+    from flows.urgent import callback_clock
+    c = callback_clock(reference, datetime.now(UTC))
+    print(f"{c.reference}: {c.state}")
+    if c.state != "none":
+        print(f"  senast: {_when(c.callback_due_at)}  kvar: {c.seconds_left} s")
+        print(f"  registrerad: {_when(c.recorded_at)}  eskalerad: {_when(c.escalated_at)}"
+              + (f" ({c.minutes_late} min sen)" if c.minutes_late is not None else ""))
+    return 0
+
+
+def _escalate(references: list[str]) -> int:
+    from tasks.escalation import dispatch, escalate_due
+    now = datetime.now(UTC)
+    if references:
+        counts = {"paged": 0, "escalated": len(escalate_due(now, references=references))}
+    else:
+        counts = dispatch(now)
+    print(f"sökta: {counts['paged']}, eskalerade: {counts['escalated']}")
+    _flush_events()
+    return 0
+
+
+def _flush_events() -> None:
+    try:
+        from prefect.events.worker import EventsWorker
+        EventsWorker.drain_all(timeout=10)
+    except Exception:  # the event is a notice; the deviation and the email are already stored
+        pass
+
+
+def _automations(print_only: bool) -> int:
+    from tasks.automations import ensure_automations, specs_json
+    if print_only:
+        print(specs_json())
+        return 0
+    for name, automation_id in ensure_automations().items():
+        print(f"{name}: {automation_id}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tasks.orders import Conflict, Forbidden, NotFound
+    try:
+        if args.command == "urgent":
+            return _urgent(args.reference, args.by)
+        if args.command == "callback":
+            return _callback(args.reference, args.by, args.note)
+        if args.command == "clock":
+            return _clock(args.reference)
+        if args.command == "escalate":
+            return _escalate(args.reference)
+        return _automations(args.print_only)
+    except NotFound:
+        print("Beställningen finns inte.", file=sys.stderr)
+    except Conflict as exc:
+        print(f"Går inte nu: {exc}", file=sys.stderr)
+    except Forbidden as exc:
+        print(f"Nekas: {exc.refusal.message}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"Fel: {exc}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

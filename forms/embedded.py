@@ -1,0 +1,134 @@
+"""`make run`: the whole system on the embedded default, in the foreground until Ctrl-C.
+
+Starts a local Prefect server (SQLite under .data/prefect), the SMTP sink (.data/mail), the flow-serving
+process and the web app; migrates the orders database and seeds the demo directory first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("RO_DATA_DIR", ROOT / ".data")).resolve()
+PREFECT_PORT = int(os.environ.get("RO_PREFECT_PORT", "4200"))
+APP_PORT = int(os.environ.get("RO_APP_PORT", "8000"))
+SMTP_PORT = int(os.environ.get("RO_SMTP_PORT", "8025"))
+
+
+def _env() -> dict[str, str]:
+    env = os.environ.copy()
+    env.update({
+        "RO_DATA_DIR": str(DATA), "RO_SMTP_PORT": str(SMTP_PORT),
+        "RO_APP_BASE_URL": f"http://127.0.0.1:{APP_PORT}",
+        "PREFECT_HOME": str(DATA / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Runners poll every 10 s by default; a resumed order should not wait that long.
+        "PREFECT_RUNNER_POLL_FREQUENCY": env.get("PREFECT_RUNNER_POLL_FREQUENCY", "1"),
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process for {url} exited with {proc.returncode}; see {DATA / 'logs'}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `make` and service managers stop us with SIGTERM: clean up the same way
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    env = _env()
+    os.environ.update(env)
+    logs = DATA / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    from tasks.database import migrate
+    from tasks.demo import seed_demo
+    from tasks.smtp_sink import start_sink
+
+    migrate()
+    seed_demo()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        procs.append(p)
+        return p
+
+    sink = start_sink(DATA / "mail", port=SMTP_PORT)
+    try:
+        server = spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start",
+                                          "--host", "127.0.0.1", "--port", str(PREFECT_PORT)])
+        print(f"starting the Prefect server on http://127.0.0.1:{PREFECT_PORT} …", flush=True)
+        _wait(f"http://127.0.0.1:{PREFECT_PORT}/api/health", 120, server)
+        from tasks.automations import ensure_automations
+        from tasks.automations_monitoring import ensure_monitoring_automations
+        try:
+            ensure_automations()
+            ensure_monitoring_automations()
+        except Exception as exc:  # the dashboard's alerts are a convenience; the system runs without them
+            print(f"warning: automations not created: {type(exc).__name__}", file=sys.stderr)
+        spawn("flows", [sys.executable, "-m", "flows.serve"])
+        app = spawn("app", [sys.executable, "-m", "uvicorn", "forms.app:app", "--host", "127.0.0.1",
+                            "--port", str(APP_PORT), "--proxy-headers"])
+        _wait(f"http://127.0.0.1:{APP_PORT}/healthz", 60, app)
+        print(
+            "\nrestriction-orders is running (embedded default)\n"
+            f"  app (forms, queues):   http://127.0.0.1:{APP_PORT}\n"
+            f"  Prefect dashboard:     http://127.0.0.1:{PREFECT_PORT}\n"
+            f"  outgoing mail:         {DATA / 'mail'} (SMTP sink on 127.0.0.1:{SMTP_PORT})\n"
+            f"  logs:                  {logs}\n"
+            "Log in as any demo user on the app's login page. Ctrl-C stops everything.\n", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        print("a process stopped; see the logs. Shutting down.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping …", flush=True)
+        return 0
+    finally:
+        _stop(procs)
+        sink.stop()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every child (each in its own session, so a terminal's Ctrl-C does not reach them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for p in reversed(procs):
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

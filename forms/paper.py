@@ -1,0 +1,160 @@
+"""Paper forms for the reserve routine (reservrutin): HTML from Jinja2, PDF from WeasyPrint.
+
+When the digital route is down the clinician fills the order in, prints it, signs it and sends it by
+internal mail to the region's postal route; urgent orders are also phoned in (DOMAIN.md §3.5, seed 001).
+`render_pdf(..., order=None)` gives a blank form, with an order it gives that order pre-filled.
+
+PDF variant: PDF/UA-1 (tagged, accessible). The PDF is a transient step on the way to a signed sheet of
+paper; what is archived is the scanned signed form, so PDF/A's long-term guarantees buy little here.
+What does matter is that staff using screen readers can fill in and check the form: the Swedish
+accessibility law for public digital services (lag 2018:1937) covers documents a region publishes, and
+PDF/UA gives a structure tree, a document language (`sv`) and a displayed title. Fonts are embedded in
+either variant. The title carries only the reference or the form name, never a personal number.
+
+Enumerated fields of `PaperOrder` carry the API codes (initiative `patient|care`, actions
+`seal_journal|lock_login`, recipient `minor|guardian`) so the right boxes can be ticked; everything
+else is display text, formatted by the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from weasyprint import CSS, HTML
+from weasyprint.text.fonts import FontConfiguration
+
+from models.schemas import ORDER_TYPE_LABELS_SV
+
+ORDER_TYPES = ("seal_or_lock", "restore_access", "block_guardian", "minor_access")
+INITIATIVES = ("patient", "care")
+ACTIONS = ("seal_journal", "lock_login")
+RECIPIENTS = ("minor", "guardian")
+PDF_VARIANT = "pdf/ua-1"
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "paper"
+# Debian's fonts-dejavu-core; a file:// URL so WeasyPrint embeds exactly this font whatever fontconfig says.
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+
+
+@dataclass(frozen=True)
+class PaperRegion:
+    code: str
+    name: str
+    support_phone: str
+    support_option: str | None  # menu choice, "2" or "knappval 2"
+    postal_route: list[str]     # internal-mail address, one line each
+
+
+@dataclass(frozen=True)
+class PaperOrder:
+    """A pre-filled order; all strings already formatted for display (enumerations as API codes)."""
+
+    reference: str
+    order_type: str
+    initiative: str | None
+    actions: list[str]
+    patient_personal_number: str
+    patient_name: str | None
+    patient_protected_identity: bool
+    guardian_personal_number: str | None
+    minor_access_grant: bool | None
+    minor_access_recipient: str | None
+    child_consent: bool | None
+    identity_checked_in_person: bool
+    urgent: bool
+    reason: str
+    care_unit_hsa_id: str
+    care_unit_name: str | None
+    orderer_name: str | None
+    orderer_hsa_id: str | None
+    created_at: str | None
+    needs_head_signature: bool
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    # Autoescape on for every template (the names end in .html.j2, which select_autoescape would miss):
+    # reason and names are free text typed by people. StrictUndefined turns a template typo into an error.
+    return Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+_local = threading.local()
+
+
+def _stylesheet() -> tuple[CSS, FontConfiguration]:
+    """The form's stylesheet with its fonts loaded, made once per thread.
+
+    Parsing the CSS and loading the @font-face files again for every form costs about 30 ms of a ~120 ms
+    render. One per thread because FontConfiguration wraps fontconfig/Pango state that WeasyPrint does
+    not promise is thread-safe, and the app renders from a thread pool.
+    """
+    cached: tuple[CSS, FontConfiguration] | None = getattr(_local, "stylesheet", None)
+    if cached is None:
+        font_config = FontConfiguration()
+        css_text = _env().get_template("paper.css.j2").render(font_dir=FONT_DIR.as_uri())
+        cached = _local.stylesheet = (CSS(string=css_text, font_config=font_config), font_config)
+    return cached
+
+
+def _phone_line(region: PaperRegion) -> str:
+    option = (region.support_option or "").strip()
+    if option.isdigit():  # settings may hold just the digit; the seed's wording is "knappval 2"
+        option = f"knappval {option}"
+    return f"{region.support_phone} {option}".strip()
+
+
+def _check(order_type: str, order: PaperOrder | None) -> None:
+    if order_type not in ORDER_TYPES:
+        raise ValueError(f"unknown order type {order_type!r}; expected one of {', '.join(ORDER_TYPES)}")
+    if order is None:
+        return
+    if order.order_type != order_type:
+        raise ValueError(f"order {order.reference} is {order.order_type!r}, not {order_type!r}")
+    # An unknown code would otherwise leave every box empty and look like a blank answer on paper.
+    if order.initiative not in (None, *INITIATIVES):
+        raise ValueError(f"unknown initiative {order.initiative!r}")
+    if unknown := set(order.actions) - set(ACTIONS):
+        raise ValueError(f"unknown actions {sorted(unknown)}")
+    if order.minor_access_recipient not in (None, *RECIPIENTS):
+        raise ValueError(f"unknown recipient {order.minor_access_recipient!r}")
+
+
+def _context(order_type: str, region: PaperRegion, order: PaperOrder | None, embed_css: bool) -> dict[str, Any]:
+    label = ORDER_TYPE_LABELS_SV[order_type]
+    # The title is shown by PDF viewers and browser tabs: reference or form name only, no personal data.
+    title = f"{order.reference} – {label}" if order else f"{label} – reservblankett, {region.name}"
+    return {
+        "order_type": order_type, "label": label, "title": title, "region": region, "order": order,
+        "phone_line": _phone_line(region), "font_dir": FONT_DIR.as_uri(), "embed_css": embed_css,
+    }
+
+
+def _html(order_type: str, region: PaperRegion, order: PaperOrder | None, embed_css: bool) -> str:
+    _check(order_type, order)
+    return _env().get_template(f"{order_type}.html.j2").render(_context(order_type, region, order, embed_css))
+
+
+def render_html(order_type: str, region: PaperRegion, order: PaperOrder | None = None) -> str:
+    """The paper form as a standalone HTML document with its CSS inline (blank when `order` is None)."""
+    return _html(order_type, region, order, embed_css=True)
+
+
+def render_pdf(order_type: str, region: PaperRegion, order: PaperOrder | None = None) -> bytes:
+    """The paper form as an A4 PDF/UA-1 document with embedded DejaVu Sans subsets."""
+    # Same document as render_html, but the CSS comes pre-parsed from the per-thread stylesheet.
+    html = _html(order_type, region, order, embed_css=False)
+    css, font_config = _stylesheet()
+    # base_url only matters for relative URLs; the template uses none, the font URL is absolute.
+    pdf = HTML(string=html, base_url=str(TEMPLATE_DIR)).write_pdf(
+        stylesheets=[css], font_config=font_config, pdf_variant=PDF_VARIANT)
+    assert pdf is not None  # write_pdf returns bytes when no target is given
+    return pdf
+
+
+__all__ = ["ORDER_TYPES", "PaperOrder", "PaperRegion", "render_html", "render_pdf"]

@@ -1,0 +1,121 @@
+// Progressive enhancement only: every page works without this file.
+// 1. Show a field only when it applies (data-show-if="name=value;name=value": all must hold).
+// 2. Move focus to the error summary after a failed submit.
+// 3. Live validation against POST /api/orders/validate: warnings at once, errors for fields already touched.
+// 4. Disable a submit button after the first click (the server's idempotency token is the real guard).
+(function () {
+  "use strict";
+
+  function checkedValues(form, name) {
+    return Array.prototype.map.call(form.querySelectorAll('input[name="' + name + '"]:checked'), function (i) { return i.value; });
+  }
+
+  function applyConditions(form) {
+    form.querySelectorAll("[data-show-if]").forEach(function (el) {
+      var show = el.getAttribute("data-show-if").split(";").every(function (cond) {
+        var kv = cond.split("=");
+        return checkedValues(form, kv[0]).indexOf(kv[1]) !== -1;
+      });
+      // Never hide a field that shows an error: the person must be able to see and fix it.
+      el.hidden = !show && !el.querySelector(".has-error") && !el.classList.contains("has-error");
+    });
+  }
+
+  function body(form) {
+    var f = new FormData(form);
+    var type = form.getAttribute("data-order-type");
+    var unit = form.querySelector("#care_unit_hsa_id");
+    var opt = unit && unit.options[unit.selectedIndex];
+    var raw = {
+      order_type: type, initiative: f.get("initiative") || null,
+      patient_personal_number: f.get("patient_personal_number") || "",
+      patient_protected_identity: f.has("patient_protected_identity"), urgent: f.has("urgent"),
+      reason: f.get("reason") || "", care_unit_hsa_id: f.get("care_unit_hsa_id") || "",
+      region: (opt && opt.getAttribute("data-region")) || null
+    };
+    if (type === "seal_or_lock" || type === "restore_access") { raw.actions = f.getAll("actions"); }
+    if (type === "restore_access") { raw.identity_checked_in_person = f.has("identity_checked_in_person"); }
+    var recipient = f.get("minor_recipient");
+    if (type === "block_guardian" || (type === "minor_access" && recipient === "guardian")) {
+      raw.guardian_personal_number = f.get("guardian_personal_number") || "";
+    }
+    if (type === "minor_access") {
+      var g = f.get("minor_grant");
+      raw.minor_access = { grant: g === "grant" ? true : (g === "revoke" ? false : null),
+                           recipient: recipient || null, child_consent: f.has("child_consent") };
+    }
+    return raw;
+  }
+
+  function showWarnings(region, warnings) {
+    region.textContent = "";
+    if (!warnings.length) { return; }
+    var box = document.createElement("div"); box.className = "warnings";
+    var h = document.createElement("h2"); h.textContent = "Observera"; box.appendChild(h);
+    var ul = document.createElement("ul");
+    warnings.forEach(function (w) { var li = document.createElement("li"); li.textContent = w.message; ul.appendChild(li); });
+    box.appendChild(ul);
+    region.appendChild(box);
+  }
+
+  function showErrors(form, errors, touched) {
+    form.querySelectorAll(".form-group[data-fields]").forEach(function (group) {
+      var fields = group.getAttribute("data-fields").split(" ");
+      var name = fields[0];
+      if (!touched[name]) { return; }
+      var messages = errors.filter(function (e) { return fields.indexOf(e.field) !== -1; }).map(function (e) { return e.message; });
+      var p = group.querySelector(".field-error");
+      if (!p) { return; }
+      p.textContent = "";
+      messages.forEach(function (m, i) {
+        if (i) { p.appendChild(document.createElement("br")); }
+        var s = document.createElement("span"); s.className = "visually-hidden"; s.textContent = "Fel: ";
+        p.appendChild(s); p.appendChild(document.createTextNode(m));
+      });
+      p.hidden = !messages.length;
+      group.classList.toggle("has-error", messages.length > 0);
+      group.querySelectorAll("input, select, textarea, fieldset").forEach(function (el) {
+        if (messages.length) { el.setAttribute("aria-invalid", "true"); } else { el.removeAttribute("aria-invalid"); }
+      });
+    });
+  }
+
+  function liveValidation(form) {
+    var box = document.getElementById("live-warnings");
+    var token = document.querySelector('meta[name="csrf-token"]');
+    var touched = {};
+    var timer = null;
+    function run() {
+      fetch(form.getAttribute("data-validate-url"), {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": token ? token.content : "" },
+        body: JSON.stringify(body(form))
+      }).then(function (r) { return r.ok || r.status === 422 ? r.json() : null; }).then(function (res) {
+        if (!res) { return; }
+        if (box) { showWarnings(box, res.warnings || []); }
+        showErrors(form, res.errors || [], touched);
+      }).catch(function () { /* offline: the server checks again on submit */ });
+    }
+    form.addEventListener("change", function (ev) {
+      var group = ev.target.closest(".form-group[data-fields]");
+      if (group) { touched[group.getAttribute("data-fields").split(" ")[0]] = true; }
+      clearTimeout(timer); timer = setTimeout(run, 300);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var summary = document.querySelector("[data-focus-on-load]");
+    if (summary) { summary.focus(); }
+    document.querySelectorAll("form").forEach(function (form) {
+      if (form.querySelector("[data-show-if]")) {
+        applyConditions(form);
+        form.addEventListener("change", function () { applyConditions(form); });
+      }
+      if (form.hasAttribute("data-validate-url")) { liveValidation(form); }
+      form.addEventListener("submit", function () {
+        var b = form.querySelector("[data-once]");
+        if (b) { setTimeout(function () { b.disabled = true; b.setAttribute("aria-disabled", "true"); }, 0); }
+      });
+    });
+  });
+}());

@@ -1,0 +1,150 @@
+"""The urgent path in the JSON API (include with `app.include_router(urgent_routes.router)`).
+
+- `POST /api/orders/{reference}/urgent` — on_call or support (of the order's region): make an existing order
+  urgent and start the urgent path (callback deadline now + 30 minutes, page on-call at once, make sure the
+  order's run is going). Repeating it changes nothing. 403 for other roles, 404 unknown, 409 ended order.
+- `GET /api/orders/{reference}/callback-clock` — anyone who may read the order: the callback deadline, seconds
+  left, and whether it was met or missed (for the countdown on the order page).
+
+Identity: the header `X-Remote-User` (HSA-id) from a trusted proxy, looked up in the staff directory; the
+embedded login's session cookie is accepted as everywhere else in the app (JSON posts then need the CSRF
+header). No personal data in any answer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from flows import urgent
+from forms.auth import (
+    USER_HEADER,
+    NotAllowed,
+    NotAuthenticated,
+    User,
+    check_api_csrf,
+    identify,
+    may_read,
+    trusted_peer,
+)
+from models.calendar import local
+from models.tables import Staff
+from tasks import directory, orders
+from tasks.database import session
+
+router = APIRouter(prefix="/api", tags=["urgent"])
+
+
+def _user(person: Staff) -> User:
+    return User(person.hsa_id, person.name, tuple(person.roles), person.unit_hsa_id, person.region, "header")
+
+
+def current_staff(request: Request) -> User:
+    """The member of staff making the request: the trusted proxy's `X-Remote-User`, else the session."""
+    hsa = request.headers.get(USER_HEADER, "").strip()
+    if hsa and trusted_peer(request):
+        with session() as s:
+            person = directory.staff(s, hsa)
+        if person is None:
+            raise NotAuthenticated()
+        return _user(person)
+    user = identify(request)  # the embedded login's cookie (an untrusted header is ignored there too)
+    if user is None:
+        raise NotAuthenticated()
+    return user
+
+
+def clock() -> datetime:
+    """Now; a dependency so tests can pin it."""
+    return datetime.now(UTC)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"errors": [{"field": "", "code": code, "message": message}]}, status_code=status)
+
+
+class UrgentResponse(BaseModel):
+    reference: str
+    urgent: bool
+    made_urgent: bool                     # false: it was urgent already
+    status: str
+    callback_due_at: datetime | None
+    seconds_left: int | None
+    paged: Literal["on_call", "support_queue"] | None
+    page_delivered: bool
+    run_started: bool
+
+
+class CallbackClockResponse(BaseModel):
+    reference: str
+    urgent: bool
+    state: Literal["none", "running", "met", "missed"]
+    callback_due_at: datetime | None
+    seconds_left: int | None
+    met: bool
+    missed: bool
+    recorded_at: datetime | None
+    escalated_at: datetime | None
+    minutes_late: int | None
+
+
+def _local(at: datetime | None) -> datetime | None:
+    return local(at) if at is not None else None
+
+
+NOT_FOUND = (404, "not_found", "Beställningen finns inte.")
+RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Ingen identitet"},
+                                              403: {"description": "Fel roll eller region"},
+                                              404: {"description": "Okänd beställning"},
+                                              409: {"description": "Beställningen är avslutad"}}
+
+
+@router.post("/orders/{reference}/urgent", response_model=UrgentResponse, responses=RESPONSES,
+             summary="Gör en beställning brådskande och sök beredskapen (beredskap eller support)")
+async def make_urgent(reference: str, request: Request, user: User = Depends(current_staff),
+                      now: datetime = Depends(clock)) -> Any:
+    check_api_csrf(request, user)
+    if not user.has(*urgent.TRIGGER_ROLES):
+        raise NotAllowed("Endast beredskap eller support kan göra en beställning brådskande.", "wrong_role")
+    try:
+        ref = urgent.normalise_reference(reference)
+        out = await urgent.start_urgent(ref, user.hsa_id, now, check_actor=True)
+    except (ValueError, orders.NotFound):
+        return _error(*NOT_FOUND)
+    except orders.Forbidden as exc:
+        raise NotAllowed(exc.refusal.message, exc.refusal.code) from None
+    except orders.Conflict:
+        return _error(409, "wrong_status", "Beställningen är avslutad och kan inte göras brådskande.")
+    left = (max(0, int((out.callback_due_at - now).total_seconds())) if out.callback_due_at else None)
+    return UrgentResponse(reference=out.reference, urgent=True, made_urgent=out.made_urgent, status=out.status,
+                          callback_due_at=_local(out.callback_due_at), seconds_left=left,
+                          paged=out.paged,  # type: ignore[arg-type]
+                          page_delivered=out.page_delivered, run_started=out.flow_run_id is not None)
+
+
+def _readable(user: User, ref: str) -> bool:
+    with session() as s:
+        order = orders.get(s, ref)
+        unit = directory.unit(s, order.care_unit_hsa_id)
+        return may_read(user, order, unit.head_hsa_id if unit else None)
+
+
+@router.get("/orders/{reference}/callback-clock", response_model=CallbackClockResponse, responses=RESPONSES,
+            summary="Återuppringningsklockan: tidsgräns, sekunder kvar, hållen eller missad")
+async def callback_clock(reference: str, user: User = Depends(current_staff), now: datetime = Depends(clock)) -> Any:
+    try:
+        ref = urgent.normalise_reference(reference)
+        if not await run_in_threadpool(_readable, user, ref):
+            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
+        c = await run_in_threadpool(urgent.callback_clock, ref, now)
+    except (ValueError, orders.NotFound):
+        return _error(*NOT_FOUND)
+    return CallbackClockResponse(reference=c.reference, urgent=c.urgent, state=c.state,
+                                 callback_due_at=_local(c.callback_due_at), seconds_left=c.seconds_left,
+                                 met=c.state == "met", missed=c.state == "missed", recorded_at=_local(c.recorded_at),
+                                 escalated_at=_local(c.escalated_at), minutes_late=c.minutes_late)
