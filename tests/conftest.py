@@ -1,0 +1,175 @@
+"""Real parts for the tests: a temporary orders database (SQLite, or PostgreSQL when DATABASE_URL is set,
+in a schema of its own), a real Prefect server, served flows in a subprocess, and an SMTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+_TMP = Path(tempfile.mkdtemp(prefix="ro-tests-"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_schema_url(url: str) -> str:
+    """A fresh schema per test session, so runs never see each other's rows."""
+    import sqlalchemy as sa
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    eng.dispose()
+    os.environ["RO_TEST_PG_SCHEMA"] = schema
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["RO_DATA_DIR"] = str(_TMP / "data")
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        os.environ["DATABASE_URL"] = _pg_schema_url(os.environ["DATABASE_URL"])
+    os.environ["RO_SMTP_PORT"] = str(free_port())
+    os.environ["RO_APP_BASE_URL"] = "http://127.0.0.1:8000"
+    os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
+    os.environ["PREFECT_UI_ENABLED"] = "false"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    schema = os.environ.get("RO_TEST_PG_SCHEMA")
+    if schema:
+        import sqlalchemy as sa
+        url = os.environ["DATABASE_URL"].split("?")[0]
+        eng = sa.create_engine(url)
+        with eng.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def db() -> Iterator[None]:
+    """The orders database, migrated and seeded with the demo directory."""
+    from tasks.database import migrate
+    from tasks.demo import seed_demo
+    migrate()
+    seed_demo()
+    yield
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[Path]:
+    from tasks.smtp_sink import start_sink
+    maildir = _TMP / "mail"
+    ctl = start_sink(maildir, port=int(os.environ["RO_SMTP_PORT"]))
+    yield maildir
+    ctl.stop()
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import httpx
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    api = os.environ["PREFECT_API_URL"]
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    with open(_TMP / "prefect-server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", port], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        _wait_http(f"{api}/health", 90)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class FlowServer:
+    """`python -m flows.serve` in a subprocess, so tests can kill it and start it again."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = _TMP / "serve.log"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=ROOT, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self._wait_deployments()
+
+    def _wait_deployments(self) -> None:
+        import asyncio
+
+        from prefect.client.orchestration import get_client
+
+        async def count() -> int:
+            async with get_client() as c:
+                return len(await c.read_deployments())
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if asyncio.run(count()) >= 4:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("deployments not served")
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def flow_server(db: None, smtp: Path, prefect_server: str) -> Iterator[FlowServer]:
+    env = os.environ.copy()
+    env["RO_HOUSEKEEPING_SECONDS"] = "1"
+    env["RO_SERVE_SCHEDULES"] = "0"
+    env["PYTHONPATH"] = str(ROOT)
+    fs = FlowServer(env)
+    fs.start()
+    yield fs
+    fs.stop()

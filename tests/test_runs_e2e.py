@@ -1,0 +1,81 @@
+"""Starting runs: exactly one run per order, also when the Prefect API is down at submit time;
+manual execution waits for the account administrator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+from flows import commands
+from tasks import orders
+from tasks.database import session
+from tests.conftest import FlowServer
+from tests.e2e import aged, body, decide, status, wait_mails, wait_status
+
+pytestmark = pytest.mark.e2e
+
+
+async def _runs_named(reference: str) -> int:
+    async with get_client() as c:
+        runs = await c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[reference])))
+    return len(runs)
+
+
+def test_prefect_down_at_submit_keeps_order_and_starts_run_later(flow_server: FlowServer,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+        started = time.monotonic()
+        out = asyncio.run(commands.submit(body("seal_or_lock"), "DEMO-KALMAR-CLINICIAN"))
+        elapsed = time.monotonic() - started
+    assert out.kind == "created" and out.order is not None
+    ref = out.order.reference
+    assert elapsed < 10
+    assert f"could not start run for {ref}" in caplog.text
+    # The housekeeping loop of the serving process (which reaches the API) starts the run.
+    wait_status(ref, "awaiting_assessment", timeout=60)
+    for _ in range(3):
+        asyncio.run(__import__("tasks.launch", fromlist=["reconcile"]).reconcile())
+    assert asyncio.run(_runs_named(ref)) == 1
+
+
+def test_submit_twice_never_makes_two_runs(flow_server: FlowServer) -> None:
+    from tasks.launch import start_run
+    ref = asyncio.run(commands.submit(body("seal_or_lock"), "DEMO-KALMAR-CLINICIAN")).order.reference  # type: ignore[union-attr]
+    with session() as s:
+        orders.get(s, ref).flow_run_id = None  # as if the first answer was lost on the way back
+    asyncio.run(start_run(ref))
+    asyncio.run(start_run(ref))
+    assert asyncio.run(_runs_named(ref)) == 1
+
+
+def test_manual_execution_waits_for_account_admin(flow_server: FlowServer, smtp: Path) -> None:
+    flow_server.kill()
+    manual = FlowServer({**flow_server.env, "RO_GATEWAY": "manual"})
+    os.environ["RO_GATEWAY"] = "manual"
+    try:
+        manual.start()
+        ref = asyncio.run(commands.submit(body("seal_or_lock", patient_personal_number=aged(33, 913)),
+                                          "DEMO-KALMAR-CLINICIAN")).order.reference  # type: ignore[union-attr]
+        wait_status(ref, "awaiting_assessment")
+        decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
+        wait_status(ref, "awaiting_approval")
+        decide(ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
+        wait_status(ref, "executing")
+        time.sleep(2)
+        assert status(ref) == "executing"  # nobody has done it in the 1177 tool yet
+        with pytest.raises(orders.Forbidden):
+            decide(ref, "execution", "DEMO-KALMAR-SUPPORT", {"system_reference": "ADM-1"})
+        decide(ref, "execution", "DEMO-KALMAR-ACCOUNTADMIN", {"system_reference": "ADM-4711"})
+        wait_status(ref, "completed")
+        assert len(wait_mails(smtp, ref, 2)) == 2
+    finally:
+        os.environ.pop("RO_GATEWAY", None)
+        manual.stop()
+        flow_server.start()

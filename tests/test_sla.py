@@ -1,0 +1,315 @@
+"""The SLA monitor with the time under test control: one reminder per breach, not one per run.
+
+Runs on SQLite, and on PostgreSQL when DATABASE_URL is set. The monitor's database logic is called with
+a FixedClock's time and a recording emitter; the last test runs the real `sla-monitor` flow against a
+Prefect server and reads the event and the `open-orders` artifact back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models import sla
+from models.clock import FixedClock
+from models.status import OrderStatus
+from tasks import monitoring
+from tasks.database import session
+from tests.monitoring_support import (
+    audit_rows,
+    body,
+    deviations,
+    order,
+    outbox,
+    patient,
+    set_status,
+    stockholm,
+    submit_at,
+)
+
+pytestmark = pytest.mark.usefixtures("db")
+
+TUESDAY = stockholm(2021, 3, 9, 10, 0)       # office hours: due Wednesday 2021-03-10 10:00
+SATURDAY = stockholm(2021, 3, 13, 11, 0)     # on call: an urgent order's callback is due 11:30
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, str], dict[str, Any], Any]] = []
+
+    def __call__(self, event: str, resource: dict[str, str], payload: dict[str, Any], event_id: Any) -> None:
+        self.events.append((event, resource, payload, event_id))
+
+
+def run(clock: FixedClock, refs: list[str], emit: Recorder | None = None) -> list[monitoring.OverdueFlag]:
+    return monitoring.flag_overdue(clock.now(), emit=emit, references=refs)
+
+
+def test_one_reminder_per_breach_not_one_per_run() -> None:
+    clock = FixedClock(TUESDAY)
+    ref = submit_at(clock.now(), body(patient()))
+    assert order(ref).due_at == stockholm(2021, 3, 10, 10, 0)
+    emit = Recorder()
+
+    clock.set(stockholm(2021, 3, 10, 9, 59))
+    assert run(clock, [ref], emit) == []
+    clock.advance(minutes=2)
+    [flag] = run(clock, [ref], emit)
+    assert (flag.reference, flag.breach, flag.minutes_late, flag.mails) == (ref, 1, 1, 2)
+
+    for minutes in (3, 60, 60 * 24, 60 * 24 * 30):  # later runs: the same breach is never flagged again
+        clock.advance(minutes=minutes)
+        assert run(clock, [ref], emit) == []
+
+    [row] = audit_rows(ref, "overdue")
+    assert (row.actor, row.from_status, row.detail["breach"], row.detail["due_at"]) == \
+        ("system", "submitted", 1, "2021-03-10T09:00:00+00:00")
+    [dev] = deviations(ref)
+    assert (dev.kind, dev.minutes_late) == ("overdue", 1)
+    mails = outbox(ref, "overdue")
+    assert sorted((m.event, m.recipient) for m in mails) == [
+        ("overdue-1", "demo-kalmar-head@kalmar.invalid"), ("overdue-1", "supportcenter@kalmar.invalid")]
+    assert all(ref in m.subject and "Försenad" in m.subject for m in mails)
+    assert all("19" not in m.subject and f"/bestallningar/{ref}" in m.body_text for m in mails)
+    [(event, resource, payload, event_id)] = emit.events
+    assert event == "order.overdue"
+    assert resource["prefect.resource.id"] == f"order.{ref}"
+    assert payload == {"breach": 1, "due_at": "2021-03-10T09:00:00+00:00", "minutes_late": 1}
+    assert str(event_id) == row.detail["event_id"]
+
+
+def test_a_second_breach_of_a_new_due_time_reminds_again() -> None:
+    clock = FixedClock(stockholm(2021, 3, 16, 9, 0))   # Tuesday: due Wednesday 09:00
+    ref = submit_at(clock.now(), body(patient()))
+    emit = Recorder()
+    clock.set(stockholm(2021, 3, 17, 9, 30))
+    assert [f.breach for f in run(clock, [ref], emit)] == [1]
+
+    # The order gets a new due time (e.g. a paper order registered back); it too passes.
+    with session() as s:
+        from tasks.orders import get
+        get(s, ref).due_at = stockholm(2021, 3, 18, 12, 0)
+    clock.set(stockholm(2021, 3, 18, 11, 0))
+    assert run(clock, [ref], emit) == []
+    clock.set(stockholm(2021, 3, 18, 12, 5))
+    [second] = run(clock, [ref], emit)
+    assert (second.breach, second.minutes_late) == (2, 5)
+    clock.advance(hours=5)
+    assert run(clock, [ref], emit) == []
+
+    assert [r.detail["breach"] for r in audit_rows(ref, "overdue")] == [1, 2]
+    assert len(deviations(ref)) == 2
+    assert sorted(m.event for m in outbox(ref, "overdue")) == ["overdue-1", "overdue-1", "overdue-2", "overdue-2"]
+    assert len(emit.events) == 2 and emit.events[0][3] != emit.events[1][3]
+
+
+@pytest.mark.parametrize("final", [OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED,
+                                   OrderStatus.FAILED])
+def test_final_orders_are_never_flagged(final: OrderStatus) -> None:
+    clock = FixedClock(stockholm(2021, 4, 6, 10, 0))
+    ref = submit_at(clock.now(), body(patient()))
+    set_status(ref, final, clock.now())
+    emit = Recorder()
+    for days in (1, 2, 40, 400):
+        clock.set(stockholm(2021, 4, 6, 10, 0) + timedelta(days=days))
+        assert run(clock, [ref], emit) == []
+    assert audit_rows(ref, "overdue") == [] and deviations(ref) == [] and outbox(ref, "overdue") == []
+    assert emit.events == []
+
+
+def test_an_order_that_ends_after_its_breach_is_not_flagged_again() -> None:
+    clock = FixedClock(stockholm(2021, 4, 13, 10, 0))
+    ref = submit_at(clock.now(), body(patient()))
+    clock.set(stockholm(2021, 4, 14, 11, 0))
+    assert len(run(clock, [ref])) == 1
+    set_status(ref, OrderStatus.CANCELLED, clock.now())
+    with session() as s:
+        from tasks.orders import get
+        get(s, ref).due_at = stockholm(2021, 4, 15, 10, 0)   # even with a new due time that passes
+    clock.set(stockholm(2021, 4, 20, 10, 0))
+    assert run(clock, [ref]) == []
+    assert len(audit_rows(ref, "overdue")) == 1
+
+
+def test_an_urgent_order_reminds_the_support_queue_once_and_leaves_the_deviation_to_escalation() -> None:
+    clock = FixedClock(SATURDAY)
+    ref = submit_at(clock.now(), body(patient(), urgent=True))
+    assert order(ref).due_at == stockholm(2021, 3, 13, 11, 30)
+    clock.advance(minutes=29)
+    assert run(clock, [ref]) == []
+    clock.advance(minutes=2)
+    emit = Recorder()
+    [flag] = run(clock, [ref], emit)
+    assert flag.urgent and flag.mails == 1
+    [m] = outbox(ref, "overdue")
+    assert (m.recipient, m.event) == ("supportcenter@kalmar.invalid", "overdue-1")
+    assert "brådskande" in m.subject
+    assert emit.events[0][1]["order.urgent"] == "true"
+    row = audit_rows(ref, "overdue")[0]
+    assert row.detail["responsible"] == "support"
+    # The breached due time is the callback deadline: its deviation is the escalation dispatcher's
+    # (`callback_missed`, tasks/escalation.py), not counted a second time here.
+    assert row.detail["deviation"] is False and deviations(ref) == []
+
+
+def test_the_breach_is_flagged_once_when_two_monitors_race() -> None:
+    clock = FixedClock(stockholm(2021, 4, 20, 10, 0))
+    refs = [submit_at(clock.now(), body(patient())) for _ in range(3)]
+    clock.set(stockholm(2021, 4, 22, 10, 0))
+    barrier = threading.Barrier(4)
+    results: list[list[monitoring.OverdueFlag]] = []
+    errors: list[BaseException] = []
+
+    def monitor() -> None:
+        try:
+            barrier.wait()
+            results.append(run(clock, refs))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=monitor) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(f.reference for r in results for f in r) == sorted(refs)
+    for ref in refs:
+        assert len(audit_rows(ref, "overdue")) == 1
+        assert len(deviations(ref)) == 1
+        assert len(outbox(ref, "overdue")) == 2
+
+
+def test_a_capped_run_leaves_the_rest_for_the_next_run() -> None:
+    clock = FixedClock(stockholm(2021, 5, 11, 10, 0))
+    refs = [submit_at(clock.advance(minutes=1), body(patient())) for _ in range(3)]
+    clock.set(stockholm(2021, 5, 13, 10, 0))
+    got = [[f.reference for f in monitoring.flag_overdue(clock.now(), references=refs, max_flags=2)]
+           for _ in range(3)]
+    assert got == [refs[:2], refs[2:], []]
+
+
+def test_not_due_without_due_time_or_before_it() -> None:
+    at = stockholm(2021, 5, 4, 10, 0)
+    assert sla.breach_to_flag(None, "submitted", at, []) is None
+    assert sla.breach_to_flag(at, "submitted", at, []) is None          # due now is not late yet
+    assert sla.breach_to_flag(at, "submitted", at + timedelta(seconds=1), []) == 1
+    assert sla.breach_to_flag(at, "paper_fallback", at + timedelta(hours=1), []) == 1
+    assert sla.breach_to_flag(at, "awaiting_approval", at + timedelta(hours=1), [sla.breach_key(at)]) is None
+    assert sla.breach_to_flag(at, "failed", at + timedelta(hours=1), []) is None
+
+
+def test_open_counts_table_has_no_references_or_numbers() -> None:
+    at = stockholm(2021, 5, 4, 10, 0)
+    counts = sla.open_counts([("kalmar", "submitted", at - timedelta(hours=1)), ("kalmar", "submitted", None),
+                              ("jonkoping", "awaiting_approval", at + timedelta(hours=1)),
+                              ("kalmar", "completed", at - timedelta(days=9))], at)
+    assert counts == [sla.CountRow("jonkoping", "awaiting_approval", 1, 0), sla.CountRow("kalmar", "submitted", 2, 1)]
+    table = sla.counts_table(counts, {"kalmar": "Region Kalmar län"}, {"submitted": "Inskickad"})
+    assert table[-1] == {"Region": "Alla", "Status": "Alla", "Öppna": 3, "Varav försenade": 1}
+    assert table[1]["Region"] == "Region Kalmar län" and table[1]["Status"] == "Inskickad"
+
+
+@pytest.mark.e2e
+def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server: str, smtp: Any) -> None:
+    import time
+
+    import httpx
+    from prefect.artifacts import Artifact
+
+    from flows.sla import ARTIFACT_KEY, sla_monitor
+    from tests.e2e import wait_mails
+
+    clock = FixedClock(stockholm(2019, 11, 5, 10, 0))   # earlier than any other test's order
+    pnr = patient()
+    ref = submit_at(clock.now(), body(pnr))
+    clock.set(stockholm(2019, 11, 6, 10, 30))
+    first = sla_monitor(now=clock.now())
+    clock.advance(minutes=5)
+    second = sla_monitor(now=clock.now())
+    assert first["flagged"] == 1 and first["sent"] == 2
+    assert second["flagged"] == 0 and second["sent"] == 0
+
+    got = wait_mails(smtp, ref, 2)
+    assert sorted(str(m["To"]) for m in got) == ["demo-kalmar-head@kalmar.invalid", "supportcenter@kalmar.invalid"]
+
+    def events() -> list[dict[str, Any]]:
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+            "filter": {"event": {"name": ["order.overdue"]}, "resource": {"id": [f"order.{ref}"]}}, "limit": 50})
+        r.raise_for_status()
+        return list(r.json()["events"])
+
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not found:
+        found = events()
+        time.sleep(0.5)
+    time.sleep(2)  # anything sent twice would have arrived by now
+    found = events()
+    assert len(found) == 1
+    assert found[0]["resource"]["order.region"] == "kalmar"
+    assert found[0]["payload"]["breach"] == 1
+    latest: Any = Artifact.get(ARTIFACT_KEY)
+    assert latest is not None and latest.type == "table"
+    table = json.loads(str(latest.data))
+    assert table[-1]["Region"] == "Alla" and table[-1]["Varav försenade"] >= 1
+    assert ref not in str(latest.data) and ref not in str(latest.description)
+    # Nothing of the patient's number reached Prefect's database (parameters, logs, events, artifacts).
+    forms = {pnr, pnr.replace("-", ""), pnr[2:], pnr.replace("-", "")[2:]}
+    dbs = list(Path(os.environ["PREFECT_HOME"]).glob("*.db"))
+    assert dbs
+    for db in dbs:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            for (table_name,) in con.execute("select name from sqlite_master where type='table'"):
+                for row in con.execute(f'select * from "{table_name}"'):
+                    text = " ".join(str(v) for v in row)
+                    assert not any(f in text for f in forms), table_name
+        finally:
+            con.close()
+
+
+@pytest.mark.e2e
+def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, smtp: Any) -> None:
+    import time
+
+    import httpx
+
+    from flows.sla import sla_monitor
+    from tasks.automations_monitoring import (
+        MONITORING_FAILED,
+        OVERDUE_ORDERS,
+        TAG,
+        ensure_monitoring_automations,
+    )
+
+    first = ensure_monitoring_automations(strict=True)
+    second = ensure_monitoring_automations(strict=True)
+    assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED}
+    listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10).json()
+    ours = [a for a in listed if a["name"] in first]
+    assert len(ours) == 2 and all(a["enabled"] and TAG in a["tags"] for a in ours)
+
+    clock = FixedClock(stockholm(2019, 11, 12, 10, 0))
+    ref = submit_at(clock.now(), body(patient()))
+    time.sleep(2)  # let the server's trigger cache load the automations
+    assert sla_monitor(now=clock.advance(days=2))["flagged"] >= 1
+
+    wanted = first[OVERDUE_ORDERS]
+    fired = False
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and not fired:
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+            "filter": {"event": {"name": ["prefect.automation.triggered"]},
+                       "resource": {"id": [f"prefect.automation.{wanted}"]}}, "limit": 50})
+        r.raise_for_status()
+        fired = any(f"order.{ref}" in str(ev.get("related", [])) + str(ev["payload"]) for ev in r.json()["events"])
+        time.sleep(1)
+    assert fired

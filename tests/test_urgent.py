@@ -1,0 +1,641 @@
+"""The urgent on-call path against the orders database and a real SMTP server, with the clock pinned.
+
+Pages (on-call vs the support queue) at the edges of office hours, on weekends, holidays and in Östergötland;
+the 30-minute callback clock; exactly one escalation, also with two dispatchers or a restart in between; DST
+nights. No Prefect server is needed: the page never depends on it (a Prefect outage is simulated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from sqlalchemy import func, select
+
+from flows import commands, urgent
+from forms import cli, urgent_routes
+from models.clock import STOCKHOLM, FixedClock
+from models.tables import AuditEvent, Deadline, Deviation, OutboxMessage
+from tasks import escalation, orders, paging, stages
+from tasks.database import session
+from tests.conftest import ROOT
+from tests.e2e import body, mails, text_of
+
+PNR_SHAPE = re.compile(r"\b(?:\d{6}|\d{8})[-+]?\d{4}\b")
+ONCALL = "DEMO-KALMAR-ONCALL"
+
+
+def sthlm(*args: int) -> datetime:
+    return datetime(*args, tzinfo=STOCKHOLM)  # type: ignore[misc]
+
+
+def submit_at(at: datetime, region: str = "kalmar", urgent_: bool = True, **extra: Any) -> str:
+    out = orders.submit(body("seal_or_lock", region=region, urgent=urgent_, **extra),
+                        f"DEMO-{region.upper()}-CLINICIAN", at)
+    assert out.kind == "created" and out.order is not None, [e.model_dump() for e in out.check.errors]
+    return out.order.reference
+
+
+def no_personal_data(messages: list[EmailMessage]) -> None:
+    for m in messages:
+        text = text_of(m)
+        assert not PNR_SHAPE.search(text), text
+        assert "Hot mot patienten" not in text  # free text stays in the database
+
+
+class Events:
+    """Stands in for Prefect's event sender."""
+
+    def __init__(self) -> None:
+        self.sent: list[escalation.MissedCallback] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, m: escalation.MissedCallback) -> None:
+        with self.lock:
+            self.sent.append(m)
+
+
+def count(model: Any, **where: Any) -> int:
+    with session() as s:
+        q = select(func.count()).select_from(model)
+        for k, v in where.items():
+            q = q.where(getattr(model, k) == v)
+        return int(s.scalar(q) or 0)
+
+
+def escalation_mails(smtp: Path, ref: str) -> list[EmailMessage]:
+    return [m for m in mails(smtp, ref) if "ESKALERING" in str(m["Subject"])]
+
+
+@pytest.fixture(autouse=True)
+def _no_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RO_PAGING_WEBHOOK_URL", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An orders database of this module's own (SQLite file, or a PostgreSQL schema of its own).
+
+    These tests move the clock to 2026's DST nights and holidays and run the dispatcher at those times; a
+    served flow process of the end-to-end tests that runs the dispatcher at the real time must not see
+    (and fire) their orders, nor these tests its orders."""
+    import sqlalchemy as sa
+
+    from tasks.database import migrate
+    from tasks.demo import seed_demo
+    from tasks.settings import settings
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "RO_DATA_DIR")}
+    schema = None
+    if (saved["DATABASE_URL"] or "").startswith("postgres"):
+        base = str(saved["DATABASE_URL"]).split("?")[0]
+        schema = f"t_urgent_{os.getpid()}"
+        eng = sa.create_engine(base)
+        with eng.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        eng.dispose()
+        os.environ["DATABASE_URL"] = f"{base}?options=-csearch_path%3D{schema}"
+    else:
+        os.environ["RO_DATA_DIR"] = str(tmp_path_factory.mktemp("urgent-data"))
+    settings.cache_clear()
+    try:
+        migrate()
+        seed_demo()
+        # References of their own: the SMTP sink is shared with the session's database, whose orders
+        # are numbered from 1, and mails are matched by reference.
+        from models.tables import ReferenceCounter
+        with session() as s:
+            for year in (2026, 2027):
+                if s.get(ReferenceCounter, year) is None:
+                    s.add(ReferenceCounter(year=year, last=900000))
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        settings.cache_clear()
+        if schema:
+            eng = sa.create_engine(base)
+            with eng.begin() as c:
+                c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            eng.dispose()
+
+
+# --- who is paged, when ---------------------------------------------------------------------------------
+
+PAGE_CASES = [
+    ("kalmar", sthlm(2026, 11, 24, 16, 59), "support_queue", "supportcenter@kalmar.invalid"),
+    ("kalmar", sthlm(2026, 11, 24, 17, 0), "on_call", "beredskap@kalmar.invalid"),
+    ("kalmar", sthlm(2026, 11, 24, 16, 45), "support_queue", "supportcenter@kalmar.invalid"),  # the gap 16:30–17:00
+    ("kalmar", sthlm(2026, 11, 25, 6, 59), "on_call", "beredskap@kalmar.invalid"),
+    ("kalmar", sthlm(2026, 11, 25, 7, 0), "support_queue", "supportcenter@kalmar.invalid"),
+    ("kalmar", sthlm(2026, 11, 28, 12, 0), "on_call", "beredskap@kalmar.invalid"),           # Saturday
+    ("jonkoping", sthlm(2026, 11, 29, 9, 0), "on_call", "beredskap@jonkoping.invalid"),       # Sunday
+    ("kalmar", sthlm(2026, 12, 23, 12, 0), "support_queue", "supportcenter@kalmar.invalid"),  # a working Wednesday
+    ("kalmar", sthlm(2026, 12, 24, 12, 0), "on_call", "beredskap@kalmar.invalid"),           # julafton (Thursday)
+    ("stockholm", sthlm(2026, 12, 31, 10, 0), "on_call", "servicedesk@stockholm.invalid"),    # nyårsafton
+    ("ostergotland", sthlm(2026, 11, 24, 10, 0), "on_call", "beredskap@ostergotland.invalid"),  # 24/7 line
+    ("ostergotland", sthlm(2026, 11, 24, 16, 59), "on_call", "beredskap@ostergotland.invalid"),
+]
+
+
+@pytest.mark.parametrize(("region", "at", "target", "address"), PAGE_CASES,
+                         ids=[f"{c[0]}-{c[1]:%a-%m%d-%H%M}" for c in PAGE_CASES])
+def test_page_goes_to_on_call_or_support_queue(smtp: Path, region: str, at: datetime, target: str,
+                                               address: str) -> None:
+    clock = FixedClock(at)
+    ref = submit_at(clock.now(), region)
+    result = paging.page_order(ref, clock.now(), notifiers=[])
+    assert result is not None and result.new and result.delivered
+    assert (result.target, result.address) == (target, address)
+    # Sent at once: it is at the SMTP server when page_order returns, no poll in between.
+    got = mails(smtp, ref)
+    assert [m["To"] for m in got] == [address]
+    text = text_of(got[0])
+    due = clock.now() + timedelta(minutes=30)
+    assert ref in text and "Försegling och/eller låsning" in text and "DEMO-" in text
+    assert f"kl. {due:%H.%M}" in str(got[0]["Subject"]) and f"{due:%Y-%m-%d} kl. {due:%H.%M}" in text
+    assert "19121212-****" in text
+    no_personal_data(got)
+    with session() as s:
+        audit_rows = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == ref,
+                                                             AuditEvent.action == "urgent_paged")))
+    assert [a.detail["target"] for a in audit_rows] == [target]
+
+
+def test_page_is_sent_once_however_often_asked(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 18, 0)
+    ref = submit_at(at)
+    first = paging.page_order(ref, at, notifiers=[])
+    again = paging.page_order(ref, at + timedelta(minutes=1), notifiers=[])
+    assert first is not None and again is not None
+    assert first.new and not again.new and again.delivered
+    assert len(mails(smtp, ref)) == 1
+    assert ref not in paging.page_unpaged(at + timedelta(minutes=2))  # nothing missing
+    assert count(AuditEvent, order_reference=ref, action="urgent_paged") == 1
+
+
+def test_no_page_for_a_non_urgent_order(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 18, 0)
+    ref = submit_at(at, urgent_=False)
+    assert paging.page_order(ref, at, notifiers=[]) is None
+    assert mails(smtp, ref) == []
+
+
+def test_housekeeping_sends_a_page_that_never_went_out(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 19, 0)
+    ref = submit_at(at)  # stored, but the process "died" before paging
+    assert ref in paging.page_unpaged(at + timedelta(seconds=2))
+    assert [m["To"] for m in mails(smtp, ref)] == ["beredskap@kalmar.invalid"]
+
+
+def test_webhook_notifier_beside_the_email(smtp: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    hook = paging.WebhookNotifier("https://pager.example.invalid/hook", token="s3cret",
+                                  transport=httpx.MockTransport(handler))
+    at = sthlm(2026, 11, 24, 20, 0)
+    ref = submit_at(at)
+    result = paging.page_order(ref, at, notifiers=[hook])
+    assert result is not None and result.notified == {"webhook": True} and result.delivered
+    assert paging.page_order(ref, at, notifiers=[hook]) is not None
+    assert len(seen) == 1  # once per page, not per call
+    payload = json.loads(seen[0].content)
+    assert seen[0].headers["Authorization"] == "Bearer s3cret"
+    assert payload["reference"] == ref and payload["target"] == "on_call"
+    assert payload["callback_due_at"] == (at + timedelta(minutes=30)).isoformat()
+    assert not PNR_SHAPE.search(seen[0].content.decode())
+
+
+def test_a_broken_webhook_never_stops_the_email(smtp: Path) -> None:
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down")
+
+    at = sthlm(2026, 11, 24, 21, 0)
+    ref = submit_at(at)
+    result = paging.page_order(ref, at, notifiers=[paging.WebhookNotifier("https://x.invalid",
+                                                                          transport=httpx.MockTransport(boom))])
+    assert result is not None and result.delivered and result.notified == {"webhook": False}
+    assert len(mails(smtp, ref)) == 1
+
+
+def test_webhook_is_off_by_default_and_on_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert paging.extra_notifiers() == []
+    monkeypatch.setenv("RO_PAGING_WEBHOOK_URL", "https://pager.example.invalid/hook")
+    [n] = paging.extra_notifiers()
+    assert isinstance(n, paging.WebhookNotifier) and n.url == "https://pager.example.invalid/hook"
+
+
+def test_submit_pages_at_once_even_when_prefect_is_down(smtp: Path) -> None:
+    at = sthlm(2026, 11, 28, 3, 0)  # Saturday night
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+        out = asyncio.run(commands.submit(body("seal_or_lock", urgent=True), "DEMO-KALMAR-CLINICIAN", now=at))
+    assert out.order is not None
+    ref = out.order.reference
+    assert [m["To"] for m in mails(smtp, ref)] == ["beredskap@kalmar.invalid"]  # already at the SMTP server
+    with session() as s:
+        assert orders.get(s, ref).flow_run_id is None  # the run is the reconciler's job now
+
+
+# --- the callback clock and escalation ---------------------------------------------------------------
+
+def test_callback_at_29_59_means_no_escalation(smtp: Path) -> None:
+    clock = FixedClock(sthlm(2026, 11, 24, 22, 0))
+    ref = submit_at(clock.now())
+    events = Events()
+    clock.advance(minutes=29, seconds=59)
+    out = asyncio.run(urgent.record_callback(ref, ONCALL, "Uppringd", clock.now()))
+    assert out.on_time
+    clock.advance(seconds=1)  # 30:00
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == []
+    clock.advance(hours=5)
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == []
+    assert events.sent == [] and escalation_mails(smtp, ref) == []
+    assert count(Deviation, order_reference=ref) == 0
+    assert urgent.callback_clock(ref, clock.now()).state == "met"
+    # The run takes the stored decision when it gets there; still nothing to escalate.
+    stages.receive.fn(ref)
+    with session() as s:
+        order = orders.get(s, ref)
+        decision_id = next(d.id for d in order.decisions if d.stage == "callback")
+    assert stages.record_decision.fn(ref, "callback", {"decision_id": decision_id, "decided_by": ONCALL}, "app") \
+        == "awaiting_assessment"
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == []
+
+
+def test_callback_at_29_59_through_the_waiting_run(smtp: Path) -> None:
+    clock = FixedClock(sthlm(2026, 11, 24, 23, 0))
+    ref = submit_at(clock.now())
+    stages.receive.fn(ref)  # the run received it and waits in its callback stage
+    clock.advance(minutes=29, seconds=59)
+    out = asyncio.run(urgent.record_callback(ref, ONCALL, "", clock.now()))
+    assert out.via == "run" and out.on_time
+    clock.advance(seconds=1)
+    assert escalation.escalate_due(clock.now(), emit=Events(), references=[ref]) == []
+
+
+def test_no_callback_by_30_00_escalates_exactly_once(smtp: Path) -> None:
+    clock = FixedClock(sthlm(2026, 11, 24, 17, 5))
+    ref = submit_at(clock.now())
+    events = Events()
+    clock.advance(minutes=29, seconds=59)
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == []
+    assert urgent.callback_clock(ref, clock.now()).seconds_left == 1
+    clock.advance(seconds=1)  # 30:00 exactly
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == [ref]
+    for later in (0, 1, 60 * 24):
+        assert escalation.escalate_due(clock.now() + timedelta(minutes=later), emit=events, references=[ref]) == []
+    [dev] = _deviations(ref)
+    assert (dev.kind, dev.minutes_late) == ("callback_missed", 0)
+    assert count(AuditEvent, order_reference=ref, action="callback_escalated") == 1
+    [m] = escalation_mails(smtp, ref)
+    assert m["To"] == "eskalering@kalmar.invalid"
+    assert "17.35" in text_of(m)
+    no_personal_data([m])
+    [ev] = events.sent
+    assert ev.resource()["prefect.resource.id"] == f"order.{ref}"
+    assert ev.minutes_late == 0 and ev.due_at == sthlm(2026, 11, 24, 17, 35)
+    assert not PNR_SHAPE.search(json.dumps([ev.resource(), ev.payload(), ev.related()]))
+    c = urgent.callback_clock(ref, clock.now())
+    assert (c.state, c.seconds_left, c.minutes_late) == ("missed", 0, 0)
+    # A callback made late afterwards is recorded, the deviation stays, nothing escalates again.
+    clock.advance(minutes=10)
+    late = asyncio.run(urgent.record_callback(ref, ONCALL, "Sent", clock.now()))
+    assert not late.on_time
+    assert escalation.escalate_due(clock.now(), emit=events, references=[ref]) == []
+    assert urgent.callback_clock(ref, clock.now()).state == "missed"
+    assert len(events.sent) == 1 and count(Deviation, order_reference=ref) == 1
+
+
+def test_a_late_dispatcher_records_the_minutes_late(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 19, 30)
+    ref = submit_at(at)
+    assert escalation.escalate_due(at + timedelta(minutes=47, seconds=30), emit=Events(), references=[ref]) == [ref]
+    [dev] = _deviations(ref)
+    assert dev.minutes_late == 17
+
+
+def test_two_dispatchers_at_once_escalate_once(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 20, 30)
+    refs = [submit_at(at) for _ in range(3)]
+    events = Events()
+    barrier = threading.Barrier(4)
+    results: list[list[str]] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(escalation.escalate_due(at + timedelta(minutes=30), emit=events, references=refs))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r for rs in results for r in rs) == sorted(refs)
+    assert sorted(e.reference for e in events.sent) == sorted(refs)
+    for ref in refs:
+        assert count(Deviation, order_reference=ref) == 1
+        assert len(escalation_mails(smtp, ref)) == 1
+
+
+def _dispatcher_process(now: datetime, refs: list[str]) -> list[str]:
+    """The dispatcher in a new process: only the database connects it to what came before."""
+    code = ("import json, sys; from datetime import datetime; from tasks.escalation import escalate_due; "
+            "print(json.dumps(escalate_due(datetime.fromisoformat(sys.argv[1]), emit=lambda m: None, "
+            "references=sys.argv[2:])))")
+    out = subprocess.run([sys.executable, "-c", code, now.isoformat(), *refs], cwd=ROOT, env=os.environ.copy(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_escalation_survives_a_restart_in_between(smtp: Path) -> None:
+    clock = FixedClock(sthlm(2026, 11, 24, 21, 30))
+    ref = submit_at(clock.now())
+    clock.advance(minutes=10)
+    assert _dispatcher_process(clock.now(), [ref]) == []         # running, then everything stops
+    clock.advance(minutes=20)                                     # back up at 30:00: a new process
+    assert _dispatcher_process(clock.now(), [ref]) == [ref]
+    assert escalation.escalate_due(clock.now(), emit=Events(), references=[ref]) == []  # the old one too
+    clock.advance(minutes=5)
+    assert _dispatcher_process(clock.now(), [ref]) == []
+    assert count(Deviation, order_reference=ref) == 1
+    assert len(escalation_mails(smtp, ref)) == 1
+
+
+def test_a_cancelled_order_is_not_escalated(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 22, 30)
+    ref = submit_at(at)
+    orders.cancel(ref, "DEMO-KALMAR-CLINICIAN", "Fel patient", at + timedelta(minutes=5))
+    assert escalation.escalate_due(at + timedelta(minutes=31), emit=Events(), references=[ref]) == []
+
+
+@pytest.mark.parametrize(("start", "due", "shown"), [
+    # Spring forward: 01:45 CET + 30 minutes is 03:15 CEST (02:15 does not exist).
+    (datetime(2026, 3, 29, 0, 45, tzinfo=UTC), datetime(2026, 3, 29, 1, 15, tzinfo=UTC), "2026-03-29 kl. 03.15 CEST"),
+    # Fall back: 02:45 CEST + 30 minutes is 02:15 CET (the second 02:15), not 03:15.
+    (datetime(2026, 10, 25, 0, 45, tzinfo=UTC), datetime(2026, 10, 25, 1, 15, tzinfo=UTC), "2026-10-25 kl. 02.15 CET"),
+    # …and 02:45 CET (the second one) + 30 minutes is 03:15 CET.
+    (datetime(2026, 10, 25, 1, 45, tzinfo=UTC), datetime(2026, 10, 25, 2, 15, tzinfo=UTC), "2026-10-25 kl. 03.15 CET"),
+], ids=["spring-forward", "fall-back-first-0245", "fall-back-second-0245"])
+def test_dst_nights_keep_30_elapsed_minutes(smtp: Path, start: datetime, due: datetime,
+                                            shown: str) -> None:
+    clock = FixedClock(start)
+    ref = submit_at(clock.now())
+    with session() as s:
+        assert orders.get(s, ref).callback_due_at == due
+    page = paging.page_order(ref, clock.now(), notifiers=[])
+    assert page is not None and page.target == "on_call"  # a Sunday night
+    assert shown in text_of(mails(smtp, ref)[0])
+    events = Events()
+    assert escalation.escalate_due(due - timedelta(seconds=1), emit=events, references=[ref]) == []
+    assert escalation.escalate_due(due, emit=events, references=[ref]) == [ref]
+    assert escalation.escalate_due(due + timedelta(hours=1), emit=events, references=[ref]) == []
+    assert [d.minutes_late for d in _deviations(ref)] == [0]
+    assert shown in text_of(escalation_mails(smtp, ref)[0])
+
+
+def _deviations(ref: str) -> list[Deviation]:
+    with session() as s:
+        return list(s.scalars(select(Deviation).where(Deviation.order_reference == ref)))
+
+
+# --- making an existing order urgent ----------------------------------------------------------------
+
+def test_make_a_submitted_order_urgent_before_its_run_receives_it(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 21, 50)
+    ref = submit_at(at, urgent_=False)
+    clock = FixedClock(at + timedelta(minutes=10))
+    out = asyncio.run(urgent.start_urgent(ref, ONCALL, clock.now(), check_actor=True, start_run=False))
+    assert out.made_urgent and out.paged == "on_call" and out.page_delivered
+    assert out.callback_due_at == clock.now() + timedelta(minutes=30)
+    assert [m["To"] for m in mails(smtp, ref)] == ["beredskap@kalmar.invalid"]
+    assert stages.receive.fn(ref) == "awaiting_callback"  # the run now waits for the callback
+    with session() as s:
+        order = orders.get(s, ref)
+        assert order.urgent and order.stage_plan["callback"]["required"]
+        assert order.stage_plan["approval"]["role"] == "bakjour"  # urgent out of office hours
+
+
+def test_make_urgent_after_the_callback_stage_keeps_the_clock_in_the_database(smtp: Path) -> None:
+    ref = submit_at(sthlm(2026, 11, 24, 10, 0), urgent_=False)
+    assert stages.receive.fn(ref) == "awaiting_assessment"
+    clock = FixedClock(sthlm(2026, 11, 24, 22, 0))
+    out = asyncio.run(urgent.start_urgent(ref, ONCALL, clock.now(), start_run=False))
+    assert out.made_urgent and out.status == "awaiting_assessment" and out.paged == "on_call"
+    with session() as s:
+        order = orders.get(s, ref)
+        assert order.stage_plan["approval"]["role"] == "bakjour"
+        assert [d.kind for d in s.scalars(select(Deadline).where(Deadline.order_reference == ref))] \
+            == ["due", "callback"]
+    clock.advance(minutes=12)
+    cb = asyncio.run(urgent.record_callback(ref, ONCALL, "Uppringd", clock.now()))
+    assert (cb.via, cb.on_time, cb.status) == ("stored", True, "awaiting_assessment")
+    assert urgent.callback_clock(ref, clock.now()).state == "met"
+    assert escalation.escalate_due(clock.now() + timedelta(hours=1), emit=Events(), references=[ref]) == []
+    with pytest.raises(orders.Conflict):  # once is enough
+        asyncio.run(urgent.record_callback(ref, ONCALL, "", clock.now()))
+
+
+def test_made_urgent_in_office_hours_goes_to_the_queue_and_the_head_still_approves(smtp: Path) -> None:
+    ref = submit_at(sthlm(2026, 11, 24, 9, 0), urgent_=False)
+    stages.receive.fn(ref)
+    out = asyncio.run(urgent.start_urgent(ref, ONCALL, sthlm(2026, 11, 24, 11, 0), start_run=False))
+    assert out.paged == "support_queue"
+    with session() as s:
+        assert orders.get(s, ref).stage_plan["approval"]["role"] == "head_of_department"
+
+
+def test_making_urgent_twice_changes_nothing(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 18, 30)
+    ref = submit_at(at, urgent_=False)
+    first = asyncio.run(urgent.start_urgent(ref, ONCALL, at, start_run=False))
+    again = asyncio.run(urgent.start_urgent(ref, ONCALL, at + timedelta(minutes=5), start_run=False))
+    assert first.made_urgent and not again.made_urgent
+    assert again.callback_due_at == first.callback_due_at
+    assert count(Deadline, order_reference=ref, kind="callback") == 1
+    assert len(mails(smtp, ref)) == 1
+    # An order submitted urgent is already urgent: the command only makes sure of the page.
+    ref2 = submit_at(at)
+    assert not asyncio.run(urgent.start_urgent(ref2, ONCALL, at, start_run=False)).made_urgent
+    assert len(mails(smtp, ref2)) == 1
+
+
+def test_who_may_make_an_order_urgent(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 18, 40)
+    ref = submit_at(at, urgent_=False)
+    for actor, code in (("DEMO-KALMAR-CLINICIAN2", "wrong_role"), ("DEMO-JONKOPING-ONCALL", "other_region"),
+                        ("DEMO-NOBODY", "not_found")):
+        with pytest.raises(orders.Forbidden) as exc:
+            urgent.make_urgent(ref, actor, at, check_actor=True)
+        assert exc.value.refusal.code == code
+    assert urgent.make_urgent(ref, "DEMO-KALMAR-SUPPORT", at, check_actor=True).changed
+    with pytest.raises(orders.Forbidden):  # recording the callback has its own check
+        asyncio.run(urgent.record_callback(ref, "DEMO-KALMAR-CLINICIAN2", "", at))
+
+
+def test_an_ended_order_cannot_be_made_urgent(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 18, 50)
+    ref = submit_at(at, urgent_=False)
+    orders.cancel(ref, "DEMO-KALMAR-CLINICIAN", "", at)
+    with pytest.raises(orders.Conflict):
+        urgent.make_urgent(ref, ONCALL, at)
+    with pytest.raises(orders.NotFound):
+        urgent.make_urgent("RO-2026-999999", ONCALL, at)
+    with pytest.raises(ValueError) as exc:
+        urgent.make_urgent("19121212-1212", ONCALL, at)
+    assert "1912" not in str(exc.value)  # what was typed is never echoed
+
+
+def test_start_urgent_pages_before_prefect_and_without_it(smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 23, 15)
+    ref = submit_at(at, urgent_=False)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+        out = asyncio.run(urgent.start_urgent(ref, ONCALL, at))
+    assert out.flow_run_id is None and out.page_delivered
+    assert len(mails(smtp, ref)) == 1
+
+
+# --- the API and the command line ---------------------------------------------------------------------
+
+@pytest.fixture()
+def api(smtp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, FixedClock]]:
+    from forms.app import create_app
+
+    async def no_prefect(reference: str) -> str:
+        return "run-id"
+    monkeypatch.setattr(urgent, "ensure_run", no_prefect)
+    app = create_app()  # the app includes urgent_routes.router
+    clock = FixedClock(sthlm(2026, 11, 24, 22, 0))
+    app.dependency_overrides[urgent_routes.clock] = clock.now
+    with TestClient(app, client=("127.0.0.1", 40000)) as c:
+        yield c, clock
+
+
+def _as(user: str) -> dict[str, str]:
+    return {"X-Remote-User": user}
+
+
+def test_api_make_urgent_and_watch_the_clock(api: tuple[TestClient, FixedClock], smtp: Path) -> None:
+    c, clock = api
+    ref = submit_at(clock.now() - timedelta(minutes=3), urgent_=False)
+    r = c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL))
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["made_urgent"] and data["urgent"] and data["paged"] == "on_call" and data["page_delivered"]
+    assert data["seconds_left"] == 1800 and data["callback_due_at"] == "2026-11-24T22:30:00+01:00"
+    assert data["run_started"]
+    assert len(mails(smtp, ref)) == 1
+    assert c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-KALMAR-SUPPORT")).json()["made_urgent"] is False
+
+    clock.advance(minutes=20)
+    r = c.get(f"/api/orders/{ref}/callback-clock", headers=_as(ONCALL))
+    assert r.status_code == 200
+    assert r.json() | {"recorded_at": None} == {
+        "reference": ref, "urgent": True, "state": "running", "callback_due_at": "2026-11-24T22:30:00+01:00",
+        "seconds_left": 600, "met": False, "missed": False, "recorded_at": None, "escalated_at": None,
+        "minutes_late": None}
+    # The submitter reads the clock too; another clinician may not.
+    assert c.get(f"/api/orders/{ref}/callback-clock", headers=_as("DEMO-KALMAR-CLINICIAN")).status_code == 200
+    assert c.get(f"/api/orders/{ref}/callback-clock", headers=_as("DEMO-KALMAR-CLINICIAN2")).status_code == 403
+    clock.advance(minutes=10)
+    assert escalation.escalate_due(clock.now(), emit=Events(), references=[ref]) == [ref]
+    body_ = c.get(f"/api/orders/{ref}/callback-clock", headers=_as(ONCALL)).json()
+    assert (body_["state"], body_["missed"], body_["seconds_left"], body_["minutes_late"]) == ("missed", True, 0, 0)
+    assert body_["escalated_at"] == "2026-11-24T22:30:00+01:00"
+
+
+def test_api_refusals(api: tuple[TestClient, FixedClock]) -> None:
+    c, clock = api
+    ref = submit_at(clock.now(), urgent_=False)
+    assert c.post(f"/api/orders/{ref}/urgent").status_code == 401
+    assert c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-NOBODY")).status_code == 401
+    r = c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-KALMAR-CLINICIAN"))
+    assert r.status_code == 403 and r.json()["errors"][0]["code"] == "wrong_role"
+    r = c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-STOCKHOLM-ONCALL"))
+    assert r.status_code == 403 and r.json()["errors"][0]["code"] == "other_region"
+    assert c.post("/api/orders/RO-2026-999999/urgent", headers=_as(ONCALL)).status_code == 404
+    assert c.post("/api/orders/not-a-ref/urgent", headers=_as(ONCALL)).status_code == 404
+    assert c.get("/api/orders/RO-2026-999999/callback-clock", headers=_as(ONCALL)).status_code == 404
+    orders.cancel(ref, "DEMO-KALMAR-CLINICIAN", "", clock.now())
+    assert c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL)).status_code == 409
+    # Not urgent: the clock says so.
+    other = submit_at(clock.now(), urgent_=False)
+    assert c.get(f"/api/orders/{other}/callback-clock", headers=_as(ONCALL)).json()["state"] == "none"
+
+
+def test_api_routes_are_in_the_openapi_schema(api: tuple[TestClient, FixedClock]) -> None:
+    c, _ = api
+    paths = c.get("/openapi.json").json()["paths"]
+    assert "post" in paths["/api/orders/{reference}/urgent"]
+    assert "get" in paths["/api/orders/{reference}/callback-clock"]
+
+
+def test_cli_urgent_callback_clock_escalate(smtp: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    async def no_prefect(reference: str) -> None:
+        return None
+    monkeypatch.setattr(urgent, "ensure_run", no_prefect)
+    ref = submit_at(datetime.now(UTC), urgent_=False)
+    assert cli.main(["urgent", ref, "--by", ONCALL]) == 0
+    out = capsys.readouterr().out
+    assert f"{ref}: gjord brådskande" in out and "återuppringning senast" in out
+    assert len(mails(smtp, ref)) == 1
+    assert cli.main(["callback", ref, "--by", ONCALL, "--note", "Uppringd"]) == 0
+    assert "i tid" in capsys.readouterr().out
+    assert cli.main(["clock", ref]) == 0
+    assert f"{ref}: met" in capsys.readouterr().out
+
+    late = submit_at(datetime.now(UTC) - timedelta(minutes=31))
+    monkeypatch.setattr(escalation, "prefect_emitter", Events())
+    assert cli.main(["escalate", "--reference", late]) == 0
+    assert "eskalerade: 1" in capsys.readouterr().out
+    assert cli.main(["escalate", "--reference", late]) == 0
+    assert "eskalerade: 0" in capsys.readouterr().out
+
+    assert cli.main(["urgent", "RO-2026-999999"]) == 1
+    assert cli.main(["urgent", "19121212-1212"]) == 1
+    assert cli.main(["callback", ref, "--by", "DEMO-KALMAR-CLINICIAN"]) == 1
+    captured = capsys.readouterr()
+    assert "1912" not in captured.out + captured.err
+    assert cli.main(["automations", "--print"]) == 0
+    names = [a["name"] for a in json.loads(capsys.readouterr().out)["automations"]]
+    assert names == ["Missed urgent callback", "Order run failed"]
+
+
+def test_cli_is_installed_as_a_console_script() -> None:
+    exe = Path(sys.executable).with_name("restriction-orders")
+    assert exe.exists(), "pip install -e . installs the console script"
+    started = time.monotonic()
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "urgent" in out.stdout and "callback" in out.stdout
+    assert time.monotonic() - started < 60
+
+
+def test_outbox_rows_carry_no_personal_data() -> None:
+    with session() as s:
+        rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.event.in_(["paged", "support-queue"]))))
+    assert rows
+    for r in rows:
+        assert not PNR_SHAPE.search(r.subject + r.body_text + r.body_html)

@@ -1,0 +1,147 @@
+"""Shared helpers for the form app's tests: the app served by uvicorn in a thread, API clients, order
+bodies and personal numbers made up for the test (valid check digit, birth date relative to today).
+
+Used as a plugin (`pytest_plugins = ["tests.webapp"]`) so that the served app is one per test session.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from models.clock import STOCKHOLM
+from tests.conftest import FlowServer
+
+PATIENT = "19121212-1212"  # Skatteverket's official test number
+UNIT = "DEMO-KALMAR-UNIT"
+# A documentation address (RFC 5737): the test server treats requests as coming from it when a loopback
+# peer sends `X-Forwarded-For`, which is how a request from outside the trusted proxies looks.
+UNTRUSTED = "203.0.113.7"
+
+
+def staff(role: str, region: str = "kalmar") -> str:
+    return f"DEMO-{region.upper()}-{role.upper()}"
+
+
+def luhn(nine: str) -> int:
+    total = sum(sum(divmod(int(d) * (2 - i % 2), 10)) for i, d in enumerate(nine))
+    return (10 - total % 10) % 10
+
+
+def today() -> date:
+    return datetime.now(STOCKHOLM).date()
+
+
+def born_years_ago(years: int, extra_days: int = 40) -> date:
+    """A birth date that makes the person exactly `years` old today (for weeks to come)."""
+    t = today()
+    try:
+        anniversary = t.replace(year=t.year - years)
+    except ValueError:  # 29 February
+        anniversary = t.replace(year=t.year - years, day=28)
+    return anniversary - timedelta(days=extra_days)
+
+
+def pnr(born: date | None = None, serial: int | None = None) -> str:
+    """A 12-digit personal number with a valid check digit, a fresh serial by default (a new patient)."""
+    born = born or born_years_ago(40)
+    s = f"{serial if serial is not None else random.randint(100, 999):03d}"
+    nine = f"{born:%y%m%d}{s}"
+    return f"{born:%Y%m%d}-{s}{luhn(nine)}"
+
+
+def body(order_type: str = "seal_or_lock", **extra: Any) -> dict[str, Any]:
+    b: dict[str, Any] = {"order_type": order_type, "initiative": "care", "patient_personal_number": pnr(),
+                         "care_unit_hsa_id": UNIT, "region": "kalmar", "reason": "Hot mot patienten"}
+    if order_type in ("seal_or_lock", "restore_access"):
+        b["actions"] = ["seal_journal", "lock_login"]
+    if order_type == "block_guardian":
+        b["guardian_personal_number"] = pnr(born_years_ago(45))
+    if order_type == "minor_access":
+        b["patient_personal_number"] = pnr(born_years_ago(14))
+        b["minor_access"] = {"grant": True, "recipient": "minor"}
+    b.update(extra)
+    return b
+
+
+def client(base: str, user: str | None = None, **headers: str) -> httpx.Client:
+    h = {"X-Remote-User": user} if user else {}
+    return httpx.Client(base_url=base, headers={**h, **headers}, timeout=60, follow_redirects=False)
+
+
+def status_of(c: httpx.Client, reference: str) -> str:
+    r = c.get(f"/api/orders/{reference}")
+    assert r.status_code == 200, r.text
+    return str(r.json()["status"])
+
+
+def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 60) -> str:
+    """Poll the API until the order's run has moved it to one of `wanted`. Generous: when Prefect's server
+    is busy (503) the run is started by the reconciler instead, which can take a while under test load."""
+    deadline = time.monotonic() + timeout
+    st = ""
+    while time.monotonic() < deadline:
+        st = status_of(c, reference)
+        if st in wanted:
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"{reference} is {st}, wanted {wanted}")
+
+
+class LiveApp:
+    """The real app on a free loopback port, in a thread of this process."""
+
+    def __init__(self) -> None:
+        from forms.app import create_app
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = int(sock.getsockname()[1])
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(), log_level="warning", proxy_headers=True,
+                                forwarded_allow_ips="127.0.0.1")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("app did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_app(flow_server: FlowServer) -> Iterator[str]:
+    """Base URL of the app, with a real Prefect server and served flows behind it."""
+    app = LiveApp()
+    app.start()
+    yield app.base
+    app.stop()
+
+
+@pytest.fixture
+def api(live_app: str) -> Iterator[Any]:
+    """`api(user)` -> an httpx client that identifies as `user` by the trusted header."""
+    made: list[httpx.Client] = []
+
+    def make(user: str | None = None, **headers: str) -> httpx.Client:
+        c = client(live_app, user, **headers)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()
