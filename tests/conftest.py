@@ -100,13 +100,53 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(url)
 
 
+# Where the test Prefect server keeps its own database. Prefect on SQLite stalls for up to a minute with
+# "database is locked" under this suite's load on two cores (Prefect issues #10188, #17473; seen in CI), so
+# the suite gives Prefect a throwaway PostgreSQL database when one answers, as production does. The orders
+# database is separate and follows DATABASE_URL. RO_TEST_PREFECT_DB=sqlite forces Prefect's SQLite.
+PREFECT_PG_ADMIN_URL = os.environ.get("RO_TEST_PREFECT_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _prefect_pg_database() -> str | None:
+    """Create an empty database (with pg_trgm, which Prefect needs) and return its asyncpg URL, or None."""
+    if os.environ.get("RO_TEST_PREFECT_DB", "postgres") == "sqlite":
+        return None
+    import sqlalchemy as sa
+    name = f"ro_prefect_{uuid.uuid4().hex[:10]}"
+    try:
+        eng = sa.create_engine(PREFECT_PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with eng.connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {name}"))
+        eng.dispose()
+        eng = sa.create_engine(PREFECT_PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+        eng.dispose()
+    except sa.exc.SQLAlchemyError:
+        return None
+    base = PREFECT_PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql+asyncpg://{base}/{name}"
+
+
+def _drop_prefect_pg_database(url: str) -> None:
+    import sqlalchemy as sa
+    eng = sa.create_engine(PREFECT_PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+    eng.dispose()
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     api = os.environ["PREFECT_API_URL"]
     port = api.rsplit(":", 1)[1].split("/")[0]
+    env = os.environ.copy()
+    pg = _prefect_pg_database()
+    if pg:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = pg
     with open(_TMP / "prefect-server.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", port], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+                                 "--port", port], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_http(f"{api}/health", 90)
         yield api
@@ -116,6 +156,22 @@ def prefect_server() -> Iterator[str]:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if pg:
+            _drop_prefect_pg_database(pg)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
+    """When something failed, show the tails of the server logs: CI keeps nothing else."""
+    if exitstatus == 0:
+        return
+    for name in ("prefect-server.log", "serve.log"):
+        path = _TMP / name
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()
+            interesting = [ln for ln in lines if ln[:2].isdigit() or "Error" in ln][-40:]
+            terminalreporter.write_sep("-", f"{name} (last {len(interesting)} notable lines)")
+            for ln in interesting:
+                terminalreporter.write_line(ln[:300])
 
 
 class FlowServer:
