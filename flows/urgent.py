@@ -115,6 +115,14 @@ def _make_urgent(ref: str, actor: str, now: datetime, check_actor: bool) -> Made
         order.updated_at = now
         s.add(Deadline(order_reference=ref, kind="callback", due_at=due))
         detail: dict[str, Any] = {"callback_due_at": due.isoformat(), "status": order.status}
+        if order.stage_plan and not (order.stage_plan.get("callback") or {}).get("required"):
+            # Planned when it was not urgent. The run is past its callback stage (stages follow the status),
+            # so the clock runs beside the order's steps; the plan says so for the people reading it.
+            order.stage_plan = {**order.stage_plan, "callback": {
+                "required": True, "role": "on_call", "rule": "made_urgent",
+                "reason": "Gjord brådskande av beredskap eller support: återuppringning inom 30 minuter."}}
+            audit.record(s, actor=actor, action="stage_planned", order=order, at=now,
+                         detail={"stage": "callback", "required": True, "rule": "made_urgent"})
         approval = dict((order.stage_plan or {}).get("approval") or {})
         pending_approval = any(d.stage == "approval" and d.state == "proposed" for d in order.decisions)
         if (OrderStatus(order.status) in BEFORE_APPROVAL and approval.get("required")

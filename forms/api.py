@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from flows import commands
+from flows import commands, urgent
 from forms import paper
 from forms.auth import NotAllowed, User, check_api_csrf, may_read, require_roles, require_user
 from models import personnummer
@@ -39,6 +39,7 @@ from models.schemas import (
     SubmitResponse,
     ValidationResponse,
 )
+from models.status import OrderStatus
 from models.tables import Order
 from tasks import audit, directory, orders
 from tasks.database import session
@@ -249,6 +250,13 @@ async def decide(reference: str, url_stage: str, body: dict[str, Any], user: Use
     ref = _reference(reference)
     try:
         with prefect_fails_fast():
+            if stage == "callback":
+                # The callback clock can run on an order outside its callback stage (made urgent later, or
+                # not yet received by its run): flows.urgent knows every case.
+                done = await urgent.record_callback(ref, user.hsa_id, str(body.get("note", "")))
+                proposed = done.via == "run" or done.status == OrderStatus.SUBMITTED
+                return DecisionResponse(reference=done.reference, stage=stage, status=done.status,
+                                        decision="proposed" if proposed else "accepted")
             order = await commands.decide(ref, stage, user.hsa_id, body)
     except orders.NotFound:
         raise ApiError(404, "not_found", "Beställningen finns inte.") from None

@@ -7,6 +7,7 @@ autoescaped (free text is always shown as text).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,10 +21,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from starlette.datastructures import FormData
 
-from forms import api
+from flows import urgent
+from forms import api, urgent_routes
 from forms.auth import (
     CSRF_FIELD,
     ROLE_LABELS_SV,
@@ -53,7 +55,7 @@ from models.schemas import (
     ExecutionRecord,
     Problem,
 )
-from models.status import CANCELLABLE, LABELS_SV, OrderStatus
+from models.status import CANCELLABLE, FINAL, LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order, Staff
 from tasks import directory, orders
 from tasks.database import session
@@ -450,12 +452,44 @@ def order_page(request: Request, reference: str) -> Response:
     timeline = [{"at": h.at, "actor": "Systemet" if h.actor == "system" else names.get(h.actor, h.actor),
                  "text": ACTION_TEXT.get(h.note or "", LABELS_SV.get(OrderStatus(h.to), h.to)), "to": h.to}
                 for h in view.history]
+    now = datetime.now(UTC)
     can_cancel = OrderStatus(order.status) in CANCELLABLE and (user.hsa_id == order.submitted_by or user.has("admin"))
+    clock = urgent.callback_clock(order.reference, now) if order.callback_due_at else None
+    # On-call support acts on the order from here: on the phone they have only the reference.
+    on_call_here = user.has(*urgent.TRIGGER_ROLES) and user.region in (None, order.region)
+    open_order = OrderStatus(order.status) not in FINAL
     return render(request, "order.html.j2", {
         "user": user, "title": f"Beställning {order.reference}", "order": order, "view": view,
-        "timeline": timeline, "unit": unit, "can_cancel": can_cancel, "overdue": orders.overdue(order, datetime.now(UTC)),
-        "stages": [(k, v) for k, v in (order.stage_plan or {}).items()],
-        "notice": "Beställningen är återkallad." if request.query_params.get("aterkallad") else None})
+        "timeline": timeline, "unit": unit, "can_cancel": can_cancel, "overdue": orders.overdue(order, now),
+        "stages": [(k, v) for k, v in (order.stage_plan or {}).items()], "clock": clock,
+        "can_make_urgent": on_call_here and open_order and clock is None,
+        "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
+                               and clock.state in ("running", "missed") and open_order,
+        "notice": ORDER_NOTICES.get(next((k for k in ORDER_NOTICES if request.query_params.get(k)), ""))})
+
+
+ORDER_NOTICES = {"aterkallad": "Beställningen är återkallad.",
+                 "bradskande": "Beställningen är nu brådskande och beredskapen (eller supportkön) är larmad. "
+                               "Ring upp beställaren inom 30 minuter och registrera återuppringningen här.",
+                 "uppringd": "Återuppringningen är registrerad; beställningen går vidare."}
+
+
+@router.post("/bestallningar/{reference}/bradskande")
+async def make_urgent_form(request: Request, reference: str) -> Response:
+    user = require_user(request)
+    form = await request.form()
+    check_form_csrf(request, _str(form, CSRF_FIELD))
+    out = await urgent_routes.start_urgent_for(user, reference, datetime.now(UTC))
+    return RedirectResponse(f"/bestallningar/{out.reference}?bradskande=1", status_code=303)
+
+
+@router.post("/bestallningar/{reference}/aterringning")
+async def callback_form(request: Request, reference: str) -> Response:
+    user = require_user(request)
+    form = await request.form()
+    check_form_csrf(request, _str(form, CSRF_FIELD))
+    result = await api.decide(reference, "callback", {"note": _str(form, "note")[:2000]}, user)
+    return RedirectResponse(f"/bestallningar/{result.reference}?uppringd=1", status_code=303)
 
 
 @router.post("/bestallningar/{reference}/aterkalla")
@@ -480,17 +514,32 @@ class QueueItem:
     review_days: int
     errors: dict[str, list[str]] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)
+    seconds_left: int | None = None  # the callback clock, in the callback queue
+
+
+def _seconds_left(due: datetime | None, now: datetime) -> int | None:
+    return None if due is None else max(0, math.ceil((due - now).total_seconds()))
 
 
 QUEUE_LIMIT = 200  # most urgent first; a longer queue is a staffing problem, not a page to scroll
+
+
+def _queue_query(stage: str) -> Select[tuple[Order]]:
+    if stage != "callback":
+        return select(Order).where(Order.status == orders.STAGE_STATUS[stage]).order_by(Order.due_at, Order.id)
+    # Every running callback clock, nearest deadline first: also orders made urgent after their callback
+    # stage, and urgent orders whose run has not received them yet (Prefect down).
+    open_statuses = [st.value for st in OrderStatus if st not in FINAL and st != OrderStatus.PAPER_FALLBACK]
+    return (select(Order).where(Order.urgent.is_(True), Order.callback_at.is_(None),
+                                Order.callback_due_at.is_not(None), Order.status.in_(open_statuses))
+            .order_by(Order.callback_due_at, Order.id))
 
 
 def queue_items(user: User, q: Queue) -> list[QueueItem]:
     now = datetime.now(UTC)
     regions = load_regions()
     with session() as s:
-        rows = s.scalars(select(Order).where(Order.status == orders.STAGE_STATUS[q.stage])
-                         .order_by(Order.due_at, Order.id).limit(QUEUE_LIMIT))
+        rows = s.scalars(_queue_query(q.stage).limit(QUEUE_LIMIT))
         decider = orders.decider(directory.staff(s, user.hsa_id))
         items = []
         for o in rows:
@@ -501,8 +550,11 @@ def queue_items(user: User, q: Queue) -> list[QueueItem]:
                 continue  # another unit's or region's decision: not this person's queue
             unit = directory.unit(s, o.care_unit_hsa_id)
             pending = any(d.stage == q.stage and d.state == "proposed" for d in o.decisions)
-            items.append(QueueItem(o, unit.name if unit else o.care_unit_hsa_id, orders.overdue(o, now),
-                                   why.message if why else None, pending, regions[o.region].review_interval_days))
+            left = _seconds_left(o.callback_due_at, now) if q.stage == "callback" else None
+            overdue = left == 0 if left is not None else orders.overdue(o, now)
+            items.append(QueueItem(o, unit.name if unit else o.care_unit_hsa_id, overdue,
+                                   why.message if why else None, pending, regions[o.region].review_interval_days,
+                                   seconds_left=left))
             s.expunge(o)
     return items
 

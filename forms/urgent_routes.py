@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from flows import urgent
+from forms.api import ApiError, prefect_fails_fast
 from forms.auth import (
     USER_HEADER,
     NotAllowed,
@@ -104,22 +105,28 @@ RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Ingen identi
                                               409: {"description": "Beställningen är avslutad"}}
 
 
+async def start_urgent_for(user: User, reference: str, now: datetime) -> urgent.UrgentOutcome:
+    """The urgent path as `user` asks for it, with the API's errors (the order page uses it too)."""
+    if not user.has(*urgent.TRIGGER_ROLES):
+        raise NotAllowed("Endast beredskap eller support kan göra en beställning brådskande.", "wrong_role")
+    try:
+        ref = urgent.normalise_reference(reference)
+        with prefect_fails_fast():  # the page and the clock never wait for Prefect; the reconciler catches up
+            return await urgent.start_urgent(ref, user.hsa_id, now, check_actor=True)
+    except (ValueError, orders.NotFound):
+        raise ApiError(*NOT_FOUND) from None
+    except orders.Forbidden as exc:
+        raise NotAllowed(exc.refusal.message, exc.refusal.code) from None
+    except orders.Conflict:
+        raise ApiError(409, "wrong_status", "Beställningen är avslutad och kan inte göras brådskande.") from None
+
+
 @router.post("/orders/{reference}/urgent", response_model=UrgentResponse, responses=RESPONSES,
              summary="Gör en beställning brådskande och sök beredskapen (beredskap eller support)")
 async def make_urgent(reference: str, request: Request, user: User = Depends(current_staff),
                       now: datetime = Depends(clock)) -> Any:
     check_api_csrf(request, user)
-    if not user.has(*urgent.TRIGGER_ROLES):
-        raise NotAllowed("Endast beredskap eller support kan göra en beställning brådskande.", "wrong_role")
-    try:
-        ref = urgent.normalise_reference(reference)
-        out = await urgent.start_urgent(ref, user.hsa_id, now, check_actor=True)
-    except (ValueError, orders.NotFound):
-        return _error(*NOT_FOUND)
-    except orders.Forbidden as exc:
-        raise NotAllowed(exc.refusal.message, exc.refusal.code) from None
-    except orders.Conflict:
-        return _error(409, "wrong_status", "Beställningen är avslutad och kan inte göras brådskande.")
+    out = await start_urgent_for(user, reference, now)
     left = (max(0, int((out.callback_due_at - now).total_seconds())) if out.callback_due_at else None)
     return UrgentResponse(reference=out.reference, urgent=True, made_urgent=out.made_urgent, status=out.status,
                           callback_due_at=_local(out.callback_due_at), seconds_left=left,

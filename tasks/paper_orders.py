@@ -15,6 +15,7 @@ ended), with the same idempotency key, so there is never a second run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from models.clock import STOCKHOLM
 from models.schemas import Problem
 from models.status import ALLOWED, OrderStatus
 from models.tables import AuditEvent, Order
-from tasks import audit, directory, launch, orders
+from tasks import audit, directory, launch, orders, paging
 from tasks.database import session
 from tasks.orders import Conflict, Forbidden, NotFound
 
@@ -294,6 +295,8 @@ async def register_paper_order(raw: Any, registered_by: str, *, now: datetime | 
             audit.record(s, actor=registrar, action="paper_registered", order=order, channel="paper", at=now,
                          detail={"received_on": received.isoformat(), "signature_checked": True,
                                  "orderer": order.submitted_by, "continued": False})
+        if out.order.urgent:  # as a digital urgent order: page before and regardless of Prefect
+            await asyncio.to_thread(paging.page_safely, out.order.reference, now)
         await launch.start_run(out.order.reference)
     return Registered(out.kind, out.order.reference, out.order.status, out.check.warnings)
 

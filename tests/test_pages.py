@@ -350,6 +350,25 @@ def test_callback_and_execution_queues(visit: Any, live_app: str) -> None:
     admin.check("queue-execution")
 
 
+def test_on_call_makes_an_order_urgent_from_its_page_and_watches_the_countdown(visit: Any, live_app: str) -> None:
+    ref = _submit(live_app)
+    _wait(live_app, ref, "awaiting_assessment")
+    v = visit(staff("oncall"), "Beredskapen (Region Kalmar län)")
+    v.goto(f"/bestallningar/{ref}")
+    v.page.get_by_role("button", name="Gör beställningen brådskande").click()
+    v.page.wait_for_url(re.compile(r".*bradskande=1"))
+    timer = v.page.get_by_role("timer")
+    first = timer.inner_text()
+    assert re.fullmatch(r"(30:00|29:[0-5]\d) min kvar", first), first  # app.js has taken over from the server text
+    v.page.wait_for_function("t => document.querySelector('[role=timer]').textContent !== t", arg=first, timeout=5000)
+    v.check("order-urgent-countdown")
+    v.page.get_by_label("Anteckning från samtalet (valfritt)").fill("Ringde upp beställaren")
+    v.page.get_by_role("button", name="Registrera återuppringning").click()
+    v.page.wait_for_url(re.compile(r".*uppringd=1"))
+    assert "i tid" in v.page.locator("main").inner_text()
+    assert v.page.get_by_role("timer").count() == 0
+
+
 def test_error_pages(visit: Any) -> None:
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
     assert v.goto("/ko/menprovning").status == 403

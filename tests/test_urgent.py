@@ -585,6 +585,69 @@ def test_api_refusals(api: tuple[TestClient, FixedClock]) -> None:
     assert c.get(f"/api/orders/{other}/callback-clock", headers=_as(ONCALL)).json()["state"] == "none"
 
 
+def test_api_callback_on_an_order_made_urgent_after_its_callback_stage(api: tuple[TestClient, FixedClock]) -> None:
+    c, clock = api
+    ref = submit_at(clock.now() - timedelta(minutes=5), urgent_=False)
+    assert stages.receive.fn(ref) == "awaiting_assessment"
+    assert c.post(f"/api/orders/{ref}/callback", headers=_as(ONCALL), json={"note": "x"}).status_code == 409
+    assert c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL)).status_code == 200
+    r = c.post(f"/api/orders/{ref}/callback", headers=_as(ONCALL), json={"note": "Uppringd"})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"reference": ref, "stage": "callback", "status": "awaiting_assessment", "decision": "accepted"}
+    assert c.get(f"/api/orders/{ref}/callback-clock", headers=_as(ONCALL)).json()["state"] == "met"
+    again = c.post(f"/api/orders/{ref}/callback", headers=_as(ONCALL), json={"note": ""})
+    assert again.status_code == 409 and again.json()["errors"][0]["code"] == "wrong_status"
+
+
+def test_api_callback_before_the_run_has_received_the_order(api: tuple[TestClient, FixedClock]) -> None:
+    """Prefect was down at submit: the order is still `submitted`, yet on-call has already called back."""
+    c, clock = api
+    ref = submit_at(clock.now())
+    r = c.post(f"/api/orders/{ref}/callback", headers=_as("DEMO-KALMAR-SUPPORT"), json={"note": ""})
+    assert r.status_code == 202, r.text
+    assert (r.json()["status"], r.json()["decision"]) == ("submitted", "proposed")
+    # When the run receives the order it takes the stored callback instead of waiting for one.
+    assert stages.receive.fn(ref) == "awaiting_callback"
+    with session() as s:
+        assert [(d.stage, d.state) for d in orders.get(s, ref).decisions] == [("callback", "proposed")]
+
+
+def _page_token(c: TestClient, path: str, user: str) -> tuple[str, str]:
+    page = c.get(path, headers=_as(user))
+    assert page.status_code == 200, page.text
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert token
+    return page.text, token.group(1)
+
+
+def test_order_page_make_urgent_countdown_and_callback(api: tuple[TestClient, FixedClock], smtp: Path) -> None:
+    c, clock = api
+    ref = submit_at(datetime.now(UTC) - timedelta(minutes=2), urgent_=False)
+    stages.receive.fn(ref)
+    html, _ = _page_token(c, f"/bestallningar/{ref}", "DEMO-KALMAR-CLINICIAN")
+    assert "Gör beställningen brådskande" not in html  # the orderer phones support instead
+    html, token = _page_token(c, f"/bestallningar/{ref}", ONCALL)
+    assert "Gör beställningen brådskande" in html and "callback-title" not in html
+    r = c.post(f"/bestallningar/{ref}/bradskande", data={"csrf_token": token}, headers=_as(ONCALL),
+               follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/bestallningar/{ref}?bradskande=1"
+    assert len(mails(smtp, ref)) == 1
+    html, token = _page_token(c, f"/bestallningar/{ref}?bradskande=1", ONCALL)
+    assert "beredskapen (eller supportkön) är larmad" in html
+    left = re.search(r'role="timer" aria-live="off" data-seconds-left="(\d+)">(\d+) min kvar', html)
+    assert left and 1790 <= int(left.group(1)) <= 1800 and left.group(2) == "30", html
+    # The callback queue lists the running clock although the order waits for its assessment.
+    queue, _ = _page_token(c, "/ko/aterringning", ONCALL)
+    assert ref in queue and "Ring upp senast" in queue
+    r = c.post(f"/bestallningar/{ref}/aterringning", data={"csrf_token": token, "note": "Uppringd"},
+               headers=_as(ONCALL), follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].endswith("?uppringd=1")
+    html, _ = _page_token(c, r.headers["location"], ONCALL)
+    assert "i tid" in html and "Registrera återuppringning" not in html
+    assert "Gjord brådskande av beredskap eller support" in html  # the plan tells readers why
+    assert ref not in _page_token(c, "/ko/aterringning", ONCALL)[0]
+
+
 def test_api_routes_are_in_the_openapi_schema(api: tuple[TestClient, FixedClock]) -> None:
     c, _ = api
     paths = c.get("/openapi.json").json()["paths"]

@@ -3,6 +3,7 @@
 // 2. Move focus to the error summary after a failed submit.
 // 3. Live validation against POST /api/orders/validate: warnings at once, errors for fields already touched.
 // 4. Disable a submit button after the first click (the server's idempotency token is the real guard).
+// 5. Count the callback clock down from the server's seconds-left (never the browser's own clock).
 (function () {
   "use strict";
 
@@ -103,7 +104,29 @@
     });
   }
 
+  function countdowns() {
+    var timers = Array.prototype.slice.call(document.querySelectorAll("[data-seconds-left]"));
+    if (!timers.length) { return; }
+    var started = Date.now();
+    function tick() {
+      var elapsed = Math.floor((Date.now() - started) / 1000);
+      timers.forEach(function (el) {
+        var left = parseInt(el.getAttribute("data-seconds-left"), 10) - elapsed;
+        if (left <= 0) {
+          el.textContent = "Tiden har gått ut";
+          el.classList.add("is-late");
+          return;
+        }
+        var m = Math.floor(left / 60), s = left % 60;
+        el.textContent = m + ":" + (s < 10 ? "0" : "") + s + " min kvar";
+      });
+    }
+    tick();
+    setInterval(tick, 1000);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    countdowns();
     var summary = document.querySelector("[data-focus-on-load]");
     if (summary) { summary.focus(); }
     document.querySelectorAll("form").forEach(function (form) {
