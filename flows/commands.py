@@ -24,14 +24,22 @@ TEXT_FIELD = {"harm_assessment": "rationale", "approval": "comment", "callback":
 
 
 async def submit(raw: Any, actor: str, *, now: datetime | None = None, idempotency_key: str | None = None,
-                 channel: str = "digital") -> orders.SubmitOutcome:
-    """Store the order, then start exactly one flow run for it (or leave that to the reconciler)."""
+                 channel: str = "digital", wait_for_run: bool = True) -> orders.SubmitOutcome:
+    """Store the order, then start exactly one flow run for it (or leave that to the reconciler).
+
+    `wait_for_run=False` (the app) answers as soon as the order is stored and starts the run beside it:
+    a person never waits for a busy Prefect server, and the order is safe in the database either way."""
     now = now or datetime.now(UTC)
-    outcome = orders.submit(raw, actor, now, idempotency_key=idempotency_key, channel=channel)
+    # In a thread: the app's event loop keeps serving other people while the database works.
+    outcome = await asyncio.to_thread(orders.submit, raw, actor, now, idempotency_key=idempotency_key,
+                                      channel=channel)
     if outcome.kind == "created" and outcome.order is not None:
         if outcome.order.urgent:  # page at once, before and independent of the Prefect run (tasks/paging.py)
             await asyncio.to_thread(paging.page_safely, outcome.order.reference, now)
-        await launch.start_run(outcome.order.reference)
+        if wait_for_run:
+            await launch.start_run(outcome.order.reference)
+        else:
+            launch.start_soon(outcome.order.reference)
     return outcome
 
 

@@ -202,10 +202,10 @@ async def submit_raw(raw: Any, user: User, key: str | None) -> Submitted:
     scoped = f"{user.hsa_id}:{key}" if key else None
     with prefect_fails_fast():
         try:
-            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped)
+            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped, wait_for_run=False)
         except IntegrityError:
             # Two identical requests raced (a double click): the other one stored the order; replay it.
-            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped)
+            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped, wait_for_run=False)
     if out.kind == "invalid":
         return Submitted(422, {"errors": _problems(out.check.errors)}, out.check.errors, out.check.warnings)
     assert out.order is not None

@@ -7,6 +7,7 @@ idempotency key, so a retry can never make a second run. When the Prefect API is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from uuid import UUID
@@ -65,6 +66,17 @@ async def start_run(reference: str, *, restart: int = 0) -> str | None:
     return str(fr.id)
 
 
+_starting: set[asyncio.Task[str | None]] = set()
+
+
+def start_soon(reference: str) -> None:
+    """Start the order's run beside the caller, who answers at once. Should this process stop before the
+    run is created, the order has no run id yet and the reconciler starts it."""
+    task = asyncio.get_running_loop().create_task(start_run(reference), name=f"start-run-{reference}")
+    _starting.add(task)  # a task nobody references can be collected before it finishes
+    task.add_done_callback(_starting.discard)
+
+
 async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
     """Hand a decision to the suspended run. False when the run was not waiting (it will pick the
     stored decision up itself when it reaches the stage, or the reconciler resumes it)."""
@@ -99,31 +111,52 @@ async def cancel_run(reference: str) -> None:
         log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
 
 
+# Where the next round's liveness window starts (an order id). Each round looks at one window of open orders,
+# so the work per round stays the same with ten or ten thousand orders waiting.
+_window_after = 0
+PREFECT_PAGE = 200  # the most flow runs Prefect's API returns per request by default
+
+
 async def reconcile(limit: int = 200) -> dict[str, int]:
     """Repair the gaps between the orders database and Prefect. Safe to run any time, from any process:
     start runs that were never started, hand stored decisions to suspended runs, and start a new run
-    for an open order whose run ended (crashed, or a suspension that expired)."""
+    for an open order whose run ended (crashed, or a suspension that expired).
+
+    Orders without a run and decisions waiting to be handed over are looked for among all open orders;
+    whether runs are still alive is checked for a window of `limit` orders that moves on every round."""
+    global _window_after
     counts = {"started": 0, "resumed": 0, "restarted": 0}
+    is_open = Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value])
     with session() as s:
-        open_orders = list(s.scalars(select(Order).where(
-            Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value]))
-            .order_by(Order.id).limit(limit)))
-        no_run = [o.reference for o in open_orders if not o.flow_run_id]
-        with_run = {o.reference: str(o.flow_run_id) for o in open_orders if o.flow_run_id}
-        proposed = {o.reference: (d.stage, _input_for(d)) for o in open_orders for d in o.decisions
-                    if d.state == "proposed" and STAGE_STATUS.get(d.stage) == o.status}
+        no_run = list(s.scalars(select(Order.reference).where(is_open, Order.flow_run_id.is_(None))
+                                .order_by(Order.id).limit(limit)))
+        waiting = s.execute(select(Order.reference, Order.status, Order.flow_run_id, Decision)
+                            .join(Decision, Decision.order_id == Order.id)
+                            .where(is_open, Order.flow_run_id.is_not(None), Decision.state == "proposed")
+                            .order_by(Decision.id).limit(limit)).all()
+        proposed = {ref: (d.stage, _input_for(d)) for ref, status, _, d in waiting if STAGE_STATUS.get(d.stage) == status}
+        with_run = {ref: str(run) for ref, _, run, _ in waiting if ref in proposed}
+        window = s.execute(select(Order.id, Order.reference, Order.flow_run_id)
+                           .where(is_open, Order.flow_run_id.is_not(None), Order.id > _window_after)
+                           .order_by(Order.id).limit(limit)).all()
+    _window_after = window[-1].id if len(window) == limit else 0
+    with_run |= {row.reference: str(row.flow_run_id) for row in window}
     for ref in no_run:
         if await start_run(ref):
             counts["started"] += 1
     if not with_run:
         return counts
+    ids = [UUID(r) for r in set(with_run.values())]
+    state_of: dict[str, Any] = {}
     try:
         async with get_client() as client:
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[UUID(r) for r in with_run.values()])))
+            for i in range(0, len(ids), PREFECT_PAGE):
+                chunk = ids[i:i + PREFECT_PAGE]
+                runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                                   limit=len(chunk))
+                state_of |= {str(r.id): r.state for r in runs}
     except Exception:
         return counts
-    state_of = {str(r.id): r.state for r in runs}
     for ref, run_id in with_run.items():
         state = state_of.get(run_id)
         if state is None:

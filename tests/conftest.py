@@ -78,6 +78,53 @@ def db() -> Iterator[None]:
     yield
 
 
+def own_database(tmp_path_factory: pytest.TempPathFactory, name: str, first_reference: int) -> Iterator[None]:
+    """For a module-scoped fixture: an orders database of the module's own (a SQLite file, or a PostgreSQL
+    schema of its own), migrated and seeded, for tests whose orders the session's served flows must not see.
+    References start after `first_reference`: the SMTP sink is shared and mails are matched by reference."""
+    import sqlalchemy as sa
+
+    from tasks.database import migrate, session
+    from tasks.demo import seed_demo
+    from tasks.settings import settings
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "RO_DATA_DIR")}
+    schema = None
+    base = ""
+    if (saved["DATABASE_URL"] or "").startswith("postgres"):
+        base = str(saved["DATABASE_URL"]).split("?")[0]
+        schema = f"t_{name}_{os.getpid()}"
+        eng = sa.create_engine(base)
+        with eng.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        eng.dispose()
+        os.environ["DATABASE_URL"] = f"{base}?options=-csearch_path%3D{schema}"
+    else:
+        os.environ["RO_DATA_DIR"] = str(tmp_path_factory.mktemp(f"{name}-data"))
+    settings.cache_clear()
+    try:
+        migrate()
+        seed_demo()
+        from models.tables import ReferenceCounter
+        with session() as s:
+            for year in (2026, 2027):
+                if s.get(ReferenceCounter, year) is None:
+                    s.add(ReferenceCounter(year=year, last=first_reference))
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        settings.cache_clear()
+        if schema:
+            eng = sa.create_engine(base)
+            with eng.begin() as c:
+                c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            eng.dispose()
+
+
 @pytest.fixture(scope="session")
 def smtp() -> Iterator[Path]:
     from tasks.smtp_sink import start_sink

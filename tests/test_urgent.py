@@ -33,7 +33,7 @@ from models.clock import STOCKHOLM, FixedClock
 from models.tables import AuditEvent, Deadline, Deviation, OutboxMessage
 from tasks import escalation, orders, paging, stages
 from tasks.database import session
-from tests.conftest import ROOT
+from tests.conftest import ROOT, own_database
 from tests.e2e import body, mails, text_of
 
 PNR_SHAPE = re.compile(r"\b(?:\d{6}|\d{8})[-+]?\d{4}\b")
@@ -89,53 +89,10 @@ def _no_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """An orders database of this module's own (SQLite file, or a PostgreSQL schema of its own).
-
-    These tests move the clock to 2026's DST nights and holidays and run the dispatcher at those times; a
-    served flow process of the end-to-end tests that runs the dispatcher at the real time must not see
-    (and fire) their orders, nor these tests its orders."""
-    import sqlalchemy as sa
-
-    from tasks.database import migrate
-    from tasks.demo import seed_demo
-    from tasks.settings import settings
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "RO_DATA_DIR")}
-    schema = None
-    if (saved["DATABASE_URL"] or "").startswith("postgres"):
-        base = str(saved["DATABASE_URL"]).split("?")[0]
-        schema = f"t_urgent_{os.getpid()}"
-        eng = sa.create_engine(base)
-        with eng.begin() as c:
-            c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        eng.dispose()
-        os.environ["DATABASE_URL"] = f"{base}?options=-csearch_path%3D{schema}"
-    else:
-        os.environ["RO_DATA_DIR"] = str(tmp_path_factory.mktemp("urgent-data"))
-    settings.cache_clear()
-    try:
-        migrate()
-        seed_demo()
-        # References of their own: the SMTP sink is shared with the session's database, whose orders
-        # are numbered from 1, and mails are matched by reference.
-        from models.tables import ReferenceCounter
-        with session() as s:
-            for year in (2026, 2027):
-                if s.get(ReferenceCounter, year) is None:
-                    s.add(ReferenceCounter(year=year, last=900000))
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        settings.cache_clear()
-        if schema:
-            eng = sa.create_engine(base)
-            with eng.begin() as c:
-                c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            eng.dispose()
+    """An orders database of this module's own. These tests move the clock to 2026's DST nights and
+    holidays and run the dispatcher at those times; a served flow process of the end-to-end tests that runs
+    the dispatcher at the real time must not see (and fire) their orders, nor these tests its orders."""
+    yield from own_database(tmp_path_factory, "urgent", first_reference=900000)
 
 
 # --- who is paged, when ---------------------------------------------------------------------------------
