@@ -12,7 +12,6 @@ from typing import Any
 
 from models.tables import Order
 from tasks import launch, mail, orders, paging
-from tasks.database import session
 
 STAGE_OUTCOME = {
     "harm_assessment": lambda d: d["decision"],
@@ -58,12 +57,8 @@ async def decide(reference: str, stage: str, actor: str, body: dict[str, Any],
 
 async def cancel(reference: str, actor: str, reason: str) -> Order:
     """Cancel before execution: the order ends, its waiting run is cancelled, the orderer is told."""
-    order = orders.cancel(reference, actor, reason)
+    order = orders.cancel(reference, actor, reason)  # queues the orderer's email with the status
     await launch.cancel_run(reference)
-    with session() as s:
-        o = orders.get(s, reference)
-        orderer = [r for r in mail.confirmation_recipients(s, o) if r.role == "orderer"]
-        mail.enqueue(s, o, "cancelled", orderer)
     mail.deliver(reference)
     return order
 

@@ -13,7 +13,7 @@ from prefect.flow_runs import asuspend_flow_run
 
 from flows.fallback import paper_fallback
 from flows.inputs import INPUTS
-from tasks import stages
+from tasks import failpoints, stages
 from tasks.gateway import GatewayUnavailable
 
 # A suspension has to end some time in Prefect; the SLA monitor, not this timeout, chases late decisions.
@@ -22,7 +22,9 @@ SUSPEND_TIMEOUT_S = 60 * 60 * 24 * 60
 
 
 async def receive(reference: str) -> str:
-    return stages.receive(reference)
+    status = stages.receive(reference)
+    failpoints.hit("after-receive", reference)
+    return status
 
 
 async def human_step(reference: str, stage: str) -> bool:
@@ -36,12 +38,14 @@ async def human_step(reference: str, stage: str) -> bool:
         if st.proposed is not None:
             # The app stored a decision before this run reached the stage: take it without waiting.
             stages.record_decision(reference, stage, {"decision_id": st.proposed}, "app")
+            failpoints.hit("after-decision", reference)
             continue
         get_run_logger().info("%s waits for %s (attempt %s)", reference, stage, st.attempt)
         decision = await asuspend_flow_run(wait_for_input=INPUTS[stage], key=f"{stage.replace('_', '-')}-{st.attempt}",
                                           timeout=SUSPEND_TIMEOUT_S)
         stages.record_decision(reference, stage, decision.model_dump(exclude={"metadata"}),
                                "app" if decision.decision_id else "prefect-ui")
+        failpoints.hit("after-decision", reference)
 
 
 async def execution(reference: str) -> None:
@@ -56,6 +60,7 @@ async def execution(reference: str) -> None:
         if not state.is_completed():
             get_run_logger().warning("%s: paper fallback step did not complete: %s", reference, state.type)
         return
+    failpoints.hit("after-execute", reference)
     if result == "manual":
         await human_step(reference, "execution")
 

@@ -64,7 +64,41 @@ def monitoring_deployments() -> list[RunnerDeployment]:
     ]
 
 
+async def crash_orphaned_runs() -> int:
+    """Mark Crashed the order runs still Running or Pending when this process starts.
+
+    The embedded default has one serving process, so such a run lost its process when the previous one
+    died (SIGKILL, power cut). Crashed is final, so the reconciler starts a new run for the open order,
+    which continues from the orders database. Production runs workers instead, and leaves this to Prefect's
+    heartbeats and the zombie automation (docs/operations.md)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in ORDER_FLOWS])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))), limit=200)
+        for run in runs:
+            await client.set_flow_run_state(run.id, Crashed(message="Its serving process stopped."), force=True)
+    if runs:
+        log.warning("marked %d orphaned order runs as crashed; the reconciler continues their orders", len(runs))
+    return len(runs)
+
+
 def main() -> None:
+    if os.environ.get("RO_SOLE_SERVER", "1") == "1":
+        try:
+            asyncio.run(crash_orphaned_runs())
+        except Exception as exc:  # Prefect not reachable yet: the runs stay as they are until next start
+            log.warning("could not look for orphaned runs: %s", type(exc).__name__)
     every = float(os.environ.get("RO_HOUSEKEEPING_SECONDS", "2"))
     threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
     deployments = [cast(RunnerDeployment, f.to_deployment(name=f.name, tags=["restriction-orders"]))

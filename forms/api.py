@@ -43,6 +43,7 @@ from models.status import OrderStatus
 from models.tables import Order
 from tasks import audit, directory, orders
 from tasks.database import session
+from tasks.mail import backlog as outbox_backlog
 from tasks.settings import settings
 
 REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$", re.IGNORECASE)
@@ -86,6 +87,7 @@ class HealthResponse(BaseModel):
     database: ComponentHealth
     prefect: ComponentHealth
     smtp: ComponentHealth
+    outbox: ComponentHealth  # emails not yet accepted by the SMTP server (they are retried until they are)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -432,8 +434,20 @@ async def _smtp() -> ComponentHealth:
         return ComponentHealth(ok=False, detail=type(exc).__name__)
 
 
-@health_router.get("/healthz", response_model=HealthResponse, summary="Databas, Prefect API och SMTP")
+def _outbox() -> ComponentHealth:
+    try:
+        waiting, oldest = outbox_backlog()
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+    if not waiting:
+        return ComponentHealth(ok=True, detail="0 väntar")
+    return ComponentHealth(ok=oldest < settings().outbox_alarm_minutes,
+                           detail=f"{waiting} väntar, äldsta {oldest:.0f} min")
+
+
+@health_router.get("/healthz", response_model=HealthResponse, summary="Databas, Prefect API, SMTP och e-postkö")
 async def healthz() -> HealthResponse:
-    db, pf, mail = await asyncio.gather(run_in_threadpool(_database), _prefect(), _smtp())
-    ok = db.ok and pf.ok and mail.ok
-    return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail)
+    db, pf, mail, queue = await asyncio.gather(run_in_threadpool(_database), _prefect(), _smtp(),
+                                               run_in_threadpool(_outbox))
+    ok = db.ok and pf.ok and mail.ok and queue.ok
+    return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail, outbox=queue)

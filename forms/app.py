@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -177,6 +178,20 @@ def _install_handlers(app: FastAPI) -> None:
         if _wants_json(request):
             return _error_json(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", message)
         return pages.error_page(request, exc.status_code, message)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> Response:
+        # The unit of work rolled back: nothing of the request was stored, so trying again is safe.
+        log.warning("orders database unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        message = ("Beställningsdatabasen svarar inte just nu. Inget sparades. Försök igen om en stund, "
+                   "eller använd pappersblanketten (reservrutin).")
+        if _wants_json(request):
+            response: Response = _error_json(503, "database_unavailable", message)
+        else:
+            response = pages.error_page(request, 503, message)
+        response.headers["Retry-After"] = "30"
+        return response
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:

@@ -197,7 +197,7 @@ def render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) 
 
 def error_page(request: Request, status: int, message: str) -> Response:
     titles = {401: "Inte inloggad", 403: "Åtkomst nekad", 404: "Sidan finns inte", 409: "Kan inte göras nu",
-              413: "För stor förfrågan", 500: "Tekniskt fel"}
+              413: "För stor förfrågan", 500: "Tekniskt fel", 503: "Tillfälligt otillgänglig"}
     try:
         user = identify(request)
     except Exception:  # the database may be what failed

@@ -15,7 +15,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import personnummer
@@ -85,6 +85,19 @@ def enqueue(s: Session, order: Order, event: str, recipients: list[Recipient], n
     return new
 
 
+def queue_confirmations(s: Session, order: Order) -> int:
+    """The emails the order's final status calls for: to the head of department and the orderer when it
+    is completed, to the orderer when it is rejected or cancelled. Called in the transaction that sets the
+    status, so a crash right after cannot lose them; queueing again adds nothing."""
+    status = OrderStatus(order.status)
+    if status == OrderStatus.COMPLETED:
+        return enqueue(s, order, "completed", confirmation_recipients(s, order))
+    if status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+        orderer = [r for r in confirmation_recipients(s, order) if r.role == "orderer"]
+        return enqueue(s, order, status.value, orderer)
+    return 0
+
+
 def confirmation_recipients(s: Session, order: Order) -> list[Recipient]:
     out: list[Recipient] = []
     unit = directory.unit(s, order.care_unit_hsa_id)
@@ -128,8 +141,9 @@ def deliver(reference: str | None = None, limit: int = 100, now: datetime | None
         # A lease that ran out means a sender died mid-send: make it pending again.
         s.execute(update(OutboxMessage).where(OutboxMessage.status == "sending",
                                               OutboxMessage.next_attempt_at <= now).values(status="pending"))
-        q = select(OutboxMessage.id).where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
-                                           OutboxMessage.attempts < cfg.outbox_max_attempts)
+        # No attempt limit: a confirmation to a head of department is never given up on. The backoff stops
+        # growing at ten minutes and /healthz shows how long the oldest one has waited.
+        q = select(OutboxMessage.id).where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
         if reference:
             q = q.where(or_(OutboxMessage.order_reference == reference))
         ids = list(s.scalars(q.order_by(OutboxMessage.id).limit(limit)))
@@ -146,7 +160,7 @@ def deliver(reference: str | None = None, limit: int = 100, now: datetime | None
                 m.attempts += 1
                 m.status = "pending"
                 m.last_error = type(exc).__name__
-                m.next_attempt_at = now + timedelta(seconds=min(600, 5 * 2 ** m.attempts))
+                m.next_attempt_at = now + timedelta(seconds=min(600, 5 * 2 ** min(m.attempts, 7)))
                 failed += 1
             else:
                 m.attempts += 1
@@ -155,3 +169,16 @@ def deliver(reference: str | None = None, limit: int = 100, now: datetime | None
                 sent += 1
             s.commit()
     return sent, failed
+
+
+def backlog(now: datetime | None = None) -> tuple[int, float]:
+    """(messages not yet sent, minutes the oldest of them has waited)."""
+    now = now or datetime.now(UTC)
+    with session() as s:
+        count, oldest = s.execute(select(func.count(OutboxMessage.id), func.min(OutboxMessage.created_at))
+                                  .where(OutboxMessage.status != "sent")).one()
+    if not count or oldest is None:
+        return 0, 0.0
+    if oldest.tzinfo is None:  # min() over SQLite text can come back without the column's type
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), max(0.0, (now - oldest).total_seconds() / 60)

@@ -24,7 +24,7 @@ from models.rules import CheckResult, RuleContext, check_order
 from models.schemas import HistoryEntry, OrderView, Problem
 from models.status import CANCELLABLE, OrderStatus, check_transition
 from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
-from tasks import audit, directory
+from tasks import audit, directory, mail
 from tasks.database import session
 from tasks.gateway import access_state
 
@@ -226,6 +226,7 @@ def cancel(reference: str, actor: str, reason: str, now: datetime | None = None)
         if reason:
             s.add(Decision(order_id=order.id, stage="cancel", decided_by=actor, outcome="cancel", detail={},
                            text=reason, state="accepted", created_at=now))
+        mail.queue_confirmations(s, order)
         return order
 
 

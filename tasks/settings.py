@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     trusted_proxies: str = "127.0.0.1,::1"
     session_secret: str = "embedded-default-not-secret"
     embedded_login: bool = True
-    # Outbox messages that failed are retried with backoff up to this many attempts, then stay for a person.
-    outbox_max_attempts: int = 12
+    # An outbox message waiting longer than this makes /healthz say "degraded" (it is still retried).
+    outbox_alarm_minutes: int = 15
 
     @property
     def orders_db_url(self) -> str:

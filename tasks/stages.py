@@ -153,12 +153,14 @@ def _apply_decision(s: Any, order: Order, stage: str, d: Decision, now: datetime
     elif stage == "harm_assessment":
         if d.outcome == "do_not_restrict":
             transition(s, order, OrderStatus.REJECTED, actor=actor, action="assessed_no_restriction", at=now)
+            mail.queue_confirmations(s, order)
         else:
             order.review_after_days = d.detail.get("review_after_days")
             transition(s, order, _next_after(order, stage), actor=actor, action="assessed", at=now)
     elif stage == "approval":
         if d.outcome == "reject":
             transition(s, order, OrderStatus.REJECTED, actor=actor, action="approval_rejected", at=now)
+            mail.queue_confirmations(s, order)
         else:
             transition(s, order, OrderStatus.EXECUTING, actor=actor, action="approved", at=now)
     elif stage == "execution":
@@ -181,6 +183,7 @@ def _complete(s: Any, order: Order, actor: str, system_reference: str, now: date
     deadlines.meet(s, order.reference, "due", now)
     transition(s, order, OrderStatus.COMPLETED, actor=actor, action="executed", at=now,
                detail={"system_reference": system_reference})
+    mail.queue_confirmations(s, order)
 
 
 @task(name="execute-order", retries=3, retry_delay_seconds=[1, 5, 15], persist_result=False, cache_policy=NO_CACHE)
@@ -218,11 +221,7 @@ def confirm(reference: str) -> str:
     with session() as s:
         order = get(s, reference)
         status = OrderStatus(order.status)
-        if status == OrderStatus.COMPLETED:
-            mail.enqueue(s, order, "completed", mail.confirmation_recipients(s, order))
-        elif status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
-            orderer = [r for r in mail.confirmation_recipients(s, order) if r.role == "orderer"]
-            mail.enqueue(s, order, status.value, orderer)
+        mail.queue_confirmations(s, order)  # normally queued already, with the status
     mail.deliver(reference)
     return status.value
 

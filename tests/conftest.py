@@ -4,7 +4,9 @@ in a schema of its own), a real Prefect server, served flows in a subprocess, an
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,13 +128,34 @@ def own_database(tmp_path_factory: pytest.TempPathFactory, name: str, first_refe
             eng.dispose()
 
 
+class SmtpSink:
+    """The SMTP server on loopback that every test's mail goes to; the fault tests stop and start it."""
+
+    def __init__(self, maildir: Path, port: int) -> None:
+        self.maildir, self.port = maildir, port
+        self.ctl: Any = None
+
+    def start(self) -> None:
+        from tasks.smtp_sink import start_sink
+        self.ctl = start_sink(self.maildir, port=self.port)
+
+    def stop(self) -> None:
+        if self.ctl is not None:
+            self.ctl.stop()
+            self.ctl = None
+
+
 @pytest.fixture(scope="session")
-def smtp() -> Iterator[Path]:
-    from tasks.smtp_sink import start_sink
-    maildir = _TMP / "mail"
-    ctl = start_sink(maildir, port=int(os.environ["RO_SMTP_PORT"]))
-    yield maildir
-    ctl.stop()
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(_TMP / "mail", int(os.environ["RO_SMTP_PORT"]))
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp(smtp_sink: SmtpSink) -> Path:
+    return smtp_sink.maildir
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -183,6 +207,38 @@ def _drop_prefect_pg_database(url: str) -> None:
     eng.dispose()
 
 
+PREFECT_DB: dict[str, str] = {}  # "url" of the PostgreSQL database the test Prefect server uses, if any
+
+
+def prefect_database_rows() -> Iterator[tuple[str, str]]:
+    """(table, the row as text) for every row of the test Prefect server's own database, for the leak scans."""
+    import sqlite3
+
+    import sqlalchemy as sa
+    if "url" in PREFECT_DB:
+        eng = sa.create_engine(PREFECT_DB["url"].replace("+asyncpg", "+psycopg", 1))
+        try:
+            with eng.connect() as c:
+                tables = c.execute(sa.text("select table_name from information_schema.tables "
+                                           "where table_schema = 'public' and table_type = 'BASE TABLE'")).scalars().all()
+                for t in tables:
+                    for row in c.execute(sa.text(f'select * from "{t}"')):
+                        yield t, " ".join(str(v) for v in row)
+        finally:
+            eng.dispose()
+        return
+    dbs = list(Path(os.environ["PREFECT_HOME"]).glob("*.db"))
+    assert dbs, "no Prefect database found"
+    for db in dbs:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            for (t,) in con.execute("select name from sqlite_master where type='table'").fetchall():
+                for row in con.execute(f'select * from "{t}"'):
+                    yield t, " ".join(str(v) for v in row)
+        finally:
+            con.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     api = os.environ["PREFECT_API_URL"]
@@ -191,6 +247,7 @@ def prefect_server() -> Iterator[str]:
     pg = _prefect_pg_database()
     if pg:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = pg
+        PREFECT_DB["url"] = pg
     with open(_TMP / "prefect-server.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                  "--port", port], stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -231,8 +288,9 @@ class FlowServer:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
+            # Its own process group, so `kill()` takes its flow runs down with it, as a crash of the machine.
             self.proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_deployments()
 
     def _wait_deployments(self) -> None:
@@ -252,18 +310,23 @@ class FlowServer:
 
     def kill(self) -> None:
         if self.proc:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
             self.proc = None
+
+    def wait_dead(self, timeout: float) -> None:
+        """Wait for the process to die by itself (a failpoint); then forget it."""
+        assert self.proc is not None
+        self.proc.wait(timeout)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+            self.kill()  # and whatever flow runs it left
 
 
 @pytest.fixture(scope="session")

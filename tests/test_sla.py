@@ -8,11 +8,8 @@ Prefect server and reads the event and the `open-orders` artifact back.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +19,7 @@ from models.clock import FixedClock
 from models.status import OrderStatus
 from tasks import monitoring
 from tasks.database import session
+from tests.conftest import prefect_database_rows
 from tests.monitoring_support import (
     audit_rows,
     body,
@@ -263,17 +261,8 @@ def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server
     assert ref not in str(latest.data) and ref not in str(latest.description)
     # Nothing of the patient's number reached Prefect's database (parameters, logs, events, artifacts).
     forms = {pnr, pnr.replace("-", ""), pnr[2:], pnr.replace("-", "")[2:]}
-    dbs = list(Path(os.environ["PREFECT_HOME"]).glob("*.db"))
-    assert dbs
-    for db in dbs:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            for (table_name,) in con.execute("select name from sqlite_master where type='table'"):
-                for row in con.execute(f'select * from "{table_name}"'):
-                    text = " ".join(str(v) for v in row)
-                    assert not any(f in text for f in forms), table_name
-        finally:
-            con.close()
+    for table_name, text in prefect_database_rows():
+        assert not any(f in text for f in forms), table_name
 
 
 @pytest.mark.e2e
