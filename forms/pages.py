@@ -635,6 +635,9 @@ async def queue_decision(request: Request, slug: str, reference: str) -> Respons
     form = await request.form()
     check_form_csrf(request, _str(form, CSRF_FIELD))
     require_roles(user, *q.roles)
+    if not api.REFERENCE.fullmatch(reference.strip().upper()):
+        # Never shown back: what is in the address may be anything, a personal number even.
+        raise api.ApiError(404, "not_found", "Beställningen finns inte.")
     decision, errors, values = parse_decision(q.stage, form)
     url_stage = next(k for k, v in api.STAGES.items() if v == q.stage)
     status, top = 422, ""

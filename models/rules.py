@@ -15,7 +15,16 @@ from typing import Any
 from models import personnummer
 from models.access import AccessState
 from models.calendar import WorkingHours, is_office_hours, local
-from models.schemas import ACTIONS, INITIATIVES, ORDER_TYPES, REASON_MAX, MinorAccess, OrderRequest, Problem
+from models.schemas import (
+    ACTIONS,
+    INITIATIVES,
+    ORDER_TYPES,
+    REASON_MAX,
+    MinorAccess,
+    OrderRequest,
+    Problem,
+    is_plain_text,
+)
 
 MESSAGES: dict[str, str] = {
     "required": "Fältet måste fyllas i.",
@@ -170,6 +179,9 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
         reason = ""
     elif len(reason) > REASON_MAX:
         _err(r, "reason", "reason_too_long")
+    elif not is_plain_text(reason):
+        _err(r, "reason", "invalid_value")
+        reason = ""
 
     unit = raw.get("care_unit_hsa_id")
     if _blank(unit):

@@ -7,9 +7,9 @@ by field in `models.rules` so that every problem is reported at once with the co
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 OrderType = Literal["seal_or_lock", "restore_access", "block_guardian", "minor_access"]
 Initiative = Literal["patient", "care"]
@@ -105,30 +105,46 @@ class OrderView(BaseModel):
     history: list[HistoryEntry]
 
 
+def is_plain_text(value: str) -> bool:
+    """Text a person can have typed: no NUL or other control characters (tab and line breaks are fine) and
+    no lone surrogates, which no database encoding can store (PostgreSQL refuses NUL, UTF-8 surrogates)."""
+    return not any((ord(ch) < 32 and ch not in "\t\n\r") or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF
+                   for ch in value)
+
+
+def _plain(value: str) -> str:
+    if not is_plain_text(value):
+        raise ValueError("Texten innehåller otillåtna tecken.")
+    return value
+
+
+FreeText = Annotated[str, AfterValidator(_plain)]
+
+
 class AssessmentDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     harm_found: bool
     decision: Literal["restrict", "do_not_restrict"]
-    rationale: str = Field(default="", max_length=REASON_MAX)
+    rationale: FreeText = Field(default="", max_length=REASON_MAX)
     review_after_days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class ApprovalDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approved: bool
-    comment: str = Field(default="", max_length=REASON_MAX)
+    comment: FreeText = Field(default="", max_length=REASON_MAX)
 
 
 class CallbackRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field(default="", max_length=REASON_MAX)
+    note: FreeText = Field(default="", max_length=REASON_MAX)
 
 
 class ExecutionRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    system_reference: str = Field(min_length=1, max_length=200)
+    system_reference: FreeText = Field(min_length=1, max_length=200)
 
 
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="", max_length=REASON_MAX)
+    reason: FreeText = Field(default="", max_length=REASON_MAX)

@@ -86,7 +86,17 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
     if not run_id:
         return False
     try:
-        await aresume_flow_run(UUID(run_id), run_input=run_input)
+        try:
+            await aresume_flow_run(UUID(run_id), run_input=run_input)
+        except RuntimeError as exc:  # refused by the server (not paused and timed out raise PrefectException)
+            # Seen when the process died in the middle of suspending: the run is paused but its input schema
+            # was never saved, so Prefect refuses every resume ("Run input schema not found"). The decision
+            # is in the orders database: end that run and start the order's next one, which takes it.
+            log.warning("run of %s cannot be resumed (%s); replacing it", reference, exc)
+            from prefect.states import Crashed
+            async with get_client() as client:
+                await client.set_flow_run_state(UUID(run_id), Crashed(message="Could not be resumed."), force=True)
+            return await start_run(reference, restart=_runs_started(reference)) is not None
     except (PrefectException, RuntimeError, OSError) as exc:
         log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
         return False

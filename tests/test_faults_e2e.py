@@ -42,8 +42,9 @@ def test_sigkill_at_each_stage_boundary_completes_once(flow_server: FlowServer, 
     crashing = FlowServer({**flow_server.env, "RO_FAILPOINTS": ",".join(BOUNDARIES),
                            "RO_FAILPOINT_DIR": str(tmp_path)})
     try:
+        ref = submit(body("seal_or_lock", patient_personal_number=aged(47, 613)))  # nobody serves it yet
+        (tmp_path / f"{ref}.armed").touch()  # only this order crashes; others in flight pass untouched
         crashing.start()
-        ref = submit(body("seal_or_lock", patient_personal_number=aged(47, 613)))
         _survive(flow_server, crashing, "after-receive")           # died once the stages were planned
         assert (tmp_path / f"after-receive-{ref}").exists()
         wait_status(ref, "awaiting_assessment")

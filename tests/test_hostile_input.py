@@ -1,67 +1,699 @@
-"""Hostile input against the JSON API (probe)."""
+"""Hostile input against the form app, fuzzed with Hypothesis (no Prefect server, no flow runs).
+
+Three promises, checked over generated input:
+1. No 5xx for any body, content type, header or path a client can send; every 4xx of the JSON API has the
+   contract's error shape (`{"errors": [{"field", "code", "message"}]}`) with a Swedish message.
+2. Nothing invalid is stored: an order row appears only when the API answered 201, and a stored order passes
+   the rule engine again (normalised personal numbers, known unit and region, reason within its limit).
+3. Markup in every free-text field is inert: escaped in the HTML pages, printed as text in the paper PDF,
+   and never in an email at all (emails carry the reference only; free text stays in the orders database).
+Answers never echo a personal-number-shaped string from the input.
+
+The module has its own orders database (references from 800000) and never reaches Prefect: starting,
+resuming and cancelling runs are replaced by no-ops, which is what the app sees when Prefect is down.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
 
 from flows import urgent
-from tasks import launch
+from models import personnummer
+from models.calendar import local
+from models.clock import STOCKHOLM
+from models.schemas import ORDER_TYPES, REASON_MAX
+from models.status import OrderStatus
+from models.tables import Decision, Order, OutboxMessage
+from tasks import launch, orders
+from tasks.database import session
 from tests.conftest import own_database
-from tests.webapp import body
+from tests.e2e import mails, text_of
+from tests.webapp import PATIENT, body, born_years_ago, pnr, staff
 
-CLINICIAN = "DEMO-KALMAR-CLINICIAN"
+CLINICIAN = staff("clinician")
+CLINICIAN2 = staff("clinician2")
+ASSESSOR = staff("assessor")
+HEAD = staff("head")
+ONCALL = staff("oncall")
+SUPPORT = staff("support")
+ACCOUNTADMIN = staff("accountadmin")
+ADMIN = "DEMO-ADMIN"
+YEAR = datetime.now(STOCKHOLM).year
+FIRST_REFERENCE = 800000
 
+SUBMIT, VALIDATE = "/api/orders", "/api/orders/validate"
+ORDER_FIELDS = ("order_type", "initiative", "actions", "patient_personal_number", "patient_protected_identity",
+                "guardian_personal_number", "minor_access", "identity_checked_in_person", "urgent", "reason",
+                "care_unit_hsa_id", "region")
+# The free-text field of each human step (POST /api/orders/{reference}/<step>).
+STEP_TEXT = {"assessment": "rationale", "approval": "comment", "callback": "note", "execution": "system_reference",
+             "cancel": "reason"}
+
+PNR_SHAPE = re.compile(r"(?<![0-9])(?:[0-9]{6}|[0-9]{8})[-+]?[0-9]{4}(?![0-9])")
+# FastAPI's, Starlette's and pydantic's own English texts must never reach a client.
+ENGLISH = re.compile(r"Field required|Input should|Not Found|Method Not Allowed|There was an error|Internal Server"
+                     r"|Unprocessable|Extra inputs|value is not|Expecting value|JSON decode", re.IGNORECASE)
+SWEDISH = re.compile(r"[åäöÅÄÖ]|\b(?:Ogiltig|Ogiltigt|Skicka|Ange|Välj|ska|finns|inte|Sidan)\b")
+
+MARKUP = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&"
+
+FUZZ: dict[str, Any] = {"deadline": None, "database": None,
+                        "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                                  HealthCheck.data_too_large, HealthCheck.large_base_example]}
+
+
+# --- fixtures -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    yield from own_database(tmp_path_factory, "hostile", first_reference=800000)
+    """An orders database of this module's own (SQLite file, or a PostgreSQL schema when DATABASE_URL is
+    postgres); own_database restores DATABASE_URL/RO_DATA_DIR afterwards."""
+    yield from own_database(tmp_path_factory, "hostile", first_reference=FIRST_REFERENCE)
 
 
 @pytest.fixture(scope="module")
 def client(db: None) -> Iterator[TestClient]:
+    """The app as the trusted SSO proxy on loopback would reach it; Prefect is never contacted."""
     from forms.app import create_app
 
-    async def nothing(*args: Any, **kwargs: Any) -> None:
+    async def no_prefect(*args: Any, **kwargs: Any) -> None:
         return None
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(launch, "start_run", nothing)
-        mp.setattr(launch, "resume", nothing)
-        mp.setattr(launch, "cancel_run", nothing)
-        mp.setattr(urgent, "ensure_run", nothing)
+        # flows.commands calls launch.start_soon (-> launch.start_run), launch.resume and launch.cancel_run;
+        # the urgent path calls flows.urgent.ensure_run (-> launch.start_run).
+        mp.setattr(launch, "start_run", no_prefect)
+        mp.setattr(launch, "resume", no_prefect)
+        mp.setattr(launch, "cancel_run", no_prefect)
+        mp.setattr(urgent, "ensure_run", no_prefect)
+        # raise_server_exceptions=False: a crash is seen as the 500 a client gets (the app logs the traceback).
         with TestClient(create_app(), client=("127.0.0.1", 40000), raise_server_exceptions=False) as c:
             c.headers["X-Remote-User"] = CLINICIAN
             yield c
 
 
-PROBES: list[tuple[str, bytes]] = [
-    ("deep", b"[" * 5000 + b"]" * 5000),
-    ("deepobj", b'{"a":' * 3000 + b"1" + b"}" * 3000),
-    ("surrogate-reason", json.dumps(body(reason="\ud800x")).encode()),
-    ("nul-reason", json.dumps(body(reason="a\x00b")).encode()),
-    ("bigint", b"1" * 5000),
-    ("nan", json.dumps(body(reason=float("nan"))).encode()),
-    ("surrogate-key", json.dumps({"\udc80": 1}).encode()),
-    ("pnr-fullwidth", json.dumps(body(patient_personal_number="１９１２１２１２-１２１２")).encode()),
-    ("pnr-nul", json.dumps(body(patient_personal_number="19121212-1212\x00")).encode()),
-    ("unit-nul", json.dumps(body(care_unit_hsa_id="DEMO-KALMAR-UNIT\x00")).encode()),
-    ("unit-surr", json.dumps(body(care_unit_hsa_id="\ud800")).encode()),
-    ("region-list", json.dumps(body(region=["kalmar"])).encode()),
-    ("region-dict", json.dumps(body(region={"a": 1})).encode()),
-    ("type-dict", json.dumps(body(order_type={"a": 1})).encode()),
-    ("actions-dict", json.dumps(body(actions=[{"a": 1}])).encode()),
-    ("minor", json.dumps(body("minor_access", minor_access={"grant": True, "recipient": ["guardian"]})).encode()),
-    ("minor2", json.dumps(body("minor_access", minor_access={"grant": True, "recipient": {"x": 1}})).encode()),
+@pytest.fixture(scope="module")
+def csrf(client: TestClient) -> str:
+    """The form token of the client's session cookie (HTML form posts need it, also behind the SSO proxy)."""
+    page = client.get("/")
+    m = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert page.status_code == 200 and m, page.text[:500]
+    return m.group(1)
+
+
+def as_(user: str) -> dict[str, str]:
+    return {"X-Remote-User": user}
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def order_count() -> int:
+    with session() as s:
+        return int(s.scalar(select(func.count()).select_from(Order)) or 0)
+
+
+def stored(reference: str) -> Order:
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        assert order is not None, reference
+        s.expunge(order)
+        return order
+
+
+def assert_error_shape(r: httpx.Response) -> None:
+    assert r.headers.get("content-type", "").startswith("application/json"), (r.status_code, r.headers, r.text[:300])
+    data = r.json()
+    assert isinstance(data, dict) and isinstance(data.get("errors"), list) and data["errors"], data
+    for e in data["errors"]:
+        assert isinstance(e, dict) and {"field", "code", "message"} <= set(e), e
+        assert all(isinstance(e[k], str) for k in ("field", "code", "message")) and e["code"] and e["message"], e
+        assert SWEDISH.search(e["message"]) and not ENGLISH.search(e["message"]), e
+
+
+def assert_no_echo(sent: str, r: httpx.Response) -> None:
+    """No personal-number-shaped string of the request comes back (it may be a real person's number)."""
+    if r.headers.get("content-type", "").startswith("application/pdf"):
+        return  # a PDF is only ever of an existing order; its own numbers are not the input's
+    answer = r.content.decode("utf-8", "replace")
+    for shaped in set(PNR_SHAPE.findall(sent)):
+        assert shaped not in answer, (shaped, r.status_code, answer[:500])
+
+
+def as_request(o: Order) -> dict[str, Any]:
+    """The stored order as a request body again, for a second pass through the rule engine."""
+    raw: dict[str, Any] = {
+        "order_type": o.order_type, "initiative": o.initiative, "actions": list(o.actions or []),
+        "patient_personal_number": o.patient_pnr, "patient_protected_identity": o.patient_protected,
+        "guardian_personal_number": o.guardian_pnr, "identity_checked_in_person": o.identity_checked,
+        "urgent": o.urgent, "reason": o.reason, "care_unit_hsa_id": o.care_unit_hsa_id, "region": o.region}
+    if o.order_type == "minor_access":
+        raw["minor_access"] = {"grant": o.minor_grant, "recipient": o.minor_recipient, "child_consent": o.child_consent}
+    return raw
+
+
+def assert_stored_order_is_valid(c: TestClient, reference: str) -> None:
+    o = stored(reference)
+    assert o.status == OrderStatus.SUBMITTED and o.order_type in ORDER_TYPES and o.submitted_by == CLINICIAN
+    assert isinstance(o.reason, str) and len(o.reason) <= REASON_MAX
+    day = local(o.created_at).date()
+    for number in (o.patient_pnr, o.guardian_pnr):
+        if number is not None:  # stored normalised: 12 ASCII digits that parse to themselves
+            assert re.fullmatch(r"[0-9]{12}", number), number
+            assert personnummer.parse(number, day).digits == number
+    again = orders.check(as_request(o), o.created_at)
+    assert again.ok, [p.model_dump() for p in again.errors]
+    assert again.order is not None and again.order.patient_personal_number == o.patient_pnr
+    # What was stored can be shown: the JSON view (masked) and the HTML order page.
+    view = c.get(f"/api/orders/{reference}")
+    assert view.status_code == 200 and view.json()["patient"] == personnummer.mask(o.patient_pnr), view.text
+    page = c.get(f"/bestallningar/{reference}")
+    assert page.status_code == 200, page.text[:300]
+    assert_inert_html(page.text)
+
+
+def post_body(c: TestClient, path: str, raw: bytes, content_type: bytes | None = b"application/json",
+              user: str = CLINICIAN, headers: dict[str, bytes] | None = None) -> httpx.Response:
+    h: dict[str, Any] = {"X-Remote-User": user, **(headers or {})}
+    if content_type is not None:
+        h["Content-Type"] = content_type
+    return c.post(path, content=raw, headers=h)
+
+
+def check_submit_answer(c: TestClient, path: str, sent: bytes, r: httpx.Response, before: int,
+                        with_key: bool = False) -> None:
+    """Promises 1 and 2 for one POST /api/orders(/validate)."""
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if path == SUBMIT:  # 200 (a replay) and 409 (a key used for another body) only with an Idempotency-Key
+        allowed = {201, 413, 415, 422} | ({200, 409} if with_key else set())
+    else:
+        allowed = {200, 413, 415, 422}
+    assert r.status_code in allowed, (r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        assert_error_shape(r)
+    assert_no_echo(sent.decode("utf-8", "replace"), r)
+    created = path == SUBMIT and r.status_code == 201
+    assert order_count() == before + int(created), (r.status_code, r.text[:300])
+    if created:
+        assert_stored_order_is_valid(c, r.json()["reference"])
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.active: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {k.lower() for k, _ in attrs}
+        if tag == "script" and "src" not in names:
+            self.active.append(f"inline <script> {attrs}")
+        if tag == "img" and dict(attrs).get("src") == "x":
+            self.active.append(f"injected <img> {attrs}")
+        self.active += [f"event handler {k} on <{tag}>" for k in names if k.startswith("on")]
+
+
+def assert_inert_html(html: str) -> None:
+    """Nothing a person typed became an element or attribute: no inline script, no on* handler, no injected img."""
+    parser = _Tags()
+    parser.feed(html)
+    parser.close()
+    assert not parser.active, parser.active
+    assert "<script>alert" not in html and "<img src=x" not in html
+
+
+def assert_shown_escaped(html: str, text: str) -> None:
+    """The text is on the page, escaped (Jinja's autoescape: & < > \" ')."""
+    escaped = (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+               .replace('"', "&#34;").replace("'", "&#39;"))
+    assert escaped in html, (text, html[:2000])
+    assert_inert_html(html)
+
+
+def pdf_text(data: bytes) -> str:
+    assert data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
+    out = subprocess.run(["pdftotext", "-", "-"], input=data, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.decode("utf-8")
+
+
+def assert_pdf_has_no_active_content(data: bytes) -> None:
+    from pypdf import PdfReader
+    from pypdf.generic import DictionaryObject
+    reader = PdfReader(io.BytesIO(data), strict=True)
+    assert len(reader.pages) >= 1
+    root = reader.trailer["/Root"].get_object()
+    assert isinstance(root, DictionaryObject)
+    assert "/OpenAction" not in root and "/AA" not in root and "/AcroForm" not in root, root
+    names = root.get("/Names")
+    assert names is None or "/JavaScript" not in names.get_object()
+    for page in reader.pages:
+        assert "/AA" not in page
+        for annot in page.get("/Annots") or []:
+            action = annot.get_object().get("/A")
+            if action is None:
+                continue
+            action = action.get_object()
+            assert action.get("/S") not in ("/JavaScript", "/Launch", "/SubmitForm", "/ImportData"), action
+            assert not str(action.get("/URI", "")).lower().strip().startswith(("javascript:", "data:", "file:"))
+
+
+def assert_not_in_emails(refs: list[str], maildir: Path, markers: list[str]) -> int:
+    """Emails about these orders (outbox rows and what the SMTP server received) carry no free text."""
+    with session() as s:
+        rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference.in_(refs))))
+    texts = [f"{m.subject}\n{m.body_text}\n{m.body_html}" for m in rows]
+    texts += [text_of(m) for ref in refs for m in mails(maildir, ref)]
+    for text in texts:
+        assert "<script" not in text.lower() and "<img src=x" not in text and "onerror" not in text, text
+        for marker in markers:
+            assert marker not in text, (marker, text)
+        assert not PNR_SHAPE.search(text), text
+    for m in rows:
+        assert_inert_html(m.body_html)
+    return len(rows)
+
+
+# --- strategies ---------------------------------------------------------------------------------------
+
+def _pnr_forms(p: str) -> list[str]:
+    digits = p.replace("-", "")
+    return [p, digits, p[2:], digits[2:], f"{p[2:8]}+{p[9:]}"]
+
+
+personal_numbers = st.one_of(
+    st.just(PATIENT),
+    st.builds(lambda born, serial, form: _pnr_forms(pnr(born, serial))[form],
+              st.dates(min_value=datetime(1900, 1, 1).date(), max_value=born_years_ago(1)),
+              st.integers(1, 999), st.integers(0, 4)),
+)
+odd_chars = st.characters(categories=["Cs", "Cc", "Cf", "Co", "Zs", "Zl", "Mn", "Nd", "So"])
+hostile_text = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=odd_chars, max_size=12),
+    # One lone surrogate or control character in otherwise ordinary text (JSON can carry both: "\ud800").
+    st.builds(lambda a, odd, b: a + odd + b, st.text(max_size=3),
+              st.characters(categories=["Cs", "Cc"]), st.text(max_size=3)),
+    st.builds(lambda a, p, b: a + p + b, st.text(max_size=4), personal_numbers, st.text(max_size=4)),
+    st.sampled_from([
+        "", " ", "\x00", "a\x00b", "\ud800", "x\udfff", "\u202eevil", "\ufeff", "\u200b", "null", "NaN",
+        MARKUP, "{{7*7}}", "${7*7}", "' OR '1'='1' --", "%s%s%n", "../../../etc/passwd", "\r\nBcc: x@x.invalid",
+        "١٩١٢١٢١٢-١٢١٢", "１９１２１２１２-１２１２", f"{PATIENT}\n", f" {PATIENT} ", "19121212–1212",
+        f"{PATIENT}\x00", "DEMO-KALMAR-UNIT\x00", " demo-kalmar-unit ", "DEMO-KALMAR-UNİT", "KALMAR", "kalmar ",
+        "seal_or_lock\u200b", "care\x00", "guardian ", "ＲＯ-2026-800001",
+    ]),
+)
+long_text = st.one_of(
+    st.integers(REASON_MAX - 1, REASON_MAX + 1).map(lambda n: "å" * n),
+    st.integers(REASON_MAX - 1, REASON_MAX + 1).map(lambda n: "\U0001f600" * n),   # astral: 2 UTF-16 units each
+    st.integers(REASON_MAX - 1, REASON_MAX + 1).map(lambda n: "e\u0301" * (n // 2)),  # combining marks
+    st.just("x" * 70_000),                                                         # over the 64 KiB body limit
+)
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                         st.sampled_from([10**400, -(10**300)]), st.floats(), hostile_text)
+json_keys = st.one_of(st.sampled_from([*ORDER_FIELDS, "grant", "recipient", "child_consent", "__proto__"]),
+                      st.text(max_size=8), st.text(alphabet=odd_chars, max_size=3))
+json_values = st.recursive(json_scalars, lambda kids: st.one_of(
+    st.lists(kids, max_size=4), st.dictionaries(json_keys, kids, max_size=6)), max_leaves=16)
+
+
+def encode(value: Any, ascii_only: bool) -> bytes:
+    # ensure_ascii sends lone surrogates as \ud800 escapes; otherwise as the raw (invalid UTF-8) bytes a
+    # broken client would send. NaN and Infinity go out as Python writes them (Python reads them back).
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+def valid_body(order_type: str, serial: int) -> dict[str, Any]:
+    """A body the API accepts, with personal numbers made here (fresh serial from Hypothesis)."""
+    b = body(order_type, patient_personal_number=pnr(born_years_ago(14 if order_type == "minor_access" else 40),
+                                                     serial))
+    if order_type == "block_guardian":
+        b["guardian_personal_number"] = pnr(born_years_ago(45), (serial + 1) % 1000 or 1)
+    if order_type == "restore_access":
+        b["initiative"] = "care"
+    return b
+
+
+def replace_field(b: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
+    b = json.loads(json.dumps(b))
+    if field == "extra":
+        b["unexpected"] = value
+    elif field.startswith("minor_access."):
+        b.setdefault("minor_access", {"grant": True, "recipient": "minor"})
+        b["minor_access"][field.split(".", 1)[1]] = value
+    elif field == "actions[]":
+        b["actions"] = ["seal_journal", value]
+    elif field.startswith("-"):  # the field left out altogether
+        b.pop(field[1:], None)
+    else:
+        b[field] = value
+    return b
+
+
+# --- 1 and 2: bodies of POST /api/orders and /api/orders/validate ---------------------------------------
+
+@settings(max_examples=120, **FUZZ)
+@given(path=st.sampled_from([SUBMIT, VALIDATE]),
+       raw=st.builds(encode, st.one_of(json_values, st.dictionaries(json_keys, json_values, max_size=14)),
+                     st.booleans()))
+def test_any_json_body_is_answered_without_5xx_and_stores_nothing_invalid(client: TestClient, path: str,
+                                                                         raw: bytes) -> None:
+    before = order_count()
+    r = post_body(client, path, raw)
+    check_submit_answer(client, path, raw, r, before)
+
+
+@settings(max_examples=25, **FUZZ)
+@given(path=st.sampled_from([SUBMIT, VALIDATE]), depth=st.integers(1, 30_000),
+       shape=st.sampled_from([("[", "]"), ('{"a":[', "]}"), ('{"reason":', "}")]))
+@example(path=SUBMIT, depth=5000, shape=("[", "]"))  # valid JSON of 10 kB, far below the 64 KiB limit
+def test_deeply_nested_json(client: TestClient, path: str, depth: int, shape: tuple[str, str]) -> None:
+    opener, closer = shape
+    raw = (opener * depth + ("1" if opener.endswith(":") else "") + closer * depth).encode()
+    before = order_count()
+    r = post_body(client, path, raw)
+    check_submit_answer(client, path, raw, r, before)
+
+
+@settings(max_examples=150, **FUZZ)
+@given(path=st.sampled_from([SUBMIT, VALIDATE]), order_type=st.sampled_from(ORDER_TYPES),
+       serial=st.integers(1, 999),
+       field=st.sampled_from([*ORDER_FIELDS, "minor_access.grant", "minor_access.recipient",
+                              "minor_access.child_consent", "actions[]", "extra", *(f"-{f}" for f in ORDER_FIELDS)]),
+       value=st.one_of(hostile_text, json_values, long_text), ascii_only=st.booleans())
+@example(path=SUBMIT, order_type="seal_or_lock", serial=123, field="reason", value="\ud800", ascii_only=True)
+def test_valid_body_with_one_hostile_field(client: TestClient, path: str, order_type: str, serial: int, field: str,
+                                           value: Any, ascii_only: bool) -> None:
+    raw = encode(replace_field(valid_body(order_type, serial), field, value), ascii_only)
+    before = order_count()
+    r = post_body(client, path, raw)
+    check_submit_answer(client, path, raw, r, before)
+
+
+@settings(max_examples=60, **FUZZ)
+@given(path=st.sampled_from([SUBMIT, VALIDATE]),
+       raw=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                     st.just(json.dumps(valid_body("seal_or_lock", 7)).encode("utf-16"))),  # valid, in UTF-16
+       content_type=st.one_of(
+           st.none(),
+           st.sampled_from([b"application/json", b"application/json; charset=latin-1", b"APPLICATION/JSON",
+                            b"application/problem+json", b"text/plain", b"application/x-www-form-urlencoded",
+                            b"multipart/form-data; boundary=x", b"", b"application/json\x00", b"*/*"]),
+           st.binary(max_size=40).filter(lambda v: b"\n" not in v and b"\r" not in v)))
+def test_non_json_bytes_and_content_types(client: TestClient, path: str, raw: bytes,
+                                          content_type: bytes | None) -> None:
+    before = order_count()
+    r = post_body(client, path, raw, content_type)
+    check_submit_answer(client, path, raw, r, before)
+
+
+@settings(max_examples=30, **FUZZ)
+@given(key=st.one_of(st.binary(min_size=1, max_size=200).filter(lambda v: b"\n" not in v and b"\r" not in v),
+                     st.from_regex(rb"\A[\x21-\x7e]{1,120}\Z")),
+       serial=st.integers(1, 999))
+def test_hostile_idempotency_key(client: TestClient, key: bytes, serial: int) -> None:
+    raw = encode(valid_body("seal_or_lock", serial), True)
+    before = order_count()
+    first = post_body(client, SUBMIT, raw, headers={"Idempotency-Key": key})
+    check_submit_answer(client, SUBMIT, raw, first, before, with_key=True)
+    if first.status_code in (200, 201):  # the same key and body again: the first answer, nothing new
+        again = post_body(client, SUBMIT, raw, headers={"Idempotency-Key": key})
+        assert again.status_code == 200 and again.json()["reference"] == first.json()["reference"], again.text
+        other = encode(valid_body("seal_or_lock", serial % 999 + 1), True)
+        conflict = post_body(client, SUBMIT, other, headers={"Idempotency-Key": key})
+        assert conflict.status_code == 409, conflict.text
+        assert_error_shape(conflict)
+        assert order_count() == before + int(first.status_code == 201)
+
+
+# --- 1: path parameters -------------------------------------------------------------------------------
+
+def _existing(n: int, form: int) -> str:
+    ref = f"RO-{YEAR}-{FIRST_REFERENCE + n:06d}"
+    return [ref, ref.lower(), f"  {ref}\t", ref.translate(str.maketrans("0123456789", "０１２３４５６７８９")),
+            f"{ref}\x00", f"{ref}/../{ref}", ref + "0" * 12][form]
+
+
+references = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=odd_chars, max_size=12),
+    st.builds(lambda a, p, b: a + p + b, st.text(max_size=5), personal_numbers, st.text(max_size=5)),
+    st.builds(lambda p: f"RO-{YEAR}-{p}", personal_numbers),
+    st.from_regex(r"\A\s?[Rr][Oo]-[0-9]{4}-[0-9]{6,10}\s?\Z"),
+    st.builds(_existing, st.integers(1, 40), st.integers(0, 6)),
+    st.sampled_from([".", "..", "", "%", "%00", "?x=1", "#", "\\", "RO-2026-" + "9" * 5000]),
+)
+STEP_BODIES: dict[str, dict[str, Any]] = {
+    "assessment": {"harm_found": True, "decision": "restrict", "rationale": "", "review_after_days": 365},
+    "approval": {"approved": True, "comment": ""}, "callback": {"note": ""},
+    "execution": {"system_reference": "ADM-1"}, "cancel": {"reason": ""},
+}
+ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [  # method, path template, user, JSON body
+    ("GET", "/api/orders/{}", CLINICIAN, None),
+    ("GET", "/api/orders/{}/paper.pdf", SUPPORT, None),
+    ("GET", "/api/orders/{}/callback-clock", SUPPORT, None),
+    ("POST", "/api/orders/{}/assessment", ASSESSOR, STEP_BODIES["assessment"]),
+    ("POST", "/api/orders/{}/approval", HEAD, STEP_BODIES["approval"]),
+    ("POST", "/api/orders/{}/callback", ONCALL, STEP_BODIES["callback"]),
+    ("POST", "/api/orders/{}/execution", ACCOUNTADMIN, STEP_BODIES["execution"]),
+    ("POST", "/api/orders/{}/cancel", CLINICIAN2, STEP_BODIES["cancel"]),
+    ("POST", "/api/orders/{}/urgent", ONCALL, None),
+    ("GET", "/bestallningar/{}", CLINICIAN, None),
+    ("GET", "/bestallningar/{}/kvitto", CLINICIAN, None),
+    ("FORM", "/ko/menprovning/{}", ASSESSOR, {"harm_found": "yes", "decision": "restrict", "rationale": ""}),
 ]
 
 
-@pytest.mark.parametrize(("name", "raw"), PROBES, ids=[p[0] for p in PROBES])
-@pytest.mark.parametrize("path", ["/api/orders", "/api/orders/validate"])
-def test_probe(client: TestClient, name: str, raw: bytes, path: str) -> None:
-    r = client.post(path, content=raw, headers={"Content-Type": "application/json"})
-    print(name, path, r.status_code, r.text[:300])
-    assert r.status_code < 500
+@settings(max_examples=150, **FUZZ)
+@given(endpoint=st.sampled_from(ENDPOINTS), ref=references)
+@example(endpoint=ENDPOINTS[-1], ref=PATIENT)  # a personal number pasted where the reference goes
+def test_path_references_never_5xx_and_never_echo_a_personal_number(client: TestClient, csrf: str,
+                                                                    endpoint: tuple[str, str, str, Any],
+                                                                    ref: str) -> None:
+    method, template, user, payload = endpoint
+    path = template.format(quote(ref, safe="", errors="surrogatepass"))
+    if method == "GET":
+        r = client.get(path, headers=as_(user))
+    elif method == "FORM":
+        r = client.post(path, data={**payload, "csrf_token": csrf}, headers=as_(user))
+    else:
+        r = client.post(path, json=payload, headers=as_(user))
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if template.startswith("/api/") and 400 <= r.status_code < 500:
+        assert_error_shape(r)
+    if r.headers.get("content-type", "").startswith("text/html"):
+        assert_inert_html(r.text)
+    assert_no_echo(ref, r)
+
+
+# --- 1 and 2: bodies of the human steps ---------------------------------------------------------------
+
+def submitted(c: TestClient, **extra: Any) -> str:
+    r = c.post(SUBMIT, json=body("seal_or_lock", **extra), headers=as_(CLINICIAN))
+    assert r.status_code == 201, r.text
+    return str(r.json()["reference"])
+
+
+def move(reference: str, *statuses: OrderStatus) -> None:
+    """Stand in for the order's run: move the order on to the stage a test needs."""
+    with session() as s:
+        order = orders.get(s, reference)
+        for status in statuses:
+            orders.transition(s, order, status, actor="system", action="received")
+
+
+STEP_USERS = {"assessment": ASSESSOR, "approval": HEAD, "callback": ONCALL, "execution": ACCOUNTADMIN,
+              "cancel": CLINICIAN}
+STAGE_PATH = {"assessment": (OrderStatus.AWAITING_ASSESSMENT,),
+              "approval": (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL),
+              "execution": (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING),
+              "callback": (OrderStatus.AWAITING_CALLBACK,), "cancel": ()}
+
+
+@st.composite
+def step_requests(draw: st.DrawFn) -> tuple[str, Any]:
+    """(step, JSON body): a valid body with a hostile text or field, or any JSON value at all."""
+    step = draw(st.sampled_from(sorted(STEP_BODIES)))
+    b: Any = dict(STEP_BODIES[step])
+    kind = draw(st.sampled_from(["text", "field", "any"]))
+    if kind == "text":
+        b[STEP_TEXT[step]] = draw(st.one_of(hostile_text, long_text))
+    elif kind == "field":
+        b[draw(st.sampled_from([*sorted(b), "extra"]))] = draw(json_values)
+    else:
+        b = draw(json_values)
+    return step, b
+
+
+def decisions_of(reference: str) -> list[str]:
+    with session() as s:
+        return list(s.scalars(select(Decision.text).join(Order).where(Order.reference == reference)
+                              .order_by(Decision.id)))
+
+
+@settings(max_examples=70, **FUZZ)
+@given(request=step_requests(), ascii_only=st.booleans())
+@example(request=("callback", {"note": "\ud800"}), ascii_only=True)
+@example(request=("cancel", {"reason": "\x00"}), ascii_only=True)  # PostgreSQL text cannot hold NUL
+def test_hostile_step_bodies(client: TestClient, request: tuple[str, Any], ascii_only: bool) -> None:
+    """Each example on a fresh order waiting for that step, so every valid body gets as far as the database."""
+    step, payload = request
+    ref = submitted(client)
+    move(ref, *STAGE_PATH[step])
+    status_before = stored(ref).status
+    raw = encode(payload, ascii_only)
+    r = post_body(client, f"/api/orders/{ref}/{step}", raw, user=STEP_USERS[step])
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (200, 202, 400, 413, 422), (r.status_code, r.text[:300])
+    assert_no_echo(raw.decode("utf-8", "replace"), r)
+    texts = decisions_of(ref)
+    if r.status_code >= 400:
+        assert_error_shape(r)
+        assert texts == [] and stored(ref).status == status_before  # nothing stored, nothing moved
+    else:
+        assert len(texts) <= 1 and all(isinstance(t, str) and len(t) <= REASON_MAX for t in texts), texts
+        field = STEP_TEXT[step]
+        if step != "execution" and payload.get(field):  # the system reference is kept in the decision's detail
+            assert texts == [payload[field]]
+    page = client.get(f"/bestallningar/{ref}", headers=as_(CLINICIAN))
+    assert page.status_code == 200
+    assert_inert_html(page.text)
+
+
+# --- 3: markup is inert -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pdftotext() -> str:
+    tool = shutil.which("pdftotext")
+    assert tool, "poppler-utils (pdftotext) is needed"
+    return tool
+
+
+def test_markup_in_the_reason_is_text_on_pages_and_in_the_pdf(client: TestClient, pdftotext: str) -> None:
+    ref = submitted(client, reason=MARKUP)
+    assert stored(ref).reason == MARKUP  # stored as typed: escaping is the job of each output
+    for path, user in [(f"/bestallningar/{ref}", CLINICIAN), (f"/bestallningar/{ref}", ADMIN),
+                       (f"/bestallningar/{ref}/kvitto", CLINICIAN), ("/bestallningar", CLINICIAN)]:
+        page = client.get(path, headers=as_(user))
+        assert page.status_code == 200, (path, page.text[:300])
+        assert_inert_html(page.text)
+    assert_shown_escaped(client.get(f"/bestallningar/{ref}", headers=as_(CLINICIAN)).text, MARKUP)
+    assert "&lt;script&gt;" in client.get(f"/bestallningar/{ref}").text
+
+    pdf = client.get(f"/api/orders/{ref}/paper.pdf")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf", pdf.text[:300]
+    assert_pdf_has_no_active_content(pdf.content)
+    text = pdf_text(pdf.content)
+    flat = re.sub(r"\s+", "", text)
+    assert re.sub(r"\s+", "", MARKUP) in flat, text  # printed as the characters typed
+    assert "&lt;" not in text and "&amp;" not in text and "&#" not in text, text  # not escaped twice
+
+
+@settings(max_examples=40, **FUZZ)
+@given(reason=st.one_of(hostile_text, st.text(min_size=1, max_size=REASON_MAX),
+                        st.sampled_from(["å" * REASON_MAX, "\U0001f600" * REASON_MAX, "e\u0301" * (REASON_MAX // 2),
+                                         "W" * REASON_MAX, "\u202e" + "x" * 50, "\t\x0b\x0c\x1b[31m"])),
+       ascii_only=st.booleans())
+@example(reason="\x00", ascii_only=True)   # PostgreSQL text cannot hold NUL
+@example(reason="\ud800", ascii_only=True)  # a lone surrogate: valid JSON, not a valid string for pydantic
+def test_any_reason_is_checked_stored_and_rendered(client: TestClient, reason: str, ascii_only: bool) -> None:
+    """Whatever the reason text, validate and submit agree, and a stored reason shows on pages and in the PDF."""
+    raw = encode(body("seal_or_lock", reason=reason), ascii_only)
+    check = post_body(client, VALIDATE, raw)
+    check_submit_answer(client, VALIDATE, raw, check, order_count())
+    before = order_count()
+    r = post_body(client, SUBMIT, raw)
+    check_submit_answer(client, SUBMIT, raw, r, before)
+    assert (check.status_code == 200) == (r.status_code == 201), (check.text, r.text)  # validate tells the truth
+    if r.status_code != 201:
+        return
+    ref = r.json()["reference"]
+    pdf = client.get(f"/api/orders/{ref}/paper.pdf")
+    assert pdf.status_code == 200, pdf.text[:300]
+    assert_pdf_has_no_active_content(pdf.content)
+    pdf_text(pdf.content)
+    queue_page = client.get("/ko/menprovning", headers=as_(ASSESSOR))
+    assert queue_page.status_code == 200
+    assert_inert_html(queue_page.text)
+
+
+def test_markup_in_every_step_text_is_inert_and_never_in_an_email(client: TestClient, smtp: Path) -> None:
+    """reason, assessment rationale, approval comment, callback note, execution reference, cancel reason."""
+    def payload(tag: str) -> str:
+        return f"<script>alert('{tag}')</script><img src=x onerror=alert(\"{tag}\")>&{tag}"
+
+    tags = {f: f"zq{f}zq" for f in ("reason", "rationale", "comment", "note", "system_reference", "cancel")}
+    urgent_ref = submitted(client, urgent=True, reason=payload(tags["reason"]))     # pages on-call by email
+    routine_ref = submitted(client, reason=payload(tags["reason"]))
+    cancel_ref = submitted(client, reason=payload(tags["reason"]))                  # emails the orderer
+    refs = [urgent_ref, routine_ref, cancel_ref]
+
+    answers = [client.post(f"/api/orders/{urgent_ref}/callback", json={"note": payload(tags["note"])},
+                           headers=as_(ONCALL))]
+    move(routine_ref, OrderStatus.AWAITING_ASSESSMENT)
+    answers.append(client.post(f"/api/orders/{routine_ref}/assessment", headers=as_(ASSESSOR), json={
+        "harm_found": True, "decision": "restrict", "rationale": payload(tags["rationale"]), "review_after_days": 30}))
+    queue_page = client.get("/ko/menprovning", headers=as_(ASSESSOR))
+    assert_shown_escaped(queue_page.text, payload(tags["reason"]))
+    move(routine_ref, OrderStatus.AWAITING_APPROVAL)
+    answers.append(client.post(f"/api/orders/{routine_ref}/approval", headers=as_(HEAD),
+                               json={"approved": True, "comment": payload(tags["comment"])}))
+    move(routine_ref, OrderStatus.EXECUTING)
+    answers.append(client.post(f"/api/orders/{routine_ref}/execution", headers=as_(ACCOUNTADMIN),
+                               json={"system_reference": payload(tags["system_reference"])}))
+    answers.append(client.post(f"/api/orders/{cancel_ref}/cancel", headers=as_(CLINICIAN),
+                               json={"reason": payload(tags["cancel"])}))
+    assert [a.status_code for a in answers] == [202, 202, 202, 202, 200], [a.text for a in answers]
+
+    with session() as s:  # every text went in, as typed
+        texts = set(s.scalars(select(Decision.text).join(Order).where(Order.reference.in_(refs))))
+    assert {payload(tags[f]) for f in ("note", "rationale", "comment", "cancel")} <= texts, texts
+
+    pages = [(f"/bestallningar/{r}", u) for r in refs for u in (CLINICIAN, ADMIN, SUPPORT)]
+    pages += [("/ko/aterringning", ONCALL), ("/ko/godkannande", HEAD), ("/ko/verkstallande", ACCOUNTADMIN),
+              ("/ko/menprovning", ASSESSOR), ("/bestallningar", CLINICIAN)]
+    for path, user in pages:
+        page = client.get(path, headers=as_(user))
+        assert page.status_code == 200, (path, user, page.status_code)
+        assert_inert_html(page.text)
+    for ref in refs:
+        assert_shown_escaped(client.get(f"/bestallningar/{ref}").text, payload(tags["reason"]))
+
+    queued = assert_not_in_emails(refs, smtp, list(tags.values()))
+    assert queued >= 2, queued  # the page of the urgent order and the cancellation to the orderer
+    assert mails(smtp, urgent_ref) and mails(smtp, cancel_ref)  # and they reached the SMTP server
+
+
+def test_markup_typed_into_the_html_forms_is_escaped_when_they_are_shown_again(client: TestClient,
+                                                                               csrf: str) -> None:
+    form = {"csrf_token": csrf, "initiative": "care", "actions": "seal_journal", "patient_personal_number": MARKUP,
+            "care_unit_hsa_id": MARKUP + "u", "reason": MARKUP + "r", "idempotency_key": MARKUP}
+    before = order_count()
+    page = client.post("/bestall/seal_or_lock", data=form, headers=as_(CLINICIAN))
+    assert page.status_code == 422, page.text[:500]
+    assert order_count() == before
+    assert_inert_html(page.text)  # the unknown care unit is not shown again (the field is a list of units)
+    for value in (MARKUP, MARKUP + "r"):
+        assert_shown_escaped(page.text, value)
+
+    ref = submitted(client)
+    move(ref, OrderStatus.AWAITING_ASSESSMENT)
+    page = client.post(f"/ko/menprovning/{ref}", headers=as_(ASSESSOR),
+                       data={"csrf_token": csrf, "harm_found": "maybe", "rationale": MARKUP, "review_after_days": MARKUP})
+    assert page.status_code == 422, page.text[:500]
+    assert_shown_escaped(page.text, MARKUP)

@@ -17,7 +17,7 @@ from flows import commands
 from tasks import orders
 from tasks.database import session
 from tests.conftest import FlowServer
-from tests.e2e import aged, body, decide, status, wait_mails, wait_status
+from tests.e2e import aged, body, decide, status, submit, wait_mails, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +79,33 @@ def test_manual_execution_waits_for_account_admin(flow_server: FlowServer, smtp:
         os.environ.pop("RO_GATEWAY", None)
         manual.stop()
         flow_server.start()
+
+
+async def _break_suspension(run_id: str) -> None:
+    """What a process killed in the middle of suspending leaves: paused, with an input keyset whose schema
+    was never saved, so Prefect refuses every resume ("Run input schema not found")."""
+    from uuid import UUID
+
+    from prefect.states import Suspended
+    keyset = {k: f"harm-assessment-0-{k}-lost" for k in ("description", "response", "schema")}
+    async with get_client() as c:
+        await c.set_flow_run_state(UUID(run_id), Suspended(timeout_seconds=3600, pause_key="harm-assessment-0",
+                                                           state_details={"run_input_keyset": keyset}), force=True)
+
+
+def test_a_run_that_died_while_suspending_is_replaced(flow_server: FlowServer) -> None:
+    ref = submit(body("seal_or_lock", patient_personal_number=aged(44, 321)))
+    wait_status(ref, "awaiting_assessment")
+    flow_server.kill()
+    try:
+        with session() as s:
+            first_run = orders.get(s, ref).flow_run_id
+        assert first_run
+        asyncio.run(_break_suspension(first_run))
+        decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
+        with session() as s:
+            assert orders.get(s, ref).flow_run_id != first_run  # replaced at once, by the decision itself
+    finally:
+        flow_server.start()
+    wait_status(ref, "awaiting_approval")
+    assert asyncio.run(_runs_named(ref)) == 2
