@@ -70,7 +70,7 @@ async def crash_orphaned_runs() -> int:
     The embedded default has one serving process, so such a run lost its process when the previous one
     died (SIGKILL, power cut). Crashed is final, so the reconciler starts a new run for the open order,
     which continues from the orders database. Production runs workers instead, and leaves this to Prefect's
-    heartbeats and the zombie automation (docs/operations.md)."""
+    heartbeats and a zombie automation (README, "Production layout")."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,

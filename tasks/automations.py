@@ -4,6 +4,11 @@
   dispatcher, tasks/escalation.py, resource `order.<reference>`), so each missed callback shows in the
   dashboard's automation and event views, linked to the order's run.
 - **Order run failed**: fires when a run of an order flow (or of `urgent-order`) fails or crashes.
+- **Crash unresponsive order runs**: Prefect's recipe for zombie runs (docs "detect zombie flows"): a run
+  that sent a heartbeat and then neither another one nor a final state within three heartbeat periods is
+  set to Crashed, so the reconciler starts the order's next run. Prefect 3.8 sends heartbeats every 180 s
+  by default (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, at least 30); the embedded default also crashes orphaned
+  runs when its serving process starts.
 
 The default action is "do nothing": the automation firing is itself the record the dashboard shows
 (`prefect.automation.triggered` / `action.executed` events). With a notification block configured
@@ -22,16 +27,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from prefect.events.actions import ActionTypes, DoNothing, SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ActionTypes, ChangeFlowRunState, DoNothing, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 log = logging.getLogger(__name__)
 
 MISSED_CALLBACK = "Missed urgent callback"
 RUN_FAILED = "Order run failed"
+ZOMBIE = "Crash unresponsive order runs"
+
+
+def _heartbeat_s() -> int:
+    from prefect.settings import get_current_settings
+    return int(get_current_settings().flows.heartbeat_frequency or 180)
 TAG = "restriction-orders"
 ORDER_FLOWS = ["seal-or-lock", "restore-access", "block-guardian", "minor-access", "urgent-order"]
 
@@ -66,7 +79,24 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
         actions=_actions(notify_block_id, "Körning misslyckades: {{ event.resource.name }}",
                          "Körningen {{ event.resource.name }} misslyckades: {{ event.event }}"),
     )
-    return [missed, failed]
+    beat = _heartbeat_s()
+    zombie = AutomationCore(
+        name=ZOMBIE, tags=[TAG],
+        description="En körning som slutat skicka hjärtslag (maskin eller process död) markeras som kraschad; "
+                    "husstädningen startar då en ny körning som fortsätter från beställningsdatabasen.",
+        trigger=EventTrigger(posture=Posture.Proactive, after={"prefect.flow-run.heartbeat"},
+                             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                                     "prefect.flow-run.Crashed", "prefect.flow-run.Suspended",
+                                     "prefect.flow-run.Paused"},
+                             match={"prefect.resource.id": "prefect.flow-run.*"},
+                             match_related={"prefect.resource.role": "flow", "prefect.resource.name": ORDER_FLOWS},
+                             for_each={"prefect.resource.id"}, threshold=1,
+                             within=timedelta(seconds=3 * beat)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"Inga hjärtslag på {3 * beat} sekunder.")],
+    )
+    return [missed, failed, zombie]
 
 
 def _comparable(a: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from flows import urgent
 from models.tables import Deadline, Deviation
 from tasks import escalation, orders
-from tasks.automations import MISSED_CALLBACK, RUN_FAILED, ensure_automations
+from tasks.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE, ensure_automations
 from tasks.database import session
 from tests.conftest import FlowServer
 from tests.e2e import body, mails, status, submit, text_of, wait_mails, wait_status
@@ -161,7 +161,7 @@ def _wait_events(name: str, resource_id: str | None = None, prefix: str | None =
 def test_missed_callback_escalates_emits_an_event_and_fires_the_automation(prefect_server: str, db: None,
                                                                            smtp: Path) -> None:
     ids = ensure_automations()
-    assert set(ids) == {MISSED_CALLBACK, RUN_FAILED}
+    assert set(ids) == {MISSED_CALLBACK, RUN_FAILED, ZOMBIE}
     assert ensure_automations() == ids  # idempotent by name
     since = datetime.now(UTC) - timedelta(seconds=5)
     out = orders.submit(body("seal_or_lock", urgent=True), "DEMO-KALMAR-CLINICIAN",
