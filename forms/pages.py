@@ -474,29 +474,31 @@ ORDER_NOTICES = {"aterkallad": "Beställningen är återkallad.",
                  "uppringd": "Återuppringningen är registrerad; beställningen går vidare."}
 
 
-@router.post("/bestallningar/{reference}/bradskande")
-async def make_urgent_form(request: Request, reference: str) -> Response:
+async def _posted_form(request: Request) -> tuple[User, FormData]:
+    """The person and the form of a page's POST, after the form's CSRF check."""
     user = require_user(request)
     form = await request.form()
     check_form_csrf(request, _str(form, CSRF_FIELD))
+    return user, form
+
+
+@router.post("/bestallningar/{reference}/bradskande")
+async def make_urgent_form(request: Request, reference: str) -> Response:
+    user, form = await _posted_form(request)
     out = await urgent_routes.start_urgent_for(user, reference, datetime.now(UTC))
     return RedirectResponse(f"/bestallningar/{out.reference}?bradskande=1", status_code=303)
 
 
 @router.post("/bestallningar/{reference}/aterringning")
 async def callback_form(request: Request, reference: str) -> Response:
-    user = require_user(request)
-    form = await request.form()
-    check_form_csrf(request, _str(form, CSRF_FIELD))
+    user, form = await _posted_form(request)
     result = await api.decide(reference, "callback", {"note": _str(form, "note")[:2000]}, user)
     return RedirectResponse(f"/bestallningar/{result.reference}?uppringd=1", status_code=303)
 
 
 @router.post("/bestallningar/{reference}/aterkalla")
 async def cancel_form(request: Request, reference: str) -> Response:
-    user = require_user(request)
-    form = await request.form()
-    check_form_csrf(request, _str(form, CSRF_FIELD))
+    user, form = await _posted_form(request)
     reason = _str(form, "reason")[:2000]
     result = await api.cancel_order(reference, reason, user)
     return RedirectResponse(f"/bestallningar/{result.reference}?aterkallad=1", status_code=303)
