@@ -3,27 +3,41 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSPKGS := chromium chromium-driver poppler-utils qpdf fonts-dejavu-core
+# The first Python that the project supports (requires-python >=3.11,<3.13) and that actually runs.
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
+  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' 2>/dev/null && { command -v $$p; break; }; \
+  done)
+# What the app needs at run time (WeasyPrint renders the paper forms with Pango and the DejaVu fonts it
+# embeds), and what only the tests need beside it.
+RUNPKGS := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+TESTPKGS := chromium chromium-driver poppler-utils qpdf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck pytest sysdeps migrate seed bench clean
+.PHONY: run test lint typecheck pytest sysdeps rundeps migrate seed bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo 'needs Python 3.11 or 3.12 (python3)'; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# System packages the tests need, installed only when missing (root on these machines; sudo elsewhere).
+# System packages, installed only when missing (root on these machines; sudo elsewhere).
+rundeps:
+	@$(MAKE) --no-print-directory _apt PKGS="$(RUNPKGS)"
+
 sysdeps:
-	@missing=""; for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory _apt PKGS="$(RUNPKGS) $(TESTPKGS)"
+
+_apt:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-run: $(STAMP)
+run: $(STAMP) rundeps
 	$(PY) -m forms.embedded
 
 migrate: $(STAMP)

@@ -84,15 +84,13 @@ class PersonalNumber:
         return f"{self.digits[:8]}-{self.digits[8:]}"
 
 
-def _resolve_century(yy: int, month: int, day: int, plus: bool, today: date) -> int:
+def _resolve_century(yy: int, plus: bool, today: date) -> int:
     # The 10-digit form does not carry the century: `-` means "under 100 this calendar year",
     # `+` means "turns 100 or more this year" (Skatteverket's presentation rule).
+    # A `-` date after `today` is therefore a future birth and rejected by the caller, not moved back a
+    # century: someone born a hundred years earlier turns 100 this year and is written with `+`.
     year = today.year - (today.year - yy) % 100  # latest year <= today.year ending in yy
-    if plus:
-        return year - 100
-    if (year, month, day) > (today.year, today.month, today.day):
-        year -= 100
-    return year
+    return year - 100 if plus else year
 
 
 def parse(text: str, today: date) -> PersonalNumber:
@@ -111,7 +109,7 @@ def parse(text: str, today: date) -> PersonalNumber:
             raise InvalidPersonalNumber("format")
         year = int(head[:4])
     else:
-        year = _resolve_century(int(head[:2]), month, day, m["sep"] == "+", today)
+        year = _resolve_century(int(head[:2]), m["sep"] == "+", today)
     try:
         birth = date(year, month, day)
     except ValueError:

@@ -137,9 +137,13 @@ def test_ten_digits_plus_means_a_hundred_years_earlier() -> None:
     assert pn.birth_date == date(1912, 12, 12)
 
 
-def test_ten_digits_minus_steps_back_a_century_when_date_would_be_future() -> None:
+def test_ten_digits_minus_with_a_date_later_this_year_is_a_future_birth() -> None:
+    # DOMAIN.md §5: `-` means under 100 this calendar year, so the date cannot move back a century
+    # (that person turns 100 this year and is written with `+`); a date after today is rejected.
     assert parse("121212-1212", date(2012, 12, 12)).digits == "201212121212"
-    assert parse("121212-1212", date(2012, 12, 11)).digits == "191212121212"
+    assert reason_of("121212-1212", date(2012, 12, 11)) == "future"
+    assert reason_of("1212121212", date(2012, 12, 11)) == "future"
+    assert parse("121212+1212", date(2012, 12, 11)).digits == "191212121212"
 
 
 def test_ten_digits_plus_in_the_year_of_the_hundredth_birthday() -> None:
