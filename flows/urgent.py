@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -28,6 +27,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from models.authority import Refusal, refusal
 from models.calendar import callback_deadline, is_office_hours
+from models.reference import REFERENCE
 from models.regions import load_regions
 from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Deadline, Decision, Deviation, Order, Staff
@@ -38,7 +38,6 @@ from tasks.orders import Conflict, Forbidden, NotFound, decider, facts, get
 
 log = logging.getLogger(__name__)
 
-REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$")
 TRIGGER_ROLES = ("on_call", "support")
 FLOW_ACTOR = "prefect:urgent-order"
 # Stages before approval: an order made urgent out of office hours there gets the bakjour as approver.

@@ -25,6 +25,7 @@ from forms.auth import NotAllowed, User, check_api_csrf, may_read, require_roles
 from models import personnummer
 from models.authority import STAGE_ROLES
 from models.calendar import local
+from models.reference import REFERENCE
 from models.regions import load_regions
 from models.schemas import (
     ORDER_TYPES,
@@ -46,7 +47,6 @@ from tasks.database import session
 from tasks.mail import backlog as outbox_backlog
 from tasks.settings import settings
 
-REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$", re.IGNORECASE)
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,120}$")  # printable ASCII, fits the column with the user prefix
 STAGES = {"assessment": "harm_assessment", "approval": "approval", "callback": "callback", "execution": "execution"}
 

@@ -13,7 +13,6 @@ the rest of the app), and roles from the staff directory. The app's exception ha
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from flows.fallback import resume_digital
 from forms.api import ApiError, _json_body
 from forms.auth import USER_HEADER, NotAllowed, NotAuthenticated, trusted_peer
+from models.reference import REFERENCE
 from models.schemas import ErrorResponse, Problem
 from models.tables import Staff
 from tasks import directory, orders
@@ -61,7 +61,6 @@ def caller(request: Request) -> Caller:
         return Caller(hsa_id=person.hsa_id, roles=list(person.roles), region=person.region)
 
 
-REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$", re.IGNORECASE)
 
 
 def _reference(reference: str) -> str:
@@ -83,7 +82,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 PAPER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
     {"$ref": "#/components/schemas/OrderRequest"},
     {"type": "object", "required": ["received_on", "signature_checked"], "properties": {
-        "reference": {"type": "string", "pattern": r"^RO-\d{4}-\d{6,}$",
+        "reference": {"type": "string", "pattern": REFERENCE.pattern,
                       "description": "Referensen tryckt på en förifylld blankett. En beställning i "
                                      "paper_fallback med den referensen fortsätter där den var."},
         "received_on": {"type": "string", "format": "date", "description": "Dag blanketten kom in"},

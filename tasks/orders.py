@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from models import personnummer
 from models.authority import Decider, OrderFacts, Refusal, refusal
 from models.calendar import callback_deadline, due_at, local
+from models.reference import format_reference
 from models.regions import load_regions
 from models.rules import CheckResult, RuleContext, check_order
 from models.schemas import HistoryEntry, OrderView, Problem
@@ -94,7 +95,7 @@ def _next_reference(s: Session, year: int) -> str:
         n = s.execute(update(ReferenceCounter).where(ReferenceCounter.year == year)
                       .values(last=ReferenceCounter.last + 1).returning(ReferenceCounter.last)).scalar()
         if n is not None:
-            return f"RO-{year}-{n:06d}"
+            return format_reference(year, n)
         try:
             with s.begin_nested():
                 s.add(ReferenceCounter(year=year, last=0))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -31,6 +30,7 @@ from models import personnummer
 from models.authority import Refusal
 from models.calendar import local
 from models.clock import STOCKHOLM
+from models.reference import REFERENCE
 from models.schemas import Problem
 from models.status import ALLOWED, OrderStatus
 from models.tables import AuditEvent, Order
@@ -40,7 +40,6 @@ from tasks.orders import Conflict, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-REFERENCE = re.compile(r"^RO-\d{4}-\d{6,}$", re.IGNORECASE)
 PAPER_FIELDS = ("reference", "received_on", "signature_checked", "orderer_hsa_id")
 # For a continued order, these fields of the body (when given) must agree with the stored order: a mistyped
 # reference must never continue another patient's order.
