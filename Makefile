@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# axe-core for the browser tests, from the npm registry, pinned by tests/axe/package-lock.json.
+AXE_STAMP := tests/axe/node_modules/.installed
 SYSPKGS := chromium chromium-driver poppler-utils qpdf fonts-dejavu-core
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -23,6 +25,12 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Node is not a Debian package on these machines (NodeSource's nodejs bundles npm), so it is required, not installed.
+$(AXE_STAMP): tests/axe/package.json tests/axe/package-lock.json
+	@command -v npm >/dev/null || { echo "the browser tests need node (>= 18) and npm on PATH, for axe-core"; exit 1; }
+	npm ci --prefix tests/axe --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: $(STAMP)
 	$(PY) -m forms.embedded
 
@@ -38,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) sysdeps
+pytest: $(STAMP) sysdeps $(AXE_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -47,4 +55,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf .data .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/axe/node_modules
