@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forms import admin_routes, api, pages, paper_routes, urgent_routes
-from forms.auth import NotAllowed, NotAuthenticated
+from forms.auth import NotAllowed, NotAuthenticated, check_session_settings
 from models.schemas import OrderRequest
 from tasks.settings import settings
 
@@ -216,6 +216,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
+    check_session_settings(settings())
     app = FastAPI(
         title="Begränsningsbeställningar", version="0.1.0",
         description="Beställningar av begränsad åtkomst till 1177 journal och e-tjänster. "

@@ -30,7 +30,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from models.tables import Order, Staff
 from tasks import directory
 from tasks.database import session
-from tasks.settings import settings
+from tasks.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings, settings
 
 COOKIE = "ro_session"
 CSRF_FIELD = "csrf_token"
@@ -87,6 +87,23 @@ class SessionData:
     hsa_id: str | None
     csrf: str
     fresh: bool  # not read from a valid cookie: the response must set it
+
+
+class InsecureSettings(RuntimeError):
+    """The app must not start like this."""
+
+
+def check_session_settings(cfg: Settings) -> None:
+    """Behind the SSO proxy (no embedded login) the session cookie still carries the CSRF token; signed with
+    a secret anyone can read in this repository, any site could forge it. Refuse to start instead."""
+    if cfg.embedded_login:
+        return
+    secret = cfg.session_secret.strip()
+    if secret == DEFAULT_SESSION_SECRET or len(secret) < MIN_SESSION_SECRET_LENGTH:
+        raise InsecureSettings(
+            "RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET: a random secret of at least "
+            f"{MIN_SESSION_SECRET_LENGTH} characters, not the embedded default "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))').")
 
 
 def _serializer() -> URLSafeTimedSerializer:

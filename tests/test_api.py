@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -525,3 +526,32 @@ def test_free_text_is_escaped_and_pages_never_show_the_number(api: Any) -> None:
     queue = api(ASSESSOR).get("/ko/menprovning")
     assert queue.status_code == 200 and "<script>alert" not in queue.text
     assert not PNR_SHAPE.search(re.sub(r"\d{8}-\*{4}", "", queue.text))
+
+
+# --- production settings ------------------------------------------------------------------------------
+
+def test_the_app_refuses_to_start_behind_sso_without_a_real_session_secret() -> None:
+    from forms.auth import InsecureSettings, check_session_settings
+    from tasks.settings import DEFAULT_SESSION_SECRET, Settings
+    check_session_settings(Settings(embedded_login=True))  # the embedded default needs no configuration
+    for secret in (DEFAULT_SESSION_SECRET, "", "short-secret", " " * 40, DEFAULT_SESSION_SECRET + " "):
+        with pytest.raises(InsecureSettings, match="RO_SESSION_SECRET"):
+            check_session_settings(Settings(embedded_login=False, session_secret=secret))
+    check_session_settings(Settings(embedded_login=False, session_secret="x" * 16 + "y" * 16))
+    # And as the app is made from the environment (`uvicorn forms.app:app` makes it on import): a clear
+    # error instead of an app, unless the secret is set.
+    from forms.app import create_app
+    from tasks.settings import settings
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RO_SESSION_SECRET", raising=False)
+        mp.setenv("RO_EMBEDDED_LOGIN", "false")
+        settings.cache_clear()
+        try:
+            with pytest.raises(InsecureSettings, match="RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET"):
+                create_app()
+            mp.setenv("RO_SESSION_SECRET", secrets.token_urlsafe(48))
+            settings.cache_clear()
+            create_app()
+        finally:
+            mp.undo()
+            settings.cache_clear()
