@@ -79,6 +79,9 @@ def test_openapi_describes_every_contract_path(api: Any) -> None:
     submit_op = paths["/api/orders"]["post"]
     assert submit_op["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/OrderRequest"
     assert {"201", "200", "409", "422"} <= set(submit_op["responses"])
+    key = [p for p in submit_op.get("parameters", []) if p["name"] == "Idempotency-Key"]
+    assert len(key) == 1 and key[0]["in"] == "header" and key[0]["required"] is False, submit_op.get("parameters")
+    assert "409" in key[0]["description"] and key[0]["schema"]["anyOf"][0]["type"] == "string"
     schemas = doc["components"]["schemas"]
     assert {"order_type", "initiative", "patient_personal_number", "minor_access"} <= set(schemas["OrderRequest"]["properties"])
     assert "MinorAccess" in schemas and "OrderView" in schemas and "AssessmentDecision" in schemas
