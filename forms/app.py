@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forms import admin_routes, api, pages, paper_routes, urgent_routes
-from forms.auth import NotAllowed, NotAuthenticated, check_session_settings
+from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
 from models.schemas import OrderRequest
 from tasks.settings import settings
 
@@ -173,10 +173,12 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        messages = {404: "Sidan finns inte.", 405: "Metoden är inte tillåten."}
+        messages = {404: "Sidan finns inte.", 405: "Metoden är inte tillåten.",
+                    415: "Skicka JSON (Content-Type: application/json)."}
         message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
         if _wants_json(request):
-            return _error_json(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", message)
+            code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
+            return _error_json(exc.status_code, code, message)
         return pages.error_page(request, exc.status_code, message)
 
     @app.exception_handler(OperationalError)
@@ -223,6 +225,8 @@ def create_app() -> FastAPI:
                     "Identitet: `X-Remote-User` från betrodd proxy, annars sessionskaka från inloggningssidan.",
         # Swagger UI and ReDoc load scripts from a CDN; the schema itself is at /openapi.json.
         docs_url=None, redoc_url=None,
+        # Before every route: state-changing requests another site could have made are refused.
+        dependencies=[Depends(csrf_guard)],
     )
     _install_handlers(app)
 

@@ -8,7 +8,8 @@
 
 Identity: the header `X-Remote-User` (HSA-id) from a trusted proxy, looked up in the staff directory; the
 embedded login's session cookie is accepted as everywhere else in the app (JSON posts then need the CSRF
-header). No personal data in any answer.
+header). The POST has no body but must say `Content-Type: application/json` (send `{}`), or a cross-site
+form behind the SSO proxy could make an order urgent (forms.auth.csrf_guard). No personal data in any answer.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -529,6 +530,148 @@ def test_free_text_is_escaped_and_pages_never_show_the_number(api: Any) -> None:
     queue = api(ASSESSOR).get("/ko/menprovning")
     assert queue.status_code == 200 and "<script>alert" not in queue.text
     assert not PNR_SHAPE.search(re.sub(r"\d{8}-\*{4}", "", queue.text))
+
+
+# --- CSRF behind the SSO proxy and on every form ------------------------------------------------------
+
+def test_state_changing_api_calls_need_json_or_the_token_and_never_come_cross_site(
+        api: Any, live_app: str, shared_order: str) -> None:
+    """The SSO proxy adds X-Remote-User to whatever the browser sends, a cross-site form post too: the
+    header alone must not make a post without a body (make urgent, resume digitally) go through."""
+    ref = shared_order
+    c = api(ONCALL)
+    for headers, content in (({}, None), ({"Content-Type": "application/x-www-form-urlencoded"}, b"a=1"),
+                             ({"Content-Type": "text/plain"}, b'{"a": 1}'),
+                             ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x--")):
+        for path in (f"/api/orders/{ref}/urgent", f"/api/orders/{ref}/resume-digital",
+                     f"/api/orders/{ref}/callback", f"/api/orders/{ref}/cancel"):
+            r = c.post(path, content=content, headers=headers)
+            assert r.status_code == 415 and codes(r) == {"unsupported_media_type"}, (path, headers, r.text)
+    odd = c.post(f"/api/orders/{ref}/urgent", content=b"a=1", headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": "tökén".encode()})
+    assert odd.status_code == 415, odd.text  # a token that is not ASCII is just a wrong token
+    cross = c.post(f"/api/orders/{ref}/urgent", json={}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403 and codes(cross) == {"csrf_failed"}, cross.text
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == ref))
+        assert order is not None and not order.urgent and order.callback_due_at is None
+    # Same-site and same-origin fetches, and a post that carries the session's token, pass the guard
+    # (an unknown order then answers 404, past the guard).
+    for site in ("same-origin", "same-site", "none"):
+        r = c.post(f"/api/orders/{UNKNOWN_REF}/urgent", json={}, headers={"Sec-Fetch-Site": site})
+        assert r.status_code == 404, (site, r.text)
+    with httpx.Client(base_url=live_app, timeout=60, headers={"X-Remote-User": ONCALL}) as sso_browser:
+        token = _csrf(sso_browser.get("/").text)
+        r = sso_browser.post(f"/api/orders/{UNKNOWN_REF}/urgent", headers={"X-CSRF-Token": token})
+        assert r.status_code == 404, r.text
+        forged = sso_browser.post(f"/api/orders/{UNKNOWN_REF}/urgent", headers={"X-CSRF-Token": "forged"})
+        assert forged.status_code == 415
+    # A cross-site post to a page is refused before it is read, even with the right token.
+    with httpx.Client(base_url=live_app, timeout=60, headers={"X-Remote-User": CLINICIAN}) as sso_browser:
+        token = _csrf(sso_browser.get("/").text)
+        r = sso_browser.post(f"/bestallningar/{UNKNOWN_REF}/aterkalla", data={"csrf_token": token},
+                             headers={"Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403 and 'lang="sv"' in r.text
+
+
+ALL_ROLES = "TEST-KALMAR-ALLROLES"
+CSRF_REFUSED = "Formuläret har gått ut eller kom inte från den här tjänsten"
+# What a form route's path parameters are filled with; a new parameter must be added here.
+PATH_VALUES: dict[str, list[str]] = {"reference": [UNKNOWN_REF], "slug": ["menprovning", "godkannande",
+                                                                          "aterringning", "verkstallande"],
+                                     "order_type": ["seal_or_lock", "restore_access", "block_guardian",
+                                                    "minor_access"]}
+
+
+def _html_form_posts() -> list[str]:
+    """Every POST route of the app outside /api (the HTML forms), with its path parameters filled in."""
+    from fastapi.routing import APIRoute
+
+    from forms.app import create_app
+    def routes(items: list[Any], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+        for r in items:
+            if isinstance(r, APIRoute):
+                yield prefix + r.path, set(r.methods)
+            elif hasattr(r, "original_router"):  # FastAPI 0.150 keeps included routers as they are
+                yield from routes(r.original_router.routes, prefix + r.include_context.prefix)
+            elif hasattr(r, "routes") and not hasattr(r, "app"):
+                yield from routes(r.routes, prefix)
+    out: list[str] = []
+    for path, methods in routes(create_app().routes):
+        if "POST" not in methods or path.startswith("/api/"):
+            continue
+        paths = [path]
+        for name in re.findall(r"{(\w+)}", path):
+            assert name in PATH_VALUES, f"{path}: add a value for {{{name}}} to PATH_VALUES"
+            paths = [p.replace(f"{{{name}}}", v) for p in paths for v in PATH_VALUES[name]]
+        out += paths
+    return out
+
+
+FORM_POSTS = _html_form_posts()
+
+
+@pytest.fixture(scope="module")
+def all_roles(flow_server: Any) -> str:
+    """Someone with every role, so no form refuses before its CSRF check for a reason of its own."""
+    with session() as s:
+        if s.get(Staff, ALL_ROLES) is None:
+            s.add(Staff(hsa_id=ALL_ROLES, name="Allroll", email="allroles@kalmar.invalid",
+                        roles=["clinician", "assessor", "head_of_department", "support", "account_admin", "on_call",
+                               "bakjour", "admin"], unit_hsa_id=UNIT, region="kalmar", active=True))
+    return ALL_ROLES
+
+
+def _logged_in(live_app: str, hsa_id: str) -> tuple[httpx.Client, str]:
+    c = httpx.Client(base_url=live_app, timeout=60)
+    r = c.post("/login", data={"hsa_id": hsa_id, "csrf_token": _csrf(c.get("/login").text)})
+    assert r.status_code == 303, r.text
+    return c, _csrf(c.get("/").text)
+
+
+def test_every_html_form_route_is_listed() -> None:
+    assert {"/login", "/logout", "/bestall/seal_or_lock", "/ko/menprovning/" + UNKNOWN_REF,
+            f"/bestallningar/{UNKNOWN_REF}/aterkalla", f"/bestallningar/{UNKNOWN_REF}/bradskande",
+            f"/bestallningar/{UNKNOWN_REF}/aterringning", "/admin/logg/patient", "/admin/logg/stickprov",
+            f"/omprovningar/{UNKNOWN_REF}"} <= set(FORM_POSTS)
+
+
+@pytest.mark.parametrize("path", FORM_POSTS)
+def test_every_html_form_refuses_a_post_without_its_token(live_app: str, all_roles: str, path: str) -> None:
+    c, token = _logged_in(live_app, all_roles)
+    try:
+        before = count(AuditEvent)
+        for data in ({}, {"csrf_token": "forged"}, {"csrf_token": token + "x"}, {"csrf_token": token[:-1] + "å"}):
+            r = c.post(path, data={**data, "hsa_id": all_roles, "personal_number": PATIENT})
+            assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, data, r.status_code, r.text[:300])
+        # The SSO proxy's header is no token either.
+        r = httpx.post(live_app + path, data={"hsa_id": all_roles}, headers={"X-Remote-User": all_roles}, timeout=60)
+        assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, r.status_code)
+        assert count(AuditEvent) == before, path  # nothing was done, not even a log search
+        # With the token the same post gets past the check (whatever the form then says), so the 403 was CSRF.
+        ok = c.post(path, data={"csrf_token": token, "hsa_id": "DEMO-NOBODY", "days": "1", "size": "1"})
+        assert CSRF_REFUSED not in ok.text, path
+    finally:
+        c.close()
+
+
+def test_a_forged_or_tampered_session_cookie_is_no_login(live_app: str) -> None:
+    from itsdangerous import URLSafeTimedSerializer
+    forged = URLSafeTimedSerializer("not-the-app-secret", salt="restriction-orders-session").dumps(
+        {"u": "DEMO-ADMIN", "c": "forged-token"})
+    c, _ = _logged_in(live_app, CLINICIAN)
+    real = c.cookies["ro_session"]
+    c.close()
+    payload, rest = real.split(".", 1)
+    tampered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + rest
+    for cookie in (forged, tampered, real[:-4] + "AAAA", "garbage"):
+        with httpx.Client(base_url=live_app, timeout=60, cookies={"ro_session": cookie}) as b:
+            page = b.get("/admin")
+            assert page.status_code == 303 and page.headers["location"].startswith("/login"), cookie
+            r = b.get(f"/api/orders/{UNKNOWN_REF}")
+            assert r.status_code == 401, cookie
+            r = b.post("/api/orders/validate", json=body(), headers={"X-CSRF-Token": "forged-token"})
+            assert r.status_code == 401, cookie
 
 
 # --- production settings ------------------------------------------------------------------------------
