@@ -23,7 +23,18 @@ from models.tables import AuditEvent, Decision, Order, RegistryPerson, Staff
 from tasks.database import session
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
-from tests.webapp import PATIENT, UNIT, UNTRUSTED, body, born_years_ago, pnr, staff, wait_status  # noqa: E402
+from tests.webapp import (  # noqa: E402
+    PATIENT,
+    UNIT,
+    UNTRUSTED,
+    body,
+    born_years_ago,
+    pnr,
+    staff,
+    status_of,
+    stored_order,
+    wait_status,
+)
 
 pytest_plugins = ["tests.webapp"]
 pytestmark = pytest.mark.e2e
@@ -31,7 +42,8 @@ pytestmark = pytest.mark.e2e
 CLINICIAN, CLINICIAN2 = staff("clinician"), staff("clinician2")
 ASSESSOR, HEAD, ONCALL, SUPPORT = staff("assessor"), staff("head"), staff("oncall"), staff("support")
 ACCOUNTADMIN, BAKJOUR = staff("accountadmin"), staff("bakjour")
-OTHER_HEAD, OTHER_ONCALL, OTHER_SUPPORT = (staff(r, "ostergotland") for r in ("head", "oncall", "support"))
+OTHER_HEAD, OTHER_ONCALL, OTHER_SUPPORT, OTHER_ASSESSOR = (staff(r, "ostergotland")
+                                                           for r in ("head", "oncall", "support", "assessor"))
 DUAL = "TEST-KALMAR-DUAL"  # clinician and assessor at once: the only way to try four eyes on one's own order
 UNKNOWN_REF = "RO-2026-999999"
 PNR_SHAPE = re.compile(r"(?:\d{6}|\d{8})[-+]?\d{4}")
@@ -106,8 +118,13 @@ def test_401_without_a_trusted_identity(api: Any, headers: dict[str, str]) -> No
     c = api(**headers)
     for r in (c.get(f"/api/orders/{UNKNOWN_REF}"), c.post("/api/orders", json=body()),
               c.post("/api/orders/validate", json=body()), c.get("/api/paper-forms/seal_or_lock.pdf?region=kalmar"),
-              c.post(f"/api/orders/{UNKNOWN_REF}/cancel", json={})):
-        assert r.status_code == 401, r.text
+              c.post(f"/api/orders/{UNKNOWN_REF}/cancel", json={}),
+              c.post(f"/api/orders/{UNKNOWN_REF}/assessment", json=ASSESS),
+              c.post(f"/api/orders/{UNKNOWN_REF}/approval", json=APPROVE),
+              c.post(f"/api/orders/{UNKNOWN_REF}/callback", json={"note": ""}),
+              c.post(f"/api/orders/{UNKNOWN_REF}/execution", json={"system_reference": "ADM-1"}),
+              c.get(f"/api/orders/{UNKNOWN_REF}/paper.pdf")):
+        assert r.status_code == 401, (r.request.url, r.text)
         assert codes(r) == {"not_authenticated"}
     page = c.get("/bestallningar")
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/bestallningar"
@@ -364,6 +381,11 @@ def test_assessment_and_approval_with_roles_four_eyes_and_statuses(api: Any) -> 
     for user in (CLINICIAN, HEAD, ONCALL):
         r = api(user).post(f"/api/orders/{ref}/assessment", json=ASSESS)
         assert r.status_code == 403 and codes(r) == {"wrong_role"}, (user, r.text)
+    # An assessor of another region may not read this order, so may not assess it either.
+    other = api(OTHER_ASSESSOR).post(f"/api/orders/{ref}/assessment", json=ASSESS)
+    assert other.status_code == 403 and codes(other) == {"other_region"}, other.text
+    assert count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "decision_refused",
+                 AuditEvent.actor == OTHER_ASSESSOR) == 1
     bad = api(ASSESSOR).post(f"/api/orders/{ref}/assessment", json={"harm_found": "maybe"})
     assert bad.status_code == 422 and {"required", "invalid_value"} <= codes(bad)
 
@@ -407,18 +429,9 @@ def test_callback_on_an_urgent_order(api: Any) -> None:
 
 
 def _order_waiting_for_manual_execution() -> str:
-    """An order at `executing` with a run id Prefect does not know. The served flows use the simulated
-    registry, which executes without a person, so a manual execution step can only be reached this way;
-    the made-up run id keeps the reconciler from starting a run that would race the test."""
-    ref = f"RO-{datetime.now(UTC).year}-{uuid.uuid4().int % 10**6 + 9 * 10**6}"
-    now = datetime.now(UTC)
-    with session() as s:
-        s.add(Order(reference=ref, order_type="seal_or_lock", initiative="care", actions=["seal_journal"],
-                    patient_pnr=_digits(pnr()), care_unit_hsa_id=UNIT, region="kalmar", status="executing",
-                    submitted_by=CLINICIAN, created_at=now, updated_at=now, due_at=now + timedelta(days=1),
-                    stage_plan={"approval": {"required": True, "role": "head_of_department"}},
-                    flow_name="seal-or-lock", flow_run_id=str(uuid.uuid4())))
-    return ref
+    """An order at `executing`: the served flows use the simulated registry, which executes without a
+    person, so a manual execution step can only be reached this way (tests.webapp.stored_order)."""
+    return stored_order("executing")
 
 
 def test_manual_execution_by_the_account_administrator(api: Any) -> None:
@@ -436,6 +449,61 @@ def test_manual_execution_by_the_account_administrator(api: Any) -> None:
         d = s.scalar(select(Decision).join(Order).where(Order.reference == ref))
         assert d is not None and d.stage == "execution" and d.decided_by == ACCOUNTADMIN
         assert d.detail == {"system_reference": "ADM-4711"}
+
+
+HEAD_ASSESSOR, FOUR_EYES_UNIT = "TEST-KALMAR-HEADASSESSOR", "TEST-KALMAR-FOUREYES-UNIT"
+
+
+@pytest.fixture(scope="module")
+def head_who_assesses(flow_server: Any) -> str:
+    """The head of a care unit who is also an assessor: four eyes must stop them approving what they
+    assessed, since the role check alone would let them."""
+    from models.tables import CareUnit
+    with session() as s:
+        if s.get(CareUnit, FOUR_EYES_UNIT) is None:
+            s.add(CareUnit(hsa_id=FOUR_EYES_UNIT, name="Fyra ögon-enheten", region="kalmar",
+                           head_hsa_id=HEAD_ASSESSOR))
+            s.add(Staff(hsa_id=HEAD_ASSESSOR, name="Chefen som menpröva", email="headassessor@kalmar.invalid",
+                        roles=["head_of_department", "assessor"], unit_hsa_id=FOUR_EYES_UNIT, region="kalmar",
+                        active=True))
+    return HEAD_ASSESSOR
+
+
+def test_the_assessor_may_not_approve_and_other_units_heads_neither_see_nor_approve(
+        api: Any, head_who_assesses: str) -> None:
+    # Waiting for approval after the head's own accepted harm assessment, as the run leaves it (the path
+    # there through the run is test_assessment_and_approval_with_roles_four_eyes_and_statuses).
+    ref = stored_order("awaiting_approval", unit=FOUR_EYES_UNIT)
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == ref))
+        assert order is not None
+        s.add(Decision(order_id=order.id, stage="harm_assessment", decided_by=head_who_assesses, outcome="restrict",
+                       detail={"harm_found": True, "review_after_days": 365}, text="Risk för men", state="accepted",
+                       created_at=datetime.now(UTC)))
+    same = api(head_who_assesses).post(f"/api/orders/{ref}/approval", json=APPROVE)
+    assert same.status_code == 403 and codes(same) == {"same_as_assessor"}, same.text
+    # Shown in their queue, with the reason they cannot decide it, and no form to do so.
+    queue = api(head_who_assesses).get("/ko/godkannande")
+    assert f'id="{ref}"' in queue.text and "fyra ögon" in queue.text and f'action="/ko/godkannande/{ref}"' not in queue.text
+    # The head of another unit in the same region (and of another region): not in the queue, 403 on approval.
+    for head, why in ((HEAD, "other_unit"), (OTHER_HEAD, "other_unit")):
+        page = api(head).get("/ko/godkannande")
+        assert page.status_code == 200 and ref not in page.text, head
+        r = api(head).post(f"/api/orders/{ref}/approval", json=APPROVE)
+        assert r.status_code == 403 and codes(r) == {why}, (head, r.text)
+    assert status_of(api(CLINICIAN), ref) == "awaiting_approval"
+    done = api("DEMO-ADMIN").post(f"/api/orders/{ref}/cancel", json={"reason": "Testet är klart"})
+    assert done.status_code == 200 and done.json() == {"reference": ref, "status": "cancelled"}, done.text
+
+
+def test_an_administrator_may_cancel_anyones_order(api: Any) -> None:
+    ref = submit(api)
+    r = api("DEMO-ADMIN").post(f"/api/orders/{ref}/cancel", json={"reason": "Dubblett"})
+    assert r.status_code == 200 and r.json() == {"reference": ref, "status": "cancelled"}, r.text
+    with session() as s:
+        ev = s.scalar(select(AuditEvent).where(AuditEvent.order_reference == ref, AuditEvent.to_status == "cancelled"))
+        assert ev is not None and ev.actor == "DEMO-ADMIN"
+    assert api(CLINICIAN).get(f"/api/orders/{ref}").json()["status"] == "cancelled"
 
 
 def test_cancel_by_the_submitter_only_and_only_once(api: Any) -> None:
@@ -672,6 +740,16 @@ def test_a_forged_or_tampered_session_cookie_is_no_login(live_app: str) -> None:
             assert r.status_code == 401, cookie
             r = b.post("/api/orders/validate", json=body(), headers={"X-CSRF-Token": "forged-token"})
             assert r.status_code == 401, cookie
+
+
+def test_a_refused_callback_clock_read_is_audited(api: Any, shared_order: str) -> None:
+    ref = shared_order
+    before = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    r = api(OTHER_ONCALL).get(f"/api/orders/{ref}/callback-clock")
+    assert r.status_code == 403
+    after = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    assert after == before + 1
+    assert api(ONCALL).get(f"/api/orders/{ref}/callback-clock").status_code == 200
 
 
 # --- production settings ------------------------------------------------------------------------------

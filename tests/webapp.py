@@ -145,3 +145,29 @@ def api(live_app: str) -> Iterator[Any]:
     yield make
     for c in made:
         c.close()
+
+
+def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", unit: str = UNIT,
+                 region: str = "kalmar", **fields: Any) -> str:
+    """An order row as its run would leave it at `status`, with a run id Prefect does not know.
+
+    For states the served flows never wait in (they execute through the simulated registry, so nothing
+    waits for a manual execution) or would take long to reach (a review that is due). The made-up run id
+    keeps the reconciler from starting a run that would race the test."""
+    import uuid
+
+    from models.tables import Order
+    from tasks.database import session
+    now = datetime.now(STOCKHOLM)
+    ref = f"RO-{now.year}-{uuid.uuid4().int % 10**6 + 9 * 10**6}"
+    row: dict[str, Any] = {
+        "reference": ref, "order_type": "seal_or_lock", "initiative": "care", "actions": ["seal_journal"],
+        "patient_pnr": pnr().replace("-", ""), "care_unit_hsa_id": unit, "region": region, "status": status,
+        "submitted_by": submitted_by, "created_at": now, "updated_at": now, "due_at": now + timedelta(days=1),
+        "reason": "Hot mot patienten",
+        "stage_plan": {"approval": {"required": True, "role": "head_of_department",
+                                    "reason": "Verksamhetschefen för den beställande vårdenheten godkänner."}},
+        "flow_name": "seal-or-lock", "flow_run_id": str(uuid.uuid4()), **fields}
+    with session() as s:
+        s.add(Order(**row))
+    return ref
