@@ -128,7 +128,8 @@ class BodyLimit:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/healthz"
+    # "/api" too: a client's URL normaliser turns /api/orders/.. into it, and an API client wants JSON.
+    return request.url.path.startswith("/api/") or request.url.path in ("/api", "/healthz")
 
 
 def _error_json(status: int, code: str, message: str, field: str = "") -> JSONResponse:
