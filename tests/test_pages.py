@@ -325,7 +325,7 @@ def _submit(live_app: str, **extra: Any) -> str:
 
 def _wait(live_app: str, ref: str, *statuses: str, reader: str = "DEMO-ADMIN") -> None:
     with client(live_app, reader) as api:
-        wait_status(api, ref, *statuses, timeout=120)
+        wait_status(api, ref, *statuses)
 
 
 def test_callback_and_execution_queues(visit: Any, live_app: str) -> None:

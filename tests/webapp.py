@@ -84,9 +84,11 @@ def status_of(c: httpx.Client, reference: str) -> str:
     return str(r.json()["status"])
 
 
-def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 60) -> str:
+def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 120) -> str:
     """Poll the API until the order's run has moved it to one of `wanted`. Generous: when Prefect's server
-    is busy (503) the run is started by the reconciler instead, which can take a while under test load."""
+    is busy (503) the run is started by the reconciler instead, which can take a while under test load, and
+    the served flows start their runs one subprocess after another (the ninth order of test_api waited over
+    60 s on two cores at load 13–21)."""
     deadline = time.monotonic() + timeout
     st = ""
     while time.monotonic() < deadline:
