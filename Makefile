@@ -11,6 +11,8 @@ PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
 # embeds), and what only the tests need beside it.
 RUNPKGS := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 TESTPKGS := chromium chromium-driver poppler-utils qpdf
+# axe-core for the browser tests, from the npm registry, pinned by tests/axe/package-lock.json.
+AXE_STAMP := tests/axe/node_modules/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test lint typecheck pytest sysdeps rundeps migrate seed bench clean
@@ -37,6 +39,12 @@ _apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# These machines have NodeSource's nodejs (npm included); elsewhere Debian's nodejs and npm are installed.
+$(AXE_STAMP): tests/axe/package.json tests/axe/package-lock.json
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory _apt PKGS="nodejs npm"
+	npm ci --prefix tests/axe --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: $(STAMP) rundeps
 	$(PY) -m forms.embedded
 
@@ -52,7 +60,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) sysdeps
+pytest: $(STAMP) sysdeps $(AXE_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -61,4 +69,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf .data .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/axe/node_modules

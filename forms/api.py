@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -48,6 +48,8 @@ from tasks.mail import backlog as outbox_backlog
 from tasks.settings import settings
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,120}$")  # printable ASCII, fits the column with the user prefix
+IDEMPOTENCY_HELP = ("Valfri nyckel (1–120 synliga ASCII-tecken, per person): samma nyckel och samma kropp ger "
+                    "det första svaret (200) och skapar inget nytt; samma nyckel med en annan kropp ger 409.")
 STAGES = {"assessment": "harm_assessment", "approval": "approval", "callback": "callback", "execution": "execution"}
 
 
@@ -178,11 +180,12 @@ def read_order_view(user: User, reference: str, via: str) -> OrderView:
                         409: {"model": ErrorResponse, "description": "Samma Idempotency-Key med annan kropp"},
                         413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
                         422: {"model": ErrorResponse, "description": "Alla fel på en gång"}})
-async def submit_order(request: Request, user: User = Depends(require_user)) -> Any:
+async def submit_order(request: Request, user: User = Depends(require_user),
+                       key: str | None = Header(None, alias="Idempotency-Key", description=IDEMPOTENCY_HELP,
+                                                examples=["3f6c2a9e-form-1"])) -> Any:
     check_api_csrf(request, user)
     require_roles(user, "clinician")
     raw = await _json_body(request)
-    key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(422, "invalid_value", "Idempotency-Key ska vara 1–120 synliga ASCII-tecken.",
                        field="Idempotency-Key")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forms import admin_routes, api, pages, paper_routes, urgent_routes
-from forms.auth import NotAllowed, NotAuthenticated
+from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
 from models.schemas import OrderRequest
 from tasks.settings import settings
 
@@ -128,7 +128,8 @@ class BodyLimit:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/healthz"
+    # "/api" too: a client's URL normaliser turns /api/orders/.. into it, and an API client wants JSON.
+    return request.url.path.startswith("/api/") or request.url.path in ("/api", "/healthz")
 
 
 def _error_json(status: int, code: str, message: str, field: str = "") -> JSONResponse:
@@ -173,10 +174,12 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        messages = {404: "Sidan finns inte.", 405: "Metoden är inte tillåten."}
+        messages = {404: "Sidan finns inte.", 405: "Metoden är inte tillåten.",
+                    415: "Skicka JSON (Content-Type: application/json)."}
         message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
         if _wants_json(request):
-            return _error_json(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", message)
+            code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
+            return _error_json(exc.status_code, code, message)
         return pages.error_page(request, exc.status_code, message)
 
     @app.exception_handler(OperationalError)
@@ -216,12 +219,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
+    check_session_settings(settings())
     app = FastAPI(
         title="Begränsningsbeställningar", version="0.1.0",
         description="Beställningar av begränsad åtkomst till 1177 journal och e-tjänster. "
                     "Identitet: `X-Remote-User` från betrodd proxy, annars sessionskaka från inloggningssidan.",
         # Swagger UI and ReDoc load scripts from a CDN; the schema itself is at /openapi.json.
         docs_url=None, redoc_url=None,
+        # Before every route: state-changing requests another site could have made are refused.
+        dependencies=[Depends(csrf_guard)],
     )
     _install_handlers(app)
 

@@ -6,10 +6,13 @@ Identity comes from one of two places:
 - otherwise the signed session cookie set by the embedded login page (when `settings().embedded_login`).
 
 The session cookie also carries the CSRF token, so a browser behind the SSO proxy gets a cookie too (with
-no user in it): every HTML form post must echo the token in a hidden field, and a JSON post that is
-authenticated by the cookie must send it in `X-CSRF-Token`. JSON posts authenticated by the header are
-exempt, because the API refuses anything but `application/json`, which a cross-site form cannot send.
-Roles always come from the staff table, never from the request.
+no user in it): every HTML form post must echo the token in a hidden field. `csrf_guard` (a dependency of
+the whole app) adds the rule for every state-changing request: `Sec-Fetch-Site: cross-site` is refused,
+and a state-changing /api request authenticated by the cookie must carry `X-CSRF-Token`, one authenticated
+by the proxy header must be `Content-Type: application/json` or carry the token. A cross-site HTML form can
+send neither the header nor that content type without a CORS preflight, which this app never answers;
+and the SSO proxy adds its header to any request the browser makes, so the header alone proves nothing
+about where the request came from. Roles always come from the staff table, never from the request.
 
 `trusted_proxies` is compared with the client address uvicorn reports. uvicorn rewrites that address from
 `X-Forwarded-For` when the peer is in its `forwarded_allow_ips` (loopback by default), so behind the SSO
@@ -24,13 +27,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from models.tables import Order, Staff
 from tasks import directory
 from tasks.database import session
-from tasks.settings import settings
+from tasks.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings, settings
 
 COOKIE = "ro_session"
 CSRF_FIELD = "csrf_token"
@@ -87,6 +90,23 @@ class SessionData:
     hsa_id: str | None
     csrf: str
     fresh: bool  # not read from a valid cookie: the response must set it
+
+
+class InsecureSettings(RuntimeError):
+    """The app must not start like this."""
+
+
+def check_session_settings(cfg: Settings) -> None:
+    """Behind the SSO proxy (no embedded login) the session cookie still carries the CSRF token; signed with
+    a secret anyone can read in this repository, any site could forge it. Refuse to start instead."""
+    if cfg.embedded_login:
+        return
+    secret = cfg.session_secret.strip()
+    if secret == DEFAULT_SESSION_SECRET or len(secret) < MIN_SESSION_SECRET_LENGTH:
+        raise InsecureSettings(
+            "RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET: a random secret of at least "
+            f"{MIN_SESSION_SECRET_LENGTH} characters, not the embedded default "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))').")
 
 
 def _serializer() -> URLSafeTimedSerializer:
@@ -180,13 +200,47 @@ def require_roles(user: User, *roles: str, message: str | None = None) -> None:
 
 def csrf_ok(request: Request, token: str | None) -> bool:
     data = session_data(request)
-    return not data.fresh and bool(token) and secrets.compare_digest(str(token), data.csrf)
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a token is anything sent.
+    return not data.fresh and bool(token) and secrets.compare_digest(str(token).encode("utf-8", "replace"),
+                                                                     data.csrf.encode())
 
 
 def check_api_csrf(request: Request, user: User) -> None:
     """JSON posts authenticated by the session cookie must carry the token in a header."""
     if user.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
         raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def is_json(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # The same test as the API's body reader; none of these is a type a cross-site form can send.
+    return ctype == "application/json" or ctype.endswith("+json")
+
+
+def csrf_guard(request: Request) -> None:
+    """App-wide dependency: refuse state-changing requests that another site could have made.
+
+    HTML form posts also check their hidden token (check_form_csrf), which needs the parsed form. A request
+    without an identity passes here and gets its 401 from the route: it can change nothing."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        raise NotAllowed("Förfrågan kom från en annan webbplats och avvisades.", "csrf_failed")
+    if not request.url.path.startswith("/api/"):
+        return
+    user = identify(request)
+    if user is None:
+        return
+    token_ok = csrf_ok(request, request.headers.get(CSRF_HEADER))
+    if user.via == "cookie" and not token_ok:
+        raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
+    if not (token_ok or is_json(request)):
+        # 415 as the API has always answered a body that is not JSON; also for the posts without a body
+        # (make urgent, resume digitally): send `{}` as JSON.
+        raise HTTPException(415, "Skicka JSON (Content-Type: application/json).")
 
 
 def check_form_csrf(request: Request, token: str | None) -> None:

@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, false, func, or_, select
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from flows import urgent
@@ -40,7 +41,7 @@ from forms.auth import (
     session_data,
     set_session,
 )
-from models import personnummer
+from models import personnummer, sla
 from models.authority import refusal
 from models.calendar import local
 from models.regions import load_regions
@@ -57,7 +58,7 @@ from models.schemas import (
 )
 from models.status import CANCELLABLE, FINAL, LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order, Staff
-from tasks import directory, orders
+from tasks import audit, directory, orders
 from tasks.database import session
 from tasks.settings import settings
 
@@ -429,7 +430,10 @@ def my_orders(request: Request) -> Response:
     with session() as s:
         rows = list(s.scalars(select(Order).where(Order.submitted_by == user.hsa_id)
                               .order_by(Order.created_at.desc()).limit(200)))
-    items = [{"o": o, "overdue": orders.overdue(o, now)} for o in rows]
+        _log_reads(s, user, rows, "list", now)
+        for o in rows:
+            s.expunge(o)
+    items = [{"o": o, "overdue": sla.is_overdue(o.due_at, o.status, now)} for o in rows]
     return render(request, "my_orders.html.j2", {"user": user, "title": "Mina beställningar", "items": items})
 
 
@@ -460,7 +464,8 @@ def order_page(request: Request, reference: str) -> Response:
     open_order = OrderStatus(order.status) not in FINAL
     return render(request, "order.html.j2", {
         "user": user, "title": f"Beställning {order.reference}", "order": order, "view": view,
-        "timeline": timeline, "unit": unit, "can_cancel": can_cancel, "overdue": orders.overdue(order, now),
+        "timeline": timeline, "unit": unit, "can_cancel": can_cancel,
+        "overdue": sla.is_overdue(order.due_at, order.status, now),
         "stages": [(k, v) for k, v in (order.stage_plan or {}).items()], "clock": clock,
         "can_make_urgent": on_call_here and open_order and clock is None,
         "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
@@ -526,39 +531,63 @@ def _seconds_left(due: datetime | None, now: datetime) -> int | None:
 QUEUE_LIMIT = 200  # most urgent first; a longer queue is a staffing problem, not a page to scroll
 
 
-def _queue_query(stage: str) -> Select[tuple[Order]]:
+def _queue_query(stage: str, user: User) -> Select[tuple[Order]]:
+    """The orders of `stage` this person may decide on, filtered in SQL before the limit: a limit taken
+    before the region or unit filter would fill the page with other regions' orders and hide this one's."""
     if stage != "callback":
-        return select(Order).where(Order.status == orders.STAGE_STATUS[stage]).order_by(Order.due_at, Order.id)
-    # Every running callback clock, nearest deadline first: also orders made urgent after their callback
-    # stage, and urgent orders whose run has not received them yet (Prefect down).
-    open_statuses = [st.value for st in OrderStatus if st not in FINAL and st != OrderStatus.PAPER_FALLBACK]
-    return (select(Order).where(Order.urgent.is_(True), Order.callback_at.is_(None),
-                                Order.callback_due_at.is_not(None), Order.status.in_(open_statuses))
-            .order_by(Order.callback_due_at, Order.id))
+        q = select(Order).where(Order.status == orders.STAGE_STATUS[stage]).order_by(Order.due_at, Order.id)
+    else:
+        # Every running callback clock, nearest deadline first: also orders made urgent after their callback
+        # stage, and urgent orders whose run has not received them yet (Prefect down).
+        open_statuses = [st.value for st in OrderStatus if st not in FINAL and st != OrderStatus.PAPER_FALLBACK]
+        q = (select(Order).where(Order.urgent.is_(True), Order.callback_at.is_(None),
+                                 Order.callback_due_at.is_not(None), Order.status.in_(open_statuses))
+             .order_by(Order.callback_due_at, Order.id))
+    if user.region:
+        q = q.where(Order.region == user.region)
+    if stage == "approval":
+        # The same rule as models.authority, in SQL: the head of the ordering unit, or the bakjour of the
+        # order's region when the plan says bakjour. The rule itself still decides each row (queue_items).
+        role = func.coalesce(Order.stage_plan[("approval", "role")].as_string(), "head_of_department")
+        mine = []
+        if user.has("head_of_department"):
+            headed = select(CareUnit.hsa_id).where(CareUnit.head_hsa_id == user.hsa_id)
+            mine.append(and_(role == "head_of_department", Order.care_unit_hsa_id.in_(headed)))
+        if user.has("bakjour") and user.region:
+            mine.append(and_(role == "bakjour", Order.region == user.region))
+        q = q.where(or_(*mine) if mine else false())
+    return q
 
 
 def queue_items(user: User, q: Queue) -> list[QueueItem]:
     now = datetime.now(UTC)
     regions = load_regions()
     with session() as s:
-        rows = s.scalars(_queue_query(q.stage).limit(QUEUE_LIMIT))
+        rows = list(s.scalars(_queue_query(q.stage, user).limit(QUEUE_LIMIT)))
         decider = orders.decider(directory.staff(s, user.hsa_id))
         items = []
         for o in rows:
-            if user.region and o.region != user.region:
-                continue
             why = refusal(q.stage, decider, orders.facts(s, o))
             if why and why.code not in ("own_order", "same_as_assessor"):
                 continue  # another unit's or region's decision: not this person's queue
             unit = directory.unit(s, o.care_unit_hsa_id)
             pending = any(d.stage == q.stage and d.state == "proposed" for d in o.decisions)
             left = _seconds_left(o.callback_due_at, now) if q.stage == "callback" else None
-            overdue = left == 0 if left is not None else orders.overdue(o, now)
+            overdue = left == 0 if left is not None else sla.is_overdue(o.due_at, o.status, now)
             items.append(QueueItem(o, unit.name if unit else o.care_unit_hsa_id, overdue,
                                    why.message if why else None, pending, regions[o.region].review_interval_days,
                                    seconds_left=left))
-            s.expunge(o)
+        # The page shows each order's masked number and reason: a read of personal data, logged per order,
+        # in the same transaction as the query (one commit however long the queue).
+        _log_reads(s, user, [it.order for it in items], "queue", now)
+        for it in items:
+            s.expunge(it.order)
     return items
+
+
+def _log_reads(s: Session, user: User, listed: list[Order], via: str, at: datetime) -> None:
+    for o in listed:
+        audit.record(s, actor=user.hsa_id, action="order_read", order=o, detail={"via": via}, at=at)
 
 
 def _queue(slug: str) -> Queue:

@@ -8,7 +8,8 @@
 
 Identity: the header `X-Remote-User` (HSA-id) from a trusted proxy, looked up in the staff directory; the
 embedded login's session cookie is accepted as everywhere else in the app (JSON posts then need the CSRF
-header). No personal data in any answer.
+header). The POST has no body but must say `Content-Type: application/json` (send `{}`), or a cross-site
+form behind the SSO proxy could make an order urgent (forms.auth.csrf_guard). No personal data in any answer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from forms.auth import (
 )
 from models.calendar import local
 from models.tables import Staff
-from tasks import directory, orders
+from tasks import audit, directory, orders
 from tasks.database import session
 
 router = APIRouter(prefix="/api", tags=["urgent"])
@@ -135,10 +136,20 @@ async def make_urgent(reference: str, request: Request, user: User = Depends(cur
 
 
 def _readable(user: User, ref: str) -> bool:
+    """Whether `user` may see the order's callback clock.
+
+    A permitted read is not audited as `order_read`: the clock answer carries no personal data (no number,
+    name or free text, only the reference and the clock's times), and the order page that shows it has
+    already logged its own read. A refused one is logged like every other refused read: someone looked for
+    an order they may not read."""
     with session() as s:
         order = orders.get(s, ref)
         unit = directory.unit(s, order.care_unit_hsa_id)
-        return may_read(user, order, unit.head_hsa_id if unit else None)
+        allowed = may_read(user, order, unit.head_hsa_id if unit else None)
+        if not allowed:
+            audit.record(s, actor=user.hsa_id, action="order_read_refused", order=order,
+                         detail={"via": "callback_clock"})
+        return allowed
 
 
 @router.get("/orders/{reference}/callback-clock", response_model=CallbackClockResponse, responses=RESPONSES,

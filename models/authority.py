@@ -57,6 +57,8 @@ def refusal(stage: str, decider: Decider | None, order: OrderFacts) -> Refusal |
             return Refusal("other_region", "Bakjouren måste tillhöra beställningens region.")
         if order.initiative == "care" and order.assessed_by == decider.hsa_id:
             return Refusal("same_as_assessor", "Den som menprövat kan inte också godkänna (fyra ögon).")
-    if stage in ("callback", "execution") and decider.region not in (None, order.region):
+    # A person without a region works for every region (as reading does: forms.auth.may_read); approval
+    # checked its own, stricter rule above (the unit's head, or the order region's bakjour).
+    if stage in ("callback", "harm_assessment", "execution") and decider.region not in (None, order.region):
         return Refusal("other_region", "Ärendet tillhör en annan region.")
     return None

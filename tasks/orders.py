@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import personnummer
+from models import personnummer, sla
 from models.authority import Decider, OrderFacts, Refusal, refusal
 from models.calendar import callback_deadline, due_at, local
 from models.reference import format_reference
@@ -250,5 +250,5 @@ def problems_json(problems: list[Problem]) -> list[dict[str, str]]:
 
 
 def overdue(order: Order, now: datetime) -> bool:
-    return order.due_at is not None and OrderStatus(order.status) not in (
-        OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED) and order.due_at < now
+    """Red on the pages: the one rule of models.sla (a failed order is final, never late)."""
+    return sla.is_overdue(order.due_at, order.status, now)

@@ -10,6 +10,10 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+# Good enough for the embedded login on one's own machine, where the demo staff log in with one click; a
+# production app (RO_EMBEDDED_LOGIN=false) refuses to start with it (forms.auth.check_session_settings).
+DEFAULT_SESSION_SECRET = "embedded-default-not-secret"
+MIN_SESSION_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -27,7 +31,7 @@ class Settings(BaseSettings):
     gateway: Literal["simulated", "manual", "down"] = "simulated"
     app_base_url: str = "http://127.0.0.1:8000"
     trusted_proxies: str = "127.0.0.1,::1"
-    session_secret: str = "embedded-default-not-secret"
+    session_secret: str = DEFAULT_SESSION_SECRET
     embedded_login: bool = True
     # An outbox message waiting longer than this makes /healthz say "degraded" (it is still retried).
     outbox_alarm_minutes: int = 15

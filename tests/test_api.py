@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +23,18 @@ from models.tables import AuditEvent, Decision, Order, RegistryPerson, Staff
 from tasks.database import session
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
-from tests.webapp import PATIENT, UNIT, UNTRUSTED, body, born_years_ago, pnr, staff, wait_status  # noqa: E402
+from tests.webapp import (  # noqa: E402
+    PATIENT,
+    UNIT,
+    UNTRUSTED,
+    body,
+    born_years_ago,
+    pnr,
+    staff,
+    status_of,
+    stored_order,
+    wait_status,
+)
 
 pytest_plugins = ["tests.webapp"]
 pytestmark = pytest.mark.e2e
@@ -29,7 +42,8 @@ pytestmark = pytest.mark.e2e
 CLINICIAN, CLINICIAN2 = staff("clinician"), staff("clinician2")
 ASSESSOR, HEAD, ONCALL, SUPPORT = staff("assessor"), staff("head"), staff("oncall"), staff("support")
 ACCOUNTADMIN, BAKJOUR = staff("accountadmin"), staff("bakjour")
-OTHER_HEAD, OTHER_ONCALL, OTHER_SUPPORT = (staff(r, "ostergotland") for r in ("head", "oncall", "support"))
+OTHER_HEAD, OTHER_ONCALL, OTHER_SUPPORT, OTHER_ASSESSOR = (staff(r, "ostergotland")
+                                                           for r in ("head", "oncall", "support", "assessor"))
 DUAL = "TEST-KALMAR-DUAL"  # clinician and assessor at once: the only way to try four eyes on one's own order
 UNKNOWN_REF = "RO-2026-999999"
 PNR_SHAPE = re.compile(r"(?:\d{6}|\d{8})[-+]?\d{4}")
@@ -78,6 +92,9 @@ def test_openapi_describes_every_contract_path(api: Any) -> None:
     submit_op = paths["/api/orders"]["post"]
     assert submit_op["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/OrderRequest"
     assert {"201", "200", "409", "422"} <= set(submit_op["responses"])
+    key = [p for p in submit_op.get("parameters", []) if p["name"] == "Idempotency-Key"]
+    assert len(key) == 1 and key[0]["in"] == "header" and key[0]["required"] is False, submit_op.get("parameters")
+    assert "409" in key[0]["description"] and key[0]["schema"]["anyOf"][0]["type"] == "string"
     schemas = doc["components"]["schemas"]
     assert {"order_type", "initiative", "patient_personal_number", "minor_access"} <= set(schemas["OrderRequest"]["properties"])
     assert "MinorAccess" in schemas and "OrderView" in schemas and "AssessmentDecision" in schemas
@@ -101,8 +118,13 @@ def test_401_without_a_trusted_identity(api: Any, headers: dict[str, str]) -> No
     c = api(**headers)
     for r in (c.get(f"/api/orders/{UNKNOWN_REF}"), c.post("/api/orders", json=body()),
               c.post("/api/orders/validate", json=body()), c.get("/api/paper-forms/seal_or_lock.pdf?region=kalmar"),
-              c.post(f"/api/orders/{UNKNOWN_REF}/cancel", json={})):
-        assert r.status_code == 401, r.text
+              c.post(f"/api/orders/{UNKNOWN_REF}/cancel", json={}),
+              c.post(f"/api/orders/{UNKNOWN_REF}/assessment", json=ASSESS),
+              c.post(f"/api/orders/{UNKNOWN_REF}/approval", json=APPROVE),
+              c.post(f"/api/orders/{UNKNOWN_REF}/callback", json={"note": ""}),
+              c.post(f"/api/orders/{UNKNOWN_REF}/execution", json={"system_reference": "ADM-1"}),
+              c.get(f"/api/orders/{UNKNOWN_REF}/paper.pdf")):
+        assert r.status_code == 401, (r.request.url, r.text)
         assert codes(r) == {"not_authenticated"}
     page = c.get("/bestallningar")
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/bestallningar"
@@ -359,6 +381,11 @@ def test_assessment_and_approval_with_roles_four_eyes_and_statuses(api: Any) -> 
     for user in (CLINICIAN, HEAD, ONCALL):
         r = api(user).post(f"/api/orders/{ref}/assessment", json=ASSESS)
         assert r.status_code == 403 and codes(r) == {"wrong_role"}, (user, r.text)
+    # An assessor of another region may not read this order, so may not assess it either.
+    other = api(OTHER_ASSESSOR).post(f"/api/orders/{ref}/assessment", json=ASSESS)
+    assert other.status_code == 403 and codes(other) == {"other_region"}, other.text
+    assert count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "decision_refused",
+                 AuditEvent.actor == OTHER_ASSESSOR) == 1
     bad = api(ASSESSOR).post(f"/api/orders/{ref}/assessment", json={"harm_found": "maybe"})
     assert bad.status_code == 422 and {"required", "invalid_value"} <= codes(bad)
 
@@ -402,18 +429,9 @@ def test_callback_on_an_urgent_order(api: Any) -> None:
 
 
 def _order_waiting_for_manual_execution() -> str:
-    """An order at `executing` with a run id Prefect does not know. The served flows use the simulated
-    registry, which executes without a person, so a manual execution step can only be reached this way;
-    the made-up run id keeps the reconciler from starting a run that would race the test."""
-    ref = f"RO-{datetime.now(UTC).year}-{uuid.uuid4().int % 10**6 + 9 * 10**6}"
-    now = datetime.now(UTC)
-    with session() as s:
-        s.add(Order(reference=ref, order_type="seal_or_lock", initiative="care", actions=["seal_journal"],
-                    patient_pnr=_digits(pnr()), care_unit_hsa_id=UNIT, region="kalmar", status="executing",
-                    submitted_by=CLINICIAN, created_at=now, updated_at=now, due_at=now + timedelta(days=1),
-                    stage_plan={"approval": {"required": True, "role": "head_of_department"}},
-                    flow_name="seal-or-lock", flow_run_id=str(uuid.uuid4())))
-    return ref
+    """An order at `executing`: the served flows use the simulated registry, which executes without a
+    person, so a manual execution step can only be reached this way (tests.webapp.stored_order)."""
+    return stored_order("executing")
 
 
 def test_manual_execution_by_the_account_administrator(api: Any) -> None:
@@ -431,6 +449,61 @@ def test_manual_execution_by_the_account_administrator(api: Any) -> None:
         d = s.scalar(select(Decision).join(Order).where(Order.reference == ref))
         assert d is not None and d.stage == "execution" and d.decided_by == ACCOUNTADMIN
         assert d.detail == {"system_reference": "ADM-4711"}
+
+
+HEAD_ASSESSOR, FOUR_EYES_UNIT = "TEST-KALMAR-HEADASSESSOR", "TEST-KALMAR-FOUREYES-UNIT"
+
+
+@pytest.fixture(scope="module")
+def head_who_assesses(flow_server: Any) -> str:
+    """The head of a care unit who is also an assessor: four eyes must stop them approving what they
+    assessed, since the role check alone would let them."""
+    from models.tables import CareUnit
+    with session() as s:
+        if s.get(CareUnit, FOUR_EYES_UNIT) is None:
+            s.add(CareUnit(hsa_id=FOUR_EYES_UNIT, name="Fyra ögon-enheten", region="kalmar",
+                           head_hsa_id=HEAD_ASSESSOR))
+            s.add(Staff(hsa_id=HEAD_ASSESSOR, name="Chefen som menpröva", email="headassessor@kalmar.invalid",
+                        roles=["head_of_department", "assessor"], unit_hsa_id=FOUR_EYES_UNIT, region="kalmar",
+                        active=True))
+    return HEAD_ASSESSOR
+
+
+def test_the_assessor_may_not_approve_and_other_units_heads_neither_see_nor_approve(
+        api: Any, head_who_assesses: str) -> None:
+    # Waiting for approval after the head's own accepted harm assessment, as the run leaves it (the path
+    # there through the run is test_assessment_and_approval_with_roles_four_eyes_and_statuses).
+    ref = stored_order("awaiting_approval", unit=FOUR_EYES_UNIT)
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == ref))
+        assert order is not None
+        s.add(Decision(order_id=order.id, stage="harm_assessment", decided_by=head_who_assesses, outcome="restrict",
+                       detail={"harm_found": True, "review_after_days": 365}, text="Risk för men", state="accepted",
+                       created_at=datetime.now(UTC)))
+    same = api(head_who_assesses).post(f"/api/orders/{ref}/approval", json=APPROVE)
+    assert same.status_code == 403 and codes(same) == {"same_as_assessor"}, same.text
+    # Shown in their queue, with the reason they cannot decide it, and no form to do so.
+    queue = api(head_who_assesses).get("/ko/godkannande")
+    assert f'id="{ref}"' in queue.text and "fyra ögon" in queue.text and f'action="/ko/godkannande/{ref}"' not in queue.text
+    # The head of another unit in the same region (and of another region): not in the queue, 403 on approval.
+    for head, why in ((HEAD, "other_unit"), (OTHER_HEAD, "other_unit")):
+        page = api(head).get("/ko/godkannande")
+        assert page.status_code == 200 and ref not in page.text, head
+        r = api(head).post(f"/api/orders/{ref}/approval", json=APPROVE)
+        assert r.status_code == 403 and codes(r) == {why}, (head, r.text)
+    assert status_of(api(CLINICIAN), ref) == "awaiting_approval"
+    done = api("DEMO-ADMIN").post(f"/api/orders/{ref}/cancel", json={"reason": "Testet är klart"})
+    assert done.status_code == 200 and done.json() == {"reference": ref, "status": "cancelled"}, done.text
+
+
+def test_an_administrator_may_cancel_anyones_order(api: Any) -> None:
+    ref = submit(api)
+    r = api("DEMO-ADMIN").post(f"/api/orders/{ref}/cancel", json={"reason": "Dubblett"})
+    assert r.status_code == 200 and r.json() == {"reference": ref, "status": "cancelled"}, r.text
+    with session() as s:
+        ev = s.scalar(select(AuditEvent).where(AuditEvent.order_reference == ref, AuditEvent.to_status == "cancelled"))
+        assert ev is not None and ev.actor == "DEMO-ADMIN"
+    assert api(CLINICIAN).get(f"/api/orders/{ref}").json()["status"] == "cancelled"
 
 
 def test_cancel_by_the_submitter_only_and_only_once(api: Any) -> None:
@@ -525,3 +598,184 @@ def test_free_text_is_escaped_and_pages_never_show_the_number(api: Any) -> None:
     queue = api(ASSESSOR).get("/ko/menprovning")
     assert queue.status_code == 200 and "<script>alert" not in queue.text
     assert not PNR_SHAPE.search(re.sub(r"\d{8}-\*{4}", "", queue.text))
+
+
+# --- CSRF behind the SSO proxy and on every form ------------------------------------------------------
+
+def test_state_changing_api_calls_need_json_or_the_token_and_never_come_cross_site(
+        api: Any, live_app: str, shared_order: str) -> None:
+    """The SSO proxy adds X-Remote-User to whatever the browser sends, a cross-site form post too: the
+    header alone must not make a post without a body (make urgent, resume digitally) go through."""
+    ref = shared_order
+    c = api(ONCALL)
+    for headers, content in (({}, None), ({"Content-Type": "application/x-www-form-urlencoded"}, b"a=1"),
+                             ({"Content-Type": "text/plain"}, b'{"a": 1}'),
+                             ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x--")):
+        for path in (f"/api/orders/{ref}/urgent", f"/api/orders/{ref}/resume-digital",
+                     f"/api/orders/{ref}/callback", f"/api/orders/{ref}/cancel"):
+            r = c.post(path, content=content, headers=headers)
+            assert r.status_code == 415 and codes(r) == {"unsupported_media_type"}, (path, headers, r.text)
+    odd = c.post(f"/api/orders/{ref}/urgent", content=b"a=1", headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": "tökén".encode()})
+    assert odd.status_code == 415, odd.text  # a token that is not ASCII is just a wrong token
+    cross = c.post(f"/api/orders/{ref}/urgent", json={}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403 and codes(cross) == {"csrf_failed"}, cross.text
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == ref))
+        assert order is not None and not order.urgent and order.callback_due_at is None
+    # Same-site and same-origin fetches, and a post that carries the session's token, pass the guard
+    # (an unknown order then answers 404, past the guard).
+    for site in ("same-origin", "same-site", "none"):
+        r = c.post(f"/api/orders/{UNKNOWN_REF}/urgent", json={}, headers={"Sec-Fetch-Site": site})
+        assert r.status_code == 404, (site, r.text)
+    with httpx.Client(base_url=live_app, timeout=60, headers={"X-Remote-User": ONCALL}) as sso_browser:
+        token = _csrf(sso_browser.get("/").text)
+        r = sso_browser.post(f"/api/orders/{UNKNOWN_REF}/urgent", headers={"X-CSRF-Token": token})
+        assert r.status_code == 404, r.text
+        forged = sso_browser.post(f"/api/orders/{UNKNOWN_REF}/urgent", headers={"X-CSRF-Token": "forged"})
+        assert forged.status_code == 415
+    # A cross-site post to a page is refused before it is read, even with the right token.
+    with httpx.Client(base_url=live_app, timeout=60, headers={"X-Remote-User": CLINICIAN}) as sso_browser:
+        token = _csrf(sso_browser.get("/").text)
+        r = sso_browser.post(f"/bestallningar/{UNKNOWN_REF}/aterkalla", data={"csrf_token": token},
+                             headers={"Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403 and 'lang="sv"' in r.text
+
+
+ALL_ROLES = "TEST-KALMAR-ALLROLES"
+CSRF_REFUSED = "Formuläret har gått ut eller kom inte från den här tjänsten"
+# What a form route's path parameters are filled with; a new parameter must be added here.
+PATH_VALUES: dict[str, list[str]] = {"reference": [UNKNOWN_REF], "slug": ["menprovning", "godkannande",
+                                                                          "aterringning", "verkstallande"],
+                                     "order_type": ["seal_or_lock", "restore_access", "block_guardian",
+                                                    "minor_access"]}
+
+
+def _html_form_posts() -> list[str]:
+    """Every POST route of the app outside /api (the HTML forms), with its path parameters filled in."""
+    from fastapi.routing import APIRoute
+
+    from forms.app import create_app
+    def routes(items: list[Any], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+        for r in items:
+            if isinstance(r, APIRoute):
+                yield prefix + r.path, set(r.methods)
+            elif hasattr(r, "original_router"):  # FastAPI 0.150 keeps included routers as they are
+                yield from routes(r.original_router.routes, prefix + r.include_context.prefix)
+            elif hasattr(r, "routes") and not hasattr(r, "app"):
+                yield from routes(r.routes, prefix)
+    out: list[str] = []
+    for path, methods in routes(create_app().routes):
+        if "POST" not in methods or path.startswith("/api/"):
+            continue
+        paths = [path]
+        for name in re.findall(r"{(\w+)}", path):
+            assert name in PATH_VALUES, f"{path}: add a value for {{{name}}} to PATH_VALUES"
+            paths = [p.replace(f"{{{name}}}", v) for p in paths for v in PATH_VALUES[name]]
+        out += paths
+    return out
+
+
+FORM_POSTS = _html_form_posts()
+
+
+@pytest.fixture(scope="module")
+def all_roles(flow_server: Any) -> str:
+    """Someone with every role, so no form refuses before its CSRF check for a reason of its own."""
+    with session() as s:
+        if s.get(Staff, ALL_ROLES) is None:
+            s.add(Staff(hsa_id=ALL_ROLES, name="Allroll", email="allroles@kalmar.invalid",
+                        roles=["clinician", "assessor", "head_of_department", "support", "account_admin", "on_call",
+                               "bakjour", "admin"], unit_hsa_id=UNIT, region="kalmar", active=True))
+    return ALL_ROLES
+
+
+def _logged_in(live_app: str, hsa_id: str) -> tuple[httpx.Client, str]:
+    c = httpx.Client(base_url=live_app, timeout=60)
+    r = c.post("/login", data={"hsa_id": hsa_id, "csrf_token": _csrf(c.get("/login").text)})
+    assert r.status_code == 303, r.text
+    return c, _csrf(c.get("/").text)
+
+
+def test_every_html_form_route_is_listed() -> None:
+    assert {"/login", "/logout", "/bestall/seal_or_lock", "/ko/menprovning/" + UNKNOWN_REF,
+            f"/bestallningar/{UNKNOWN_REF}/aterkalla", f"/bestallningar/{UNKNOWN_REF}/bradskande",
+            f"/bestallningar/{UNKNOWN_REF}/aterringning", "/admin/logg/patient", "/admin/logg/stickprov",
+            f"/omprovningar/{UNKNOWN_REF}"} <= set(FORM_POSTS)
+
+
+@pytest.mark.parametrize("path", FORM_POSTS)
+def test_every_html_form_refuses_a_post_without_its_token(live_app: str, all_roles: str, path: str) -> None:
+    c, token = _logged_in(live_app, all_roles)
+    try:
+        before = count(AuditEvent)
+        for data in ({}, {"csrf_token": "forged"}, {"csrf_token": token + "x"}, {"csrf_token": token[:-1] + "å"}):
+            r = c.post(path, data={**data, "hsa_id": all_roles, "personal_number": PATIENT})
+            assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, data, r.status_code, r.text[:300])
+        # The SSO proxy's header is no token either.
+        r = httpx.post(live_app + path, data={"hsa_id": all_roles}, headers={"X-Remote-User": all_roles}, timeout=60)
+        assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, r.status_code)
+        assert count(AuditEvent) == before, path  # nothing was done, not even a log search
+        # With the token the same post gets past the check (whatever the form then says), so the 403 was CSRF.
+        ok = c.post(path, data={"csrf_token": token, "hsa_id": "DEMO-NOBODY", "days": "1", "size": "1"})
+        assert CSRF_REFUSED not in ok.text, path
+    finally:
+        c.close()
+
+
+def test_a_forged_or_tampered_session_cookie_is_no_login(live_app: str) -> None:
+    from itsdangerous import URLSafeTimedSerializer
+    forged = URLSafeTimedSerializer("not-the-app-secret", salt="restriction-orders-session").dumps(
+        {"u": "DEMO-ADMIN", "c": "forged-token"})
+    c, _ = _logged_in(live_app, CLINICIAN)
+    real = c.cookies["ro_session"]
+    c.close()
+    payload, rest = real.split(".", 1)
+    tampered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + rest
+    for cookie in (forged, tampered, real[:-4] + "AAAA", "garbage"):
+        with httpx.Client(base_url=live_app, timeout=60, cookies={"ro_session": cookie}) as b:
+            page = b.get("/admin")
+            assert page.status_code == 303 and page.headers["location"].startswith("/login"), cookie
+            r = b.get(f"/api/orders/{UNKNOWN_REF}")
+            assert r.status_code == 401, cookie
+            r = b.post("/api/orders/validate", json=body(), headers={"X-CSRF-Token": "forged-token"})
+            assert r.status_code == 401, cookie
+
+
+def test_a_refused_callback_clock_read_is_audited(api: Any, shared_order: str) -> None:
+    ref = shared_order
+    before = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    r = api(OTHER_ONCALL).get(f"/api/orders/{ref}/callback-clock")
+    assert r.status_code == 403
+    after = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    assert after == before + 1
+    assert api(ONCALL).get(f"/api/orders/{ref}/callback-clock").status_code == 200
+
+
+# --- production settings ------------------------------------------------------------------------------
+
+def test_the_app_refuses_to_start_behind_sso_without_a_real_session_secret() -> None:
+    from forms.auth import InsecureSettings, check_session_settings
+    from tasks.settings import DEFAULT_SESSION_SECRET, Settings
+    check_session_settings(Settings(embedded_login=True))  # the embedded default needs no configuration
+    for secret in (DEFAULT_SESSION_SECRET, "", "short-secret", " " * 40, DEFAULT_SESSION_SECRET + " "):
+        with pytest.raises(InsecureSettings, match="RO_SESSION_SECRET"):
+            check_session_settings(Settings(embedded_login=False, session_secret=secret))
+    check_session_settings(Settings(embedded_login=False, session_secret="x" * 16 + "y" * 16))
+    # And as the app is made from the environment (`uvicorn forms.app:app` makes it on import): a clear
+    # error instead of an app, unless the secret is set.
+    from forms.app import create_app
+    from tasks.settings import settings
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RO_SESSION_SECRET", raising=False)
+        mp.setenv("RO_EMBEDDED_LOGIN", "false")
+        settings.cache_clear()
+        try:
+            with pytest.raises(InsecureSettings, match="RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET"):
+                create_app()
+            mp.setenv("RO_SESSION_SECRET", secrets.token_urlsafe(48))
+            settings.cache_clear()
+            create_app()
+        finally:
+            mp.undo()
+            settings.cache_clear()

@@ -39,6 +39,7 @@ STOCKHOLM_HEAD = person("DEMO-STOCKHOLM-HEAD", "head_of_department", unit="DEMO-
                         region="stockholm")
 STOCKHOLM_BAKJOUR = person("DEMO-STOCKHOLM-BAKJOUR", "bakjour", unit="DEMO-STOCKHOLM-UNIT", region="stockholm")
 STOCKHOLM_ONCALL = person("DEMO-STOCKHOLM-ONCALL", "on_call", unit="DEMO-STOCKHOLM-UNIT", region="stockholm")
+STOCKHOLM_ASSESSOR = person("DEMO-STOCKHOLM-ASSESSOR", "assessor", unit="DEMO-STOCKHOLM-UNIT", region="stockholm")
 STOCKHOLM_ACCOUNTADMIN = person("DEMO-STOCKHOLM-ACCOUNTADMIN", "account_admin", unit="DEMO-STOCKHOLM-UNIT",
                                 region="stockholm")
 
@@ -162,10 +163,33 @@ def test_bakjour_of_own_region_from_another_unit_is_allowed() -> None:
 
 @pytest.mark.parametrize(("stage", "decider"), [
     ("callback", STOCKHOLM_ONCALL),
+    ("harm_assessment", STOCKHOLM_ASSESSOR),
     ("execution", STOCKHOLM_ACCOUNTADMIN),
 ])
-def test_callback_and_execution_by_another_region_refused(stage: str, decider: Decider) -> None:
+def test_every_stage_by_another_region_is_refused(stage: str, decider: Decider) -> None:
     assert code(stage, decider) == "other_region"
+
+
+def test_assessor_of_another_region_is_refused_even_for_a_patient_order() -> None:
+    assert code("harm_assessment", STOCKHOLM_ASSESSOR, PATIENT_ORDER) == "other_region"
+
+
+def test_assessor_without_a_region_may_assess_any_region() -> None:
+    # As for reading (forms.auth.may_read): a person without a region works for all of them.
+    anywhere = person("DEMO-X-ASSESSOR", "assessor", unit=None, region=None)
+    assert code("harm_assessment", anywhere) is None
+
+
+def test_head_of_the_unit_from_another_region_is_still_the_unit_head() -> None:
+    # The rule for heads is the unit's head, not the region: a head listed as the unit's head approves.
+    head_elsewhere = person("DEMO-KALMAR-HEAD", "head_of_department", unit="DEMO-STOCKHOLM-UNIT", region="stockholm")
+    assert code("approval", head_elsewhere) is None
+    assert code("approval", replace(HEAD, hsa_id="DEMO-KALMAR-HEAD2")) == "other_unit"
+
+
+def test_the_order_region_s_bakjour_may_not_approve_when_the_plan_says_head() -> None:
+    assert code("approval", BAKJOUR, CARE_ORDER) == "wrong_role"
+    assert code("approval", STOCKHOLM_HEAD, URGENT_OUT_OF_HOURS) == "wrong_role"
 
 
 def test_stage_roles_match_the_contract() -> None:

@@ -173,9 +173,9 @@ def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, fl
     got = wait_mails(smtp, ref, 2)
     assert sorted(m["To"] for m in got) == ["demo-kalmar-clinician@kalmar.invalid", "demo-kalmar-head@kalmar.invalid"]
     # A completed order is no longer in the paper routine.
-    done = call(app, "POST", f"/api/orders/{ref}/resume-digital", SUPPORT)
+    done = call(app, "POST", f"/api/orders/{ref}/resume-digital", SUPPORT, json={})
     assert done.status_code == 409 and codes(done) == {"": "wrong_status"}
-    other = call(app, "POST", f"/api/orders/{ref}/resume-digital", OTHER_SUPPORT)
+    other = call(app, "POST", f"/api/orders/{ref}/resume-digital", OTHER_SUPPORT, json={})
     assert other.status_code == 403 and codes(other) == {"": "other_region"}
 
 
@@ -192,7 +192,7 @@ def test_identity_and_roles(app: FastAPI) -> None:
     assert other.status_code == 403 and codes(other) == {"": "other_region"}
 
     before = order_count()
-    assert call(app, "POST", "/api/orders/RO-2026-000001/resume-digital", CLINICIAN).status_code == 403
-    assert call(app, "POST", "/api/orders/RO-2020-999999/resume-digital", SUPPORT).status_code == 404
-    assert call(app, "POST", "/api/orders/not-a-ref/resume-digital", SUPPORT).status_code == 404
+    assert call(app, "POST", "/api/orders/RO-2026-000001/resume-digital", CLINICIAN, json={}).status_code == 403
+    assert call(app, "POST", "/api/orders/RO-2020-999999/resume-digital", SUPPORT, json={}).status_code == 404
+    assert call(app, "POST", "/api/orders/not-a-ref/resume-digital", SUPPORT, json={}).status_code == 404
     assert order_count() == before

@@ -497,14 +497,14 @@ def _as(user: str) -> dict[str, str]:
 def test_api_make_urgent_and_watch_the_clock(api: tuple[TestClient, FixedClock], smtp: Path) -> None:
     c, clock = api
     ref = submit_at(clock.now() - timedelta(minutes=3), urgent_=False)
-    r = c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL))
+    r = c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as(ONCALL))
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["made_urgent"] and data["urgent"] and data["paged"] == "on_call" and data["page_delivered"]
     assert data["seconds_left"] == 1800 and data["callback_due_at"] == "2026-11-24T22:30:00+01:00"
     assert data["run_started"]
     assert len(mails(smtp, ref)) == 1
-    assert c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-KALMAR-SUPPORT")).json()["made_urgent"] is False
+    assert c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as("DEMO-KALMAR-SUPPORT")).json()["made_urgent"] is False
 
     clock.advance(minutes=20)
     r = c.get(f"/api/orders/{ref}/callback-clock", headers=_as(ONCALL))
@@ -526,17 +526,17 @@ def test_api_make_urgent_and_watch_the_clock(api: tuple[TestClient, FixedClock],
 def test_api_refusals(api: tuple[TestClient, FixedClock]) -> None:
     c, clock = api
     ref = submit_at(clock.now(), urgent_=False)
-    assert c.post(f"/api/orders/{ref}/urgent").status_code == 401
-    assert c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-NOBODY")).status_code == 401
-    r = c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-KALMAR-CLINICIAN"))
+    assert c.post(f"/api/orders/{ref}/urgent", json={}).status_code == 401
+    assert c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as("DEMO-NOBODY")).status_code == 401
+    r = c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as("DEMO-KALMAR-CLINICIAN"))
     assert r.status_code == 403 and r.json()["errors"][0]["code"] == "wrong_role"
-    r = c.post(f"/api/orders/{ref}/urgent", headers=_as("DEMO-STOCKHOLM-ONCALL"))
+    r = c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as("DEMO-STOCKHOLM-ONCALL"))
     assert r.status_code == 403 and r.json()["errors"][0]["code"] == "other_region"
-    assert c.post("/api/orders/RO-2026-999999/urgent", headers=_as(ONCALL)).status_code == 404
-    assert c.post("/api/orders/not-a-ref/urgent", headers=_as(ONCALL)).status_code == 404
+    assert c.post("/api/orders/RO-2026-999999/urgent", json={}, headers=_as(ONCALL)).status_code == 404
+    assert c.post("/api/orders/not-a-ref/urgent", json={}, headers=_as(ONCALL)).status_code == 404
     assert c.get("/api/orders/RO-2026-999999/callback-clock", headers=_as(ONCALL)).status_code == 404
     orders.cancel(ref, "DEMO-KALMAR-CLINICIAN", "", clock.now())
-    assert c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL)).status_code == 409
+    assert c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as(ONCALL)).status_code == 409
     # Not urgent: the clock says so.
     other = submit_at(clock.now(), urgent_=False)
     assert c.get(f"/api/orders/{other}/callback-clock", headers=_as(ONCALL)).json()["state"] == "none"
@@ -547,7 +547,7 @@ def test_api_callback_on_an_order_made_urgent_after_its_callback_stage(api: tupl
     ref = submit_at(clock.now() - timedelta(minutes=5), urgent_=False)
     assert stages.receive.fn(ref) == "awaiting_assessment"
     assert c.post(f"/api/orders/{ref}/callback", headers=_as(ONCALL), json={"note": "x"}).status_code == 409
-    assert c.post(f"/api/orders/{ref}/urgent", headers=_as(ONCALL)).status_code == 200
+    assert c.post(f"/api/orders/{ref}/urgent", json={}, headers=_as(ONCALL)).status_code == 200
     r = c.post(f"/api/orders/{ref}/callback", headers=_as(ONCALL), json={"note": "Uppringd"})
     assert r.status_code == 202, r.text
     assert r.json() == {"reference": ref, "stage": "callback", "status": "awaiting_assessment", "decision": "accepted"}

@@ -84,9 +84,11 @@ def status_of(c: httpx.Client, reference: str) -> str:
     return str(r.json()["status"])
 
 
-def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 60) -> str:
+def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 120) -> str:
     """Poll the API until the order's run has moved it to one of `wanted`. Generous: when Prefect's server
-    is busy (503) the run is started by the reconciler instead, which can take a while under test load."""
+    is busy (503) the run is started by the reconciler instead, which can take a while under test load, and
+    the served flows start their runs one subprocess after another (the ninth order of test_api waited over
+    60 s on two cores at load 13–21)."""
     deadline = time.monotonic() + timeout
     st = ""
     while time.monotonic() < deadline:
@@ -145,3 +147,29 @@ def api(live_app: str) -> Iterator[Any]:
     yield make
     for c in made:
         c.close()
+
+
+def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", unit: str = UNIT,
+                 region: str = "kalmar", **fields: Any) -> str:
+    """An order row as its run would leave it at `status`, with a run id Prefect does not know.
+
+    For states the served flows never wait in (they execute through the simulated registry, so nothing
+    waits for a manual execution) or would take long to reach (a review that is due). The made-up run id
+    keeps the reconciler from starting a run that would race the test."""
+    import uuid
+
+    from models.tables import Order
+    from tasks.database import session
+    now = datetime.now(STOCKHOLM)
+    ref = f"RO-{now.year}-{uuid.uuid4().int % 10**6 + 9 * 10**6}"
+    row: dict[str, Any] = {
+        "reference": ref, "order_type": "seal_or_lock", "initiative": "care", "actions": ["seal_journal"],
+        "patient_pnr": pnr().replace("-", ""), "care_unit_hsa_id": unit, "region": region, "status": status,
+        "submitted_by": submitted_by, "created_at": now, "updated_at": now, "due_at": now + timedelta(days=1),
+        "reason": "Hot mot patienten",
+        "stage_plan": {"approval": {"required": True, "role": "head_of_department",
+                                    "reason": "Verksamhetschefen för den beställande vårdenheten godkänner."}},
+        "flow_name": "seal-or-lock", "flow_run_id": str(uuid.uuid4()), **fields}
+    with session() as s:
+        s.add(Order(**row))
+    return ref

@@ -4,6 +4,8 @@
 // 3. Live validation against POST /api/orders/validate: warnings at once, errors for fields already touched.
 // 4. Disable a submit button after the first click (the server's idempotency token is the real guard).
 // 5. Count the callback clock down from the server's seconds-left (never the browser's own clock).
+// 6. An error-summary link moves focus to its field and shows the field's label or legend too (a plain
+//    fragment link scrolls the field to the very top, its label out of sight).
 (function () {
   "use strict";
 
@@ -125,8 +127,24 @@
     setInterval(tick, 1000);
   }
 
+  function errorSummaryLinks() {
+    document.querySelectorAll(".error-summary a[href^='#']").forEach(function (a) {
+      a.addEventListener("click", function (ev) {
+        var target = document.getElementById(a.getAttribute("href").slice(1));
+        if (!target) { return; }
+        ev.preventDefault();
+        if (!target.matches("a[href], button, input, select, textarea, [tabindex]")) { target.setAttribute("tabindex", "-1"); }
+        var group = target.closest("fieldset");
+        var caption = (group && group.querySelector("legend")) || document.querySelector('label[for="' + target.id + '"]');
+        (caption || target).scrollIntoView({ block: "start" });
+        target.focus({ preventScroll: true });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     countdowns();
+    errorSummaryLinks();
     var summary = document.querySelector("[data-focus-on-load]");
     if (summary) { summary.focus(); }
     document.querySelectorAll("form").forEach(function (form) {
