@@ -51,7 +51,9 @@ def emit_failed(reference: str) -> None:
     the email to support, queued with the status, is what makes sure somebody acts."""
     try:
         from prefect.events import emit_event
-        emit_event(event=FAILED_EVENT, id=uuid.uuid5(uuid.NAMESPACE_URL, f"urn:restriction-orders:{FAILED_EVENT}:{reference}"),
+        # A stable id: should it be sent twice (a re-run), Prefect stores it once.
+        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"urn:restriction-orders:{FAILED_EVENT}:{reference}")
+        emit_event(event=FAILED_EVENT, id=event_id,
                    resource={"prefect.resource.id": f"order.{reference}", "prefect.resource.name": reference,
                              "order.reference": reference})
     except Exception as exc:
@@ -102,7 +104,7 @@ def receive(reference: str) -> str:
                 audit.record(s, actor=SYSTEM, action="stage_planned", order=order,
                              detail={"stage": name, "required": st["required"], "rule": st["rule"]})
         if order.status == OrderStatus.SUBMITTED:
-            transition(s, order, _first_open_stage(order), actor=SYSTEM, action="received")
+            transition(s, order, _first_open_stage(order), actor=SYSTEM, action="received", at=now)
         return order.status
 
 
