@@ -8,11 +8,15 @@ input back for the key it already used.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger
 from prefect.flow_runs import asuspend_flow_run
+from prefect.states import Cancelled, State
 
 from flows.fallback import paper_fallback
 from flows.inputs import INPUTS
+from models.status import OrderStatus
 from tasks import failpoints, stages
 from tasks.gateway import GatewayUnavailable
 
@@ -65,7 +69,11 @@ async def execution(reference: str) -> None:
         await human_step(reference, "execution")
 
 
-async def confirmation(reference: str) -> str:
+async def confirmation(reference: str) -> str | State[Any]:
     status = stages.confirm(reference)
     stages.publish_timeline(reference)
+    if status == OrderStatus.CANCELLED:
+        # Cancelling the order cancels its run, but a cancel that lands while the run is between two steps
+        # would be overwritten by the run's own Completed (Prefect lets a run leave Cancelled): end it so.
+        return Cancelled(message="order cancelled")
     return status

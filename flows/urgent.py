@@ -260,8 +260,7 @@ def _store_callback(ref: str, actor: str, note: str, now: datetime) -> str:
             d = Decision(order_id=order.id, stage="callback", decided_by=hsa, outcome="done", detail={}, text=note,
                          state="accepted", created_at=now)
             s.add(d)
-            order.callback_at = now
-            deadlines.meet(s, ref, "callback", now)
+            deadlines.callback_made(s, order, now, hsa)
             audit.record(s, actor=actor, action="callback_recorded", order=order, at=now,
                          detail={"stage": "callback", "status": order.status})
         return order.status

@@ -219,7 +219,7 @@ async def submit_raw(raw: Any, user: User, key: str | None) -> Submitted:
                        "Idempotency-Key har redan använts för en annan beställning.", field="Idempotency-Key")
     if out.kind == "replayed":
         # The first answer again: same body, so the same warnings as when it was first checked.
-        first = await run_in_threadpool(orders.check, raw, out.order.created_at)
+        first = await run_in_threadpool(orders.check, raw, out.order.created_at, user.hsa_id)
         return Submitted(200, _submit_answer(out.order, first.warnings, "submitted"), [], first.warnings)
     return Submitted(201, _submit_answer(out.order, out.check.warnings, "submitted"), [], out.check.warnings)
 
@@ -232,7 +232,7 @@ async def validate_order(request: Request, user: User = Depends(require_user)) -
     check_api_csrf(request, user)
     require_roles(user, "clinician")
     raw = await _json_body(request)
-    result = await run_in_threadpool(orders.check, raw, datetime.now(UTC))
+    result = await run_in_threadpool(orders.check, raw, datetime.now(UTC), user.hsa_id)
     body = {"errors": _problems(result.errors), "warnings": _problems(result.warnings)}
     return JSONResponse(body, status_code=200 if result.ok else 422)
 

@@ -6,8 +6,9 @@ Pure functions, no I/O; every function that needs the time takes `now`. The data
 Decisions taken here:
 - An order is overdue when it has a due time, that time has passed and the order is not final
   (completed, rejected, cancelled, failed). `paper_fallback` is still open.
-- A breach of a due time is a deviation (avvikelse), except when that due time is an urgent order's
-  callback deadline: the escalation dispatcher records the missed callback (`records_deviation`).
+- A breach of a due time is a deviation (avvikelse). An urgent order is due at its callback deadline until
+  the callback is recorded (then at the normal due time, tasks/deadlines.callback_made); a missed callback is
+  the escalation dispatcher's (tasks/escalation.py): no overdue reminder and no second deviation here.
 - A *breach* is one due time that passed. It is flagged once; a new due time that passes later is a new
   breach (breach 2, 3, ...). Which due times were flagged is read back from the `overdue` audit rows.
 - A review period is identified by its review date (Stockholm calendar day). One reminder per period; an
@@ -59,11 +60,15 @@ def breach_key(due_at: datetime) -> str:
     return _utc(due_at).replace(microsecond=0).isoformat()
 
 
-def breach_to_flag(due_at: datetime | None, status: str, now: datetime, flagged: Sequence[str]) -> int | None:
+def breach_to_flag(due_at: datetime | None, status: str, now: datetime, flagged: Sequence[str],
+                   callback_due_at: datetime | None = None) -> int | None:
     """The breach number to flag now, or None.
 
-    `flagged` holds the breach keys of the due times already flagged for this order (any order)."""
+    `flagged` holds the breach keys of the due times already flagged for this order (any order). A due time
+    that is the order's callback deadline is never flagged: the missed callback escalates instead."""
     if due_at is None or not is_overdue(due_at, status, now):
+        return None
+    if not records_deviation(due_at, callback_due_at):
         return None
     if breach_key(due_at) in flagged:
         return None

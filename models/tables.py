@@ -186,6 +186,8 @@ class Deviation(Base):
 # --- The simulated 1177 registry --------------------------------------------------------------------
 
 class RegistryPerson(Base):
+    """What this system knows is in force for a person. Each guardian block and minor-access grant is an entry
+    `{"target": <guardian's 12 digits or "minor">, "initiative", "region", "order"}`: who set it (DOMAIN §1.3)."""
     __tablename__ = "registry_people"
     pnr: Mapped[str] = mapped_column(String(12), primary_key=True)
     sealed_by_initiative: Mapped[str | None] = mapped_column(String(10))
@@ -194,8 +196,8 @@ class RegistryPerson(Base):
     locked_by_initiative: Mapped[str | None] = mapped_column(String(10))
     locked_by_region: Mapped[str | None] = mapped_column(String(40))
     locked_by_order: Mapped[str | None] = mapped_column(String(20))
-    blocked_guardians: Mapped[list[str]] = mapped_column(JSON, default=list)
-    minor_access: Mapped[list[str]] = mapped_column(JSON, default=list)
+    blocked_guardians: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    minor_access: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
 
 
 class AppliedEffect(Base):

@@ -39,6 +39,9 @@ READ_ACTIONS = ("order_read", "order_read_refused", SEARCH_ACTION)
 ACTION_LABELS_SV: dict[str, str] = {
     "submitted": "Beställningen skickades in",
     "received": "Mottagen och planerad",
+    "validated": "Kontrollerad på nytt vid mottagandet",
+    "validation_failed": "Avslagen: uppfyller inte längre reglerna",
+    "due_rescheduled": "Ny klar-senast-tid efter återuppringning",
     "stage_planned": "Steg planerat",
     "run_started": "Körning startad",
     "order_read": "Läste beställningen",

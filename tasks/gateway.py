@@ -3,13 +3,15 @@
 - `SimulatedRegistry`: the default in the embedded setup and in tests. Keeps each person's access
   state in the orders database and applies effects idempotently (one `AppliedEffect` row per effect).
 - `ManualGateway`: an account administrator performs the change in the 1177 tool and confirms in the
-  app; the flow waits for that confirmation.
+  app; the flow waits for that confirmation, which records the effects the same way (`record_effects`),
+  so our record of what is in force means the same with either gateway.
 - `UnavailableGateway`: what a broken integration looks like, for the paper fallback.
 A real integration plugs in behind `ExecutionGateway`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -37,13 +39,26 @@ class ExecutionGateway(Protocol):
 
 
 def access_state(s: Session, pnr: str) -> AccessState:
+    """What our registry records as in force; a person without a row has nothing in force."""
+    p = s.get(RegistryPerson, pnr)
+    return AccessState() if p is None else _state(p)
+
+
+def known_access_state(s: Session, pnr: str, *, manual: bool) -> AccessState | None:
+    """The state the rules may rely on, or None when it is unknown. With the manual gateway a person we have
+    never recorded may still have restrictions made before this system or directly in the 1177 tool: then
+    the account administrator checks there. The simulated registry is complete: no row, nothing in force."""
     p = s.get(RegistryPerson, pnr)
     if p is None:
-        return AccessState()
+        return None if manual else AccessState()
+    return _state(p)
+
+
+def _state(p: RegistryPerson) -> AccessState:
     seal = _restriction(p.sealed_by_initiative, p.sealed_by_region, p.sealed_by_order)
     lock = _restriction(p.locked_by_initiative, p.locked_by_region, p.locked_by_order)
-    return AccessState(seal=seal, lock=lock, blocked_guardians=frozenset(p.blocked_guardians or []),
-                       minor_access=frozenset(p.minor_access or []))
+    return AccessState(seal=seal, lock=lock, guardian_blocks=_entries(p.blocked_guardians),
+                       minor_grants=_entries(p.minor_access))
 
 
 def _restriction(initiative: str | None, region: str | None, order: str | None) -> Restriction | None:
@@ -54,6 +69,20 @@ def _restriction(initiative: str | None, region: str | None, order: str | None) 
     return None
 
 
+def _entries(rows: list[dict[str, str]] | None) -> dict[str, Restriction]:
+    out: dict[str, Restriction] = {}
+    for e in rows or []:
+        r = _restriction(e.get("initiative"), e.get("region"), e.get("order"))
+        if r is not None:
+            out[e["target"]] = r
+    return out
+
+
+def _rows(entries: Mapping[str, Restriction]) -> list[dict[str, str]]:
+    return [{"target": t, "initiative": r.initiative, "region": r.region, "order": r.order_reference}
+            for t, r in sorted(entries.items())]
+
+
 def _store(p: RegistryPerson, state: AccessState) -> None:
     p.sealed_by_initiative = state.seal.initiative if state.seal else None
     p.sealed_by_region = state.seal.region if state.seal else None
@@ -61,8 +90,8 @@ def _store(p: RegistryPerson, state: AccessState) -> None:
     p.locked_by_initiative = state.lock.initiative if state.lock else None
     p.locked_by_region = state.lock.region if state.lock else None
     p.locked_by_order = state.lock.order_reference if state.lock else None
-    p.blocked_guardians = sorted(state.blocked_guardians)
-    p.minor_access = sorted(state.minor_access)
+    p.blocked_guardians = _rows(state.guardian_blocks)
+    p.minor_access = _rows(state.minor_grants)
 
 
 def order_effects(order: Order) -> list[Effect]:
@@ -70,31 +99,43 @@ def order_effects(order: Order) -> list[Effect]:
                        order.minor_grant, order.minor_recipient)
 
 
+def record_effects(s: Session, order: Order, system_reference: str, at: datetime, *, strict: bool = True) -> None:
+    """Put the order's effects into our record of what is in force: one `AppliedEffect` row per effect, each
+    applied once however often this is called. All or nothing: a refused effect raises `ExecutionRefused`
+    before anything is written. `strict=False` records a change a person confirms having made in the 1177
+    tool (see models.access.apply)."""
+    done = {(a.effect, a.target) for a in s.scalars(
+        select(AppliedEffect).where(AppliedEffect.order_reference == order.reference))}
+    state = access_state(s, order.patient_pnr)
+    restriction = Restriction(order.initiative, order.region, order.reference)  # type: ignore[arg-type]
+    new: list[AppliedEffect] = []
+    for effect in order_effects(order):
+        key = (effect.kind.value, effect.target or "")
+        if key in done:
+            continue
+        try:
+            state = apply(state, effect, restriction, strict=strict)
+        except ImpossibleEffect as exc:
+            raise ExecutionRefused(str(exc)) from exc
+        new.append(AppliedEffect(order_reference=order.reference, effect=effect.kind.value,
+                                 target=effect.target or "", system_reference=system_reference[:64], at=at))
+    if not new:
+        return
+    person = s.get(RegistryPerson, order.patient_pnr)
+    if person is None:
+        person = RegistryPerson(pnr=order.patient_pnr, blocked_guardians=[], minor_access=[])
+        s.add(person)
+    _store(person, state)
+    s.add_all(new)
+    s.flush()
+
+
 class SimulatedRegistry:
     manual = False
 
     def apply(self, s: Session, order: Order) -> str:
         system_ref = f"SIM-{order.reference}"
-        person = s.get(RegistryPerson, order.patient_pnr)
-        if person is None:
-            person = RegistryPerson(pnr=order.patient_pnr, blocked_guardians=[], minor_access=[])
-            s.add(person)
-            s.flush()
-        done = {(a.effect, a.target) for a in s.scalars(
-            select(AppliedEffect).where(AppliedEffect.order_reference == order.reference))}
-        state = access_state(s, order.patient_pnr)
-        restriction = Restriction(order.initiative, order.region, order.reference)  # type: ignore[arg-type]
-        for effect in order_effects(order):
-            key = (effect.kind.value, effect.target or "")
-            if key in done:
-                continue
-            try:
-                state = apply(state, effect, restriction)
-            except ImpossibleEffect as exc:
-                raise ExecutionRefused(str(exc)) from exc
-            s.add(AppliedEffect(order_reference=order.reference, effect=effect.kind.value,
-                                target=effect.target or "", system_reference=system_ref, at=datetime.now(UTC)))
-        _store(person, state)
+        record_effects(s, order, system_ref, datetime.now(UTC))
         return system_ref
 
 
@@ -121,4 +162,4 @@ def gateway(kind: str | None = None) -> ExecutionGateway:
 
 
 __all__ = ["EffectKind", "ExecutionGateway", "GatewayUnavailable", "SimulatedRegistry", "ManualGateway",
-           "UnavailableGateway", "access_state", "gateway"]
+           "UnavailableGateway", "access_state", "gateway", "known_access_state", "record_effects"]

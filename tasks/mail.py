@@ -19,6 +19,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import personnummer
+from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import Order, OutboxMessage
@@ -30,7 +31,10 @@ SUBJECTS = {
     "completed": "Beställning {ref} är genomförd",
     "rejected": "Beställning {ref} har avslagits",
     "cancelled": "Beställning {ref} har återkallats",
+    "failed": "Beställning {ref} kunde inte verkställas",
 }
+# Instead of the masked number, which still tells the birth date: a protected identity is handled by phone.
+PROTECTED_PATIENT = "Skyddade personuppgifter – hanteras per telefon"
 LEASE = timedelta(minutes=2)
 
 
@@ -56,7 +60,8 @@ def context(s: Session, order: Order, subject: str, role: str) -> dict[str, str]
         "reference": order.reference, "subject": subject, "recipient_role": role,
         "order_type_label": ORDER_TYPE_LABELS_SV.get(order.order_type, order.order_type),
         "unit_name": unit.name if unit else "", "unit_hsa_id": order.care_unit_hsa_id,
-        "status_label": LABELS_SV[OrderStatus(order.status)], "patient_masked": personnummer.mask(order.patient_pnr),
+        "status_label": LABELS_SV[OrderStatus(order.status)],
+        "patient_masked": PROTECTED_PATIENT if order.patient_protected else personnummer.mask(order.patient_pnr),
         "link": f"{settings().app_base_url}/bestallningar/{order.reference}",
     }
 
@@ -85,16 +90,20 @@ def enqueue(s: Session, order: Order, event: str, recipients: list[Recipient], n
     return new
 
 
-def queue_confirmations(s: Session, order: Order) -> int:
+def queue_confirmations(s: Session, order: Order, extra: dict[str, str] | None = None) -> int:
     """The emails the order's final status calls for: to the head of department and the orderer when it
-    is completed, to the orderer when it is rejected or cancelled. Called in the transaction that sets the
-    status, so a crash right after cannot lose them; queueing again adds nothing."""
+    is completed, to the orderer when it is rejected or cancelled, to the orderer and the region's support
+    queue when the registry refused it. Called in the transaction that sets the status, so a crash right
+    after cannot lose them; queueing again adds nothing."""
     status = OrderStatus(order.status)
     if status == OrderStatus.COMPLETED:
-        return enqueue(s, order, "completed", confirmation_recipients(s, order))
+        return enqueue(s, order, "completed", confirmation_recipients(s, order), extra=extra)
+    orderer = [r for r in confirmation_recipients(s, order) if r.role == "orderer"]
     if status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
-        orderer = [r for r in confirmation_recipients(s, order) if r.role == "orderer"]
-        return enqueue(s, order, status.value, orderer)
+        return enqueue(s, order, status.value, orderer, extra=extra)
+    if status == OrderStatus.FAILED:
+        support = Recipient("support", load_regions()[order.region].support_queue_email)
+        return enqueue(s, order, "failed", [*orderer, support], extra=extra)
     return 0
 
 

@@ -4,10 +4,10 @@ Plain functions with `now` injected (the flows in `flows/sla.py` and `flows/revi
 call them; the tests call them with a FixedClock). The decision rules are in `models/sla.py`.
 
 Once per breach, not once per run: an overdue order is flagged in ONE transaction that writes the audit row
-`overdue` (whose detail names the breached due time), a Deviation row (not for an urgent order's callback
-deadline: tasks/escalation.py records that one as `callback_missed`) and the reminder emails (outbox
-Message-IDs `<ref>.overdue-<n>.<role>@…` are unique). The next run reads the `overdue` audit rows back and
-skips due times already flagged; two monitors racing on the same order collide on the row lock (PostgreSQL)
+`overdue` (whose detail names the breached due time), a Deviation row and the reminder emails (outbox
+Message-IDs `<ref>.overdue-<n>.<role>@…` are unique). An urgent order's callback deadline is not flagged
+here: tasks/escalation.py escalates a missed callback and records it as `callback_missed`. The next run
+reads the `overdue` audit rows back and skips due times already flagged; two monitors racing on the same order collide on the row lock (PostgreSQL)
 or the unique Message-ID and one of them rolls back. No new column is needed.
 
 The Prefect event is sent inside that transaction, before the commit, with an id derived from the order
@@ -146,7 +146,7 @@ def _flag_one(s: Session, reference: str, now: datetime, emit: Emitter | None) -
     if order is None or order.due_at is None:
         return None
     flagged = flagged_keys(s, [reference]).get(reference, [])
-    breach = sla.breach_to_flag(order.due_at, order.status, now, flagged)
+    breach = sla.breach_to_flag(order.due_at, order.status, now, flagged, order.callback_due_at)
     if breach is None:
         return None
     due = order.due_at
@@ -190,18 +190,18 @@ def flag_overdue(now: datetime, *, emit: Emitter | None = None, references: Coll
     """Flag every order whose due time has passed and was not flagged yet (at most `max_flags` per run; the
     rest in the next run). Safe to run any time, often, and from several processes at once.
     `references` restricts the run to those orders."""
-    q = select(Order.reference, Order.due_at, Order.status).where(
+    q = select(Order.reference, Order.due_at, Order.status, Order.callback_due_at).where(
         Order.due_at.is_not(None), Order.due_at < now, Order.status.in_(OPEN_STATUSES))
     if references is not None:
         q = q.where(Order.reference.in_(list(references)))
     with session() as s:
         # Every late order, flagged or not (light rows): a limit here could hide new breaches behind old ones.
-        candidates = [(r, d, st) for r, d, st in s.execute(q.order_by(Order.due_at, Order.id))]
+        candidates = [(r, d, st, cb) for r, d, st, cb in s.execute(q.order_by(Order.due_at, Order.id))]
         done = flagged_keys(s, [c[0] for c in candidates])
     flags: list[OverdueFlag] = []
-    for ref, due, status in candidates:
-        if sla.breach_to_flag(due, status, now, done.get(ref, [])) is None:
-            continue  # this due time was flagged by an earlier run
+    for ref, due, status, callback_due in candidates:
+        if sla.breach_to_flag(due, status, now, done.get(ref, []), callback_due) is None:
+            continue  # flagged by an earlier run, or the callback deadline (escalation's)
         if len(flags) >= max_flags:
             break
         try:

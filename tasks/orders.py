@@ -26,8 +26,9 @@ from models.schemas import HistoryEntry, OrderView, Problem
 from models.status import CANCELLABLE, OrderStatus, check_transition
 from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
 from tasks import audit, directory, mail
+from tasks.audit_extract import SEARCH_ACTION
 from tasks.database import session
-from tasks.gateway import access_state
+from tasks.gateway import gateway, known_access_state
 
 FLOW_NAMES: dict[str, str] = {
     "seal_or_lock": "seal-or-lock",
@@ -68,22 +69,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def rule_context(s: Session, raw: Any, now: datetime) -> RuleContext:
+def rule_context(s: Session, raw: Any, now: datetime, actor: str, purpose: str) -> RuleContext:
+    """What the rules need to know about the world. For a restore, that includes the patient's access state:
+    reading it by personal number reveals whether someone is restricted, so it is audited as a search by
+    personal number (`purpose` says why: validate, submit, revalidate)."""
     regions = load_regions()
     state = None
     if isinstance(raw, dict) and raw.get("order_type") == "restore_access":
         try:
             pnr = personnummer.parse(str(raw.get("patient_personal_number", "")), local(now).date())
-            state = access_state(s, pnr.digits)
         except personnummer.InvalidPersonalNumber:
-            pass
+            pnr = None
+        if pnr is not None:
+            state = known_access_state(s, pnr.digits, manual=gateway().manual)
+            audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
+                         detail={"purpose": purpose, "known": state is not None})
     return RuleContext(now=now, care_units=directory.care_units(s),
                        region_hours={c: r.hours for c, r in regions.items()}, access=state)
 
 
-def check(raw: Any, now: datetime) -> CheckResult:
+def check(raw: Any, now: datetime, actor: str) -> CheckResult:
     with session() as s:
-        return check_order(raw, rule_context(s, raw, now))
+        return check_order(raw, rule_context(s, raw, now, actor, "validate"))
+
+
+def stored_request(order: Order) -> dict[str, Any]:
+    """The stored order as a request body again, for the rules to check it once more: the 12-digit numbers
+    it was stored with, and its reason (checked when it was submitted; the rules only bound its length)."""
+    raw: dict[str, Any] = {
+        "order_type": order.order_type, "initiative": order.initiative, "actions": list(order.actions or []),
+        "patient_personal_number": order.patient_pnr, "patient_protected_identity": order.patient_protected,
+        "guardian_personal_number": order.guardian_pnr, "identity_checked_in_person": order.identity_checked,
+        "urgent": order.urgent, "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
+        "region": order.region}
+    if order.order_type == "minor_access":
+        raw["minor_access"] = {"grant": order.minor_grant, "recipient": order.minor_recipient,
+                               "child_consent": order.child_consent}
+    return raw
 
 
 def request_hash(raw: Any) -> str:
@@ -117,7 +139,7 @@ def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None =
             first = s.scalar(select(Order).where(Order.idempotency_key == idempotency_key))
             if first is not None:
                 return SubmitOutcome("replayed" if first.request_hash == digest else "conflict", first)
-        result = check_order(raw, rule_context(s, raw, now))
+        result = check_order(raw, rule_context(s, raw, now, actor, "submit"))
         if not result.ok or result.order is None:
             return SubmitOutcome("invalid", check=result)
         req = result.order

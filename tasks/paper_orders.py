@@ -278,7 +278,7 @@ async def register_paper_order(raw: Any, registered_by: str, *, now: datetime | 
 
     order_raw = {k: v for k, v in raw.items() if k not in PAPER_FIELDS}
     if errors:  # every problem at once: the order's own fields too
-        raise PaperInvalid(errors + orders.check(order_raw, now).errors)
+        raise PaperInvalid(errors + orders.check(order_raw, now, registrar).errors)
     assert received is not None
     key = f"paper:{registrar}:{idempotency_key}" if idempotency_key else None
     out = orders.submit(dict(raw), orderer or registrar, now, idempotency_key=key, channel="paper",

@@ -8,8 +8,10 @@ machine the resumed run lands.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
@@ -17,22 +19,45 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from models.authority import refusal
+from models.clock import Clock, SystemClock
 from models.regions import load_regions
-from models.rules import plan_stages
+from models.rules import check_order, plan_stages
 from models.schemas import ORDER_TYPE_LABELS_SV, MinorAccess, OrderRequest
 from models.status import FINAL, LABELS_SV, OrderStatus
 from models.tables import AuditEvent, Decision, Order
 from tasks import audit, deadlines, directory, mail
 from tasks.database import session
-from tasks.gateway import ExecutionRefused, GatewayUnavailable, gateway
-from tasks.orders import STAGE_STATUS, decider, facts, get, transition
+from tasks.gateway import ExecutionRefused, GatewayUnavailable, gateway, record_effects
+from tasks.orders import STAGE_STATUS, decider, facts, get, rule_context, stored_request, transition
 
+log = logging.getLogger(__name__)
 SYSTEM = "system"
 HUMAN_STAGES = ("callback", "harm_assessment", "approval")
+FAILED_EVENT = "order.failed"
+# Executed restrictions made on care's initiative get a review date (DOMAIN: regular re-assessment). A restore
+# lifts a restriction and minor access grants access: neither is a restriction to re-assess.
+REVIEWED_TYPES = ("seal_or_lock", "block_guardian")
+
+# Where the steps get the time; tests put a models.clock.FixedClock here.
+clock: Clock = SystemClock()
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now().astimezone(UTC)
+
+
+def emit_failed(reference: str) -> None:
+    """Tell Prefect an order could not be executed (event `order.failed`, the reference only). Never raises:
+    the email to support, queued with the status, is what makes sure somebody acts."""
+    try:
+        from prefect.events import emit_event
+        # A stable id: should it be sent twice (a re-run), Prefect stores it once.
+        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"urn:restriction-orders:{FAILED_EVENT}:{reference}")
+        emit_event(event=FAILED_EVENT, id=event_id,
+                   resource={"prefect.resource.id": f"order.{reference}", "prefect.resource.name": reference,
+                             "order.reference": reference})
+    except Exception as exc:
+        log.warning("could not emit %s for %s: %s", FAILED_EVENT, reference, type(exc).__name__)
 
 
 def _request(order: Order) -> OrderRequest:
@@ -54,10 +79,15 @@ def _first_open_stage(order: Order) -> OrderStatus:
 
 @task(name="receive-order", persist_result=False, cache_policy=NO_CACHE)
 def receive(reference: str) -> str:
-    """Plan the stages (each one required or not, with the rule that said so) and open the first."""
+    """Check the stored order again, now (its run may start late: the reconciler, a paper order registered
+    days after it was signed), then plan the stages (each one required or not, with the rule that said so)
+    and open the first."""
+    now = _now()
     with session() as s:
         order = get(s, reference)
         if order.status != OrderStatus.SUBMITTED and order.status != OrderStatus.PAPER_FALLBACK:
+            return order.status
+        if order.status == OrderStatus.SUBMITTED and not _still_valid(s, order, now):
             return order.status
         if not order.stage_plan:
             plan = plan_stages(_request(order), at=order.created_at, hours=load_regions()[order.region].hours)
@@ -74,8 +104,23 @@ def receive(reference: str) -> str:
                 audit.record(s, actor=SYSTEM, action="stage_planned", order=order,
                              detail={"stage": name, "required": st["required"], "rule": st["rule"]})
         if order.status == OrderStatus.SUBMITTED:
-            transition(s, order, _first_open_stage(order), actor=SYSTEM, action="received")
+            transition(s, order, _first_open_stage(order), actor=SYSTEM, action="received", at=now)
         return order.status
+
+
+def _still_valid(s: Any, order: Order, now: datetime) -> bool:
+    """The rules on the stored order at `now`: a child may have turned 16, a restriction may have been lifted
+    since it was submitted. Rejected (and the orderer told) when it no longer holds."""
+    raw = stored_request(order)
+    result = check_order(raw, rule_context(s, raw, now, SYSTEM, "revalidate"))
+    if result.ok:
+        audit.record(s, actor=SYSTEM, action="validated", order=order, at=now,
+                     detail={"warnings": [w.code for w in result.warnings]})
+        return True
+    transition(s, order, OrderStatus.REJECTED, actor=SYSTEM, action="validation_failed", at=now,
+               detail={"codes": sorted({e.code for e in result.errors})})
+    mail.queue_confirmations(s, order, extra={"why": "validation_failed"})
+    return False
 
 
 @dataclass(frozen=True)
@@ -141,14 +186,16 @@ def record_decision(reference: str, stage: str, run_input: dict[str, Any], chann
             return "refused"
         decision.state = "accepted"
         _apply_decision(s, order, stage, decision, now)
-        return order.status
+        status = order.status
+    if stage == "execution" and status == OrderStatus.FAILED:
+        emit_failed(reference)
+    return status
 
 
 def _apply_decision(s: Any, order: Order, stage: str, d: Decision, now: datetime) -> None:
     actor = d.decided_by
     if stage == "callback":
-        order.callback_at = now
-        deadlines.meet(s, order.reference, "callback", now)
+        deadlines.callback_made(s, order, now, actor)
         transition(s, order, _next_after(order, stage), actor=actor, action="callback_recorded", at=now)
     elif stage == "harm_assessment":
         if d.outcome == "do_not_restrict":
@@ -164,7 +211,15 @@ def _apply_decision(s: Any, order: Order, stage: str, d: Decision, now: datetime
         else:
             transition(s, order, OrderStatus.EXECUTING, actor=actor, action="approved", at=now)
     elif stage == "execution":
-        _complete(s, order, actor, str(d.detail.get("system_reference", "")), now)
+        # The account administrator did it in the 1177 tool: record what is in force now, as the simulated
+        # registry does, so later orders for the person are checked against it.
+        system_reference = str(d.detail.get("system_reference", ""))
+        try:
+            record_effects(s, order, system_reference, now, strict=False)
+        except ExecutionRefused as exc:
+            _fail(s, order, actor, exc, now)
+            return
+        _complete(s, order, actor, system_reference, now)
 
 
 def _next_after(order: Order, stage: str) -> OrderStatus:
@@ -176,13 +231,20 @@ def _next_after(order: Order, stage: str) -> OrderStatus:
 
 
 def _complete(s: Any, order: Order, actor: str, system_reference: str, now: datetime) -> None:
-    if order.initiative == "care" and order.order_type != "restore_access":
+    if order.initiative == "care" and order.order_type in REVIEWED_TYPES:
         days = order.review_after_days or load_regions()[order.region].review_interval_days
-        from datetime import timedelta
         order.review_due_on = now + timedelta(days=days)
     deadlines.meet(s, order.reference, "due", now)
     transition(s, order, OrderStatus.COMPLETED, actor=actor, action="executed", at=now,
                detail={"system_reference": system_reference})
+    mail.queue_confirmations(s, order)
+
+
+def _fail(s: Any, order: Order, actor: str, exc: ExecutionRefused, now: datetime) -> None:
+    """The registry refused: the order ends `failed`, and the orderer and the region's support queue are told
+    in the same transaction (support handles it from there)."""
+    transition(s, order, OrderStatus.FAILED, actor=actor, action="execution_refused", at=now,
+               detail={"why": str(exc)[:200]})
     mail.queue_confirmations(s, order)
 
 
@@ -199,11 +261,13 @@ def execute(reference: str) -> str:
         try:
             system_ref = gw.apply(s, order)
         except ExecutionRefused as exc:
-            transition(s, order, OrderStatus.FAILED, actor=SYSTEM, action="execution_refused",
-                       detail={"why": str(exc)[:200]})
-            return order.status
-        _complete(s, order, SYSTEM, system_ref, _now())
-        return order.status
+            _fail(s, order, SYSTEM, exc, _now())
+        else:
+            _complete(s, order, SYSTEM, system_ref, _now())
+        status = order.status
+    if status == OrderStatus.FAILED:
+        emit_failed(reference)  # after the commit: the event never tells of a failure that was rolled back
+    return status
 
 
 @task(name="fall-back-to-paper", persist_result=False, cache_policy=NO_CACHE)

@@ -57,6 +57,7 @@ def test_restore_access_end_to_end(flow_server: FlowServer, smtp: Path) -> None:
     ref = submit(body("restore_access", actions=["lock_login"]))
     _complete(ref)
     got = wait_mails(smtp, ref, 2)
+    assert sorted(m["To"] for m in got) == ["demo-kalmar-clinician@kalmar.invalid", "demo-kalmar-head@kalmar.invalid"]
     _assert_no_personal_data(got, ref)
 
 
@@ -75,7 +76,10 @@ def test_minor_access_end_to_end(flow_server: FlowServer, smtp: Path) -> None:
     ref = submit(body("minor_access", patient_personal_number=aged(14, 308), region="stockholm",
                       minor_access={"grant": True, "recipient": "minor"}), actor="DEMO-STOCKHOLM-CLINICIAN")
     _complete(ref, "stockholm")
-    _assert_no_personal_data(wait_mails(smtp, ref, 2), ref)
+    got = wait_mails(smtp, ref, 2)
+    assert sorted(m["To"] for m in got) == ["demo-stockholm-clinician@stockholm.invalid",
+                                            "demo-stockholm-head@stockholm.invalid"]
+    _assert_no_personal_data(got, ref)
 
 
 def test_patient_initiative_skips_harm_assessment_with_reason(flow_server: FlowServer, smtp: Path) -> None:
@@ -113,6 +117,21 @@ def test_cancelled_order_ends_its_run(flow_server: FlowServer, smtp: Path) -> No
     assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
     with pytest.raises(orders.Conflict):
         decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
+    assert asyncio.run(_run_state(ref)) == "CANCELLED"
+
+
+async def _run_state(reference: str, timeout: float = 30) -> str:
+    """The final state type of the order's run (waiting until it has one)."""
+    with session() as s:
+        run_id = orders.get(s, reference).flow_run_id
+    assert run_id
+    deadline = time.monotonic() + timeout
+    while True:
+        async with get_client() as c:
+            fr = await c.read_flow_run(UUID(run_id))
+        if fr.state is not None and (fr.state.is_final() or time.monotonic() > deadline):
+            return fr.state.type.value
+        await asyncio.sleep(0.25)
 
 
 def test_submitter_cannot_decide_own_order(flow_server: FlowServer) -> None:

@@ -177,7 +177,7 @@ def assert_stored_order_is_valid(c: TestClient, reference: str) -> None:
         if number is not None:  # stored normalised: 12 ASCII digits that parse to themselves
             assert re.fullmatch(r"[0-9]{12}", number), number
             assert personnummer.parse(number, day).digits == number
-    again = orders.check(as_request(o), o.created_at)
+    again = orders.check(as_request(o), o.created_at, CLINICIAN)
     assert again.ok, [p.model_dump() for p in again.errors]
     assert again.order is not None and again.order.patient_personal_number == o.patient_pnr
     # What was stored can be shown: the JSON view (masked) and the HTML order page.

@@ -14,8 +14,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from flows import commands
+from models.access import Restriction
 from tasks import orders
 from tasks.database import session
+from tasks.gateway import access_state
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, status, submit, wait_mails, wait_status
 
@@ -75,6 +77,9 @@ def test_manual_execution_waits_for_account_admin(flow_server: FlowServer, smtp:
         decide(ref, "execution", "DEMO-KALMAR-ACCOUNTADMIN", {"system_reference": "ADM-4711"})
         wait_status(ref, "completed")
         assert len(wait_mails(smtp, ref, 2)) == 2
+        with session() as s:  # recorded as in force, as the simulated registry would have
+            state = access_state(s, orders.get(s, ref).patient_pnr)
+        assert state.seal == state.lock == Restriction("care", "kalmar", ref)
     finally:
         os.environ.pop("RO_GATEWAY", None)
         manual.stop()

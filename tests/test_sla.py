@@ -136,25 +136,35 @@ def test_an_order_that_ends_after_its_breach_is_not_flagged_again() -> None:
     assert len(audit_rows(ref, "overdue")) == 1
 
 
-def test_an_urgent_order_reminds_the_support_queue_once_and_leaves_the_deviation_to_escalation() -> None:
+def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_as_usual(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import stages
     clock = FixedClock(SATURDAY)
+    monkeypatch.setattr(stages, "clock", clock)
     ref = submit_at(clock.now(), body(patient(), urgent=True))
     assert order(ref).due_at == stockholm(2021, 3, 13, 11, 30)
-    clock.advance(minutes=29)
-    assert run(clock, [ref]) == []
-    clock.advance(minutes=2)
+    assert stages.receive.fn(ref) == "awaiting_callback"
+    clock.advance(minutes=31)
     emit = Recorder()
+    # Its only missed deadline is the callback: tasks/escalation.py escalates that, the monitor stays quiet.
+    assert run(clock, [ref], emit) == []
+    assert outbox(ref, "overdue") == [] and emit.events == [] and deviations(ref) == []
+
+    clock.advance(minutes=14)  # called back late; from now on due as if submitted non-urgent on Saturday
+    assert stages.record_decision.fn(ref, "callback", {"decided_by": "DEMO-KALMAR-ONCALL"}, "app") \
+        == "awaiting_assessment"
+    assert order(ref).due_at == stockholm(2021, 3, 15, 16, 30)
+    clock.set(stockholm(2021, 3, 15, 16, 29))
+    assert run(clock, [ref], emit) == []
+    clock.advance(minutes=2)
     [flag] = run(clock, [ref], emit)
-    assert flag.urgent and flag.mails == 1
+    assert flag.urgent and flag.mails == 1 and flag.minutes_late == 1
     [m] = outbox(ref, "overdue")
     assert (m.recipient, m.event) == ("supportcenter@kalmar.invalid", "overdue-1")
     assert "brådskande" in m.subject
     assert emit.events[0][1]["order.urgent"] == "true"
     row = audit_rows(ref, "overdue")[0]
-    assert row.detail["responsible"] == "support"
-    # The breached due time is the callback deadline: its deviation is the escalation dispatcher's
-    # (`callback_missed`, tasks/escalation.py), not counted a second time here.
-    assert row.detail["deviation"] is False and deviations(ref) == []
+    assert row.detail["responsible"] == "support" and row.detail["deviation"] is True
+    assert [d.kind for d in deviations(ref)] == ["overdue"]
 
 
 def test_the_breach_is_flagged_once_when_two_monitors_race() -> None:
