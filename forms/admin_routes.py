@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +54,7 @@ from forms.auth import (
     session_data,
     set_session,
 )
+from forms.now import now
 from models import personnummer, sla
 from models.calendar import local
 from models.regions import load_regions
@@ -107,11 +108,6 @@ def head_user(request: Request) -> User:
     if not user.has("head_of_department"):
         raise Refused("Omprövning registreras av verksamhetschefen (kräver roll: verksamhetschef).")
     return user
-
-
-def now() -> datetime:
-    """The time the routes use; tests override this dependency with a fixed clock."""
-    return datetime.now(UTC)
 
 
 def _check_json_post(request: Request, user: User) -> None:

@@ -7,7 +7,7 @@ import json
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from flows import commands, urgent
 from forms import paper
 from forms.auth import NotAllowed, User, check_api_csrf, may_read, require_roles, require_user
+from forms.now import now
 from models import personnummer
 from models.authority import STAGE_ROLES
 from models.calendar import local
@@ -182,14 +183,15 @@ def read_order_view(user: User, reference: str, via: str) -> OrderView:
                         422: {"model": ErrorResponse, "description": "Alla fel på en gång"}})
 async def submit_order(request: Request, user: User = Depends(require_user),
                        key: str | None = Header(None, alias="Idempotency-Key", description=IDEMPOTENCY_HELP,
-                                                examples=["3f6c2a9e-form-1"])) -> Any:
+                                                examples=["3f6c2a9e-form-1"]),
+                       at: datetime = Depends(now)) -> Any:
     check_api_csrf(request, user)
     require_roles(user, "clinician")
     raw = await _json_body(request)
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(422, "invalid_value", "Idempotency-Key ska vara 1–120 synliga ASCII-tecken.",
                        field="Idempotency-Key")
-    result = await submit_raw(raw, user, key)
+    result = await submit_raw(raw, user, key, at)
     return JSONResponse(result.body, status_code=result.status)
 
 
@@ -201,16 +203,16 @@ class Submitted:
     warnings: list[Problem]
 
 
-async def submit_raw(raw: Any, user: User, key: str | None) -> Submitted:
+async def submit_raw(raw: Any, user: User, key: str | None, at: datetime | None = None) -> Submitted:
     """Shared by the API and the HTML form. Keys are scoped per person, so one person's key can never
     replay another person's order."""
     scoped = f"{user.hsa_id}:{key}" if key else None
     with prefect_fails_fast():
         try:
-            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped, wait_for_run=False)
+            out = await commands.submit(raw, user.hsa_id, now=at, idempotency_key=scoped, wait_for_run=False)
         except IntegrityError:
             # Two identical requests raced (a double click): the other one stored the order; replay it.
-            out = await commands.submit(raw, user.hsa_id, idempotency_key=scoped, wait_for_run=False)
+            out = await commands.submit(raw, user.hsa_id, now=at, idempotency_key=scoped, wait_for_run=False)
     if out.kind == "invalid":
         return Submitted(422, {"errors": _problems(out.check.errors)}, out.check.errors, out.check.warnings)
     assert out.order is not None
@@ -228,11 +230,11 @@ async def submit_raw(raw: Any, user: User, key: str | None) -> Submitted:
              summary="Kontrollera en beställning utan att skicka den",
              responses={422: {"model": ValidationResponse}, 413: {"model": ErrorResponse},
                         415: {"model": ErrorResponse}})
-async def validate_order(request: Request, user: User = Depends(require_user)) -> Any:
+async def validate_order(request: Request, user: User = Depends(require_user), at: datetime = Depends(now)) -> Any:
     check_api_csrf(request, user)
     require_roles(user, "clinician")
     raw = await _json_body(request)
-    result = await run_in_threadpool(orders.check, raw, datetime.now(UTC), user.hsa_id)
+    result = await run_in_threadpool(orders.check, raw, at, user.hsa_id)
     body = {"errors": _problems(result.errors), "warnings": _problems(result.warnings)}
     return JSONResponse(body, status_code=200 if result.ok else 422)
 
@@ -247,7 +249,8 @@ def read_order(reference: str, user: User = Depends(require_user)) -> OrderView:
 
 # --- human steps --------------------------------------------------------------------------------------
 
-async def decide(reference: str, url_stage: str, body: dict[str, Any], user: User) -> DecisionResponse:
+async def decide(reference: str, url_stage: str, body: dict[str, Any], user: User,
+                 at: datetime | None = None) -> DecisionResponse:
     stage = STAGES[url_stage]
     roles = STAGE_ROLES[stage]
     # The role check comes first, so a person who may never decide this stage learns nothing about the order.
@@ -258,11 +261,11 @@ async def decide(reference: str, url_stage: str, body: dict[str, Any], user: Use
             if stage == "callback":
                 # The callback clock can run on an order outside its callback stage (made urgent later, or
                 # not yet received by its run): flows.urgent knows every case.
-                done = await urgent.record_callback(ref, user.hsa_id, str(body.get("note", "")))
+                done = await urgent.record_callback(ref, user.hsa_id, str(body.get("note", "")), now=at)
                 proposed = done.via == "run" or done.status == OrderStatus.SUBMITTED
                 return DecisionResponse(reference=done.reference, stage=stage, status=done.status,
                                         decision="proposed" if proposed else "accepted")
-            order = await commands.decide(ref, stage, user.hsa_id, body)
+            order = await commands.decide(ref, stage, user.hsa_id, body, now=at)
     except orders.NotFound:
         raise ApiError(404, "not_found", "Beställningen finns inte.") from None
     except orders.Conflict:
@@ -280,33 +283,33 @@ STEP_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}
 @router.post("/orders/{reference}/assessment", status_code=202, response_model=DecisionResponse,
              responses=STEP_RESPONSES, summary="Menprövning (assessor)")
 async def assessment(reference: str, body: AssessmentDecision, request: Request,
-                     user: User = Depends(require_user)) -> DecisionResponse:
+                     user: User = Depends(require_user), at: datetime = Depends(now)) -> DecisionResponse:
     check_api_csrf(request, user)
-    return await decide(reference, "assessment", body.model_dump(), user)
+    return await decide(reference, "assessment", body.model_dump(), user, at)
 
 
 @router.post("/orders/{reference}/approval", status_code=202, response_model=DecisionResponse,
              responses=STEP_RESPONSES, summary="Godkännande (verksamhetschef eller bakjour)")
 async def approval(reference: str, body: ApprovalDecision, request: Request,
-                   user: User = Depends(require_user)) -> DecisionResponse:
+                   user: User = Depends(require_user), at: datetime = Depends(now)) -> DecisionResponse:
     check_api_csrf(request, user)
-    return await decide(reference, "approval", body.model_dump(), user)
+    return await decide(reference, "approval", body.model_dump(), user, at)
 
 
 @router.post("/orders/{reference}/callback", status_code=202, response_model=DecisionResponse,
              responses=STEP_RESPONSES, summary="Återuppringning (beredskap eller support)")
 async def callback(reference: str, body: CallbackRecord, request: Request,
-                   user: User = Depends(require_user)) -> DecisionResponse:
+                   user: User = Depends(require_user), at: datetime = Depends(now)) -> DecisionResponse:
     check_api_csrf(request, user)
-    return await decide(reference, "callback", body.model_dump(), user)
+    return await decide(reference, "callback", body.model_dump(), user, at)
 
 
 @router.post("/orders/{reference}/execution", status_code=202, response_model=DecisionResponse,
              responses=STEP_RESPONSES, summary="Manuellt verkställande (kontoadministratör)")
 async def execution(reference: str, body: ExecutionRecord, request: Request,
-                    user: User = Depends(require_user)) -> DecisionResponse:
+                    user: User = Depends(require_user), at: datetime = Depends(now)) -> DecisionResponse:
     check_api_csrf(request, user)
-    return await decide(reference, "execution", body.model_dump(), user)
+    return await decide(reference, "execution", body.model_dump(), user, at)
 
 
 async def cancel_order(reference: str, reason: str, user: User) -> CancelResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -41,6 +41,7 @@ from forms.auth import (
     session_data,
     set_session,
 )
+from forms.now import now as current_time
 from models import personnummer, sla
 from models.authority import refusal
 from models.calendar import local
@@ -426,7 +427,7 @@ def receipt(request: Request, reference: str, varningar: str = "") -> Response:
 @router.get("/bestallningar", response_class=HTMLResponse)
 def my_orders(request: Request) -> Response:
     user = require_user(request)
-    now = datetime.now(UTC)
+    now = current_time()
     with session() as s:
         rows = list(s.scalars(select(Order).where(Order.submitted_by == user.hsa_id)
                               .order_by(Order.created_at.desc()).limit(200)))
@@ -456,7 +457,7 @@ def order_page(request: Request, reference: str) -> Response:
     timeline = [{"at": h.at, "actor": "Systemet" if h.actor == "system" else names.get(h.actor, h.actor),
                  "text": ACTION_TEXT.get(h.note or "", LABELS_SV.get(OrderStatus(h.to), h.to)), "to": h.to}
                 for h in view.history]
-    now = datetime.now(UTC)
+    now = current_time()
     can_cancel = OrderStatus(order.status) in CANCELLABLE and (user.hsa_id == order.submitted_by or user.has("admin"))
     clock = urgent.callback_clock(order.reference, now) if order.callback_due_at else None
     # On-call support acts on the order from here: on the phone they have only the reference.
@@ -490,7 +491,7 @@ async def _posted_form(request: Request) -> tuple[User, FormData]:
 @router.post("/bestallningar/{reference}/bradskande")
 async def make_urgent_form(request: Request, reference: str) -> Response:
     user, form = await _posted_form(request)
-    out = await urgent_routes.start_urgent_for(user, reference, datetime.now(UTC))
+    out = await urgent_routes.start_urgent_for(user, reference, current_time())
     return RedirectResponse(f"/bestallningar/{out.reference}?bradskande=1", status_code=303)
 
 
@@ -560,7 +561,7 @@ def _queue_query(stage: str, user: User) -> Select[tuple[Order]]:
 
 
 def queue_items(user: User, q: Queue) -> list[QueueItem]:
-    now = datetime.now(UTC)
+    now = current_time()
     regions = load_regions()
     with session() as s:
         rows = list(s.scalars(_queue_query(q.stage, user).limit(QUEUE_LIMIT)))

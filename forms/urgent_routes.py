@@ -14,7 +14,7 @@ form behind the SSO proxy could make an order urgent (forms.auth.csrf_guard). No
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -34,6 +34,7 @@ from forms.auth import (
     may_read,
     trusted_peer,
 )
+from forms.now import now as clock
 from models.calendar import local
 from models.tables import Staff
 from tasks import audit, directory, orders
@@ -59,11 +60,6 @@ def current_staff(request: Request) -> User:
     if user is None:
         raise NotAuthenticated()
     return user
-
-
-def clock() -> datetime:
-    """Now; a dependency so tests can pin it."""
-    return datetime.now(UTC)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
