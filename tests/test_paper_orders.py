@@ -22,6 +22,7 @@ from models.clock import STOCKHOLM
 from models.tables import AuditEvent, Order
 from tasks import orders
 from tasks.database import session
+from tasks.settings import settings
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, submit, wait_mails, wait_status
 
@@ -156,12 +157,15 @@ def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, fl
     assert order_count() == count
     order = row(ref)
     assert order.paper_registered_by == SUPPORT and order.paper_received_on is not None
-    assert order.channel == "digital"  # it was ordered digitally; the paper fields record the signed copy
+    assert order.channel == "paper"  # the signed paper form is now the order's record
     assert order.flow_run_id and order.flow_run_id != old_run
     # The run that waited at the assessment was cancelled, so only the new one continues.
     assert asyncio.run(_run_of(old_run)).state.is_cancelled()
     back = [e for e in audit_actions(ref) if e.action == "paper_registered"]
     assert [(e.from_status, e.to_status, e.actor) for e in back] == [("paper_fallback", "awaiting_assessment", SUPPORT)]
+    assert back[0].channel == "app" and back[0].detail == {
+        "received_on": today(), "signature_checked": True, "continued": True, "previous_channel": "digital"}
+    assert "channel:paper" in asyncio.run(_run_of(str(order.flow_run_id))).tags
 
     again = call(app, "POST", "/api/paper-orders", SUPPORT, paper({}, reference=ref))
     assert again.status_code == 409 and codes(again) == {"": "wrong_status"}
@@ -196,3 +200,110 @@ def test_identity_and_roles(app: FastAPI) -> None:
     assert call(app, "POST", "/api/orders/RO-2020-999999/resume-digital", SUPPORT).status_code == 404
     assert call(app, "POST", "/api/orders/not-a-ref/resume-digital", SUPPORT).status_code == 404
     assert order_count() == before
+
+
+# --- the gateway's probe and the sweep that resumes orders on paper ------------------------------------
+
+def test_gateway_probe_and_the_down_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.gateway import GatewayUnavailable, UnavailableGateway, gateway
+    assert gateway("simulated").available() and gateway("manual").available()
+    assert not gateway("down").available()
+    flag = tmp_path / "gateway-down"
+    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
+    settings.cache_clear()
+    try:
+        assert gateway().available()  # no file: the configured gateway
+        flag.touch()
+        down = gateway()
+        assert isinstance(down, UnavailableGateway) and not down.available()
+        with pytest.raises(GatewayUnavailable), session() as s:
+            down.apply(s, Order())
+        flag.unlink()
+        assert gateway().available()
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+
+
+def _on_paper(at: datetime, at_stage: str = "executing", **paper_fields: Any) -> str:
+    """An order stored without a run whose execution (or another stage) fell back to paper at `at`."""
+    out = orders.submit(body("seal_or_lock", patient_personal_number=aged(50, 571)), CLINICIAN, at)
+    assert out.order is not None
+    with session() as s:
+        order = orders.get(s, out.order.reference)
+        order.stage_plan = {st: {"required": False} for st in ("callback", "harm_assessment", "approval")}
+        for name, value in paper_fields.items():
+            setattr(order, name, value)
+        for stage in ("awaiting_approval", "executing")[:2 if at_stage == "executing" else 1]:
+            orders.transition(s, order, stage, actor="system", action="test", at=at)
+        orders.transition(s, order, "paper_fallback", actor="system", action="gateway_unavailable", at=at)
+        return order.reference
+
+
+def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_while_it_does_not(
+        db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run is started when Prefect answers; the reconciler starts it otherwise.
+    from forms.api import prefect_fails_fast
+    from tasks import paper_orders
+    flag = tmp_path / "gateway-down"
+    flag.touch()
+    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
+    monkeypatch.setenv("RO_PAPER_RESUME_SECONDS", "30")
+    settings.cache_clear()
+    paper_orders._probe = paper_orders._Probe()
+    t = datetime.now(STOCKHOLM)
+    ref = _on_paper(t)
+    signed = _on_paper(t, channel="paper", paper_received_on=t)  # its signed form is here: never resumed
+    earlier = _on_paper(t, at_stage="awaiting_approval")  # not at execution: the probe cannot vouch for it
+
+    def sweep(after_s: float) -> list[str]:
+        with prefect_fails_fast():
+            return [r for r in asyncio.run(paper_orders.resume_when_back(t + timedelta(seconds=after_s)))
+                    if r in (ref, signed, earlier)]
+    try:
+        assert sweep(10) == []                       # too soon after the fallback: nothing is probed
+        assert paper_orders._probe.after is None
+        delays = []
+        for at in (31, 61, 121, 241, 481, 781, 1081):  # down: each probe fails and the next waits longer
+            assert sweep(at) == []
+            delays.append(paper_orders._probe.delay)
+        assert delays == [30, 60, 120, 240, 300, 300, 300]  # doubling, at most ten times the first wait
+        flag.unlink()
+        assert sweep(1100) == []                     # back, but the next probe is not due yet
+        assert row(ref).status == "paper_fallback"
+        assert sweep(1381) == [ref]
+        assert row(ref).status == "executing"
+        assert row(signed).status == row(earlier).status == "paper_fallback"
+        back = [e for e in audit_actions(ref) if e.action == "resumed_digital"]
+        assert [(e.actor, e.from_status, e.to_status, e.detail) for e in back] == [
+            ("system", "paper_fallback", "executing", {"occasion": 1, "why": "gateway_available"})]
+        assert paper_orders._probe.after is None and sweep(1382) == []
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+        paper_orders._probe = paper_orders._Probe()
+        with session() as s:  # left on paper by the test: out of the way of the served flows' own sweep
+            for r in (ref, signed, earlier):
+                if (o := orders.get(s, r)).status == "paper_fallback":
+                    orders.transition(s, o, "cancelled", actor="system", action="cancelled")
+
+
+def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, smtp: Path) -> None:
+    from flows.fallback import REPAIR_AFTER_S, _tell_untold
+    now = datetime.now(STOCKHOLM)
+    old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5))
+    fresh = _on_paper(now)  # its own run is about to tell the orderer: left to it
+    try:
+        told = _tell_untold(now)
+        assert old in told and fresh not in told
+        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_fallback_notified"] == [1]
+        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_form_checked"] == [1]
+        assert old not in _tell_untold(now) and old not in _tell_untold(now + timedelta(minutes=5))
+        got = wait_mails(smtp, old, 1)
+        assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
+    finally:
+        with session() as s:
+            for r in (old, fresh):
+                orders.transition(s, orders.get(s, r), "cancelled", actor="system", action="cancelled")
+
+
