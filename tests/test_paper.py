@@ -134,7 +134,7 @@ def structure_tags(node: Any) -> list[str]:
         out.append(str(node["/S"]))
     kids = node.get("/K")
     for kid in kids if isinstance(kids, list) else [kids]:
-        if isinstance(kid, pypdf.generic.IndirectObject) or isinstance(kid, pypdf.generic.DictionaryObject):
+        if isinstance(kid, pypdf.generic.IndirectObject | pypdf.generic.DictionaryObject):
             out += structure_tags(kid)
     return out
 

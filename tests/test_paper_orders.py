@@ -6,25 +6,32 @@ included as the lead will include it), the orders database and, where a run must
 from __future__ import annotations
 
 import asyncio
+import io
+import re
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
+import pypdf
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 from sqlalchemy import func, select
 
 from models.clock import STOCKHOLM
-from models.tables import AuditEvent, Order
+from models.tables import AuditEvent, Order, RegistryPerson
 from tasks import orders
 from tasks.database import session
 from tasks.settings import settings
 from tests.conftest import FlowServer
-from tests.e2e import aged, body, decide, submit, wait_mails, wait_status
+from tests.e2e import PATIENT, aged, body, decide, submit, wait_mails, wait_status
 
 CLINICIAN, SUPPORT, HEAD = "DEMO-KALMAR-CLINICIAN", "DEMO-KALMAR-SUPPORT", "DEMO-KALMAR-HEAD"
 OTHER_SUPPORT = "DEMO-OSTERGOTLAND-SUPPORT"
@@ -202,6 +209,177 @@ def test_identity_and_roles(app: FastAPI) -> None:
     assert order_count() == before
 
 
+# --- "fill in digitally, print, sign": POST /api/paper-forms/{order_type}.pdf ------------------------
+
+def pdf_text(data: bytes) -> str:
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return re.sub(r"[ \t]+", " ", out.decode())
+
+
+def pdf_words(data: bytes) -> str:
+    """Reading order without whitespace or hyphens: a value that wraps inside its box reads as one word
+    (pdftotext drops the hyphen it wrapped at)."""
+    out = subprocess.run(["pdftotext", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return re.sub(r"[\s-]+", "", out.decode())
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+def login(web: TestClient, hsa_id: str) -> None:
+    """The embedded login page, as a person uses it: the session cookie stays in the client."""
+    token = _csrf(web.get("/login").text)
+    r = web.post("/login", data={"hsa_id": hsa_id, "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+@pytest.fixture()
+def web(db: None) -> Iterator[TestClient]:
+    from forms.app import create_app
+    with TestClient(create_app(), client=("127.0.0.1", 40001), raise_server_exceptions=False) as c:
+        yield c
+
+
+@contextmanager
+def orders_database_unreachable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As tests/test_faults.py: nothing listens on port 9, so every connection is refused at once."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    settings.cache_clear()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+
+
+def printed_audits() -> int:
+    with session() as s:
+        return int(s.scalar(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.action == "paper_form_printed")) or 0)
+
+
+def test_a_filled_paper_form_prints_the_posted_values_and_stores_nothing(web: TestClient) -> None:
+    patient, guardian = aged(9, 552), aged(41, 553)
+    b = body("block_guardian", patient_personal_number=patient.replace("-", ""), guardian_personal_number=guardian,
+             urgent=True, reason="Orosanmälan <b>inlämnad</b>")
+    before, audits = order_count(), printed_audits()
+    r = web.post("/api/paper-forms/block_guardian.pdf", json=b, headers={"X-Remote-User": CLINICIAN})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/pdf" and r.headers["X-Blank-Fields"] == ""
+    text = pdf_text(r.content)
+    for value in (patient, guardian, "Orosanmälan <b>inlämnad</b>", "DEMO-KALMAR-UNIT", "Demoenheten Region Kalmar",
+                  "Referens: fylls i av supporten", "Regionstab Kansli", "under beredskapstid 17:00–07:00"):
+        assert value in text, value
+    assert "DEMOKALMARCLINICIAN" in pdf_words(r.content)  # the orderer's HSA-id wraps in its narrow box
+    assert "RO-20" not in text  # no reference: nothing was stored
+    title = pypdf.PdfReader(io.BytesIO(r.content)).metadata.title  # type: ignore[union-attr]
+    assert title == "Borttagande av direktåtkomst för vårdnadshavare – ifylld reservblankett, Region Kalmar län"
+    assert order_count() == before
+    assert printed_audits() == audits + 1  # the database answered: the print is in the audit log
+    with session() as s:
+        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "paper_form_printed")
+                       .order_by(AuditEvent.id.desc())).first()
+        assert ev is not None and ev.actor == CLINICIAN and ev.patient_pnr == patient.replace("-", "")
+        assert ev.order_reference is None and patient.replace("-", "") not in str(ev.detail)
+
+
+def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web: TestClient) -> None:
+    clinician = {"X-Remote-User": CLINICIAN}
+    r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", json={"reason": "Hot"}, headers=clinician)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Blank-Fields"] == "actions,care_unit_hsa_id,initiative,patient_personal_number"
+    printed = pdf_text(r.content)
+    assert printed.count("☒") == 1 and "☐ Ja ☒ Nej" in printed  # only "urgent": false is the API's default
+    restore = body("restore_access", initiative="patient", actions=["seal_journal"],
+                   patient_personal_number=aged(33, 564))
+    r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
+    assert r.status_code == 422 and codes(r) == {"actions": "nothing_to_restore"}  # the registry says so
+    with session() as s:
+        s.merge(RegistryPerson(pnr=aged(33, 564).replace("-", ""), sealed_by_initiative="patient",
+                               sealed_by_region="kalmar", sealed_by_order="RO-2026-000000",
+                               blocked_guardians=[], minor_access=[]))
+    r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Blank-Fields"] == "identity_checked_in_person"  # a box the signer ticks by hand
+    before, audits = order_count(), printed_audits()
+    wrong = web.post("/api/paper-forms/minor_access.pdf", headers=clinician, json=body(
+        "minor_access", patient_personal_number="19121212-1213", care_unit_hsa_id="DEMO-NOWHERE",
+        reason="x" * 2001, initiative="patient", minor_access={"grant": True, "recipient": "guardian"}))
+    assert wrong.status_code == 422, wrong.text
+    assert codes(wrong) == {"patient_personal_number": "invalid_personal_number", "reason": "reason_too_long",
+                            "care_unit_hsa_id": "unknown_care_unit", "initiative": "care_only"}
+    assert wrong.json()["blank_fields"] == ["guardian_personal_number", "minor_access.child_consent"]
+    for garbage in ([1, 2], "text", {"order_type": "seal_or_lock", "urgent": "ja", "region": "kalmar"},
+                    {"order_type": "restore_access", "region": "kalmar"}, {"initiative": "care"}):
+        r = web.post("/api/paper-forms/seal_or_lock.pdf", json=garbage, headers=clinician)
+        assert r.status_code == 422, (garbage, r.text)
+    assert codes(web.post("/api/paper-forms/seal_or_lock.pdf", json={}, headers=clinician)) == {"region": "required"}
+    assert web.post("/api/paper-forms/seal.pdf", json={}, headers=clinician).status_code == 404
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", content="x", headers=clinician).status_code == 415
+    assert (order_count(), printed_audits()) == (before, audits)
+
+
+def test_printing_needs_an_identity_a_clinician_and_the_csrf_token(web: TestClient) -> None:
+    b = body("seal_or_lock")
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b).status_code == 401
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-Remote-User": "DEMO-NOBODY"}).status_code == 401
+    r = web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-Remote-User": SUPPORT})
+    assert r.status_code == 403 and codes(r) == {"": "wrong_role"}
+    login(web, CLINICIAN)
+    r = web.post("/api/paper-forms/seal_or_lock.pdf", json=b)  # the cookie alone: a cross-site post could do that
+    assert r.status_code == 403 and codes(r) == {"": "csrf_failed"}
+    token = _csrf(web.get("/").text)
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-CSRF-Token": token}).status_code == 200
+    form = {"patient_personal_number": PATIENT, "csrf_token": "forged"}
+    assert web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data=form).status_code == 403
+
+
+def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestClient,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Logged in (embedded login) and the order form loaded while the database still answered.
+    login(web, CLINICIAN)
+    page = web.get("/bestall/seal_or_lock")
+    assert 'formaction="/api/paper-forms/seal_or_lock.pdf?region=kalmar"' in page.text
+    assert "Skriv ut ifylld pappersblankett" in page.text
+    token = _csrf(page.text)
+    patient = aged(36, 561)
+    audits = printed_audits()
+    with orders_database_unreachable(monkeypatch):
+        assert web.post("/api/orders", json=body(), headers={"X-Remote-User": CLINICIAN}).status_code == 503
+        # The order form's own fields, as the button posts them.
+        r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data={
+            "csrf_token": token, "idempotency_key": "abc", "patient_personal_number": patient,
+            "initiative": "care", "actions": ["seal_journal", "lock_login"], "urgent": "1",
+            "reason": "Hot mot patienten", "care_unit_hsa_id": "DEMO-KALMAR-UNIT"})
+        assert r.status_code == 200, r.text
+        text = pdf_text(r.content)
+        for value in (patient, "Hot mot patienten", "DEMO-KALMAR-UNIT", "Referens: fylls i av supporten",
+                      "Regionstab Kansli", "☒ Försegla 1177 journal", "☒ Låsa inloggning till 1177 e-tjänster",
+                      "☒ På begäran av hälso- och sjukvårdspersonal"):
+            assert value in text, value
+        assert "DEMOKALMARCLINICIAN" in pdf_words(r.content) and "Demoenheten" not in text  # no directory: no names
+        # And as JSON by the trusted header (no directory to look the person up in: the proxy vouches).
+        r = web.post("/api/paper-forms/restore_access.pdf", headers={"X-Remote-User": CLINICIAN},
+                     json=body("restore_access", care_unit_hsa_id="ANY-UNIT-AT-ALL"))
+        assert r.status_code == 200, r.text
+        assert "ANY-UNIT-AT-ALL" in pdf_text(r.content)  # the directory check waits for the registration
+        # A wrong answer is still refused, on a page of its own (the order form needs the database).
+        r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar",
+                     data={"csrf_token": token, "patient_personal_number": "19121212-1213"})
+        assert r.status_code == 422 and "Blanketten kan inte skrivas ut" in r.text
+        assert "Ogiltigt personnummer" in r.text and "/api/paper-forms/seal_or_lock.pdf?region=kalmar" in r.text
+        assert web.post("/api/paper-forms/seal_or_lock.pdf", json=body()).status_code == 403  # CSRF as ever
+    assert printed_audits() == audits  # nothing could be audited, and nothing was kept anywhere else
+    # With the database back, a wrong answer shows the order form again with the error and the values kept.
+    r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar",
+                 data={"csrf_token": token, "patient_personal_number": "19121212-1213", "reason": "Behåll mig"})
+    assert r.status_code == 422 and "error-summary" in r.text and "Behåll mig" in r.text
+    assert 'id="order-form"' in r.text
+
+
 # --- the gateway's probe and the sweep that resumes orders on paper ------------------------------------
 
 def test_gateway_probe_and_the_down_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,5 +483,3 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
         with session() as s:
             for r in (old, fresh):
                 orders.transition(s, orders.get(s, r), "cancelled", actor="system", action="cancelled")
-
-
