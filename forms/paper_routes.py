@@ -26,12 +26,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from flows.fallback import resume_digital
+from flows.fallback import event_name, resume_digital
 from forms import pages, paper
 from forms.api import ApiError, _json_body, paper_region
 from forms.auth import (
@@ -44,6 +44,7 @@ from forms.auth import (
     check_api_csrf,
     check_form_csrf,
     csrf_ok,
+    require_roles,
     session_data,
     trusted_peer,
 )
@@ -52,12 +53,17 @@ from models import personnummer
 from models.calendar import local
 from models.regions import load_regions
 from models.rules import RuleContext, check_order
-from models.schemas import ORDER_TYPES, ErrorResponse, Problem
-from models.tables import CareUnit
+from models.schemas import ORDER_TYPE_LABELS_SV, ORDER_TYPES, ErrorResponse, Problem
+from models.status import LABELS_SV, OrderStatus
+from models.tables import AuditEvent, CareUnit, Order, OutboxMessage, Staff
 from tasks import audit, directory, orders
 from tasks.database import session
 from tasks.paper_orders import (
+    REGISTER_ROLES,
+    RESUME_ROLES,
     PaperInvalid,
+    fallback_occasions,
+    paper_field_errors,
     register_paper_order,
 )
 from tasks.settings import settings
@@ -372,3 +378,193 @@ def _print_refused_page(request: Request, who: Printer, order_type: str, values:
 
 
 __all__ = ["router", "caller", "print_filled"]
+
+
+# --- the support centre's page: /pappersbestallningar ---------------------------------------------------
+
+pages_router = APIRouter(include_in_schema=False)
+PAGE = "/pappersbestallningar"
+VIEW_ROLES = ("support", "on_call", "admin")
+# Rule-engine and registration field names -> the page's form group; and the element a summary link focuses.
+GROUP_OF = {"minor_access": "minor_grant", "minor_access.grant": "minor_grant",
+            "minor_access.recipient": "minor_recipient", "minor_access.child_consent": "child_consent",
+            "region": "care_unit_hsa_id"}
+ANCHOR_OF = {"order_type": "order_type-seal_or_lock", "initiative": "initiative-patient",
+             "actions": "actions-seal_journal", "minor_grant": "minor_grant-grant",
+             "minor_recipient": "minor_recipient-minor"}
+LABELS = {"reference": "Referens", "received_on": "Mottagen, datum", "signature_checked": "Underskrifter",
+          "orderer_hsa_id": "Beställarens HSA-id", "order_type": "Beställningstyp",
+          "patient_personal_number": "Patientens personnummer", "patient_protected_identity": "Skyddade personuppgifter",
+          "initiative": "Initiativ", "actions": "Åtgärd", "identity_checked_in_person": "Identitetskontroll",
+          "guardian_personal_number": "Vårdnadshavarens personnummer", "minor_grant": "Ge eller ta bort tillgång",
+          "minor_recipient": "Tillgång för", "child_consent": "Barnets samtycke", "urgent": "Brådskande",
+          "reason": "Skäl", "care_unit_hsa_id": "Beställande vårdenhet"}
+FORM_ORDER = tuple(LABELS)
+NOTICES = {"registrerad": "Pappersbeställningen {ref} är registrerad ({status}).",
+           "aterupptagen": "Beställningen {ref} är återupptagen digitalt ({status})."}
+NUMBER_NEEDED = "Fyll i patientens personnummer från blanketten; det kontrolleras mot beställningen."
+
+
+@dataclass
+class WaitingItem:
+    order: Any
+    unit_name: str
+    fell_back_at: datetime | None
+    told: bool
+
+
+def _waiting(user: User) -> list[WaitingItem]:
+    with session() as s:
+        q = select(Order).where(Order.status == OrderStatus.PAPER_FALLBACK.value).order_by(Order.id).limit(200)
+        if user.region:
+            q = q.where(Order.region == user.region)
+        items = []
+        for o in s.scalars(q):
+            at = s.scalar(select(AuditEvent.at).where(AuditEvent.order_reference == o.reference,
+                                                      AuditEvent.to_status == "paper_fallback")
+                          .order_by(AuditEvent.id.desc()).limit(1))
+            prefix = f"<{o.reference}.{event_name(fallback_occasions(s, o.reference))}."
+            told = s.scalar(select(OutboxMessage.id).where(OutboxMessage.message_id.startswith(prefix))) is not None
+            unit = directory.unit(s, o.care_unit_hsa_id)
+            s.expunge(o)
+            items.append(WaitingItem(o, unit.name if unit else o.care_unit_hsa_id, at, told))
+        return items
+
+
+def _recent(user: User) -> list[dict[str, Any]]:
+    """The latest registrations, with what support recorded (signature checked) from their audit rows."""
+    with session() as s:
+        q = (select(AuditEvent).join(Order, Order.reference == AuditEvent.order_reference)
+             .where(AuditEvent.action == "paper_registered").order_by(AuditEvent.id.desc()).limit(20))
+        if user.region:
+            q = q.where(Order.region == user.region)
+        names = {p.hsa_id: p.name for p in s.scalars(select(Staff))}
+        return [{"reference": e.order_reference, "received_on": (e.detail or {}).get("received_on", "–"),
+                 "signature_checked": bool((e.detail or {}).get("signature_checked")),
+                 "registered_by": names.get(e.actor, e.actor), "continued": bool((e.detail or {}).get("continued"))}
+                for e in s.scalars(q)]
+
+
+def _blank_values(reference: str = "") -> dict[str, Any]:
+    return {"reference": reference, "received_on": local(datetime.now(UTC)).date().isoformat(),
+            "signature_checked": False, "orderer_hsa_id": "", "order_type": "", "patient_personal_number": "",
+            "patient_protected_identity": False, "initiative": "", "actions": [], "identity_checked_in_person": False,
+            "guardian_personal_number": "", "minor_grant": "", "minor_recipient": "", "child_consent": False,
+            "urgent": False, "reason": "", "care_unit_hsa_id": ""}
+
+
+def _page(request: Request, user: User, values: dict[str, Any] | None = None, problems: list[Problem] | None = None,
+          status: int = 200, notice: str | None = None) -> Response:
+    errors: dict[str, list[str]] = {}
+    for p in problems or []:
+        group = GROUP_OF.get(p.field, p.field)
+        errors.setdefault(group if group in LABELS else "", []).append(p.message)
+    listed = sorted(errors.items(), key=lambda kv: FORM_ORDER.index(kv[0]) if kv[0] in FORM_ORDER else -1)
+    summary = [{"href": f"#{ANCHOR_OF.get(g, g)}" if g else "#paper-form",
+                "text": f"{LABELS[g]}: {msg}" if g else msg} for g, msgs in listed for msg in msgs]
+    with session() as s:
+        units = list(s.scalars(select(CareUnit).where(*([CareUnit.region == user.region] if user.region else []))
+                               .order_by(CareUnit.name)))
+    return pages.render(request, "paper_orders.html.j2", {
+        "user": user, "title": ("Fel: " if summary else "") + "Pappersbeställningar (reservrutin)",
+        "items": _waiting(user), "recent": _recent(user), "v": values or _blank_values(), "errors": errors,
+        "summary": summary, "notice": notice, "units": units, "today": local(datetime.now(UTC)).date().isoformat(),
+        "types": [(t, ORDER_TYPE_LABELS_SV[t]) for t in ORDER_TYPES],
+        "may_register": user.has(*REGISTER_ROLES), "may_resume": user.has(*RESUME_ROLES),
+    }, status)
+
+
+def _page_user(request: Request) -> User:
+    user = current_staff(request)
+    require_roles(user, *VIEW_ROLES)
+    return user
+
+
+@pages_router.get(PAGE, response_class=HTMLResponse)
+def paper_orders_page(request: Request, referens: str = "", registrerad: str = "", aterupptagen: str = "") -> Response:
+    user = _page_user(request)
+    notice = None
+    for key, ref in (("registrerad", registrerad), ("aterupptagen", aterupptagen)):
+        if REFERENCE.fullmatch(ref):  # never echo anything else from the address
+            with session() as s:
+                st = orders.get(s, ref.upper()).status
+            notice = NOTICES[key].format(ref=ref.upper(), status=LABELS_SV[OrderStatus(st)].lower())
+    prefill = referens.strip().upper() if REFERENCE.fullmatch(referens.strip()) else ""
+    return _page(request, user, _blank_values(prefill), notice=notice)
+
+
+def _posted(form: Any, user: User, units: list[CareUnit]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the page shows again, the registration body of POST /api/paper-orders)."""
+    v = _blank_values()
+    for name in ("reference", "received_on", "orderer_hsa_id", "order_type", "patient_personal_number", "initiative",
+                 "guardian_personal_number", "minor_grant", "minor_recipient", "reason", "care_unit_hsa_id"):
+        v[name] = _str(form, name)
+    for name in ("signature_checked", "patient_protected_identity", "identity_checked_in_person", "child_consent",
+                 "urgent"):
+        v[name] = name in form
+    v["actions"] = [a for a in form.getlist("actions") if isinstance(a, str)]
+    raw: dict[str, Any] = {"received_on": v["received_on"], "signature_checked": v["signature_checked"],
+                           "orderer_hsa_id": v["orderer_hsa_id"] or None}
+    if v["reference"]:
+        # A printed form: the fields given must agree with the order the reference points at.
+        raw["reference"] = v["reference"]
+        raw |= {k: v[k] for k in ("order_type", "patient_personal_number", "care_unit_hsa_id") if v[k]}
+        return v, raw
+    order_type = v["order_type"] if v["order_type"] in ORDER_TYPES else "seal_or_lock"
+    raw |= pages.to_raw(order_type, {**v, "idempotency_key": ""}, user, units)
+    raw["order_type"] = v["order_type"] or None
+    return v, raw
+
+
+@pages_router.post(PAGE)
+async def register_form(request: Request) -> Response:
+    user = _page_user(request)
+    form = await request.form()
+    check_form_csrf(request, _str(form, CSRF_FIELD))
+    if not user.has(*REGISTER_ROLES):
+        raise NotAllowed("Mottagna pappersblanketter registreras av supporten.", "wrong_role")
+    with session() as s:
+        units = list(s.scalars(select(CareUnit)))
+        for u in units:
+            s.expunge(u)
+    values, raw = _posted(form, user, units)
+    problems: list[Problem] = []
+    if values["reference"] and not values["patient_personal_number"]:
+        # People copy references off paper: the patient's number makes sure it is the right order.
+        problems = [Problem(field="patient_personal_number", code="required", message=NUMBER_NEEDED)]
+        problems += await run_in_threadpool(paper_field_errors, raw, datetime.now(UTC))
+        return _page(request, user, values, problems, 422)
+    try:
+        out = await register_paper_order(raw, user.hsa_id)
+    except PaperInvalid as exc:
+        return _page(request, user, values, exc.errors, 422)
+    except orders.Forbidden as exc:
+        return _page(request, user, values, [Problem(field="", code=exc.refusal.code, message=exc.refusal.message)], 403)
+    except orders.Conflict:
+        message = "Beställningen väntar inte på en pappersblankett: den har redan fortsatt digitalt eller är avslutad."
+        return _page(request, user, values, [Problem(field="reference", code="wrong_status", message=message)], 409)
+    return RedirectResponse(f"{PAGE}?registrerad={out.reference}", status_code=303)
+
+
+@pages_router.post(PAGE + "/{reference}/digitalt")
+async def resume_form(request: Request, reference: str) -> Response:
+    user = _page_user(request)
+    form = await request.form()
+    check_form_csrf(request, _str(form, CSRF_FIELD))
+    if not user.has(*RESUME_ROLES):
+        raise NotAllowed("Endast supporten eller en administratör kan återuppta digitalt.", "wrong_role")
+    ref = _reference(reference)
+    try:
+        await resume_digital(ref, user.hsa_id)
+    except orders.NotFound:
+        raise ApiError(404, "not_found", "Beställningen finns inte.") from None
+    except orders.Forbidden as exc:
+        return _page(request, user, problems=[Problem(field="", code=exc.refusal.code, message=exc.refusal.message)],
+                     status=403)
+    except orders.Conflict:
+        message = f"{ref} ligger inte längre i reservrutinen (den har redan återupptagits eller avslutats)."
+        return _page(request, user, problems=[Problem(field="", code="wrong_status", message=message)], status=409)
+    return RedirectResponse(f"{PAGE}?aterupptagen={ref}", status_code=303)
+
+
+__all__ += ["pages_router"]

@@ -33,6 +33,10 @@ from tasks.settings import settings
 from tests.conftest import FlowServer
 from tests.e2e import PATIENT, aged, body, decide, submit, wait_mails, wait_status
 
+pytest.register_assert_rewrite("tests.webapp", "tests.test_pages")
+from tests.test_pages import browser, visit  # noqa: E402, F401  (the browser fixtures, with the axe check)
+
+pytest_plugins = ["tests.webapp"]
 CLINICIAN, SUPPORT, HEAD = "DEMO-KALMAR-CLINICIAN", "DEMO-KALMAR-SUPPORT", "DEMO-KALMAR-HEAD"
 OTHER_SUPPORT = "DEMO-OSTERGOTLAND-SUPPORT"
 
@@ -429,7 +433,7 @@ def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_w
     monkeypatch.setenv("RO_PAPER_RESUME_SECONDS", "30")
     settings.cache_clear()
     paper_orders._probe = paper_orders._Probe()
-    t = datetime.now(STOCKHOLM)
+    t = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own sweep leaves these be
     ref = _on_paper(t)
     signed = _on_paper(t, channel="paper", paper_received_on=t)  # its signed form is here: never resumed
     earlier = _on_paper(t, at_stage="awaiting_approval")  # not at execution: the probe cannot vouch for it
@@ -468,7 +472,7 @@ def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_w
 
 def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, smtp: Path) -> None:
     from flows.fallback import REPAIR_AFTER_S, _tell_untold
-    now = datetime.now(STOCKHOLM)
+    now = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own repair leaves these be
     old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5))
     fresh = _on_paper(now)  # its own run is about to tell the orderer: left to it
     try:
@@ -483,3 +487,91 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
         with session() as s:
             for r in (old, fresh):
                 orders.transition(s, orders.get(s, r), "cancelled", actor="system", action="cancelled")
+
+
+# --- the support centre's page, in a real browser ------------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browser(visit: Any, live_app: str) -> None:  # noqa: F811
+    from tests.webapp import client  # over HTTP: Playwright's loop leaves no room for asyncio.run here
+    with client(live_app, CLINICIAN) as api:
+        r = api.post("/api/orders", json=body("seal_or_lock", patient_personal_number=aged(57, 581)))
+        assert r.status_code == 201, r.text
+        waiting = r.json()["reference"]
+    wait_status(waiting, "awaiting_assessment")
+    with session() as s:  # on paper while it waited for the assessment (the gateway is fine: the sweep would
+        # resume it by itself after RO_PAPER_RESUME_SECONDS; the person is quicker here)
+        orders.transition(s, orders.get(s, waiting), "paper_fallback", actor="system", action="gateway_unavailable")
+
+    v = visit(SUPPORT, "Supporten (Region Kalmar län)")
+    page = v.page
+    page.get_by_role("link", name="Pappersbeställningar", exact=True).click()
+    page.wait_for_url("**/pappersbestallningar")
+    assert page.locator(f"tr[id='{waiting}']").count() == 1
+    v.check("paper-orders")
+
+    # A blank form filled in by hand: first without the signature ticked, then right.
+    patient = aged(46, 582)
+    page.get_by_label("Beställarens HSA-id (om det står på blanketten)").fill(CLINICIAN)
+    page.get_by_label("Försegling och/eller låsning").check()
+    page.get_by_label("Patientens (barnets) personnummer eller samordningsnummer").fill(patient)
+    page.get_by_label("Vårdens initiativ").check()
+    page.get_by_label("1177 journal: försegla, eller bryta försegling").check()
+    page.get_by_label("Skäl till beställningen").fill("Hot mot patienten")
+    page.get_by_label("Beställande vårdenhet").select_option("DEMO-KALMAR-UNIT")
+    page.get_by_role("button", name="Registrera pappersbeställningen").click()
+    summary = page.locator(".error-summary")
+    summary.wait_for()
+    assert "kontrollerad" in summary.inner_text() and page.title().startswith("Fel: ")
+    summary.get_by_role("link").first.click()
+    assert page.evaluate("document.activeElement.id") == "signature_checked"
+    assert page.get_by_label("Patientens (barnets) personnummer eller samordningsnummer").input_value() == patient
+    v.check("paper-orders-errors")
+    page.get_by_label("Underskrifterna på blanketten är kontrollerade").check()
+    page.get_by_role("button", name="Registrera pappersbeställningen").click()
+    page.wait_for_url(re.compile(r".*registrerad=RO-\d{4}-\d+"))
+    ref = page.url.rsplit("=", 1)[1]
+    assert f"Pappersbeställningen {ref} är registrerad" in page.locator(".notice").inner_text()
+    order = row(ref)
+    assert (order.channel, order.submitted_by, order.paper_registered_by) == ("paper", CLINICIAN, SUPPORT)
+    assert page.locator("table", has_text=ref).get_by_role("cell", name="Nej, ny beställning").count() == 1
+    wait_status(ref, "awaiting_assessment")  # its run started at the beginning of the routine
+
+    # The order that waited on paper goes back to the digital route from here.
+    page.get_by_role("button", name=f"Återuppta digitalt {waiting}").click()
+    page.wait_for_url(re.compile(r".*aterupptagen=.*"))
+    assert f"Beställningen {waiting} är återupptagen digitalt (väntar på menprövning)" in page.locator(".notice").inner_text()
+    assert [(e.actor, e.to_status) for e in audit_actions(waiting) if e.action == "resumed_digital"] == [
+        (SUPPORT, "awaiting_assessment")]
+    assert page.locator(f"tr[id='{waiting}']").count() == 0
+    v.check("paper-orders-resumed")
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live_app: str) -> None:  # noqa: F811
+    before = order_count()
+    v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
+    page = v.page
+    v.goto("/bestall/seal_or_lock")
+    patient = aged(38, 583)
+    page.get_by_label("Patientens personnummer eller samordningsnummer").fill(patient)
+    page.get_by_label("Vårdens initiativ").check()
+    page.get_by_label("Försegla 1177 journal").check()
+    page.get_by_label("Skäl till beställningen").fill("Skrivs ut på papper")
+    got: dict[str, Any] = {}
+
+    def keep(route: Any) -> None:  # the app's own answer, kept before Chromium's PDF viewer takes the page
+        answer = route.fetch()
+        got.update(status=answer.status, type=answer.headers["content-type"], body=answer.body(),
+                   sent=route.request.post_data or "")
+        route.fulfill(response=answer)
+    page.route("**/api/paper-forms/seal_or_lock.pdf?region=kalmar", keep)
+    page.get_by_role("button", name="Skriv ut ifylld pappersblankett").click()
+    page.wait_for_function("() => !document.querySelector('#order-form')")
+    assert (got["status"], got["type"]) == (200, "application/pdf")
+    assert "csrf_token=" in got["sent"]  # the form's own fields, with its CSRF token
+    text = pdf_text(got["body"])
+    assert patient in text and "Skrivs ut på papper" in text and "☒ Försegla 1177 journal" in text
+    assert order_count() == before  # printing stored nothing
