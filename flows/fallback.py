@@ -133,6 +133,9 @@ def _notify_orderer(reference: str, occasion: int) -> int:
             "postal_route": ", ".join(region_cfg.postal_route),
             "support_phone": f"{region_cfg.support_phone} {region_cfg.support_option or ''}".strip(),
             "urgent": "ja" if order.urgent else "",
+            # As on the paper form (seed 001): when the 30-minute callback promise holds.
+            "callback": f"inom {region_cfg.callback_minutes} minuter under beredskapstid "
+                        f"{region_cfg.hours.on_call_start:%H:%M}–{region_cfg.hours.on_call_end:%H:%M}",
             "needs_head_signature": "ja" if (order.stage_plan or {}).get("approval", {}).get("required", True) else "",
             "pdf_link": f"{base}/api/orders/{order.reference}/paper.pdf",
             "fallback_at": f"{local(datetime.now(UTC)):%Y-%m-%d %H:%M}",

@@ -31,7 +31,7 @@ from tasks import orders
 from tasks.database import session
 from tasks.settings import settings
 from tests.conftest import FlowServer
-from tests.e2e import PATIENT, aged, body, decide, submit, wait_mails, wait_status
+from tests.e2e import PATIENT, aged, body, decide, submit, text_of, wait_mails, wait_status
 
 pytest.register_assert_rewrite("tests.webapp", "tests.test_pages")
 from tests.test_pages import browser, visit  # noqa: E402, F401  (the browser fixtures, with the axe check)
@@ -473,7 +473,7 @@ def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_w
 def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, smtp: Path) -> None:
     from flows.fallback import REPAIR_AFTER_S, _tell_untold
     now = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own repair leaves these be
-    old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5))
+    old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5), urgent=True)
     fresh = _on_paper(now)  # its own run is about to tell the orderer: left to it
     try:
         told = _tell_untold(now)
@@ -483,6 +483,9 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
         assert old not in _tell_untold(now) and old not in _tell_untold(now + timedelta(minutes=5))
         got = wait_mails(smtp, old, 1)
         assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
+        text = re.sub(r"\s+", " ", text_of(got[0]))
+        assert ("ring också supporten på 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter under "
+                "beredskapstid 17:00–07:00. Skicka sedan blanketten.") in text
     finally:
         with session() as s:
             for r in (old, fresh):
