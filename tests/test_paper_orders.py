@@ -497,15 +497,8 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browser(visit: Any, live_app: str) -> None:  # noqa: F811
-    from tests.webapp import client  # over HTTP: Playwright's loop leaves no room for asyncio.run here
-    with client(live_app, CLINICIAN) as api:
-        r = api.post("/api/orders", json=body("seal_or_lock", patient_personal_number=aged(57, 581)))
-        assert r.status_code == 201, r.text
-        waiting = r.json()["reference"]
-    wait_status(waiting, "awaiting_assessment")
-    with session() as s:  # on paper while it waited for the assessment (the gateway is fine: the sweep would
-        # resume it by itself after RO_PAPER_RESUME_SECONDS; the person is quicker here)
-        orders.transition(s, orders.get(s, waiting), "paper_fallback", actor="system", action="gateway_unavailable")
+    # On paper while it waited for approval (not at execution, so the served flows' sweep leaves it to the person).
+    waiting = _on_paper(datetime.now(STOCKHOLM), at_stage="awaiting_approval")
 
     v = visit(SUPPORT, "Supporten (Region Kalmar län)")
     page = v.page
@@ -538,15 +531,14 @@ def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browse
     assert f"Pappersbeställningen {ref} är registrerad" in page.locator(".notice").inner_text()
     order = row(ref)
     assert (order.channel, order.submitted_by, order.paper_registered_by) == ("paper", CLINICIAN, SUPPORT)
-    assert page.locator("table", has_text=ref).get_by_role("cell", name="Nej, ny beställning").count() == 1
-    wait_status(ref, "awaiting_assessment")  # its run started at the beginning of the routine
+    assert page.locator("tr", has_text=ref).get_by_role("cell", name="Nej, ny beställning").count() == 1
 
     # The order that waited on paper goes back to the digital route from here.
     page.get_by_role("button", name=f"Återuppta digitalt {waiting}").click()
     page.wait_for_url(re.compile(r".*aterupptagen=.*"))
-    assert f"Beställningen {waiting} är återupptagen digitalt (väntar på menprövning)" in page.locator(".notice").inner_text()
+    assert f"Beställningen {waiting} är återupptagen digitalt (väntar på godkännande)" in page.locator(".notice").inner_text()
     assert [(e.actor, e.to_status) for e in audit_actions(waiting) if e.action == "resumed_digital"] == [
-        (SUPPORT, "awaiting_assessment")]
+        (SUPPORT, "awaiting_approval")]
     assert page.locator(f"tr[id='{waiting}']").count() == 0
     v.check("paper-orders-resumed")
 
