@@ -120,12 +120,29 @@ def notify_orderer(reference: str, occasion: int) -> int:
     return _notify_orderer(reference, occasion)
 
 
+def _told_before(s: Any, reference: str) -> bool:
+    """The orderer already has the paper instructions, and the order went back to digital by itself
+    (the sweep) rather than by a person: falling back again changes nothing for them, so they are not
+    asked to print a second time (a system that keeps failing would otherwise mail them again and again)."""
+    last_resume = s.scalar(select(AuditEvent).where(AuditEvent.order_reference == reference,
+                                                    AuditEvent.action == "resumed_digital")
+                           .order_by(AuditEvent.id.desc()).limit(1))
+    told = s.scalar(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
+                                                AuditEvent.action == "paper_fallback_notified").limit(1))
+    return last_resume is not None and last_resume.actor == SYSTEM and told is not None
+
+
 def _notify_orderer(reference: str, occasion: int) -> int:
     if occasion <= 0:
         return 0
     with session() as s:
         order = get(s, reference)
         if order.status != OrderStatus.PAPER_FALLBACK or fallback_occasions(s, reference) != occasion:
+            return 0
+        if _told_before(s, reference):
+            if not _already(reference, UNNOTIFIED, occasion):
+                audit.record(s, actor=SYSTEM, action=UNNOTIFIED, order=order, channel="flow",
+                             detail={"occasion": occasion, "why": "told_before"})
             return 0
         region_cfg = load_regions()[order.region]
         base = settings().app_base_url
@@ -186,15 +203,15 @@ RETRY_FAILED_S = 60.0
 
 def _tell_untold(now: datetime | None = None) -> list[str]:
     """The repair half of the `paper-fallback` flow without a flow run (the embedded loop calls it every
-    round): an order whose run died between the fallback and the email still gets its email."""
+    round): an order whose run died between the fallback and the email still gets its email. Returns the
+    references whose orderer was told now."""
     done = []
     for ref in _untold(now):
         if _failed_until.get(ref, 0.0) > time.monotonic():
             continue
         try:
             occasion = _check_paper_form(ref)
-            if occasion:
-                _notify_orderer(ref, occasion)
+            if occasion and _notify_orderer(ref, occasion):
                 done.append(ref)
         except Exception as exc:
             _failed_until[ref] = time.monotonic() + RETRY_FAILED_S

@@ -220,9 +220,11 @@ class _Probe:
 _probe = _Probe()
 
 
-def _waiting_on_paper(s: Session, before: datetime) -> list[str]:
-    """Orders whose execution fell back to paper before `before` and whose signed form has not arrived.
-    Only a fallback at execution is retried: the execution system is all the probe can vouch for."""
+def _waiting_on_paper(s: Session, now: datetime, base: float) -> list[str]:
+    """Orders whose execution fell back to paper long enough ago and whose signed form has not arrived.
+    Only a fallback at execution is retried: the execution system is all the probe can vouch for. The
+    wait doubles with every automatic resume the order already had (up to ten times `base`), so a system
+    that answers the probe but still fails the execution does not bounce an order every minute."""
     out = []
     for ref in s.scalars(select(Order.reference).where(
             Order.status == OrderStatus.PAPER_FALLBACK.value, Order.paper_received_on.is_(None),
@@ -230,7 +232,12 @@ def _waiting_on_paper(s: Session, before: datetime) -> list[str]:
         last = s.scalar(select(AuditEvent).where(
             AuditEvent.order_reference == ref, AuditEvent.to_status == OrderStatus.PAPER_FALLBACK.value)
             .order_by(AuditEvent.id.desc()).limit(1))
-        if last is not None and last.from_status == OrderStatus.EXECUTING.value and last.at <= before:
+        if last is None or last.from_status != OrderStatus.EXECUTING.value:
+            continue
+        tried = int(s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.order_reference == ref, AuditEvent.action == "resumed_digital",
+            AuditEvent.actor == SYSTEM)) or 0)
+        if last.at <= now - timedelta(seconds=min(base * 2 ** tried, 10 * base)):
             out.append(ref)
     return out
 
@@ -253,7 +260,7 @@ async def resume_when_back(now: datetime | None = None) -> list[str]:
     if _probe.after is not None and now < _probe.after:
         return []
     with session() as s:
-        refs = _waiting_on_paper(s, now - timedelta(seconds=base))
+        refs = _waiting_on_paper(s, now, base)
     if not refs:
         return []
     if not gateway().available():

@@ -26,7 +26,7 @@ from prefect.client.orchestration import get_client
 from sqlalchemy import func, select
 
 from models.clock import STOCKHOLM
-from models.tables import AuditEvent, Order, RegistryPerson
+from models.tables import AuditEvent, Order, OutboxMessage, RegistryPerson
 from tasks import orders
 from tasks.database import session
 from tasks.settings import settings
@@ -460,6 +460,14 @@ def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_w
         assert [(e.actor, e.from_status, e.to_status, e.detail) for e in back] == [
             ("system", "paper_fallback", "executing", {"occasion": 1, "why": "gateway_available"})]
         assert paper_orders._probe.after is None and sweep(1382) == []
+        # It fails again at execution: the next automatic try waits twice as long (a system that answers the
+        # probe but fails the execution does not bounce the order every minute).
+        with session() as s:
+            orders.transition(s, orders.get(s, ref), "paper_fallback", actor="system", action="gateway_unavailable",
+                              at=t + timedelta(seconds=1400))
+        assert sweep(1431) == [] and sweep(1459) == []
+        assert sweep(1461) == [ref]
+        assert [e.actor for e in audit_actions(ref) if e.action == "resumed_digital"] == ["system", "system"]
     finally:
         monkeypatch.undo()
         settings.cache_clear()
@@ -481,6 +489,18 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
         assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_fallback_notified"] == [1]
         assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_form_checked"] == [1]
         assert old not in _tell_untold(now) and old not in _tell_untold(now + timedelta(minutes=5))
+        # The sweep resumed it and it fell back again: the orderer has the instructions already.
+        with session() as s:
+            o = orders.get(s, old)
+            orders.transition(s, o, "executing", actor="system", action="resumed_digital", at=now)
+            orders.transition(s, o, "paper_fallback", actor="system", action="gateway_unavailable", at=now)
+        later = now + timedelta(seconds=REPAIR_AFTER_S + 5)
+        assert old not in _tell_untold(later) and old not in _tell_untold(later)
+        assert [(e.detail["occasion"], e.detail["why"]) for e in audit_actions(old)
+                if e.action == "paper_fallback_unnotified"] == [(2, "told_before")]
+        with session() as s:
+            assert int(s.scalar(select(func.count()).select_from(OutboxMessage)
+                                .where(OutboxMessage.order_reference == old)) or 0) == 1
         got = wait_mails(smtp, old, 1)
         assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
         text = re.sub(r"\s+", " ", text_of(got[0]))
