@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.fallback import paper_sweep
 from tasks.escalation import dispatch
 from tasks.launch import reconcile
 from tasks.mail import deliver
@@ -37,4 +38,5 @@ def send_outbox() -> dict[str, int]:
 @flow(name="housekeeping", persist_result=False)
 async def housekeeping() -> dict[str, int]:
     counts = await reconcile_runs()
+    counts |= await paper_sweep()  # flows/fallback.py: tell the untold, resume when the system is back
     return counts | urgent_dispatch() | send_outbox()

@@ -57,7 +57,9 @@ async def execution(reference: str) -> None:
     try:
         result = stages.execute(reference)
     except GatewayUnavailable:
-        stages.fall_back_to_paper(reference)
+        if stages.fall_back_to_paper(reference) == "manual":  # its signed paper form is already here
+            await human_step(reference, "execution")
+            return
         # Paper form checked and orderer told (flows/fallback.py). Its failure must not fail this run: the
         # order is safely in paper_fallback, and the paper-fallback sweep repeats the step.
         state = await paper_fallback(reference, return_state=True)

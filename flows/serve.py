@@ -19,6 +19,7 @@ from prefect.schedules import Cron, Interval
 
 from flows.block_guardian import block_guardian
 from flows.fallback import paper_fallback
+from flows.fallback import sweep as paper_sweep
 from flows.housekeeping import housekeeping
 from flows.minor_access import minor_access
 from flows.restore_access import restore_access
@@ -45,6 +46,7 @@ def housekeeping_loop(every: float) -> None:
             asyncio.run(reconcile())
             dispatch(datetime.now(UTC))
             deliver()
+            asyncio.run(paper_sweep())  # flows/fallback.py: tell the untold, resume when the system is back
         except Exception as exc:  # keep going: the next round repairs what this one could not
             log.warning("housekeeping round failed: %s", type(exc).__name__)
         time.sleep(every)

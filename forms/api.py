@@ -342,7 +342,9 @@ PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}}
 def paper_region(code: str) -> paper.PaperRegion:
     r = load_regions()[code]
     return paper.PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone,
-                             support_option=r.support_option, postal_route=list(r.postal_route))
+                             support_option=r.support_option, postal_route=list(r.postal_route),
+                             on_call_window=f"{r.hours.on_call_start:%H:%M}–{r.hours.on_call_end:%H:%M}",
+                             callback_minutes=r.callback_minutes)
 
 
 def paper_order(order: Order) -> paper.PaperOrder:

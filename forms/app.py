@@ -237,6 +237,7 @@ def create_app() -> FastAPI:
     # monitoring and reviews. Each brings its own routes; identity and errors are this app's.
     app.include_router(urgent_routes.router)
     app.include_router(paper_routes.router)
+    app.include_router(paper_routes.pages_router)  # /pappersbestallningar, the support centre's paper page
     app.include_router(admin_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -48,11 +48,18 @@ class PaperRegion:
     support_phone: str
     support_option: str | None  # menu choice, "2" or "knappval 2"
     postal_route: list[str]     # internal-mail address, one line each
+    # When support calls an urgent order back, as the region's settings give it ("17:00–07:00"); the seed
+    # routine prints it beside the phone number, so people know when the 30-minute promise holds.
+    on_call_window: str | None = None
+    callback_minutes: int = 30
 
 
 @dataclass(frozen=True)
 class PaperOrder:
-    """A pre-filled order; all strings already formatted for display (enumerations as API codes)."""
+    """A pre-filled order; all strings already formatted for display (enumerations as API codes).
+
+    `reference` is empty for a form filled in and printed before the order was stored (the orders system
+    was down): support gives it a reference when the signed form arrives."""
 
     reference: str
     order_type: str
@@ -128,7 +135,12 @@ def _check(order_type: str, order: PaperOrder | None) -> None:
 def _context(order_type: str, region: PaperRegion, order: PaperOrder | None, embed_css: bool) -> dict[str, Any]:
     label = ORDER_TYPE_LABELS_SV[order_type]
     # The title is shown by PDF viewers and browser tabs: reference or form name only, no personal data.
-    title = f"{order.reference} – {label}" if order else f"{label} – reservblankett, {region.name}"
+    if order and order.reference:
+        title = f"{order.reference} – {label}"
+    elif order:
+        title = f"{label} – ifylld reservblankett, {region.name}"
+    else:
+        title = f"{label} – reservblankett, {region.name}"
     return {
         "order_type": order_type, "label": label, "title": title, "region": region, "order": order,
         "phone_line": _phone_line(region), "font_dir": FONT_DIR.as_uri(), "embed_css": embed_css,

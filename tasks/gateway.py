@@ -7,6 +7,11 @@
   so our record of what is in force means the same with either gateway.
 - `UnavailableGateway`: what a broken integration looks like, for the paper fallback.
 A real integration plugs in behind `ExecutionGateway`.
+
+`available()` is a cheap probe that changes nothing; the paper-fallback sweep asks it before handing an
+order that fell back to paper back to the digital route. `RO_GATEWAY_DOWN_FLAG` names a file: while it
+exists the gateway is unavailable whatever `RO_GATEWAY` says (outage drills, and the tests that need the
+system to go down and come back without restarting anything).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class ExecutionGateway(Protocol):
 
     def apply(self, s: Session, order: Order) -> str:
         """Apply the order's effects; return the system's reference. Must be idempotent per order."""
+        ...
+
+    def available(self) -> bool:
+        """Whether the execution system answers now. Cheap, changes nothing, never raises."""
         ...
 
 
@@ -133,6 +142,9 @@ def record_effects(s: Session, order: Order, system_reference: str, at: datetime
 class SimulatedRegistry:
     manual = False
 
+    def available(self) -> bool:
+        return True  # it lives in the orders database
+
     def apply(self, s: Session, order: Order) -> str:
         system_ref = f"SIM-{order.reference}"
         record_effects(s, order, system_ref, datetime.now(UTC))
@@ -142,6 +154,9 @@ class SimulatedRegistry:
 class ManualGateway:
     manual = True
 
+    def available(self) -> bool:
+        return True  # an account administrator with the 1177 administration tool
+
     def apply(self, s: Session, order: Order) -> str:  # pragma: no cover - the flow waits for a person instead
         raise RuntimeError("manual execution is confirmed by an account administrator")
 
@@ -149,12 +164,18 @@ class ManualGateway:
 class UnavailableGateway:
     manual = False
 
+    def available(self) -> bool:
+        return False
+
     def apply(self, s: Session, order: Order) -> str:
         raise GatewayUnavailable("1177 administration system unreachable")
 
 
 def gateway(kind: str | None = None) -> ExecutionGateway:
     from tasks.settings import settings
+    flag = settings().gateway_down_flag
+    if flag is not None and flag.exists():
+        return UnavailableGateway()
     kind = kind or settings().gateway
     gateways: dict[str, type[SimulatedRegistry | ManualGateway | UnavailableGateway]] = {
         "simulated": SimulatedRegistry, "manual": ManualGateway, "down": UnavailableGateway}

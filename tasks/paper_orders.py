@@ -4,9 +4,15 @@ order that fell back to paper back to the digital route.
 - `register_paper_order`: support staff register a signed paper form. Without a reference (a blank form
   filled in by hand) it becomes a new order with channel `paper`, and its run starts at the beginning of
   the routine. With the reference printed on a pre-filled form, the order in `paper_fallback` with that
-  reference continues from the stage it fell back at (its reference, history and decisions are kept).
+  reference continues from the stage it fell back at (its reference, history and decisions are kept) and
+  its channel becomes `paper` (the audit row keeps the previous one). Either way, if the execution system
+  is still down when the order gets there, it goes to the manual execution step, never to paper again.
+  Whether the signature was checked lives in the registration's audit row (registration refuses an
+  unchecked one), so `paper_registered_by` set means a checked signature.
 - `continue_digitally`: an order in `paper_fallback` goes back to the stage it was at and gets a new run
   (`POST /api/orders/{reference}/resume-digital`, and the registration above).
+- `resume_when_back`: the housekeeping sweep does the same by itself, as `system`, once the execution
+  system answers again, for orders whose signed paper form has not arrived.
 
 Both write the orders database first and then tell Prefect; if Prefect cannot be told now, the
 housekeeping reconciler starts the run later (a new order has no run yet; a continued order's old run has
@@ -19,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -182,14 +188,96 @@ async def continue_digitally(reference: str, actor: str, *, now: datetime | None
     its decisions and its history are the same rows; the paper form is no longer needed."""
     now = now or datetime.now(UTC)
     with session() as s:
+        who = _check_person(s, actor, RESUME_ROLES, orders.get(s, reference).region)
+    return await _resume(reference, who, {}, now)
+
+
+async def _resume(reference: str, who: str, detail: dict[str, Any], now: datetime) -> Order:
+    with session() as s:
         order = orders.get(s, reference)
-        who = _check_person(s, actor, RESUME_ROLES, order.region)
         if order.status != OrderStatus.PAPER_FALLBACK:
             raise Conflict(f"order is {order.status}, not paper_fallback")
-        _back_to_digital(s, order, who, "resumed_digital", {"occasion": fallback_occasions(s, order.reference)}, now)
+        _back_to_digital(s, order, who, "resumed_digital",
+                         {"occasion": fallback_occasions(s, order.reference), **detail}, now)
         old_run = order.flow_run_id
     await _start_next_run(order.reference, old_run)
     return order
+
+
+SYSTEM = "system"
+
+
+@dataclass
+class _Probe:
+    """When the sweep may next ask the execution system, and how long it waits after a failed probe.
+    Per process: the embedded loop keeps it between rounds; production's housekeeping runs start fresh
+    each minute, which is gentle enough on its own."""
+    after: datetime | None = None
+    delay: float = 0.0
+
+
+_probe = _Probe()
+
+
+def _waiting_on_paper(s: Session, now: datetime, base: float) -> list[str]:
+    """Orders whose execution fell back to paper long enough ago and whose signed form has not arrived.
+    Only a fallback at execution is retried: the execution system is all the probe can vouch for. The
+    wait doubles with every automatic resume the order already had (up to ten times `base`), so a system
+    that answers the probe but still fails the execution does not bounce an order every minute."""
+    out = []
+    for ref in s.scalars(select(Order.reference).where(
+            Order.status == OrderStatus.PAPER_FALLBACK.value, Order.paper_received_on.is_(None),
+            Order.channel != "paper").order_by(Order.id).limit(500)):
+        last = s.scalar(select(AuditEvent).where(
+            AuditEvent.order_reference == ref, AuditEvent.to_status == OrderStatus.PAPER_FALLBACK.value)
+            .order_by(AuditEvent.id.desc()).limit(1))
+        if last is None or last.from_status != OrderStatus.EXECUTING.value:
+            continue
+        tried = int(s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.order_reference == ref, AuditEvent.action == "resumed_digital",
+            AuditEvent.actor == SYSTEM)) or 0)
+        if last.at <= now - timedelta(seconds=min(base * 2 ** tried, 10 * base)):
+            out.append(ref)
+    return out
+
+
+async def resume_when_back(now: datetime | None = None) -> list[str]:
+    """Keep the fallback email's promise ("verkställs digitalt när systemet fungerar igen"): when the
+    execution system answers again, every order whose execution fell back to paper and whose signed form
+    has not arrived goes back to the digital route, as `POST /api/orders/{ref}/resume-digital` does,
+    audited as by `system`.
+
+    An order is first tried `paper_resume_seconds` after it fell back (the execute task's retries have just
+    seen the system down). The probe is one cheap call for all orders; after a failed one the next waits
+    that long, doubling up to ten times as long, so a system that stays down is not hammered. An order
+    whose signed form arrives meanwhile is registered by support and goes to the manual step instead.
+    Returns the references resumed."""
+    from tasks.gateway import gateway
+    from tasks.settings import settings
+    now = now or datetime.now(UTC)
+    base = settings().paper_resume_seconds
+    if _probe.after is not None and now < _probe.after:
+        return []
+    with session() as s:
+        refs = _waiting_on_paper(s, now, base)
+    if not refs:
+        return []
+    if not gateway().available():
+        _probe.delay = min(max(base, _probe.delay * 2), 10 * base)
+        _probe.after = now + timedelta(seconds=_probe.delay)
+        log.info("execution system still down; %d orders stay on paper, next probe in %.0f s", len(refs),
+                 _probe.delay)
+        return []
+    _probe.after, _probe.delay = None, 0.0
+    done = []
+    for ref in refs:
+        try:
+            await _resume(ref, SYSTEM, {"why": "gateway_available"}, now)
+        except Exception as exc:  # support got there first, or a concurrent sweep: the next round looks again
+            log.info("%s not resumed now: %s", ref, type(exc).__name__)
+            continue
+        done.append(ref)
+    return done
 
 
 def _paper_fields(raw: Mapping[str, Any], now: datetime) -> tuple[list[Problem], str | None, date | None, str | None]:
@@ -222,6 +310,12 @@ def _paper_fields(raw: Mapping[str, Any], now: datetime) -> tuple[list[Problem],
             errors.append(_problem("orderer_hsa_id", "unknown_staff"))
         orderer = person.hsa_id if person else None
     return errors, reference, received, orderer
+
+
+def paper_field_errors(raw: Mapping[str, Any], now: datetime) -> list[Problem]:
+    """The problems of the registration's own fields (reference, date, signature, orderer), for a page that
+    reports them together with its own."""
+    return _paper_fields(raw, now)[0]
 
 
 def _mismatches(order: Order, raw: Mapping[str, Any], now: datetime) -> list[Problem]:
@@ -305,15 +399,19 @@ async def _continue_paper(reference: str, registrar: str, received: date, now: d
         order = orders.get(s, reference)
         if order.status != OrderStatus.PAPER_FALLBACK:
             raise Conflict(f"order is {order.status}, not paper_fallback")
+        previous_channel = order.channel
+        # From now on the signed paper form is the order's record: channel `paper`, and should the
+        # execution system still be down, an account administrator executes it by hand (tasks/stages.py).
+        order.channel = "paper"
         order.paper_received_on = _received_at(received)
         order.paper_registered_by = registrar
         target = _back_to_digital(s, order, registrar, "paper_registered",
                                   {"received_on": received.isoformat(), "signature_checked": True,
-                                   "continued": True}, now)
+                                   "continued": True, "previous_channel": previous_channel}, now)
         old_run = order.flow_run_id
     await _start_next_run(reference, old_run)
     return Registered("continued", reference, target.value)
 
 
 __all__ = ["PaperInvalid", "Registered", "continue_digitally", "fallback_occasions", "register_paper_order",
-           "status_before_fallback", "NotFound"]
+           "resume_when_back", "status_before_fallback", "NotFound"]

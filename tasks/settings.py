@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     smtp_timeout: float = 10.0
 
     gateway: Literal["simulated", "manual", "down"] = "simulated"
+    # While this file exists the gateway is down, whatever `gateway` says (tasks/gateway.py).
+    gateway_down_flag: Path | None = None
+    # Orders that fell back to paper go back to the digital route when the execution system answers again:
+    # first probe this long after the fallback, then backing off, doubling up to ten times as long.
+    paper_resume_seconds: float = 60.0
     app_base_url: str = "http://127.0.0.1:8000"
     trusted_proxies: str = "127.0.0.1,::1"
     session_secret: str = DEFAULT_SESSION_SECRET

@@ -248,6 +248,17 @@ def _fail(s: Any, order: Order, actor: str, exc: ExecutionRefused, now: datetime
     mail.queue_confirmations(s, order)
 
 
+MANUAL_ROUTE = "execution_manual"
+
+
+def routed_to_manual(s: Any, order: Order) -> bool:
+    """Once an account administrator has been asked to execute the order by hand, the gateway must not
+    apply it as well (both could happen at once when the system comes back), so it stays manual."""
+    from sqlalchemy import select
+    return s.scalar(select(AuditEvent.id).where(AuditEvent.order_reference == order.reference,
+                                                AuditEvent.action == MANUAL_ROUTE).limit(1)) is not None
+
+
 @task(name="execute-order", retries=3, retry_delay_seconds=[1, 5, 15], persist_result=False, cache_policy=NO_CACHE)
 def execute(reference: str) -> str:
     """Apply the order through the configured gateway. Returns `manual` when a person must do it."""
@@ -256,7 +267,7 @@ def execute(reference: str) -> str:
         order = get(s, reference)
         if order.status != OrderStatus.EXECUTING:
             return order.status
-        if gw.manual:
+        if gw.manual or routed_to_manual(s, order):
             return "manual"
         try:
             system_ref = gw.apply(s, order)
@@ -270,12 +281,28 @@ def execute(reference: str) -> str:
     return status
 
 
+def paper_received(order: Order) -> bool:
+    """The signed paper form is here: registered by support (tasks/paper_orders.py)."""
+    return order.paper_received_on is not None or order.channel == "paper"
+
+
 @task(name="fall-back-to-paper", persist_result=False, cache_policy=NO_CACHE)
 def fall_back_to_paper(reference: str) -> str:
+    """The execution system is unreachable. Normally the order moves to `paper_fallback` and the orderer
+    prints, signs and sends the paper form. When that signed form has already arrived, another paper round
+    would only send the orderer the same request again (and loop for as long as the system is down), so
+    the order stays `executing` and is routed to the manual step instead: an account administrator
+    performs it in the 1177 administration tool and confirms in the app. Returns `manual` then."""
     with session() as s:
         order = get(s, reference)
-        if order.status == OrderStatus.EXECUTING:
-            transition(s, order, OrderStatus.PAPER_FALLBACK, actor=SYSTEM, action="gateway_unavailable")
+        if order.status != OrderStatus.EXECUTING:
+            return order.status
+        if paper_received(order):
+            if not routed_to_manual(s, order):
+                audit.record(s, actor=SYSTEM, action=MANUAL_ROUTE, order=order, channel="flow",
+                             detail={"why": "gateway_unavailable", "paper_received": True})
+            return "manual"
+        transition(s, order, OrderStatus.PAPER_FALLBACK, actor=SYSTEM, action="gateway_unavailable")
         return order.status
 
 

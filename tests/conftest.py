@@ -50,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["DATABASE_URL"] = _pg_schema_url(os.environ["DATABASE_URL"])
     os.environ["RO_SMTP_PORT"] = str(free_port())
     os.environ["RO_APP_BASE_URL"] = "http://127.0.0.1:8000"
+    # The execution gateway is down while this file exists (tests/test_fallback_e2e.py creates it).
+    os.environ["RO_GATEWAY_DOWN_FLAG"] = str(_TMP / "gateway-down")
     os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -334,6 +336,7 @@ def flow_server(db: None, smtp: Path, prefect_server: str) -> Iterator[FlowServe
     env = os.environ.copy()
     env["RO_HOUSEKEEPING_SECONDS"] = "1"
     env["RO_SERVE_SCHEDULES"] = "0"
+    env["RO_PAPER_RESUME_SECONDS"] = "1"  # the paper sweep probes the gateway soon after a fallback
     env["PYTHONPATH"] = str(ROOT)
     fs = FlowServer(env)
     fs.start()

@@ -1,11 +1,17 @@
-"""Automatic paper fallback end to end: the execution system is down, the order ends up in
-`paper_fallback` after the execute task's bounded retries, the orderer is emailed once (no personal data,
-no attachment), the pre-filled PDF prints from the app; then the system is back, support resumes the
-order digitally and it completes, with every email sent exactly once.
+"""The paper fallback end to end, with the execution system down and then back.
 
-The session's flow server runs with the simulated registry; this test stops it and serves the same
-deployments from a flow server of its own with `RO_GATEWAY=down`, so that exactly one process picks up the
-runs, and starts the session's server again afterwards (the gateway is back).
+The session's flow server's gateway is down while the file `RO_GATEWAY_DOWN_FLAG` exists (the same
+`UnavailableGateway` as `RO_GATEWAY=down`, but it comes back without a restart); this module creates it
+and removes it again.
+
+One test, three orders at once (the execute task's retries, 1 + 5 + 15 s, are waited for together):
+- A, ordered digitally: falls back to paper after the retries, the orderer is emailed once (no personal
+  data, no attachment), the pre-filled PDF prints; while the system stays down the sweep leaves it on
+  paper; when the system is back the sweep resumes it digitally by itself and it completes.
+- C, ordered digitally: falls back too; its signed paper form arrives and support registers it by its
+  reference while the system is still down. It must not fall back a second time (nor tell the orderer to
+  print again): it goes to the manual execution step, and the account administrator confirms it.
+- B, a signed paper form without a reference, registered while the system is down: the manual step too.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,32 +36,39 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowR
 from sqlalchemy import select
 
 from flows.fallback import paper_fallback
+from models.clock import STOCKHOLM
 from models.tables import AuditEvent, OutboxMessage
 from tasks import orders
 from tasks.database import session
-from tests.conftest import ROOT, FlowServer
+from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, mails, submit, text_of, wait_mails, wait_status
 
 pytestmark = pytest.mark.e2e
 PNR_SHAPE = re.compile(r"\b(?:\d{6}|\d{8})[-+]?\d{4}\b")
 ORDERER, HEAD, SUPPORT = "DEMO-KALMAR-CLINICIAN", "DEMO-KALMAR-HEAD", "DEMO-KALMAR-SUPPORT"
+ASSESSOR, ACCOUNT_ADMIN = "DEMO-KALMAR-ASSESSOR", "DEMO-KALMAR-ACCOUNTADMIN"
+ORDERER_MAIL, HEAD_MAIL = "demo-kalmar-clinician@kalmar.invalid", "demo-kalmar-head@kalmar.invalid"
 
 
-def _app() -> FastAPI:
-    from forms.app import create_app
-    from forms.paper_routes import router
-    app = create_app()
-    app.include_router(router)
-    return app
+@pytest.fixture()
+def gateway_down(flow_server: FlowServer, smtp: Path) -> Iterator[Path]:
+    """The execution system is down until the test removes the yielded file (or the test ends)."""
+    flag = Path(os.environ["RO_GATEWAY_DOWN_FLAG"])
+    flag.touch()
+    try:
+        yield flag
+    finally:
+        flag.unlink(missing_ok=True)
 
 
-def _call(app: FastAPI, method: str, url: str, user: str) -> httpx.Response:
+def _call(app: FastAPI, method: str, url: str, user: str, json: Any = None) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60,
                                      headers={"X-Remote-User": user}) as c:
             # A POST without a body still says it is JSON: the app refuses other posts (CSRF).
-            return await c.request(method, url, json={} if method == "POST" else None)
+            body = {} if json is None and method == "POST" else json
+            return await c.request(method, url, json=body)
     return asyncio.run(go())
 
 
@@ -73,6 +88,19 @@ def _events(reference: str) -> list[AuditEvent]:
                               .order_by(AuditEvent.id)))
 
 
+def _actions(reference: str, action: str) -> list[AuditEvent]:
+    return [e for e in _events(reference) if e.action == action]
+
+
+def _wait_event(reference: str, action: str, timeout: float = 120) -> AuditEvent:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := _actions(reference, action):
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"{reference}: no {action} event")
+
+
 def _outbox(reference: str) -> list[str]:
     with session() as s:
         return sorted(s.scalars(select(OutboxMessage.message_id).where(OutboxMessage.order_reference == reference)))
@@ -83,95 +111,150 @@ def _flow_run_id(reference: str) -> str:
         return str(orders.get(s, reference).flow_run_id)
 
 
-def test_gateway_down_falls_back_to_paper_then_resumes_digitally(flow_server: FlowServer, smtp: Path) -> None:
-    env = os.environ.copy()
-    env.update(RO_GATEWAY="down", RO_HOUSEKEEPING_SECONDS="1", PYTHONPATH=str(ROOT))
-    down = FlowServer(env)
-    app = _app()
-    flow_server.kill()
-    try:
-        down.start()
-        ref = submit(body("seal_or_lock", patient_personal_number=aged(61, 725)), actor=ORDERER)
+def _assessed_and_approved(*refs: str) -> None:
+    for ref in refs:
         wait_status(ref, "awaiting_assessment")
-        decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR",
-               {"harm_found": True, "decision": "restrict", "rationale": "Hot mot patienten"})
+        decide(ref, "harm_assessment", ASSESSOR, {"harm_found": True, "decision": "restrict",
+                                                  "rationale": "Hot mot patienten"})
+    for ref in refs:
         wait_status(ref, "awaiting_approval")
         decide(ref, "approval", HEAD, {"approved": True, "comment": "ok"})
-        started = time.monotonic()
-        wait_status(ref, "paper_fallback", timeout=120)
-        assert time.monotonic() - started > 15  # the retries (1 + 5 + 15 s) came first
 
-        # Bounded retries: one attempt and three retries of the execute task, then the paper-fallback subflow.
-        first_run = _flow_run_id(ref)
-        deadline = time.monotonic() + 60
-        while True:
-            run, task_runs, children = asyncio.run(_runs(first_run))
-            if run.state.is_final() or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert run.state.is_completed(), run.state
-        execute = [t for t in task_runs if t.name.startswith("execute-order")]
-        assert len(execute) == 1 and execute[0].state.is_failed() and execute[0].run_count == 4
-        assert [c.name for c in children] == [f"{ref}-paper"] and children[0].state.is_completed()
-        assert children[0].parameters == {"reference": ref}
 
-        # The email: to the orderer only, once, no personal data, no attachment, tells them to print.
-        got = wait_mails(smtp, ref, 1)
-        assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
-        mail = got[0]
-        text = text_of(mail)
-        assert "pappersblankett" in str(mail["Subject"]) and ref in str(mail["Subject"])
-        assert not PNR_SHAPE.search(text), text
-        assert "19121212" not in text and "****" not in text and "Hot mot patienten" not in text
-        assert "Regionstab Kansli, Strömgatan, Kalmar" in text and f"/api/orders/{ref}/paper.pdf" in text
-        assert not list(mail.iter_attachments())
-        events = _events(ref)
-        assert [(e.from_status, e.to_status) for e in events if e.action == "gateway_unavailable"] == [
-            ("executing", "paper_fallback")]
-        assert [e.detail["occasion"] for e in events if e.action == "paper_form_checked"] == [1]
-        assert [e.detail["occasion"] for e in events if e.action == "paper_fallback_notified"] == [1]
+def _no_personal_data(m: Any) -> None:
+    text = text_of(m)
+    assert not PNR_SHAPE.search(text), text
+    assert "19121212" not in text and "Hot mot patienten" not in text
 
-        # The pre-filled paper form prints from the app (only the orders database and WeasyPrint needed).
-        pdf = _call(app, "GET", f"/api/orders/{ref}/paper.pdf", ORDERER)
-        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
-        assert shutil.which("pdftotext")
-        pdf_text = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf.content, capture_output=True,
-                                  check=True).stdout.decode()
-        assert ref in pdf_text and "Regionstab Kansli" in pdf_text
 
-        # Running the fallback again (by hand, or the sweep) sends nothing new.
-        assert asyncio.run(paper_fallback(ref)) == [ref]
-        assert ref not in asyncio.run(paper_fallback())
-        time.sleep(2)
-        assert len(mails(smtp, ref)) == 1 and _outbox(ref) == [f"<{ref}.paper_fallback-1.orderer@restriction-orders.invalid>"]
-    finally:
-        down.stop()
-        if flow_server.proc is None:
-            flow_server.start()  # the execution system is back: the simulated registry
+# Three orders through every step with the retries in between: about three and a half minutes on a loaded
+# two-core machine, more than the suite's default timeout allows for one test.
+@pytest.mark.timeout(480)
+def test_gateway_down_paper_fallback_manual_execution_and_digital_resume(gateway_down: Path, smtp: Path) -> None:
+    from forms.app import create_app
+    app = create_app()
+    today = datetime.now(STOCKHOLM).date().isoformat()  # Stockholm's day, as the registration checks it
 
-    # Support resumes the order digitally; a new run completes it.
-    assert _call(app, "POST", f"/api/orders/{ref}/resume-digital", ORDERER).status_code == 403
-    r = _call(app, "POST", f"/api/orders/{ref}/resume-digital", SUPPORT)
-    assert r.status_code == 200, r.text
-    assert r.json() == {"reference": ref, "status": "executing"}
-    wait_status(ref, "completed", timeout=90)
-    assert _flow_run_id(ref) != first_run
-    back = [e for e in _events(ref) if e.action == "resumed_digital"]
-    assert [(e.actor, e.from_status, e.to_status) for e in back] == [(SUPPORT, "paper_fallback", "executing")]
+    a = submit(body("seal_or_lock", patient_personal_number=aged(61, 725)), actor=ORDERER)
+    c = submit(body("seal_or_lock", patient_personal_number=aged(58, 731)), actor=ORDERER)
+    # B: a blank paper form filled in by hand, on the patient's own initiative (approval only).
+    r = _call(app, "POST", "/api/paper-orders", SUPPORT, {
+        **body("seal_or_lock", initiative="patient", actions=["seal_journal"],
+               patient_personal_number=aged(44, 743)),
+        "received_on": today, "signature_checked": True, "orderer_hsa_id": ORDERER})
+    assert r.status_code == 201, r.text
+    b = r.json()["reference"]
+    assert r.json()["channel"] == "paper"
+    _assessed_and_approved(a, c)
+    wait_status(b, "awaiting_approval")
+    decide(b, "approval", HEAD, {"approved": True})
+    started = time.monotonic()
+    wait_status(a, "paper_fallback", timeout=120)
+    wait_status(c, "paper_fallback", timeout=60)
+    assert time.monotonic() - started > 15  # the retries (1 + 5 + 15 s) came first
 
-    got = wait_mails(smtp, ref, 3)
+    # C: its orderer was told to print too; the signed form arrives while the system is still down, and
+    # support registers it by its reference (its retries run while A is looked at).
+    assert [m["To"] for m in wait_mails(smtp, c, 1)] == [ORDERER_MAIL]
+    r = _call(app, "POST", "/api/paper-orders", SUPPORT, {"reference": c, "received_on": today,
+                                                         "signature_checked": True, "order_type": "seal_or_lock"})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"reference": c, "status": "executing", "channel": "paper", "continued": True, "warnings": []}
+
+    # A: bounded retries (one attempt, three retries), then the paper-fallback subflow; one email.
+    first_run = _flow_run_id(a)
+    deadline = time.monotonic() + 60
+    while True:
+        run, task_runs, children = asyncio.run(_runs(first_run))
+        if run.state.is_final() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert run.state.is_completed(), run.state
+    execute = [t for t in task_runs if t.name.startswith("execute-order")]
+    assert len(execute) == 1 and execute[0].state.is_failed() and execute[0].run_count == 4
+    assert [ch.name for ch in children] == [f"{a}-paper"] and children[0].state.is_completed()
+    assert children[0].parameters == {"reference": a}
+    got = wait_mails(smtp, a, 1)
+    assert [m["To"] for m in got] == [ORDERER_MAIL]
+    mail = got[0]
+    assert "pappersblankett" in str(mail["Subject"]) and a in str(mail["Subject"])
+    _no_personal_data(mail)
+    assert "****" not in text_of(mail)
+    assert "Regionstab Kansli, Strömgatan, Kalmar" in text_of(mail) and f"/api/orders/{a}/paper.pdf" in text_of(mail)
+    assert not list(mail.iter_attachments())
+    assert [(e.from_status, e.to_status) for e in _actions(a, "gateway_unavailable")] == [("executing", "paper_fallback")]
+    assert [e.detail["occasion"] for e in _actions(a, "paper_form_checked")] == [1]
+    assert [e.detail["occasion"] for e in _actions(a, "paper_fallback_notified")] == [1]
+
+    # The pre-filled paper form prints from the app (only the orders database and WeasyPrint needed).
+    pdf = _call(app, "GET", f"/api/orders/{a}/paper.pdf", ORDERER)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
+    assert shutil.which("pdftotext")
+    pdf_text = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf.content, capture_output=True,
+                              check=True).stdout.decode()
+    assert a in pdf_text and "Regionstab Kansli" in pdf_text
+    # Running the fallback again (by hand, or the sweep) sends nothing new.
+    assert asyncio.run(paper_fallback(a)) == [a]
+    assert a not in asyncio.run(paper_fallback())
+    assert _call(app, "POST", f"/api/orders/{a}/resume-digital", ORDERER).status_code == 403
+
+    # B and C: the gateway still fails, and both go to the manual execution step, not to paper.
+    for ref in (b, c):
+        manual = _wait_event(ref, "execution_manual", timeout=120)
+        assert manual.actor == "system" and manual.detail == {"why": "gateway_unavailable", "paper_received": True}
+    for ref in (b, c):
+        deadline = time.monotonic() + 30
+        while not asyncio.run(_runs(_flow_run_id(ref)))[0].state.is_paused():  # waits for the account admin
+            assert time.monotonic() < deadline, f"{ref} does not wait for the manual step"
+            time.sleep(0.3)
+        assert orders_status(ref) == "executing"
+    assert len(_actions(c, "gateway_unavailable")) == 1 and not _actions(b, "gateway_unavailable")
+    assert [e.detail["occasion"] for e in _actions(c, "paper_fallback_notified")] == [1]
+    assert len(mails(smtp, c)) == 1 and not mails(smtp, b)  # nobody is told to print a form already here
+
+    # A: the sweep leaves it on paper while the system is down (it probed all along, backing off) ...
+    assert orders_status(a) == "paper_fallback" and not _actions(a, "resumed_digital")
+    # ... and resumes it digitally by itself once the system is back.
+    gateway_down.unlink()
+    # B and C stay with the account administrator even now (the gateway must not apply them as well while
+    # a person may be doing it by hand); the confirmation from the 1177 tool completes them.
+    for ref in (b, c):
+        r = _call(app, "POST", f"/api/orders/{ref}/execution", ACCOUNT_ADMIN, {"system_reference": f"ADM-{ref}"})
+        assert r.status_code == 202, r.text
+    for ref in (a, b, c):
+        wait_status(ref, "completed", timeout=60)
+    for ref in (b, c):
+        done = _actions(ref, "executed")
+        assert [(e.actor, e.detail) for e in done] == [(ACCOUNT_ADMIN, {"system_reference": f"ADM-{ref}"})]
+    back = _actions(a, "resumed_digital")
+    assert [(e.actor, e.from_status, e.to_status, e.detail) for e in back] == [
+        ("system", "paper_fallback", "executing", {"occasion": 1, "why": "gateway_available"})]
+    assert _flow_run_id(a) != first_run
+    assert [(e.actor, e.detail) for e in _actions(a, "executed")] == [("system", {"system_reference": f"SIM-{a}"})]
+
+    wait_mails(smtp, a, 3)
+    wait_mails(smtp, b, 2)
+    wait_mails(smtp, c, 3)
     time.sleep(3)  # nothing more arrives: no email was doubled
-    got = mails(smtp, ref)
-    assert len(got) == 3
-    subjects = sorted((m["To"], str(m["Subject"])) for m in got)
-    assert subjects == [
-        ("demo-kalmar-clinician@kalmar.invalid", f"Beställning {ref} är genomförd"),
-        ("demo-kalmar-clinician@kalmar.invalid", f"Beställning {ref}: skriv ut pappersblanketten (reservrutin)"),
-        ("demo-kalmar-head@kalmar.invalid", f"Beställning {ref} är genomförd"),
-    ]
-    for m in got:
-        assert not PNR_SHAPE.search(text_of(m))
-    # Nothing was lost: one order, its decisions kept, executed once.
+    subjects = {ref: sorted((m["To"], str(m["Subject"])) for m in mails(smtp, ref)) for ref in (a, b, c)}
+    paper = "skriv ut pappersblanketten (reservrutin)"
+    for ref in (a, c):
+        assert subjects[ref] == [(ORDERER_MAIL, f"Beställning {ref} är genomförd"),
+                                 (ORDERER_MAIL, f"Beställning {ref}: {paper}"),
+                                 (HEAD_MAIL, f"Beställning {ref} är genomförd")]
+    assert subjects[b] == [(ORDERER_MAIL, f"Beställning {b} är genomförd"), (HEAD_MAIL, f"Beställning {b} är genomförd")]
+    for ref in (a, b, c):
+        for m in mails(smtp, ref):
+            _no_personal_data(m)
+    assert _outbox(a)[-1] == f"<{a}.paper_fallback-1.orderer@restriction-orders.invalid>"
+    # Nothing was lost: one order each, decisions kept, executed once.
     with session() as s:
-        order = orders.get(s, ref)
-        assert [d.stage for d in order.decisions if d.state == "accepted"] == ["harm_assessment", "approval"]
+        accepted = {ref: [d.stage for d in orders.get(s, ref).decisions if d.state == "accepted"] for ref in (a, b, c)}
+        assert accepted == {a: ["harm_assessment", "approval"], b: ["approval", "execution"],
+                            c: ["harm_assessment", "approval", "execution"]}
+        assert orders.get(s, c).channel == "paper" and orders.get(s, a).channel == "digital"
+
+
+def orders_status(reference: str) -> str:
+    with session() as s:
+        return orders.get(s, reference).status

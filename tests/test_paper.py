@@ -25,7 +25,11 @@ from models.schemas import ORDER_TYPES as API_ORDER_TYPES
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "paper"
 
 KALMAR = PaperRegion(code="kalmar", name="Region Kalmar län", support_phone="0480-840 38", support_option="2",
-                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"])
+                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"], on_call_window="17:00–07:00")
+# Seed 001, Kalmar's routine: "... knappval 2 (tala in ett meddelande och invänta uppringning inom 30 minuter
+# under beredskapstid 17:00-07:00)".
+URGENT_CALL = ("Vid akut beställning: ring även 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter "
+               "under beredskapstid 17:00–07:00.")
 INJECTED = "<script>alert(1)</script><b>x</b>"
 PATIENT = "19121212-1212"  # Skatteverket's published test number
 
@@ -122,6 +126,19 @@ def flat_text_of(order_type: str, filled: bool) -> str:
     return re.sub(r"\s+", " ", out)
 
 
+def structure_tags(node: Any) -> list[str]:
+    """The structure types of a PDF structure tree, depth first."""
+    out: list[str] = []
+    node = node.get_object()
+    if "/S" in node:
+        out.append(str(node["/S"]))
+    kids = node.get("/K")
+    for kid in kids if isinstance(kids, list) else [kids]:
+        if isinstance(kid, pypdf.generic.IndirectObject | pypdf.generic.DictionaryObject):
+            out += structure_tags(kid)
+    return out
+
+
 CASES = [pytest.param(t, filled, id=f"{t}-{'filled' if filled else 'blank'}")
          for t in ORDER_TYPES for filled in (False, True)]
 
@@ -160,6 +177,13 @@ def test_pdf_is_tagged_swedish_pdf_ua_with_a_title_free_of_personal_data(order_t
     assert "/StructTreeRoot" in root
     assert bool(root["/ViewerPreferences"]["/DisplayDocTitle"])
     assert b"pdfuaid" in root["/Metadata"].get_object().get_data()
+    # A real structure tree, not an empty shell: headings and lists tagged, a parent tree for the content,
+    # and tab order following the structure on every page (PDF/UA-1 7.1, 7.18.3).
+    tree: Any = root["/StructTreeRoot"].get_object()
+    assert "/ParentTree" in tree
+    tags = structure_tags(tree)
+    assert tags[0] == "/Document" and {"/H1", "/H2", "/P", "/L", "/LI"} <= set(tags), sorted(set(tags))
+    assert all(page.get("/Tabs") == "/S" and "/StructParents" in page for page in reader.pages)
     title = reader.metadata.title if reader.metadata else None
     assert title
     assert not re.search(r"\d{6,8}[-+]?\d{4}", title), title  # nothing shaped like a personal number
@@ -173,9 +197,9 @@ def test_every_label_postal_route_and_phone_is_printed(order_type: str, filled: 
     for label in LABELS["common"] + LABELS[order_type] + KALMAR.postal_route:
         assert label in text, label
     if filled:
-        assert "Referens (fylls i av support)" not in text
+        assert "Referens: fylls i av supporten" not in text
     else:
-        assert "Referens (fylls i av support)" in text
+        assert "Referens: fylls i av supporten" in text
         assert "☒" not in text  # nothing is ticked on a blank form
     if not filled or order_for(order_type).needs_head_signature:
         assert "Godkännande – Verksamhetschef/bakjour" in text
@@ -183,8 +207,7 @@ def test_every_label_postal_route_and_phone_is_printed(order_type: str, filled: 
 
 @pytest.mark.parametrize("order_type", ORDER_TYPES)
 def test_blank_forms_always_tell_how_to_phone_in_an_urgent_order(order_type: str) -> None:
-    assert ("Vid akut beställning: ring även 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter. "
-            "Fyll därefter i och skicka in blanketten.") in flat_text_of(order_type, False)
+    assert f"{URGENT_CALL} Fyll därefter i och skicka in blanketten." in flat_text_of(order_type, False)
 
 
 @pytest.mark.parametrize("order_type", ORDER_TYPES)
@@ -205,8 +228,7 @@ def test_prefilled_values_and_ticks_are_printed(order_type: str) -> None:
         assert f"☐ {label}" in text, label
     urgent_box = "☒ Ja ☐ Nej" if order.urgent else "☐ Ja ☒ Nej"
     assert re.search(rf"Akut beställning.*\n.*{urgent_box}", text), "urgent Ja/Nej"
-    urgent_call = "Vid akut beställning: ring även 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter"
-    assert (urgent_call in flat_text_of(order_type, True)) == order.urgent
+    assert (URGENT_CALL in flat_text_of(order_type, True)) == order.urgent
     assert ("Verksamhetschef/bakjour" in text) == order.needs_head_signature
 
 
@@ -301,3 +323,14 @@ def test_first_page_is_saved_as_png_for_review(order_type: str, filled: bool) ->
                     str(path.with_suffix(""))], check=True)
     png = path.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_urgent_instruction_takes_the_on_call_window_and_callback_time_from_the_region_settings() -> None:
+    from forms.api import paper_region  # regions.toml, as the app and the fallback flow print it
+    kalmar = paper_region("kalmar")
+    assert (kalmar.on_call_window, kalmar.callback_minutes) == ("17:00–07:00", 30)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_html("seal_or_lock", kalmar)))
+    assert URGENT_CALL in text
+    other = replace(kalmar, on_call_window="16:30–08:00", callback_minutes=20)
+    assert "inom 20 minuter under beredskapstid 16:30–08:00." in render_html("block_guardian", other)
+    assert "under beredskapstid" not in render_html("block_guardian", replace(kalmar, on_call_window=None))

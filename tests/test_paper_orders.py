@@ -6,25 +6,37 @@ included as the lead will include it), the orders database and, where a run must
 from __future__ import annotations
 
 import asyncio
+import io
+import re
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
+import pypdf
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 from sqlalchemy import func, select
 
 from models.clock import STOCKHOLM
-from models.tables import AuditEvent, Order
+from models.tables import AuditEvent, Order, OutboxMessage, RegistryPerson
 from tasks import orders
 from tasks.database import session
+from tasks.settings import settings
 from tests.conftest import FlowServer
-from tests.e2e import aged, body, decide, submit, wait_mails, wait_status
+from tests.e2e import PATIENT, aged, body, decide, submit, text_of, wait_mails, wait_status
 
+pytest.register_assert_rewrite("tests.webapp", "tests.test_pages")
+from tests.test_pages import browser, visit  # noqa: E402, F401  (the browser fixtures, with the axe check)
+
+pytest_plugins = ["tests.webapp"]
 CLINICIAN, SUPPORT, HEAD = "DEMO-KALMAR-CLINICIAN", "DEMO-KALMAR-SUPPORT", "DEMO-KALMAR-HEAD"
 OTHER_SUPPORT = "DEMO-OSTERGOTLAND-SUPPORT"
 
@@ -156,12 +168,15 @@ def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, fl
     assert order_count() == count
     order = row(ref)
     assert order.paper_registered_by == SUPPORT and order.paper_received_on is not None
-    assert order.channel == "digital"  # it was ordered digitally; the paper fields record the signed copy
+    assert order.channel == "paper"  # the signed paper form is now the order's record
     assert order.flow_run_id and order.flow_run_id != old_run
     # The run that waited at the assessment was cancelled, so only the new one continues.
     assert asyncio.run(_run_of(old_run)).state.is_cancelled()
     back = [e for e in audit_actions(ref) if e.action == "paper_registered"]
     assert [(e.from_status, e.to_status, e.actor) for e in back] == [("paper_fallback", "awaiting_assessment", SUPPORT)]
+    assert back[0].channel == "app" and back[0].detail == {
+        "received_on": today(), "signature_checked": True, "continued": True, "previous_channel": "digital"}
+    assert "channel:paper" in asyncio.run(_run_of(str(order.flow_run_id))).tags
 
     again = call(app, "POST", "/api/paper-orders", SUPPORT, paper({}, reference=ref))
     assert again.status_code == 409 and codes(again) == {"": "wrong_status"}
@@ -196,3 +211,382 @@ def test_identity_and_roles(app: FastAPI) -> None:
     assert call(app, "POST", "/api/orders/RO-2020-999999/resume-digital", SUPPORT, json={}).status_code == 404
     assert call(app, "POST", "/api/orders/not-a-ref/resume-digital", SUPPORT, json={}).status_code == 404
     assert order_count() == before
+
+
+# --- "fill in digitally, print, sign": POST /api/paper-forms/{order_type}.pdf ------------------------
+
+def pdf_text(data: bytes) -> str:
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return re.sub(r"[ \t]+", " ", out.decode())
+
+
+def pdf_words(data: bytes) -> str:
+    """Reading order without whitespace or hyphens: a value that wraps inside its box reads as one word
+    (pdftotext drops the hyphen it wrapped at)."""
+    out = subprocess.run(["pdftotext", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return re.sub(r"[\s-]+", "", out.decode())
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+def login(web: TestClient, hsa_id: str) -> None:
+    """The embedded login page, as a person uses it: the session cookie stays in the client."""
+    token = _csrf(web.get("/login").text)
+    r = web.post("/login", data={"hsa_id": hsa_id, "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+@pytest.fixture()
+def web(db: None) -> Iterator[TestClient]:
+    from forms.app import create_app
+    with TestClient(create_app(), client=("127.0.0.1", 40001), raise_server_exceptions=False) as c:
+        yield c
+
+
+@contextmanager
+def orders_database_unreachable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As tests/test_faults.py: nothing listens on port 9, so every connection is refused at once."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    settings.cache_clear()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+
+
+def printed_audits() -> int:
+    with session() as s:
+        return int(s.scalar(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.action == "paper_form_printed")) or 0)
+
+
+def test_a_filled_paper_form_prints_the_posted_values_and_stores_nothing(web: TestClient) -> None:
+    patient, guardian = aged(9, 552), aged(41, 553)
+    b = body("block_guardian", patient_personal_number=patient.replace("-", ""), guardian_personal_number=guardian,
+             urgent=True, reason="Orosanmälan <b>inlämnad</b>")
+    before, audits = order_count(), printed_audits()
+    r = web.post("/api/paper-forms/block_guardian.pdf", json=b, headers={"X-Remote-User": CLINICIAN})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/pdf" and r.headers["X-Blank-Fields"] == ""
+    text = pdf_text(r.content)
+    for value in (patient, guardian, "Orosanmälan <b>inlämnad</b>", "DEMO-KALMAR-UNIT", "Demoenheten Region Kalmar",
+                  "Referens: fylls i av supporten", "Regionstab Kansli", "under beredskapstid 17:00–07:00"):
+        assert value in text, value
+    assert "DEMOKALMARCLINICIAN" in pdf_words(r.content)  # the orderer's HSA-id wraps in its narrow box
+    assert "RO-20" not in text  # no reference: nothing was stored
+    title = pypdf.PdfReader(io.BytesIO(r.content)).metadata.title  # type: ignore[union-attr]
+    assert title == "Borttagande av direktåtkomst för vårdnadshavare – ifylld reservblankett, Region Kalmar län"
+    assert order_count() == before
+    assert printed_audits() == audits + 1  # the database answered: the print is in the audit log
+    with session() as s:
+        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "paper_form_printed")
+                       .order_by(AuditEvent.id.desc())).first()
+        assert ev is not None and ev.actor == CLINICIAN and ev.patient_pnr == patient.replace("-", "")
+        assert ev.order_reference is None and patient.replace("-", "") not in str(ev.detail)
+
+
+def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web: TestClient) -> None:
+    clinician = {"X-Remote-User": CLINICIAN}
+    r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", json={"reason": "Hot"}, headers=clinician)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Blank-Fields"] == "actions,care_unit_hsa_id,initiative,patient_personal_number"
+    printed = pdf_text(r.content)
+    assert printed.count("☒") == 1 and "☐ Ja ☒ Nej" in printed  # only "urgent": false is the API's default
+    restore = body("restore_access", initiative="patient", actions=["seal_journal"],
+                   patient_personal_number=aged(33, 564))
+    r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
+    assert r.status_code == 422 and codes(r) == {"actions": "nothing_to_restore"}  # the registry says so
+    with session() as s:
+        s.merge(RegistryPerson(pnr=aged(33, 564).replace("-", ""), sealed_by_initiative="patient",
+                               sealed_by_region="kalmar", sealed_by_order="RO-2026-000000",
+                               blocked_guardians=[], minor_access=[]))
+    r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Blank-Fields"] == "identity_checked_in_person"  # a box the signer ticks by hand
+    before, audits = order_count(), printed_audits()
+    wrong = web.post("/api/paper-forms/minor_access.pdf", headers=clinician, json=body(
+        "minor_access", patient_personal_number="19121212-1213", care_unit_hsa_id="DEMO-NOWHERE",
+        reason="x" * 2001, initiative="patient", minor_access={"grant": True, "recipient": "guardian"}))
+    assert wrong.status_code == 422, wrong.text
+    assert codes(wrong) == {"patient_personal_number": "invalid_personal_number", "reason": "reason_too_long",
+                            "care_unit_hsa_id": "unknown_care_unit", "initiative": "care_only"}
+    assert wrong.json()["blank_fields"] == ["guardian_personal_number", "minor_access.child_consent"]
+    for garbage in ([1, 2], "text", {"order_type": "seal_or_lock", "urgent": "ja", "region": "kalmar"},
+                    {"order_type": "restore_access", "region": "kalmar"}, {"initiative": "care"}):
+        r = web.post("/api/paper-forms/seal_or_lock.pdf", json=garbage, headers=clinician)
+        assert r.status_code == 422, (garbage, r.text)
+    assert codes(web.post("/api/paper-forms/seal_or_lock.pdf", json={}, headers=clinician)) == {"region": "required"}
+    assert web.post("/api/paper-forms/seal.pdf", json={}, headers=clinician).status_code == 404
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", content="x", headers=clinician).status_code == 415
+    assert (order_count(), printed_audits()) == (before, audits)
+
+
+def test_printing_needs_an_identity_a_clinician_and_the_csrf_token(web: TestClient) -> None:
+    b = body("seal_or_lock")
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b).status_code == 401
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-Remote-User": "DEMO-NOBODY"}).status_code == 401
+    r = web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-Remote-User": SUPPORT})
+    assert r.status_code == 403 and codes(r) == {"": "wrong_role"}
+    login(web, CLINICIAN)
+    r = web.post("/api/paper-forms/seal_or_lock.pdf", json=b)  # the cookie alone: a cross-site post could do that
+    assert r.status_code == 403 and codes(r) == {"": "csrf_failed"}
+    token = _csrf(web.get("/").text)
+    assert web.post("/api/paper-forms/seal_or_lock.pdf", json=b, headers={"X-CSRF-Token": token}).status_code == 200
+    form = {"patient_personal_number": PATIENT, "csrf_token": "forged"}
+    assert web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data=form).status_code == 403
+
+
+def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestClient,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Logged in (embedded login) and the order form loaded while the database still answered.
+    login(web, CLINICIAN)
+    page = web.get("/bestall/seal_or_lock")
+    assert 'formaction="/api/paper-forms/seal_or_lock.pdf?region=kalmar"' in page.text
+    assert "Skriv ut ifylld pappersblankett" in page.text
+    token = _csrf(page.text)
+    patient = aged(36, 561)
+    audits = printed_audits()
+    with orders_database_unreachable(monkeypatch):
+        assert web.post("/api/orders", json=body(), headers={"X-Remote-User": CLINICIAN}).status_code == 503
+        # The order form's own fields, as the button posts them.
+        r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data={
+            "csrf_token": token, "idempotency_key": "abc", "patient_personal_number": patient,
+            "initiative": "care", "actions": ["seal_journal", "lock_login"], "urgent": "1",
+            "reason": "Hot mot patienten", "care_unit_hsa_id": "DEMO-KALMAR-UNIT"})
+        assert r.status_code == 200, r.text
+        text = pdf_text(r.content)
+        for value in (patient, "Hot mot patienten", "DEMO-KALMAR-UNIT", "Referens: fylls i av supporten",
+                      "Regionstab Kansli", "☒ Försegla 1177 journal", "☒ Låsa inloggning till 1177 e-tjänster",
+                      "☒ På begäran av hälso- och sjukvårdspersonal"):
+            assert value in text, value
+        assert "DEMOKALMARCLINICIAN" in pdf_words(r.content) and "Demoenheten" not in text  # no directory: no names
+        # And as JSON by the trusted header (no directory to look the person up in: the proxy vouches).
+        r = web.post("/api/paper-forms/restore_access.pdf", headers={"X-Remote-User": CLINICIAN},
+                     json=body("restore_access", care_unit_hsa_id="ANY-UNIT-AT-ALL"))
+        assert r.status_code == 200, r.text
+        assert "ANY-UNIT-AT-ALL" in pdf_text(r.content)  # the directory check waits for the registration
+        # A wrong answer is still refused, on a page of its own (the order form needs the database).
+        r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar",
+                     data={"csrf_token": token, "patient_personal_number": "19121212-1213"})
+        assert r.status_code == 422 and "Blanketten kan inte skrivas ut" in r.text
+        assert "Ogiltigt personnummer" in r.text and "/api/paper-forms/seal_or_lock.pdf?region=kalmar" in r.text
+        assert web.post("/api/paper-forms/seal_or_lock.pdf", json=body()).status_code == 403  # CSRF as ever
+    assert printed_audits() == audits  # nothing could be audited, and nothing was kept anywhere else
+    # With the database back, a wrong answer shows the order form again with the error and the values kept.
+    r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar",
+                 data={"csrf_token": token, "patient_personal_number": "19121212-1213", "reason": "Behåll mig"})
+    assert r.status_code == 422 and "error-summary" in r.text and "Behåll mig" in r.text
+    assert 'id="order-form"' in r.text
+
+
+# --- the gateway's probe and the sweep that resumes orders on paper ------------------------------------
+
+def test_gateway_probe_and_the_down_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.gateway import GatewayUnavailable, UnavailableGateway, gateway
+    assert gateway("simulated").available() and gateway("manual").available()
+    assert not gateway("down").available()
+    flag = tmp_path / "gateway-down"
+    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
+    settings.cache_clear()
+    try:
+        assert gateway().available()  # no file: the configured gateway
+        flag.touch()
+        down = gateway()
+        assert isinstance(down, UnavailableGateway) and not down.available()
+        with pytest.raises(GatewayUnavailable), session() as s:
+            down.apply(s, Order())
+        flag.unlink()
+        assert gateway().available()
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+
+
+def _on_paper(at: datetime, at_stage: str = "executing", **paper_fields: Any) -> str:
+    """An order stored without a run whose execution (or another stage) fell back to paper at `at`."""
+    out = orders.submit(body("seal_or_lock", patient_personal_number=aged(50, 571)), CLINICIAN, at)
+    assert out.order is not None
+    with session() as s:
+        order = orders.get(s, out.order.reference)
+        order.stage_plan = {st: {"required": False} for st in ("callback", "harm_assessment", "approval")}
+        for name, value in paper_fields.items():
+            setattr(order, name, value)
+        for stage in ("awaiting_approval", "executing")[:2 if at_stage == "executing" else 1]:
+            orders.transition(s, order, stage, actor="system", action="test", at=at)
+        orders.transition(s, order, "paper_fallback", actor="system", action="gateway_unavailable", at=at)
+        return order.reference
+
+
+def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_while_it_does_not(
+        db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run is started when Prefect answers; the reconciler starts it otherwise.
+    from forms.api import prefect_fails_fast
+    from tasks import paper_orders
+    flag = tmp_path / "gateway-down"
+    flag.touch()
+    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
+    monkeypatch.setenv("RO_PAPER_RESUME_SECONDS", "30")
+    settings.cache_clear()
+    paper_orders._probe = paper_orders._Probe()
+    t = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own sweep leaves these be
+    ref = _on_paper(t)
+    signed = _on_paper(t, channel="paper", paper_received_on=t)  # its signed form is here: never resumed
+    earlier = _on_paper(t, at_stage="awaiting_approval")  # not at execution: the probe cannot vouch for it
+
+    def sweep(after_s: float) -> list[str]:
+        with prefect_fails_fast():
+            return [r for r in asyncio.run(paper_orders.resume_when_back(t + timedelta(seconds=after_s)))
+                    if r in (ref, signed, earlier)]
+    try:
+        assert sweep(10) == []                       # too soon after the fallback: nothing is probed
+        assert paper_orders._probe.after is None
+        delays = []
+        for at in (31, 61, 121, 241, 481, 781, 1081):  # down: each probe fails and the next waits longer
+            assert sweep(at) == []
+            delays.append(paper_orders._probe.delay)
+        assert delays == [30, 60, 120, 240, 300, 300, 300]  # doubling, at most ten times the first wait
+        flag.unlink()
+        assert sweep(1100) == []                     # back, but the next probe is not due yet
+        assert row(ref).status == "paper_fallback"
+        assert sweep(1381) == [ref]
+        assert row(ref).status == "executing"
+        assert row(signed).status == row(earlier).status == "paper_fallback"
+        back = [e for e in audit_actions(ref) if e.action == "resumed_digital"]
+        assert [(e.actor, e.from_status, e.to_status, e.detail) for e in back] == [
+            ("system", "paper_fallback", "executing", {"occasion": 1, "why": "gateway_available"})]
+        assert paper_orders._probe.after is None and sweep(1382) == []
+        # It fails again at execution: the next automatic try waits twice as long (a system that answers the
+        # probe but fails the execution does not bounce the order every minute).
+        with session() as s:
+            orders.transition(s, orders.get(s, ref), "paper_fallback", actor="system", action="gateway_unavailable",
+                              at=t + timedelta(seconds=1400))
+        assert sweep(1431) == [] and sweep(1459) == []
+        assert sweep(1461) == [ref]
+        assert [e.actor for e in audit_actions(ref) if e.action == "resumed_digital"] == ["system", "system"]
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
+        paper_orders._probe = paper_orders._Probe()
+        with session() as s:  # left on paper by the test: out of the way of the served flows' own sweep
+            for r in (ref, signed, earlier):
+                if (o := orders.get(s, r)).status == "paper_fallback":
+                    orders.transition(s, o, "cancelled", actor="system", action="cancelled")
+
+
+def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, smtp: Path) -> None:
+    from flows.fallback import REPAIR_AFTER_S, _tell_untold
+    now = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own repair leaves these be
+    old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5), urgent=True)
+    fresh = _on_paper(now)  # its own run is about to tell the orderer: left to it
+    try:
+        told = _tell_untold(now)
+        assert old in told and fresh not in told
+        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_fallback_notified"] == [1]
+        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_form_checked"] == [1]
+        assert old not in _tell_untold(now) and old not in _tell_untold(now + timedelta(minutes=5))
+        # The sweep resumed it and it fell back again: the orderer has the instructions already.
+        with session() as s:
+            o = orders.get(s, old)
+            orders.transition(s, o, "executing", actor="system", action="resumed_digital", at=now)
+            orders.transition(s, o, "paper_fallback", actor="system", action="gateway_unavailable", at=now)
+        later = now + timedelta(seconds=REPAIR_AFTER_S + 5)
+        assert old not in _tell_untold(later) and old not in _tell_untold(later)
+        assert [(e.detail["occasion"], e.detail["why"]) for e in audit_actions(old)
+                if e.action == "paper_fallback_unnotified"] == [(2, "told_before")]
+        with session() as s:
+            assert int(s.scalar(select(func.count()).select_from(OutboxMessage)
+                                .where(OutboxMessage.order_reference == old)) or 0) == 1
+        got = wait_mails(smtp, old, 1)
+        assert [m["To"] for m in got] == ["demo-kalmar-clinician@kalmar.invalid"]
+        text = re.sub(r"\s+", " ", text_of(got[0]))
+        assert ("ring också supporten på 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter under "
+                "beredskapstid 17:00–07:00. Skicka sedan blanketten.") in text
+    finally:
+        with session() as s:
+            for r in (old, fresh):
+                orders.transition(s, orders.get(s, r), "cancelled", actor="system", action="cancelled")
+
+
+# --- the support centre's page, in a real browser ------------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browser(visit: Any, live_app: str) -> None:  # noqa: F811
+    # On paper while it waited for approval (not at execution, so the served flows' sweep leaves it to the person).
+    waiting = _on_paper(datetime.now(STOCKHOLM), at_stage="awaiting_approval")
+
+    v = visit(SUPPORT, "Supporten (Region Kalmar län)")
+    page = v.page
+    page.get_by_role("link", name="Pappersbeställningar", exact=True).click()
+    page.wait_for_url("**/pappersbestallningar")
+    assert page.locator(f"tr[id='{waiting}']").count() == 1
+    v.check("paper-orders")
+
+    # A blank form filled in by hand: first without the signature ticked, then right.
+    patient = aged(46, 582)
+    page.get_by_label("Beställarens HSA-id (om det står på blanketten)").fill(CLINICIAN)
+    page.get_by_label("Försegling och/eller låsning").check()
+    page.get_by_label("Patientens (barnets) personnummer eller samordningsnummer").fill(patient)
+    page.get_by_label("Vårdens initiativ").check()
+    page.get_by_label("1177 journal: försegla, eller bryta försegling").check()
+    page.get_by_label("Skäl till beställningen").fill("Hot mot patienten")
+    page.get_by_label("Beställande vårdenhet").select_option("DEMO-KALMAR-UNIT")
+    page.get_by_role("button", name="Registrera pappersbeställningen").click()
+    summary = page.locator(".error-summary")
+    summary.wait_for()
+    assert "kontrollerad" in summary.inner_text() and page.title().startswith("Fel: ")
+    summary.get_by_role("link").first.click()
+    assert page.evaluate("document.activeElement.id") == "signature_checked"
+    assert page.get_by_label("Patientens (barnets) personnummer eller samordningsnummer").input_value() == patient
+    v.check("paper-orders-errors")
+    page.get_by_label("Underskrifterna på blanketten är kontrollerade").check()
+    page.get_by_role("button", name="Registrera pappersbeställningen").click()
+    page.wait_for_url(re.compile(r".*registrerad=RO-\d{4}-\d+"))
+    ref = page.url.rsplit("=", 1)[1]
+    assert f"Pappersbeställningen {ref} är registrerad" in page.locator(".notice").inner_text()
+    order = row(ref)
+    assert (order.channel, order.submitted_by, order.paper_registered_by) == ("paper", CLINICIAN, SUPPORT)
+    assert page.locator("tr", has_text=ref).get_by_role("cell", name="Nej, ny beställning").count() == 1
+
+    # The order that waited on paper goes back to the digital route from here.
+    page.get_by_role("button", name=f"Återuppta digitalt {waiting}").click()
+    page.wait_for_url(re.compile(r".*aterupptagen=.*"))
+    assert f"Beställningen {waiting} är återupptagen digitalt (väntar på godkännande)" in page.locator(".notice").inner_text()
+    assert [(e.actor, e.to_status) for e in audit_actions(waiting) if e.action == "resumed_digital"] == [
+        (SUPPORT, "awaiting_approval")]
+    assert page.locator(f"tr[id='{waiting}']").count() == 0
+    v.check("paper-orders-resumed")
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live_app: str) -> None:  # noqa: F811
+    before = order_count()
+    v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
+    page = v.page
+    v.goto("/bestall/seal_or_lock")
+    patient = aged(38, 583)
+    page.get_by_label("Patientens personnummer eller samordningsnummer").fill(patient)
+    page.get_by_label("Vårdens initiativ").check()
+    page.get_by_label("Försegla 1177 journal").check()
+    page.get_by_label("Skäl till beställningen").fill("Skrivs ut på papper")
+    got: dict[str, Any] = {}
+
+    def keep(route: Any) -> None:  # the app's own answer, kept before Chromium's PDF viewer takes the page
+        answer = route.fetch()
+        got.update(status=answer.status, type=answer.headers["content-type"], body=answer.body(),
+                   sent=route.request.post_data or "")
+        route.fulfill(response=answer)
+    page.route("**/api/paper-forms/seal_or_lock.pdf?region=kalmar", keep)
+    page.get_by_role("button", name="Skriv ut ifylld pappersblankett").click()
+    page.wait_for_function("() => !document.querySelector('#order-form')")
+    assert (got["status"], got["type"]) == (200, "application/pdf")
+    assert "csrf_token=" in got["sent"]  # the form's own fields, with its CSRF token
+    text = pdf_text(got["body"])
+    assert patient in text and "Skrivs ut på papper" in text and "☒ Försegla 1177 journal" in text
+    assert order_count() == before  # printing stored nothing

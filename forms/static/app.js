@@ -153,9 +153,12 @@
         form.addEventListener("change", function () { applyConditions(form); });
       }
       if (form.hasAttribute("data-validate-url")) { liveValidation(form); }
-      form.addEventListener("submit", function () {
+      form.addEventListener("submit", function (e) {
         var b = form.querySelector("[data-once]");
-        if (b) { setTimeout(function () { b.disabled = true; b.setAttribute("aria-disabled", "true"); }, 0); }
+        // Only the button that submits: printing the paper form (another submit button) leaves it usable.
+        if (b && (!e.submitter || e.submitter === b)) {
+          setTimeout(function () { b.disabled = true; b.setAttribute("aria-disabled", "true"); }, 0);
+        }
       });
     });
   });
