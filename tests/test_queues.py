@@ -49,7 +49,7 @@ def app(db: None) -> Iterator[TestClient]:
 def _row(status: str, *, region: str = "kalmar", unit: str = "DEMO-KALMAR-UNIT", due: datetime | None = None,
          approval_role: str = "head_of_department", submitted_by: str = CLINICIAN) -> Order:
     """An order row as its run leaves it at `status` (no run: these pages never call Prefect)."""
-    return Order(reference=f"RO-{NOW.year}-{600000 + 1000 + next(_serial):07d}", order_type="seal_or_lock",
+    return Order(reference=f"RO-{NOW.year}-{600000 + 1000 + next(_serial):06d}", order_type="seal_or_lock",
                  initiative="care", actions=["seal_journal"], patient_pnr=pnr().replace("-", ""),
                  care_unit_hsa_id=unit, region=region, status=status, submitted_by=submitted_by, created_at=NOW,
                  updated_at=NOW, due_at=due or NOW + timedelta(days=1), reason="Hot mot patienten",

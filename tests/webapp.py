@@ -6,6 +6,7 @@ Used as a plugin (`pytest_plugins = ["tests.webapp"]`) so that the served app is
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -149,6 +150,9 @@ def api(live_app: str) -> Iterator[Any]:
         c.close()
 
 
+_STORED = itertools.count(random.randrange(0, 90000))
+
+
 def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", unit: str = UNIT,
                  region: str = "kalmar", **fields: Any) -> str:
     """An order row as its run would leave it at `status`, with a run id Prefect does not know.
@@ -156,12 +160,11 @@ def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", un
     For states the served flows never wait in (they execute through the simulated registry, so nothing
     waits for a manual execution) or would take long to reach (a review that is due). The made-up run id
     keeps the reconciler from starting a run that would race the test."""
-    import uuid
-
     from models.tables import Order
     from tasks.database import session
     now = datetime.now(STOCKHOLM)
-    ref = f"RO-{now.year}-{uuid.uuid4().int % 10**6 + 9 * 10**6}"
+    # 9xxxxx: far above what the session's orders reach; the counter keeps them unique within the session.
+    ref = f"RO-{now.year}-{900000 + next(_STORED):06d}"
     row: dict[str, Any] = {
         "reference": ref, "order_type": "seal_or_lock", "initiative": "care", "actions": ["seal_journal"],
         "patient_pnr": pnr().replace("-", ""), "care_unit_hsa_id": unit, "region": region, "status": status,
@@ -169,7 +172,7 @@ def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", un
         "reason": "Hot mot patienten",
         "stage_plan": {"approval": {"required": True, "role": "head_of_department",
                                     "reason": "Verksamhetschefen för den beställande vårdenheten godkänner."}},
-        "flow_name": "seal-or-lock", "flow_run_id": str(uuid.uuid4()), **fields}
+        "flow_name": "seal-or-lock", "flow_run_id": f"00000000-0000-4000-8000-{next(_STORED):012d}", **fields}
     with session() as s:
         s.add(Order(**row))
     return ref
