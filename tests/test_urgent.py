@@ -641,7 +641,8 @@ def test_cli_urgent_callback_clock_escalate(smtp: Path, monkeypatch: pytest.Monk
     assert "1912" not in captured.out + captured.err
     assert cli.main(["automations", "--print"]) == 0
     names = [a["name"] for a in json.loads(capsys.readouterr().out)["automations"]]
-    assert names == ["Missed urgent callback", "Order run failed", "Crash unresponsive order runs"]
+    assert names == ["Missed urgent callback", "Order run failed", "Crash unresponsive order runs",
+                     "Overdue order", "Monitoring run failed"]
 
 
 def test_cli_is_installed_as_a_console_script() -> None:
