@@ -115,8 +115,9 @@ def tree(env: dict[str, Any]) -> tuple[float, float]:
 
 
 def main(waiting: int, resumes: int, postgres: bool) -> None:
-    from tasks.launch import reconcile
     with embedded(postgres=postgres) as env:
+        # Imported only now: Prefect reads PREFECT_API_URL once, on import, and embedded() sets it.
+        from tasks.launch import reconcile
         time.sleep(5)
         serve0, prefect0 = tree(env)
         t = time.monotonic()
