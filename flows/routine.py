@@ -40,6 +40,10 @@ async def human_step(reference: str, stage: str) -> bool:
             stages.record_decision(reference, stage, {"decision_id": st.proposed}, "app")
             failpoints.hit("after-decision", reference)
             continue
+        # The dashboard's card, once per step: right after the order was received or a decision recorded
+        # (refused ones too), now that it waits. A resumed segment re-runs receive() but publishes only here,
+        # after the status has moved on, so the card never delays the next status.
+        stages.publish_timeline(reference)
         get_run_logger().info("%s waits for %s (attempt %s)", reference, stage, st.attempt)
         decision = await asuspend_flow_run(wait_for_input=INPUTS[stage], key=f"{stage.replace('_', '-')}-{st.attempt}",
                                           timeout=SUSPEND_TIMEOUT_S)

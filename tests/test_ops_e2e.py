@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
 
 import httpx
 import pytest
 
+from flows import commands
 from forms import cli
 from tasks.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
 from tasks.automations_monitoring import MONITORING_FAILED, OVERDUE_ORDERS
+from tests.conftest import FlowServer
+from tests.e2e import body, decide, submit, wait_status
 
 pytestmark = pytest.mark.e2e
 SHIPPED = {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, OVERDUE_ORDERS, MONITORING_FAILED}
@@ -34,3 +40,64 @@ def test_cli_creates_every_shipped_automation_once(prefect_server: str, capsys: 
     assert cli.main(["automations", "--print"]) == 0
     printed = json.loads(capsys.readouterr().out)["automations"]
     assert {a["name"] for a in printed} == SHIPPED
+
+
+# --- the order's card (markdown artifact) -----------------------------------------------------------------
+
+PNR_SHAPE = re.compile(r"\b(?:\d{6}|\d{8})[-+]?\d{4}\b")
+
+
+async def _card(reference: str) -> tuple[str, int]:
+    """The latest version of the order's card, and how many versions it has."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    key = f"order-{reference.lower()}"
+    async with get_client() as c:
+        versions = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                          sort=ArtifactSort.UPDATED_DESC)
+    return (str(versions[0].data) if versions else ""), len(versions)
+
+
+def _wait_card(reference: str, status: str, timeout: float = 60) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    text, n = "", 0
+    while time.monotonic() < deadline:
+        text, n = asyncio.run(_card(reference))
+        if f"(`{status}`)" in text:
+            return text, n
+        time.sleep(0.3)
+    raise AssertionError(f"card of {reference} never showed {status}: {text[:300]}")
+
+
+def _no_personal_data(text: str) -> None:
+    assert not PNR_SHAPE.search(text), text
+    assert "1912" not in text
+    for free_text in ("Hot mot patienten", "Risk för hot", "Fel patient"):  # reason, rationale, cancel reason
+        assert free_text not in text
+
+
+def test_each_order_has_its_card_waiting_completed_and_cancelled(flow_server: FlowServer) -> None:
+    ref = submit(body("seal_or_lock"))
+    wait_status(ref, "awaiting_assessment")
+    waiting, _ = _wait_card(ref, "awaiting_assessment")
+    assert "| harm_assessment | ja | care_initiative_harm_test |" in waiting
+    assert "| approval | ja | head_of_department_approves |" in waiting
+    assert "| received |" in waiting
+    _no_personal_data(waiting)
+    decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR",
+           {"harm_found": True, "decision": "restrict", "rationale": "Risk för hot"})
+    _wait_card(ref, "awaiting_approval")
+    decide(ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
+    wait_status(ref, "completed")
+    done, versions = _wait_card(ref, "completed")
+    assert versions == 3  # waiting for assessment, waiting for approval, completed: one per step
+    assert "executed" in done and "DEMO-KALMAR-HEAD" in done
+    _no_personal_data(done)
+
+    other = submit(body("seal_or_lock"))
+    wait_status(other, "awaiting_assessment")
+    _wait_card(other, "awaiting_assessment")
+    asyncio.run(commands.cancel(other, "DEMO-KALMAR-CLINICIAN", "Fel patient"))
+    cancelled, _ = _wait_card(other, "cancelled", timeout=10)  # published by the command, not a run
+    _no_personal_data(cancelled)
