@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -19,14 +20,18 @@ from prefect.exceptions import PrefectException
 from prefect.flow_runs import aresume_flow_run
 from sqlalchemy import select
 
+from models.runs import RestartPolicy, RestartVerdict, history_from_audit
 from models.status import FINAL, OrderStatus
-from models.tables import Decision, Order
-from tasks import audit
+from models.tables import AuditEvent, Decision, Order
+from tasks import audit, mail
 from tasks.database import session
-from tasks.orders import STAGE_STATUS
+from tasks.orders import STAGE_STATUS, transition
+from tasks.settings import settings
 
 log = logging.getLogger(__name__)
 URGENT_TAG = "urgent"
+RECONCILER = "system:reconciler"
+EXHAUSTED_EVENT = "order.run.restarts-exhausted"
 
 
 def deployment_name(flow_name: str) -> str:
@@ -127,15 +132,17 @@ _window_after = 0
 PREFECT_PAGE = 200  # the most flow runs Prefect's API returns per request by default
 
 
-async def reconcile(limit: int = 200) -> dict[str, int]:
+async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, int]:
     """Repair the gaps between the orders database and Prefect. Safe to run any time, from any process:
     start runs that were never started, hand stored decisions to suspended runs, and start a new run
-    for an open order whose run ended (crashed, or a suspension that expired).
+    for an open order whose run ended (crashed, or a suspension that expired), with backoff and a cap
+    (models/runs.py): an order whose runs keep failing is set to `failed` instead.
 
     Orders without a run and decisions waiting to be handed over are looked for among all open orders;
     whether runs are still alive is checked for a window of `limit` orders that moves on every round."""
     global _window_after
-    counts = {"started": 0, "resumed": 0, "restarted": 0}
+    now = now or datetime.now(UTC)
+    counts = {"started": 0, "resumed": 0, "restarted": 0, "failed": 0}
     is_open = Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value])
     with session() as s:
         no_run = list(s.scalars(select(Order.reference).where(is_open, Order.flow_run_id.is_(None))
@@ -174,13 +181,62 @@ async def reconcile(limit: int = 200) -> dict[str, int]:
         if state.is_paused() and ref in proposed:
             if await resume(ref, *proposed[ref]):
                 counts["resumed"] += 1
-        elif state.is_final() and await start_run(ref, restart=_runs_started(ref)):
-            counts["restarted"] += 1
+        elif state.is_final():
+            verdict = restart_policy().verdict(history_from_audit(_run_audit(ref)), now)
+            if verdict == RestartVerdict.GIVE_UP:
+                if give_up(ref, run_id, now):
+                    counts["failed"] += 1
+            elif verdict == RestartVerdict.RESTART and await start_run(ref, restart=_runs_started(ref)):
+                counts["restarted"] += 1
     return counts
 
 
+def restart_policy() -> RestartPolicy:
+    cfg = settings()
+    return RestartPolicy(max_restarts=cfg.run_restarts_max,
+                         first_delay=timedelta(seconds=cfg.run_restart_delay_seconds))
+
+
+def _run_audit(reference: str) -> list[tuple[str, str | None, datetime, dict[str, Any] | None]]:
+    with session() as s:
+        rows = s.execute(select(AuditEvent.action, AuditEvent.to_status, AuditEvent.at, AuditEvent.detail)
+                         .where(AuditEvent.order_reference == reference)
+                         .where((AuditEvent.action == "run_started") | AuditEvent.to_status.is_not(None))
+                         .order_by(AuditEvent.id)).all()
+    return [(r.action, r.to_status, r.at, r.detail) for r in rows]
+
+
+def give_up(reference: str, run_id: str, now: datetime) -> bool:
+    """Its runs kept failing: the order ends as `failed` and the people it concerns are told (the emails
+    are queued in the same transaction). True when this call made the change."""
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        if order is None or OrderStatus(order.status) in FINAL or order.status == OrderStatus.PAPER_FALLBACK:
+            return False
+        history = history_from_audit(_run_audit(reference))
+        transition(s, order, OrderStatus.FAILED, actor=RECONCILER, action="run_restarts_exhausted", at=now,
+                   detail={"restarts": history.restarts_since_progress, "flow_run_id": run_id})
+        mail.queue_confirmations(s, order)
+    log.error("runs of %s failed %d times in a row: order set to failed", reference,
+              history.restarts_since_progress + 1)
+    mail.deliver(reference)
+    emit_exhausted(reference, run_id, history.restarts_since_progress, now)
+    return True
+
+
+def emit_exhausted(reference: str, run_id: str, restarts: int, now: datetime) -> None:
+    """A Prefect event for the dashboard and automations (references only); never raises."""
+    try:
+        from prefect.events import emit_event
+        emit_event(event=EXHAUSTED_EVENT, occurred=now, payload={"restarts": restarts},
+                   resource={"prefect.resource.id": f"order.{reference}", "prefect.resource.name": reference},
+                   related=[{"prefect.resource.id": f"prefect.flow-run.{run_id}",
+                             "prefect.resource.role": "flow-run"}])
+    except Exception as exc:
+        log.warning("could not emit %s for %s: %s", EXHAUSTED_EVENT, reference, type(exc).__name__)
+
+
 def _runs_started(reference: str) -> int:
-    from models.tables import AuditEvent
     with session() as s:
         return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
                                                                AuditEvent.action == "run_started"))))
