@@ -23,14 +23,14 @@ from uuid import UUID
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from models.authority import Refusal, refusal
 from models.calendar import callback_deadline, is_office_hours
 from models.regions import load_regions
 from models.status import FINAL, OrderStatus
-from models.tables import AuditEvent, Deadline, Decision, Deviation, Order, Staff
+from models.tables import Deadline, Decision, Deviation, Order, Staff
 from tasks import audit, deadlines, directory, launch, paging
 from tasks.database import session
 from tasks.escalation import callback_recorded_at, minutes_late
@@ -151,10 +151,10 @@ async def ensure_run(reference: str) -> str | None:
         async with get_client() as client:
             fr = await client.read_flow_run(UUID(run_id))
             if fr.state is not None and fr.state.is_final():
-                with session() as s:
-                    restarts = s.scalar(select(func.count(AuditEvent.id)).where(
-                        AuditEvent.order_reference == reference, AuditEvent.action == "run_started")) or 0
-                return await launch.start_run(reference, restart=int(restarts)) or run_id
+                return await launch.start_run(reference, restart=launch.runs_started(reference)) or run_id
+            moved = await launch.move_to_urgent_queue(reference, fr)  # work pools only (production)
+            if moved:
+                return moved
             if launch.URGENT_TAG not in (fr.tags or []):
                 await client.update_flow_run(fr.id, tags=[*(fr.tags or []), launch.URGENT_TAG])
     except Exception as exc:  # the run is there; a tag or a restart can wait for the reconciler

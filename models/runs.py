@@ -48,6 +48,10 @@ class RestartPolicy:
         return RestartVerdict.RESTART
 
 
+# Runs replaced on purpose, not because the previous one ended: they do not count as restarts.
+DELIBERATE = frozenset({"urgent_queue"})
+
+
 def history_from_audit(rows: list[tuple[str, str | None, datetime, dict[str, object] | None]]) -> RunHistory:
     """`rows`: the order's audit rows (action, to_status, at, detail) in the order they were written."""
     restarts = 0
@@ -57,6 +61,6 @@ def history_from_audit(rows: list[tuple[str, str | None, datetime, dict[str, obj
             restarts = 0
         if action == "run_started":
             last = at
-            if (detail or {}).get("restart"):
+            if (detail or {}).get("restart") and (detail or {}).get("reason") not in DELIBERATE:
                 restarts += 1
     return RunHistory(restarts, last)

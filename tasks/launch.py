@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 URGENT_TAG = "urgent"
 RECONCILER = "system:reconciler"
 EXHAUSTED_EVENT = "order.run.restarts-exhausted"
+# prefect.yaml's queue for urgent work in the `restriction-orders` work pool (created with priority 1,
+# README "Production layout"); the order flows' own queue is `orders`.
+URGENT_QUEUE = "urgent"
+URGENT_QUEUE_REASON = "urgent_queue"  # a run replaced to move it to the urgent queue: not a failure
 
 
 def deployment_name(flow_name: str) -> str:
@@ -45,7 +50,32 @@ def tags(order: Order) -> list[str]:
     return out
 
 
-async def start_run(reference: str, *, restart: int = 0) -> str | None:
+_pool_of: dict[str, tuple[float, str | None]] = {}
+POOL_CACHE_S = 60.0
+
+
+async def work_pool_of(deployment: str) -> str | None:
+    """The deployment's work pool; None for a served deployment (the embedded default has no pool).
+    Remembered for a minute: deployments change when someone deploys, not per order."""
+    hit = _pool_of.get(deployment)
+    if hit is not None and time.monotonic() - hit[0] < POOL_CACHE_S:
+        return hit[1]
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name(deployment)
+    _pool_of[deployment] = (time.monotonic(), dep.work_pool_name)
+    return dep.work_pool_name
+
+
+async def work_queue_for(deployment: str, urgent: bool) -> str | None:
+    """The urgent queue for an urgent order's run on a work-pool deployment. None otherwise: the run
+    goes to the deployment's own queue, and a served deployment refuses any queue name (HTTP 400
+    "not associated with a work pool"), so none is ever passed to one."""
+    if not urgent:
+        return None
+    return URGENT_QUEUE if await work_pool_of(deployment) else None
+
+
+async def start_run(reference: str, *, restart: int = 0, reason: str = "") -> str | None:
     """Create the order's flow run; returns its id, or None when the Prefect API cannot be reached."""
     with session() as s:
         order = s.scalar(select(Order).where(Order.reference == reference))
@@ -53,11 +83,13 @@ async def start_run(reference: str, *, restart: int = 0) -> str | None:
             return None
         if order.flow_run_id and not restart:
             return order.flow_run_id
-        name, run_tags = order.flow_name, tags(order)
+        name, run_tags, urgent = order.flow_name, tags(order), order.urgent
     key = reference if not restart else f"{reference}/restart-{restart}"
     try:
+        queue = await work_queue_for(deployment_name(name), urgent)
         fr = await arun_deployment(deployment_name(name), parameters={"reference": reference}, timeout=0,
-                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False)
+                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False,
+                                  work_queue_name=queue)
     except Exception as exc:  # network errors, API errors: the reconciler will try again
         log.warning("could not start run for %s: %s", reference, type(exc).__name__)
         return None
@@ -66,8 +98,12 @@ async def start_run(reference: str, *, restart: int = 0) -> str | None:
         assert order is not None
         if order.flow_run_id != str(fr.id):
             order.flow_run_id = str(fr.id)
-            audit.record(s, actor="system", action="run_started", order=order,
-                         detail={"flow_run_id": str(fr.id), "restart": restart})
+            detail: dict[str, Any] = {"flow_run_id": str(fr.id), "restart": restart}
+            if reason:
+                detail["reason"] = reason
+            if queue:
+                detail["work_queue"] = queue
+            audit.record(s, actor="system", action="run_started", order=order, detail=detail)
     return str(fr.id)
 
 
@@ -101,7 +137,7 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
             from prefect.states import Crashed
             async with get_client() as client:
                 await client.set_flow_run_state(UUID(run_id), Crashed(message="Could not be resumed."), force=True)
-            return await start_run(reference, restart=_runs_started(reference)) is not None
+            return await start_run(reference, restart=runs_started(reference)) is not None
     except (PrefectException, RuntimeError, OSError) as exc:
         log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
         return False
@@ -109,6 +145,30 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
         log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
         return False
     return True
+
+
+async def move_to_urgent_queue(reference: str, run: Any) -> str | None:
+    """An order made urgent after its run was created: that run waits in the deployment's own queue, behind
+    ordinary work, and Prefect cannot move a flow run to another queue. So a run that is not executing
+    (suspended in a human step, or scheduled) is replaced by one in the urgent queue, which continues from
+    the orders database. Returns the new run's id; None when there is nothing to move: a served deployment
+    (no queues), a run already in the urgent queue, or one executing now (it finishes its step first)."""
+    if run.work_queue_name == URGENT_QUEUE or run.state is None:
+        return None
+    if not (run.state.is_paused() or run.state.is_scheduled()):
+        return None
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        if order is None or order.flow_run_id != str(run.id) or OrderStatus(order.status) in FINAL:
+            return None
+        name = order.flow_name
+    if await work_queue_for(deployment_name(name), True) is None:
+        return None
+    from prefect.states import Cancelled
+    async with get_client() as client:
+        await client.set_flow_run_state(run.id, Cancelled(message="Replaced by a run in the urgent queue."),
+                                        force=True)
+    return await start_run(reference, restart=runs_started(reference), reason=URGENT_QUEUE_REASON)
 
 
 async def cancel_run(reference: str) -> None:
@@ -186,7 +246,7 @@ async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, 
             if verdict == RestartVerdict.GIVE_UP:
                 if give_up(ref, run_id, now):
                     counts["failed"] += 1
-            elif verdict == RestartVerdict.RESTART and await start_run(ref, restart=_runs_started(ref)):
+            elif verdict == RestartVerdict.RESTART and await start_run(ref, restart=runs_started(ref)):
                 counts["restarted"] += 1
     return counts
 
@@ -236,7 +296,8 @@ def emit_exhausted(reference: str, run_id: str, restarts: int, now: datetime) ->
         log.warning("could not emit %s for %s: %s", EXHAUSTED_EVENT, reference, type(exc).__name__)
 
 
-def _runs_started(reference: str) -> int:
+def runs_started(reference: str) -> int:
+    """How many runs the order has had: the next restart's number, which makes its idempotency key."""
     with session() as s:
         return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
                                                                AuditEvent.action == "run_started"))))
