@@ -25,6 +25,7 @@ from uuid import UUID
 
 import pytest
 import yaml
+from prefect.deployments.flow_runs import arun_deployment
 
 from flows import urgent
 from tasks import launch, orders
@@ -95,6 +96,17 @@ async def _read_back(names: list[str]) -> dict[str, Any]:
         out = {n: await c.read_deployment_by_name(n) for n in names}
         queues = {q.name: q.priority for q in await c.read_work_queues(work_pool_name=POOL)}
     return {"deployments": out, "queues": queues}
+
+
+async def _poolless_deployment(names: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+    async with get_client() as c:
+        flow = await c.read_flow_by_name("seal-or-lock")
+        await c.create_deployment(flow_id=flow.id, name=f"seal-or-lock{SUFFIX}-served",
+                                  entrypoint="flows/seal_or_lock.py:seal_or_lock",
+                                  parameter_openapi_schema={"type": "object", "properties": {
+                                      "reference": {"type": "string"}}})
+    names.append(f"seal-or-lock/seal-or-lock{SUFFIX}-served")
 
 
 async def _delete(names: list[str], run_ids: list[UUID]) -> None:
@@ -175,13 +187,30 @@ def test_prefect_deploy_all_and_urgent_orders_in_the_urgent_queue(prefect_server
             queue_of[kind] = asyncio.run(_run(run_id)).work_queue_name
         assert queue_of == {"urgent": launch.URGENT_QUEUE, "ordinary": "orders"}
 
+        # A deployment without a work pool (as every served one of the embedded default) refuses a queue
+        # name, so none is passed to it: the urgent order's run starts all the same.
+        asyncio.run(_poolless_deployment(names))
+        monkeypatch.setattr(launch, "deployment_name", lambda flow: f"{flow}/{flow}{SUFFIX}-served")
+        assert asyncio.run(launch.work_queue_for(f"seal-or-lock/seal-or-lock{SUFFIX}-served", True)) is None
+        with pytest.raises(Exception, match="not associated with a work pool"):
+            asyncio.run(arun_deployment(f"seal-or-lock/seal-or-lock{SUFFIX}-served", timeout=0,
+                                        parameters={"reference": "RO-2026-000000"}, work_queue_name="urgent"))
+        o = orders.submit(body("seal_or_lock", patient_personal_number=aged(42, 518), urgent=True),
+                          "DEMO-KALMAR-CLINICIAN", now)
+        assert o.order is not None
+        served_run = asyncio.run(launch.start_run(o.order.reference))
+        assert served_run
+        run_ids.append(UUID(served_run))
+        assert asyncio.run(_run(served_run)).work_queue_name is None
+        monkeypatch.setattr(launch, "deployment_name", lambda flow: f"{flow}/{flow}{SUFFIX}")
+
         # Made urgent while its run waits (nothing executes it here: no worker): replaced in the urgent queue.
         ref = refs["ordinary"]
         urgent.make_urgent(ref, "DEMO-KALMAR-ONCALL", now)
         moved = asyncio.run(urgent.ensure_run(ref))
         assert moved and UUID(moved) not in run_ids
         run_ids.append(UUID(moved))
-        new, old = asyncio.run(_run(moved)), asyncio.run(_run(str(run_ids[1])))
+        new, old = asyncio.run(_run(moved)), asyncio.run(_run(str(run_ids[1])))  # the ordinary one's first
         assert new.work_queue_name == launch.URGENT_QUEUE and launch.URGENT_TAG in new.tags
         assert old.state is not None and old.state.is_cancelled()
         with session() as s:
