@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from typing import Any, cast
 
 from prefect import Flow, serve
@@ -33,21 +32,26 @@ SERVED: list[Flow[Any, Any]] = [*ORDER_FLOWS, urgent_order, housekeeping, paper_
 log = logging.getLogger("restriction_orders.serve")
 
 
-def housekeeping_loop(every: float) -> None:
-    """Start missing runs, hand over stored decisions, page and escalate urgent orders, send the outbox."""
-    from datetime import UTC, datetime
-
-    from tasks.escalation import dispatch
-    from tasks.launch import reconcile
-    from tasks.mail import deliver
-    while True:
+def housekeeping_loop(every: float, stop: threading.Event | None = None) -> None:
+    """The Prefect side of housekeeping: start missing runs, hand stored decisions over, replace ended runs.
+    Fails fast when Prefect is down or hangs; paging, escalation and mail run in their own loop."""
+    from tasks.launch import prefect_fails_fast, reconcile
+    stop = stop or threading.Event()
+    while not stop.is_set():
         try:
-            asyncio.run(reconcile())
-            dispatch(datetime.now(UTC))
-            deliver()
+            with prefect_fails_fast():
+                asyncio.run(reconcile())
         except Exception as exc:  # keep going: the next round repairs what this one could not
             log.warning("housekeeping round failed: %s", type(exc).__name__)
-        time.sleep(every)
+        stop.wait(every)
+
+
+def start_housekeeping(every: float) -> None:
+    """Two daemon threads: the urgent path (page, escalate, send the outbox; database and SMTP only) first
+    and apart from the reconciler, so a Prefect outage never delays an escalation."""
+    from tasks.escalation import start_dispatcher
+    start_dispatcher(every, name="urgent-dispatch", deliver_outbox=True)
+    threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
 
 
 def monitoring_deployments() -> list[RunnerDeployment]:
@@ -100,7 +104,7 @@ def main() -> None:
         except Exception as exc:  # Prefect not reachable yet: the runs stay as they are until next start
             log.warning("could not look for orphaned runs: %s", type(exc).__name__)
     every = float(os.environ.get("RO_HOUSEKEEPING_SECONDS", "2"))
-    threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
+    start_housekeeping(every)
     deployments = [cast(RunnerDeployment, f.to_deployment(name=f.name, tags=["restriction-orders"]))
                    for f in SERVED] + monitoring_deployments()
     serve(*deployments, limit=int(os.environ.get("RO_SERVE_LIMIT", "20")), print_starting_message=False)

@@ -249,7 +249,9 @@ def _store_callback(ref: str, actor: str, note: str, now: datetime) -> str:
             raise Conflict("a callback is already being processed")
         hsa = person.hsa_id if person else actor
         if status == OrderStatus.SUBMITTED:
-            # The run has not received the order yet: it takes this decision when it reaches the stage.
+            # The run has not received the order yet: it takes this decision when it reaches the stage. The
+            # clock stops now, in this transaction (the dispatcher claims the same row: tasks/escalation.py).
+            deadlines.meet(s, ref, "callback", now)
             d = Decision(order_id=order.id, stage="callback", decided_by=hsa, outcome="done", detail={}, text=note,
                          state="proposed", created_at=now)
             s.add(d)

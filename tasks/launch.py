@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -37,6 +39,16 @@ EXHAUSTED_EVENT = "order.run.restarts-exhausted"
 # README "Production layout"); the order flows' own queue is `orders`.
 URGENT_QUEUE = "urgent"
 URGENT_QUEUE_REASON = "urgent_queue"  # a run replaced to move it to the urgent queue: not a failure
+
+
+@contextmanager
+def prefect_fails_fast(timeout: float = 10.0) -> Iterator[None]:
+    """For background loops (the reconciler): one try per request and a short timeout, so a down or
+    hanging Prefect API costs a round a few seconds instead of minutes of retries with backoff; the next
+    round tries again. Prefect reads these settings per request, from this context (one thread)."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout}):
+        yield
 
 
 def deployment_name(flow_name: str) -> str:
@@ -219,8 +231,10 @@ async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, 
     _window_after = window[-1].id if len(window) == limit else 0
     with_run |= {row.reference: str(row.flow_run_id) for row in window}
     for ref in no_run:
-        if await start_run(ref):
-            counts["started"] += 1
+        if not await start_run(ref):
+            # The order is open and has no run, so the API did not answer: the rest waits for the next round.
+            return counts
+        counts["started"] += 1
     if not with_run:
         return counts
     ids = [UUID(r) for r in set(with_run.values())]
