@@ -11,7 +11,6 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.flow_runs import asuspend_flow_run
 
-from flows.fallback import paper_fallback
 from flows.inputs import INPUTS
 from tasks import failpoints, stages
 from tasks.gateway import GatewayUnavailable
@@ -57,6 +56,8 @@ async def execution(reference: str) -> None:
     try:
         result = stages.execute(reference)
     except GatewayUnavailable:
+        # Imported here: a resumed run's process starts faster without the paper machinery it rarely needs.
+        from flows.fallback import paper_fallback
         stages.fall_back_to_paper(reference)
         # Paper form checked and orderer told (flows/fallback.py). Its failure must not fail this run: the
         # order is safely in paper_fallback, and the paper-fallback sweep repeats the step.

@@ -10,26 +10,31 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from prefect import Flow, serve
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Cron, Interval
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
 
-from flows.block_guardian import block_guardian
-from flows.fallback import paper_fallback
-from flows.housekeeping import housekeeping
-from flows.minor_access import minor_access
-from flows.restore_access import restore_access
-from flows.review import review_reminders
-from flows.seal_or_lock import seal_or_lock
-from flows.sla import sla_monitor
-from flows.urgent import urgent_order
-
-ORDER_FLOWS = [seal_or_lock, restore_access, block_guardian, minor_access]
-# Served without a schedule: the loop below does its work continuously; the deployment is there to run by hand.
-SERVED: list[Flow[Any, Any]] = [*ORDER_FLOWS, urgent_order, housekeeping, paper_fallback]
+# Nothing heavy at import, on purpose: each flow run of this process is a spawned child (multiprocessing
+# "spawn", as Prefect's runner starts it), and a spawned child imports the parent's main module again, as
+# `__mp_main__`. With the flows imported here, every resumed order paid for importing all nine flow modules
+# (and Prefect's deployment machinery); now a child imports only the flow it runs.
+ORDER_FLOW_NAMES = ("seal-or-lock", "restore-access", "block-guardian", "minor-access")
 log = logging.getLogger("restriction_orders.serve")
+
+
+def served_flows() -> list[Flow[Any, Any]]:
+    """The order flows, then urgent-order, housekeeping and paper-fallback. Served without a schedule: the
+    loops below do their work continuously; the deployments are there to run by hand."""
+    from flows.block_guardian import block_guardian
+    from flows.fallback import paper_fallback
+    from flows.housekeeping import housekeeping
+    from flows.minor_access import minor_access
+    from flows.restore_access import restore_access
+    from flows.seal_or_lock import seal_or_lock
+    from flows.urgent import urgent_order
+    return [seal_or_lock, restore_access, block_guardian, minor_access, urgent_order, housekeeping, paper_fallback]
 
 
 def housekeeping_loop(every: float, stop: threading.Event | None = None) -> None:
@@ -56,6 +61,11 @@ def start_housekeeping(every: float) -> None:
 
 def monitoring_deployments() -> list[RunnerDeployment]:
     """The scheduled monitors; tests serve them without schedules (RO_SERVE_SCHEDULES=0) and run them by hand."""
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Cron, Interval
+
+    from flows.review import review_reminders
+    from flows.sla import sla_monitor
     scheduled = os.environ.get("RO_SERVE_SCHEDULES", "1") != "0"
     sla_every = int(os.environ.get("RO_SLA_MONITOR_SECONDS", "180"))
     return [
@@ -87,7 +97,7 @@ async def crash_orphaned_runs() -> int:
     from prefect.states import Crashed
     async with get_client() as client:
         runs = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in ORDER_FLOWS])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(ORDER_FLOW_NAMES))),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))), limit=200)
         for run in runs:
@@ -105,8 +115,10 @@ def main() -> None:
             log.warning("could not look for orphaned runs: %s", type(exc).__name__)
     every = float(os.environ.get("RO_HOUSEKEEPING_SECONDS", "2"))
     start_housekeeping(every)
+    from prefect import serve
+    from prefect.deployments.runner import RunnerDeployment
     deployments = [cast(RunnerDeployment, f.to_deployment(name=f.name, tags=["restriction-orders"]))
-                   for f in SERVED] + monitoring_deployments()
+                   for f in served_flows()] + monitoring_deployments()
     serve(*deployments, limit=int(os.environ.get("RO_SERVE_LIMIT", "20")), print_starting_message=False)
 
 

@@ -198,10 +198,19 @@ async def cancel_run(reference: str) -> None:
         log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
 
 
-# Where the next round's liveness window starts (an order id). Each round looks at one window of open orders,
-# so the work per round stays the same with ten or ten thousand orders waiting.
+# Where the next liveness window starts (an order id). Each check looks at one window of open orders, so
+# the work stays the same with ten or ten thousand orders waiting.
 _window_after = 0
+# When the next liveness check is due (time.monotonic()); 0: at the first round of a process.
+_next_liveness = 0.0
 PREFECT_PAGE = 200  # the most flow runs Prefect's API returns per request by default
+
+
+def liveness_every() -> float:
+    """Seconds between liveness checks. A run that ended while its order is open is rare (a crash, an
+    expired suspension), while reading a window of runs from Prefect costs both processes CPU: done every
+    round (1-2 s) with hundreds of orders waiting, it slowed the flow-run processes of resumed orders."""
+    return settings().run_liveness_seconds
 
 
 async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, int]:
@@ -210,10 +219,12 @@ async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, 
     for an open order whose run ended (crashed, or a suspension that expired), with backoff and a cap
     (models/runs.py): an order whose runs keep failing is set to `failed` instead.
 
-    Orders without a run and decisions waiting to be handed over are looked for among all open orders;
-    whether runs are still alive is checked for a window of `limit` orders that moves on every round."""
-    global _window_after
+    Orders without a run and decisions waiting to be handed over are looked for among all open orders, every
+    round; whether runs are still alive is checked every `liveness_every()` seconds (and in a process's
+    first round), for a window of `limit` orders that moves on each time."""
+    global _window_after, _next_liveness
     now = now or datetime.now(UTC)
+    check_liveness = time.monotonic() >= _next_liveness
     counts = {"started": 0, "resumed": 0, "restarted": 0, "failed": 0}
     is_open = Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value])
     with session() as s:
@@ -227,8 +238,10 @@ async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, 
         with_run = {ref: str(run) for ref, _, run, _ in waiting if ref in proposed}
         window = s.execute(select(Order.id, Order.reference, Order.flow_run_id)
                            .where(is_open, Order.flow_run_id.is_not(None), Order.id > _window_after)
-                           .order_by(Order.id).limit(limit)).all()
-    _window_after = window[-1].id if len(window) == limit else 0
+                           .order_by(Order.id).limit(limit)).all() if check_liveness else []
+    if check_liveness:
+        _window_after = window[-1].id if len(window) == limit else 0
+        _next_liveness = time.monotonic() + liveness_every()
     with_run |= {row.reference: str(row.flow_run_id) for row in window}
     for ref in no_run:
         if not await start_run(ref):

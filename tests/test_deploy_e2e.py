@@ -70,8 +70,10 @@ def test_prefect_yaml_has_one_deployment_per_flow_and_serve_serves_the_same() ->
     entrypoints = [d["entrypoint"] for d in PREFECT_YAML["deployments"]]
     assert len(entrypoints) == len(set(entrypoints)) == 9
     assert set(entrypoints) == _flows_in_code()
-    from flows.serve import SERVED, monitoring_deployments
-    served = {f.name for f in SERVED} | {d.flow_name for d in monitoring_deployments()}
+    from flows.serve import ORDER_FLOW_NAMES, monitoring_deployments, served_flows
+    from tasks.orders import FLOW_NAMES
+    served = {f.name for f in served_flows()} | {d.flow_name for d in monitoring_deployments()}
+    assert set(ORDER_FLOW_NAMES) == set(FLOW_NAMES.values()) == {f.name for f in served_flows()[:4]}
     assert served == {_flow_name(e) for e in entrypoints}
     urgent_pool = PREFECT_YAML["definitions"]["work_pools"]["urgent"]
     assert (urgent_pool["name"], urgent_pool["work_queue_name"]) == (POOL, launch.URGENT_QUEUE)

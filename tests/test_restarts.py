@@ -99,6 +99,7 @@ def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
     monkeypatch.setattr(launch, "get_client", fake.get_client)
     monkeypatch.setattr(launch, "emit_exhausted", lambda ref, run, n, now: fake.events.append((ref, n)))
     monkeypatch.setattr(launch, "_window_after", 0)
+    monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
     ref = "RO-2026-769990"
     with session() as s:
         order = _order(ref)
@@ -135,6 +136,7 @@ def test_a_restarted_run_that_gets_further_starts_the_count_again(monkeypatch: p
     monkeypatch.setattr(launch, "start_run", fake.start_run)
     monkeypatch.setattr(launch, "get_client", fake.get_client)
     monkeypatch.setattr(launch, "_window_after", 0)
+    monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
     ref = "RO-2026-769991"
     with session() as s:
         s.add(_order(ref))
