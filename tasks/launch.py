@@ -183,19 +183,22 @@ async def move_to_urgent_queue(reference: str, run: Any) -> str | None:
     return await start_run(reference, restart=runs_started(reference), reason=URGENT_QUEUE_REASON)
 
 
-async def cancel_run(reference: str) -> None:
-    """Stop the order's run in Prefect (it is usually suspended, so no process is interrupted)."""
+async def cancel_run(reference: str) -> bool:
+    """Stop the order's run in Prefect (it is usually suspended, so no process is interrupted). False when
+    Prefect could not be told (or the order has no run)."""
     from prefect.states import Cancelled
     with session() as s:
         order = s.scalar(select(Order).where(Order.reference == reference))
         run_id = order.flow_run_id if order else None
     if not run_id:
-        return
+        return False
     try:
         async with get_client() as client:
             await client.set_flow_run_state(UUID(run_id), Cancelled(message="order cancelled"), force=True)
     except Exception as exc:  # the run then ends by itself: its next step sees the cancelled order
         log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
+        return False
+    return True
 
 
 # Where the next liveness window starts (an order id). Each check looks at one window of open orders, so
