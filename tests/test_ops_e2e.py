@@ -73,26 +73,25 @@ def _wait_card(reference: str, status: str, timeout: float = 60) -> tuple[str, i
 def _no_personal_data(text: str) -> None:
     assert not PNR_SHAPE.search(text), text
     assert "1912" not in text
-    for free_text in ("Hot mot patienten", "Risk för hot", "Fel patient"):  # reason, rationale, cancel reason
+    for free_text in ("Hot mot patienten", "Risk för hot", "Fel patient"):  # reason, comment, cancel reason
         assert free_text not in text
 
 
 def test_each_order_has_its_card_waiting_completed_and_cancelled(flow_server: FlowServer) -> None:
-    ref = submit(body("seal_or_lock"))
-    wait_status(ref, "awaiting_assessment")
-    waiting, _ = _wait_card(ref, "awaiting_assessment")
-    assert "| harm_assessment | ja | care_initiative_harm_test |" in waiting
+    # A patient's own request: one human step (approval), so the test costs one resumed run, not two.
+    ref = submit(body("seal_or_lock", initiative="patient", actions=["seal_journal"], region="ostergotland"),
+                 actor="DEMO-OSTERGOTLAND-CLINICIAN")
+    wait_status(ref, "awaiting_approval")
+    waiting, _ = _wait_card(ref, "awaiting_approval")
+    assert "| harm_assessment | nej | patient_own_request |" in waiting
     assert "| approval | ja | head_of_department_approves |" in waiting
     assert "| received |" in waiting
     _no_personal_data(waiting)
-    decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR",
-           {"harm_found": True, "decision": "restrict", "rationale": "Risk för hot"})
-    _wait_card(ref, "awaiting_approval")
-    decide(ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
+    decide(ref, "approval", "DEMO-OSTERGOTLAND-HEAD", {"approved": True, "comment": "Risk för hot"})
     wait_status(ref, "completed")
     done, versions = _wait_card(ref, "completed")
-    assert versions == 3  # waiting for assessment, waiting for approval, completed: one per step
-    assert "executed" in done and "DEMO-KALMAR-HEAD" in done
+    assert versions == 2  # waiting for approval, completed: one per step
+    assert "executed" in done and "DEMO-OSTERGOTLAND-HEAD" in done
     _no_personal_data(done)
 
     other = submit(body("seal_or_lock"))
