@@ -47,6 +47,7 @@ def _store_waiting() -> str:
 
 async def make_waiting(n: int) -> float:
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Suspended
 
     from flows.routine import SUSPEND_TIMEOUT_S
@@ -60,10 +61,17 @@ async def make_waiting(n: int) -> float:
         async def one() -> None:
             async with sem:
                 ref = await asyncio.to_thread(_store_waiting)
-                run = await client.create_flow_run_from_deployment(
-                    dep.id, parameters={"reference": ref}, idempotency_key=ref, name=ref,
-                    state=Suspended(timeout_seconds=SUSPEND_TIMEOUT_S, pause_key="harm-assessment-0"),
-                    tags=["type:seal_or_lock", "region:kalmar", "channel:digital"])
+                for attempt in range(8):
+                    try:
+                        run = await client.create_flow_run_from_deployment(
+                            dep.id, parameters={"reference": ref}, idempotency_key=ref, name=ref,
+                            state=Suspended(timeout_seconds=SUSPEND_TIMEOUT_S, pause_key="harm-assessment-0"),
+                            tags=["type:seal_or_lock", "region:kalmar", "channel:digital"])
+                        break
+                    except PrefectHTTPStatusError:  # 503 from Prefect's SQLite under load: same key, try again
+                        if attempt == 7:
+                            raise
+                        await asyncio.sleep(2 ** attempt)
 
                 def link() -> None:
                     with session() as s:
@@ -115,8 +123,9 @@ def tree(env: dict[str, Any]) -> tuple[float, float]:
 
 
 def main(waiting: int, resumes: int, postgres: bool) -> None:
-    from tasks.launch import reconcile
     with embedded(postgres=postgres) as env:
+        # Imported only now: Prefect reads PREFECT_API_URL once, on import, and embedded() sets it.
+        from tasks.launch import reconcile
         time.sleep(5)
         serve0, prefect0 = tree(env)
         t = time.monotonic()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.tables import Order
-from tasks import launch, mail, orders, paging
+from tasks import launch, mail, orders, paging, timeline
 
 STAGE_OUTCOME = {
     "harm_assessment": lambda d: d["decision"],
@@ -58,8 +58,10 @@ async def decide(reference: str, stage: str, actor: str, body: dict[str, Any],
 async def cancel(reference: str, actor: str, reason: str) -> Order:
     """Cancel before execution: the order ends, its waiting run is cancelled, the orderer is told."""
     order = orders.cancel(reference, actor, reason)  # queues the orderer's email with the status
-    await launch.cancel_run(reference)
+    told = await launch.cancel_run(reference)
     mail.deliver(reference)
+    if told:  # the cancelled run publishes nothing more: the command updates the order's card itself
+        await asyncio.to_thread(timeline.publish, order.reference)
     return order
 
 

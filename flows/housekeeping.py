@@ -1,8 +1,10 @@
-"""Housekeeping: start runs the Prefect API missed, hand stored decisions to suspended runs, escalate missed
-callbacks, send the outbox.
+"""Housekeeping: escalate missed callbacks, send the outbox, start runs the Prefect API missed, hand stored
+decisions to suspended runs.
 
-In production this runs every minute from the `housekeeping` deployment; in the embedded default the
-serving process runs the same steps in a loop every couple of seconds.
+In production this runs every minute from the `housekeeping` deployment, and the app runs the urgent
+dispatcher itself every RO_APP_DISPATCH_SECONDS (forms/app.py), so escalations do not depend on Prefect and
+its workers; in the embedded default the serving process runs the same steps in two loops every couple of
+seconds (flows/serve.py).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.fallback import paper_sweep
 from tasks.escalation import dispatch
-from tasks.launch import reconcile
+from tasks.launch import prefect_fails_fast, reconcile
 from tasks.mail import deliver
 
 
 @task(name="reconcile-runs", persist_result=False, cache_policy=NO_CACHE)
 async def reconcile_runs() -> dict[str, int]:
-    return await reconcile()
+    with prefect_fails_fast():
+        return await reconcile()
 
 
 @task(name="urgent-dispatch", persist_result=False, cache_policy=NO_CACHE)
@@ -37,6 +40,7 @@ def send_outbox() -> dict[str, int]:
 
 @flow(name="housekeeping", persist_result=False)
 async def housekeeping() -> dict[str, int]:
-    counts = await reconcile_runs()
-    counts |= await paper_sweep()  # flows/fallback.py: tell the untold, resume when the system is back
-    return counts | urgent_dispatch() | send_outbox()
+    # The urgent path first: the reconciler talks to Prefect and may take its time when Prefect is slow.
+    counts = urgent_dispatch() | send_outbox()
+    counts |= await reconcile_runs()
+    return counts | await paper_sweep()  # flows/fallback.py: tell the untold, resume when the system is back

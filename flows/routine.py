@@ -14,7 +14,6 @@ from prefect import get_run_logger
 from prefect.flow_runs import asuspend_flow_run
 from prefect.states import Cancelled, State
 
-from flows.fallback import paper_fallback
 from flows.inputs import INPUTS
 from models.status import OrderStatus
 from tasks import failpoints, stages
@@ -44,6 +43,10 @@ async def human_step(reference: str, stage: str) -> bool:
             stages.record_decision(reference, stage, {"decision_id": st.proposed}, "app")
             failpoints.hit("after-decision", reference)
             continue
+        # The dashboard's card, once per step: right after the order was received or a decision recorded
+        # (refused ones too), now that it waits. A resumed segment re-runs receive() but publishes only here,
+        # after the status has moved on, so the card never delays the next status.
+        stages.publish_timeline(reference)
         get_run_logger().info("%s waits for %s (attempt %s)", reference, stage, st.attempt)
         decision = await asuspend_flow_run(wait_for_input=INPUTS[stage], key=f"{stage.replace('_', '-')}-{st.attempt}",
                                           timeout=SUSPEND_TIMEOUT_S)
@@ -60,6 +63,8 @@ async def execution(reference: str) -> None:
         if stages.fall_back_to_paper(reference) == "manual":  # its signed paper form is already here
             await human_step(reference, "execution")
             return
+        # Imported here: a resumed run's process starts faster without the paper machinery it rarely needs.
+        from flows.fallback import paper_fallback
         # Paper form checked and orderer told (flows/fallback.py). Its failure must not fail this run: the
         # order is safely in paper_fallback, and the paper-fallback sweep repeats the step.
         state = await paper_fallback(reference, return_state=True)

@@ -10,50 +10,64 @@ import asyncio
 import logging
 import os
 import threading
-import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from prefect import Flow, serve
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Cron, Interval
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
 
-from flows.block_guardian import block_guardian
-from flows.fallback import paper_fallback
-from flows.fallback import sweep as paper_sweep
-from flows.housekeeping import housekeeping
-from flows.minor_access import minor_access
-from flows.restore_access import restore_access
-from flows.review import review_reminders
-from flows.seal_or_lock import seal_or_lock
-from flows.sla import sla_monitor
-from flows.urgent import urgent_order
-
-ORDER_FLOWS = [seal_or_lock, restore_access, block_guardian, minor_access]
-# Served without a schedule: the loop below does its work continuously; the deployment is there to run by hand.
-SERVED: list[Flow[Any, Any]] = [*ORDER_FLOWS, urgent_order, housekeeping, paper_fallback]
+# Nothing heavy at import, on purpose: each flow run of this process is a spawned child (multiprocessing
+# "spawn", as Prefect's runner starts it), and a spawned child imports the parent's main module again, as
+# `__mp_main__`. With the flows imported here, every resumed order paid for importing all nine flow modules
+# (and Prefect's deployment machinery); now a child imports only the flow it runs.
+ORDER_FLOW_NAMES = ("seal-or-lock", "restore-access", "block-guardian", "minor-access")
 log = logging.getLogger("restriction_orders.serve")
 
 
-def housekeeping_loop(every: float) -> None:
-    """Start missing runs, hand over stored decisions, page and escalate urgent orders, send the outbox."""
-    from datetime import UTC, datetime
+def served_flows() -> list[Flow[Any, Any]]:
+    """The order flows, then urgent-order, housekeeping and paper-fallback. Served without a schedule: the
+    loops below do their work continuously; the deployments are there to run by hand."""
+    from flows.block_guardian import block_guardian
+    from flows.fallback import paper_fallback
+    from flows.housekeeping import housekeeping
+    from flows.minor_access import minor_access
+    from flows.restore_access import restore_access
+    from flows.seal_or_lock import seal_or_lock
+    from flows.urgent import urgent_order
+    return [seal_or_lock, restore_access, block_guardian, minor_access, urgent_order, housekeeping, paper_fallback]
 
-    from tasks.escalation import dispatch
-    from tasks.launch import reconcile
-    from tasks.mail import deliver
-    while True:
+
+def housekeeping_loop(every: float, stop: threading.Event | None = None) -> None:
+    """The Prefect side of housekeeping: start missing runs, hand stored decisions over, replace ended runs.
+    Fails fast when Prefect is down or hangs; paging, escalation and mail run in their own loop."""
+    from flows.fallback import sweep as paper_sweep
+    from tasks.launch import prefect_fails_fast, reconcile
+    stop = stop or threading.Event()
+    while not stop.is_set():
         try:
-            asyncio.run(reconcile())
-            dispatch(datetime.now(UTC))
-            deliver()
-            asyncio.run(paper_sweep())  # flows/fallback.py: tell the untold, resume when the system is back
+            with prefect_fails_fast():
+                asyncio.run(reconcile())
+                asyncio.run(paper_sweep())  # flows/fallback.py: tell the untold, resume when the system is back
         except Exception as exc:  # keep going: the next round repairs what this one could not
             log.warning("housekeeping round failed: %s", type(exc).__name__)
-        time.sleep(every)
+        stop.wait(every)
+
+
+def start_housekeeping(every: float) -> None:
+    """Two daemon threads: the urgent path (page, escalate, send the outbox; database and SMTP only) first
+    and apart from the reconciler, so a Prefect outage never delays an escalation."""
+    from tasks.escalation import start_dispatcher
+    start_dispatcher(every, name="urgent-dispatch", deliver_outbox=True)
+    threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
 
 
 def monitoring_deployments() -> list[RunnerDeployment]:
     """The scheduled monitors; tests serve them without schedules (RO_SERVE_SCHEDULES=0) and run them by hand."""
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Cron, Interval
+
+    from flows.review import review_reminders
+    from flows.sla import sla_monitor
     scheduled = os.environ.get("RO_SERVE_SCHEDULES", "1") != "0"
     sla_every = int(os.environ.get("RO_SLA_MONITOR_SECONDS", "180"))
     return [
@@ -85,7 +99,7 @@ async def crash_orphaned_runs() -> int:
     from prefect.states import Crashed
     async with get_client() as client:
         runs = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in ORDER_FLOWS])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(ORDER_FLOW_NAMES))),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))), limit=200)
         for run in runs:
@@ -102,9 +116,11 @@ def main() -> None:
         except Exception as exc:  # Prefect not reachable yet: the runs stay as they are until next start
             log.warning("could not look for orphaned runs: %s", type(exc).__name__)
     every = float(os.environ.get("RO_HOUSEKEEPING_SECONDS", "2"))
-    threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
+    start_housekeeping(every)
+    from prefect import serve
+    from prefect.deployments.runner import RunnerDeployment
     deployments = [cast(RunnerDeployment, f.to_deployment(name=f.name, tags=["restriction-orders"]))
-                   for f in SERVED] + monitoring_deployments()
+                   for f in served_flows()] + monitoring_deployments()
     serve(*deployments, limit=int(os.environ.get("RO_SERVE_LIMIT", "20")), print_starting_message=False)
 
 

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from models.authority import Refusal, refusal
@@ -30,7 +30,7 @@ from models.calendar import callback_deadline, is_office_hours
 from models.reference import REFERENCE
 from models.regions import load_regions
 from models.status import FINAL, OrderStatus
-from models.tables import AuditEvent, Deadline, Decision, Deviation, Order, Staff
+from models.tables import Deadline, Decision, Deviation, Order, Staff
 from tasks import audit, deadlines, directory, launch, paging
 from tasks.database import session
 from tasks.escalation import callback_recorded_at, minutes_late
@@ -150,10 +150,10 @@ async def ensure_run(reference: str) -> str | None:
         async with get_client() as client:
             fr = await client.read_flow_run(UUID(run_id))
             if fr.state is not None and fr.state.is_final():
-                with session() as s:
-                    restarts = s.scalar(select(func.count(AuditEvent.id)).where(
-                        AuditEvent.order_reference == reference, AuditEvent.action == "run_started")) or 0
-                return await launch.start_run(reference, restart=int(restarts)) or run_id
+                return await launch.start_run(reference, restart=launch.runs_started(reference)) or run_id
+            moved = await launch.move_to_urgent_queue(reference, fr)  # work pools only (production)
+            if moved:
+                return moved
             if launch.URGENT_TAG not in (fr.tags or []):
                 await client.update_flow_run(fr.id, tags=[*(fr.tags or []), launch.URGENT_TAG])
     except Exception as exc:  # the run is there; a tag or a restart can wait for the reconciler
@@ -248,7 +248,9 @@ def _store_callback(ref: str, actor: str, note: str, now: datetime) -> str:
             raise Conflict("a callback is already being processed")
         hsa = person.hsa_id if person else actor
         if status == OrderStatus.SUBMITTED:
-            # The run has not received the order yet: it takes this decision when it reaches the stage.
+            # The run has not received the order yet: it takes this decision when it reaches the stage. The
+            # clock stops now, in this transaction (the dispatcher claims the same row: tasks/escalation.py).
+            deadlines.meet(s, ref, "callback", now)
             d = Decision(order_id=order.id, stage="callback", decided_by=hsa, outcome="done", detail={}, text=note,
                          state="proposed", created_at=now)
             s.add(d)

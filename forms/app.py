@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -218,6 +220,28 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The urgent dispatcher in the app process too (every RO_APP_DISPATCH_SECONDS, default 15, 0 = off).
+
+    In production the only other dispatcher is the `housekeeping` deployment, which needs the Prefect
+    server and a worker: with either down, no missed callback would be escalated. This one needs the
+    orders database and SMTP only. Running beside the others is safe: each deadline is claimed by one
+    conditional UPDATE, so it fires once whoever gets there first (tasks/escalation.py)."""
+    every = settings().app_dispatch_seconds
+    thread = stop = None
+    if every > 0:
+        from tasks.escalation import start_dispatcher
+        thread, stop = start_dispatcher(every, name="app-urgent-dispatch")
+        log.info("urgent dispatcher every %s s in the app", every)
+    try:
+        yield
+    finally:
+        if thread is not None and stop is not None:
+            stop.set()
+            thread.join(10)
+
+
 def create_app() -> FastAPI:
     check_session_settings(settings())
     app = FastAPI(
@@ -225,7 +249,7 @@ def create_app() -> FastAPI:
         description="Beställningar av begränsad åtkomst till 1177 journal och e-tjänster. "
                     "Identitet: `X-Remote-User` från betrodd proxy, annars sessionskaka från inloggningssidan.",
         # Swagger UI and ReDoc load scripts from a CDN; the schema itself is at /openapi.json.
-        docs_url=None, redoc_url=None,
+        docs_url=None, redoc_url=None, lifespan=_lifespan,
         # Before every route: state-changing requests another site could have made are refused.
         dependencies=[Depends(csrf_guard)],
     )

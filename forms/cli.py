@@ -10,7 +10,8 @@
     restriction-orders escalate [--reference RO-2026-000123 ...]
         run the urgent dispatcher once: send pages that never went out, escalate missed callbacks
     restriction-orders automations [--print]
-        create or update the project's Prefect automations (or print them for `prefect automation create`)
+        create or update every Prefect automation the project ships, the urgent/run ones and the
+        monitoring ones (or print them all for `prefect automation create`)
 
 Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
 only, never personal data. Exit status: 0 done, 1 refused (unknown order, wrong status, not allowed), 2 usage.
@@ -105,11 +106,11 @@ def _flush_events() -> None:
 
 
 def _automations(print_only: bool) -> int:
-    from tasks.automations import ensure_automations, specs_json
+    from tasks.automations import ensure_all, specs_json
     if print_only:
         print(specs_json())
         return 0
-    for name, automation_id in ensure_automations().items():
+    for name, automation_id in ensure_all().items():
         print(f"{name}: {automation_id}")
     return 0
 

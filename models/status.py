@@ -22,13 +22,15 @@ S = OrderStatus
 
 FINAL: frozenset[OrderStatus] = frozenset({S.COMPLETED, S.REJECTED, S.CANCELLED, S.FAILED})
 
-# Cancelling is allowed until execution starts; paper fallback can hand back to the digital route.
+# Cancelling is allowed until execution starts; paper fallback can hand back to the digital route. Any
+# open digital status can end in `failed` (execution refused, or runs that keep failing: models/runs.py).
 ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.SUBMITTED: frozenset({S.AWAITING_CALLBACK, S.AWAITING_ASSESSMENT, S.AWAITING_APPROVAL, S.CANCELLED,
                             S.REJECTED, S.PAPER_FALLBACK, S.FAILED}),
-    S.AWAITING_CALLBACK: frozenset({S.AWAITING_ASSESSMENT, S.AWAITING_APPROVAL, S.CANCELLED, S.PAPER_FALLBACK}),
-    S.AWAITING_ASSESSMENT: frozenset({S.AWAITING_APPROVAL, S.REJECTED, S.CANCELLED, S.PAPER_FALLBACK}),
-    S.AWAITING_APPROVAL: frozenset({S.EXECUTING, S.REJECTED, S.CANCELLED, S.PAPER_FALLBACK}),
+    S.AWAITING_CALLBACK: frozenset({S.AWAITING_ASSESSMENT, S.AWAITING_APPROVAL, S.CANCELLED, S.PAPER_FALLBACK,
+                                    S.FAILED}),
+    S.AWAITING_ASSESSMENT: frozenset({S.AWAITING_APPROVAL, S.REJECTED, S.CANCELLED, S.PAPER_FALLBACK, S.FAILED}),
+    S.AWAITING_APPROVAL: frozenset({S.EXECUTING, S.REJECTED, S.CANCELLED, S.PAPER_FALLBACK, S.FAILED}),
     S.EXECUTING: frozenset({S.COMPLETED, S.PAPER_FALLBACK, S.FAILED}),
     S.PAPER_FALLBACK: frozenset({S.AWAITING_CALLBACK, S.AWAITING_ASSESSMENT, S.AWAITING_APPROVAL, S.EXECUTING,
                                  S.CANCELLED, S.REJECTED}),

@@ -15,7 +15,10 @@ The default action is "do nothing": the automation firing is itself the record t
 (`RO_AUTOMATION_NOTIFY_BLOCK=<block-type-slug>/<block-name>`, e.g. `slack-webhook/on-call`), the automations
 send a notification through it instead. Templates are single simple expressions (see prefect-3-notes §3).
 
-Embedded default: `ensure_automations()` from `make run` (forms/embedded.py), after the Prefect server is up.
+The monitoring automations (overdue orders, failed monitoring runs) live in tasks/automations_monitoring.py;
+`ensure_all()` and `all_specs()` cover both sets, and are what the CLI and `make run` use.
+
+Embedded default: `make run` (forms/embedded.py) creates them all after the Prefect server is up.
 Production, after `prefect deploy --all`, either of:
     restriction-orders automations                     # idempotent: creates or updates by name
     restriction-orders automations --print > automations.json && prefect automation create -f automations.json
@@ -145,11 +148,24 @@ def ensure_automations(notify_block: str | None = None) -> dict[str, str]:
     return out
 
 
+def all_specs(notify_block_id: UUID | None = None) -> list[AutomationCore]:
+    """Every automation the project ships: the urgent/run ones above and the monitoring ones."""
+    from tasks.automations_monitoring import definitions
+    return automation_specs(notify_block_id) + definitions(notify_block_id)
+
+
+def ensure_all(notify_block: str | None = None) -> dict[str, str]:
+    """Create or update every shipped automation by name; returns name -> id. Raises when the Prefect API
+    cannot be reached (an operator running the CLI must see that, not an empty list)."""
+    from tasks.automations_monitoring import ensure_monitoring_automations
+    return ensure_automations(notify_block) | ensure_monitoring_automations(notify_block, strict=True)
+
+
 def specs_json(notify_block_id: UUID | None = None) -> str:
-    """The automations as a file for `prefect automation create --from-file automations.json`."""
-    return json.dumps({"automations": [json.loads(a.model_dump_json()) for a in automation_specs(notify_block_id)]},
+    """Every shipped automation as a file for `prefect automation create --from-file automations.json`."""
+    return json.dumps({"automations": [json.loads(a.model_dump_json()) for a in all_specs(notify_block_id)]},
                       indent=2, ensure_ascii=False)
 
 
 if __name__ == "__main__":
-    print(json.dumps(ensure_automations(), indent=2))
+    print(json.dumps(ensure_all(), indent=2))

@@ -12,12 +12,16 @@ from the housekeeping loop, once a minute from a deployment, or by hand (`restri
 from any number of processes, and a restart of everything in between only delays the escalation.
 
 A callback counts from the moment the on-call person records it (the stored decision), not from when the
-order's run gets round to accepting it: recorded at 29:59 means no escalation, even if the run is slow.
+order's run gets round to accepting it: recorded at 29:59 means no escalation, even if the run is slow. The
+deadline row decides a race at the boundary: recording a callback meets it in the same transaction, and the
+dispatcher claims it before it reads anything, so a callback stored just before the dispatcher looked and
+committed just after is still seen (see `_fire`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -27,8 +31,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from models.clock import Clock, SystemClock
 from models.regions import load_regions
-from models.status import FINAL
+from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Decision, Deviation, Order
 from tasks import audit, mail
 from tasks.database import session
@@ -103,21 +108,26 @@ def minutes_late(due_at: datetime, now: datetime) -> int:
 
 def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
     with session() as s:
-        dl = s.get(Deadline, deadline_id)
-        if dl is None or dl.fired_at is not None or dl.met_at is not None:
-            return None
-        order = s.scalar(select(Order).where(Order.reference == dl.order_reference))
-        if order is None:
-            return None
-        recorded = callback_recorded_at(s, order)
-        if recorded is not None and recorded <= dl.due_at:
-            return None  # called back in time; the run marks the deadline met when it accepts the decision
-        # The guard: only the dispatcher whose UPDATE changes the row goes on.
+        # Claim first, read after. The UPDATE takes the deadline row (a row lock on PostgreSQL, the write
+        # lock on SQLite), and recording a callback meets that same row in its own transaction
+        # (tasks/orders.propose, flows/urgent): so a callback whose transaction got there first makes this
+        # UPDATE change nothing, and one still being committed makes it wait for the commit. Only then is
+        # the order read, so a callback committed meanwhile is seen (a fresh snapshot per statement).
         res = s.execute(update(Deadline).where(Deadline.id == deadline_id, Deadline.fired_at.is_(None),
-                                               Deadline.met_at.is_(None)).values(fired_at=now))
+                                               Deadline.met_at.is_(None), Deadline.due_at <= now)
+                        .values(fired_at=now))
         if getattr(res, "rowcount", 0) != 1:
             s.rollback()
             return None
+        dl = s.get(Deadline, deadline_id)
+        order = s.scalar(select(Order).where(Order.reference == dl.order_reference)) if dl else None
+        if dl is None or order is None or OrderStatus(order.status) in FINAL:
+            s.rollback()
+            return None
+        recorded = callback_recorded_at(s, order)
+        if recorded is not None and recorded <= dl.due_at:
+            s.rollback()
+            return None  # called back in time; the run marks the deadline met when it accepts the decision
         late = minutes_late(dl.due_at, now)
         dev = Deviation(order_reference=order.reference, kind=DEVIATION_KIND, minutes_late=late, at=now)
         s.add(dev)
@@ -177,3 +187,31 @@ def dispatch(now: datetime, *, emit: Emitter | None = None) -> dict[str, int]:
     paged = page_unpaged(now)
     escalated = escalate_due(now, emit=emit)
     return {"paged": len(paged), "escalated": len(escalated)}
+
+
+def run_dispatcher(every: float, stop: threading.Event, *, deliver_outbox: bool = False,
+                   clock: Clock | None = None) -> None:
+    """`dispatch` every `every` seconds until `stop` is set; with `deliver_outbox`, the outbox too.
+
+    The orders database and SMTP only, never the Prefect API (the Prefect event is queued, not awaited):
+    so neither a hanging Prefect server nor the reconciler's retries can hold up a page or an escalation.
+    Run it from as many processes as you like (the serving process, the app, the `housekeeping`
+    deployment): each deadline fires once, whoever gets its row first."""
+    clock = clock or SystemClock()
+    while not stop.is_set():
+        try:
+            dispatch(clock.now())
+            if deliver_outbox:
+                mail.deliver()
+        except Exception as exc:  # keep going: the next round repairs what this one could not
+            log.warning("urgent dispatch round failed: %s", type(exc).__name__)
+        stop.wait(every)
+
+
+def start_dispatcher(every: float, *, name: str, deliver_outbox: bool = False) -> tuple[threading.Thread, threading.Event]:
+    """`run_dispatcher` in a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_dispatcher, args=(every, stop), kwargs={"deliver_outbox": deliver_outbox},
+                              daemon=True, name=name)
+    thread.start()
+    return thread, stop

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -19,14 +23,32 @@ from prefect.exceptions import PrefectException
 from prefect.flow_runs import aresume_flow_run
 from sqlalchemy import select
 
+from models.runs import RestartPolicy, RestartVerdict, history_from_audit
 from models.status import FINAL, OrderStatus
-from models.tables import Decision, Order
-from tasks import audit
+from models.tables import AuditEvent, Decision, Order
+from tasks import audit, mail
 from tasks.database import session
-from tasks.orders import STAGE_STATUS
+from tasks.orders import STAGE_STATUS, transition
+from tasks.settings import settings
 
 log = logging.getLogger(__name__)
 URGENT_TAG = "urgent"
+RECONCILER = "system:reconciler"
+EXHAUSTED_EVENT = "order.run.restarts-exhausted"
+# prefect.yaml's queue for urgent work in the `restriction-orders` work pool (created with priority 1,
+# README "Production layout"); the order flows' own queue is `orders`.
+URGENT_QUEUE = "urgent"
+URGENT_QUEUE_REASON = "urgent_queue"  # a run replaced to move it to the urgent queue: not a failure
+
+
+@contextmanager
+def prefect_fails_fast(timeout: float = 10.0) -> Iterator[None]:
+    """For background loops (the reconciler): one try per request and a short timeout, so a down or
+    hanging Prefect API costs a round a few seconds instead of minutes of retries with backoff; the next
+    round tries again. Prefect reads these settings per request, from this context (one thread)."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout}):
+        yield
 
 
 def deployment_name(flow_name: str) -> str:
@@ -40,7 +62,32 @@ def tags(order: Order) -> list[str]:
     return out
 
 
-async def start_run(reference: str, *, restart: int = 0) -> str | None:
+_pool_of: dict[str, tuple[float, str | None]] = {}
+POOL_CACHE_S = 60.0
+
+
+async def work_pool_of(deployment: str) -> str | None:
+    """The deployment's work pool; None for a served deployment (the embedded default has no pool).
+    Remembered for a minute: deployments change when someone deploys, not per order."""
+    hit = _pool_of.get(deployment)
+    if hit is not None and time.monotonic() - hit[0] < POOL_CACHE_S:
+        return hit[1]
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name(deployment)
+    _pool_of[deployment] = (time.monotonic(), dep.work_pool_name)
+    return dep.work_pool_name
+
+
+async def work_queue_for(deployment: str, urgent: bool) -> str | None:
+    """The urgent queue for an urgent order's run on a work-pool deployment. None otherwise: the run
+    goes to the deployment's own queue, and a served deployment refuses any queue name (HTTP 400
+    "not associated with a work pool"), so none is ever passed to one."""
+    if not urgent:
+        return None
+    return URGENT_QUEUE if await work_pool_of(deployment) else None
+
+
+async def start_run(reference: str, *, restart: int = 0, reason: str = "") -> str | None:
     """Create the order's flow run; returns its id, or None when the Prefect API cannot be reached."""
     with session() as s:
         order = s.scalar(select(Order).where(Order.reference == reference))
@@ -48,11 +95,13 @@ async def start_run(reference: str, *, restart: int = 0) -> str | None:
             return None
         if order.flow_run_id and not restart:
             return order.flow_run_id
-        name, run_tags = order.flow_name, tags(order)
+        name, run_tags, urgent = order.flow_name, tags(order), order.urgent
     key = reference if not restart else f"{reference}/restart-{restart}"
     try:
+        queue = await work_queue_for(deployment_name(name), urgent)
         fr = await arun_deployment(deployment_name(name), parameters={"reference": reference}, timeout=0,
-                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False)
+                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False,
+                                  work_queue_name=queue)
     except Exception as exc:  # network errors, API errors: the reconciler will try again
         log.warning("could not start run for %s: %s", reference, type(exc).__name__)
         return None
@@ -61,8 +110,12 @@ async def start_run(reference: str, *, restart: int = 0) -> str | None:
         assert order is not None
         if order.flow_run_id != str(fr.id):
             order.flow_run_id = str(fr.id)
-            audit.record(s, actor="system", action="run_started", order=order,
-                         detail={"flow_run_id": str(fr.id), "restart": restart})
+            detail: dict[str, Any] = {"flow_run_id": str(fr.id), "restart": restart}
+            if reason:
+                detail["reason"] = reason
+            if queue:
+                detail["work_queue"] = queue
+            audit.record(s, actor="system", action="run_started", order=order, detail=detail)
     return str(fr.id)
 
 
@@ -96,7 +149,7 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
             from prefect.states import Crashed
             async with get_client() as client:
                 await client.set_flow_run_state(UUID(run_id), Crashed(message="Could not be resumed."), force=True)
-            return await start_run(reference, restart=_runs_started(reference)) is not None
+            return await start_run(reference, restart=runs_started(reference)) is not None
     except (PrefectException, RuntimeError, OSError) as exc:
         log.info("resume of %s/%s not done now: %s", reference, stage, type(exc).__name__)
         return False
@@ -106,36 +159,76 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
     return True
 
 
-async def cancel_run(reference: str) -> None:
-    """Stop the order's run in Prefect (it is usually suspended, so no process is interrupted)."""
+async def move_to_urgent_queue(reference: str, run: Any) -> str | None:
+    """An order made urgent after its run was created: that run waits in the deployment's own queue, behind
+    ordinary work, and Prefect cannot move a flow run to another queue. So a run that is not executing
+    (suspended in a human step, or scheduled) is replaced by one in the urgent queue, which continues from
+    the orders database. Returns the new run's id; None when there is nothing to move: a served deployment
+    (no queues), a run already in the urgent queue, or one executing now (it finishes its step first)."""
+    if run.work_queue_name == URGENT_QUEUE or run.state is None:
+        return None
+    if not (run.state.is_paused() or run.state.is_scheduled()):
+        return None
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        if order is None or order.flow_run_id != str(run.id) or OrderStatus(order.status) in FINAL:
+            return None
+        name = order.flow_name
+    if await work_queue_for(deployment_name(name), True) is None:
+        return None
+    from prefect.states import Cancelled
+    async with get_client() as client:
+        await client.set_flow_run_state(run.id, Cancelled(message="Replaced by a run in the urgent queue."),
+                                        force=True)
+    return await start_run(reference, restart=runs_started(reference), reason=URGENT_QUEUE_REASON)
+
+
+async def cancel_run(reference: str) -> bool:
+    """Stop the order's run in Prefect (it is usually suspended, so no process is interrupted). False when
+    Prefect could not be told (or the order has no run)."""
     from prefect.states import Cancelled
     with session() as s:
         order = s.scalar(select(Order).where(Order.reference == reference))
         run_id = order.flow_run_id if order else None
     if not run_id:
-        return
+        return False
     try:
         async with get_client() as client:
             await client.set_flow_run_state(UUID(run_id), Cancelled(message="order cancelled"), force=True)
     except Exception as exc:  # the run then ends by itself: its next step sees the cancelled order
         log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
+        return False
+    return True
 
 
-# Where the next round's liveness window starts (an order id). Each round looks at one window of open orders,
-# so the work per round stays the same with ten or ten thousand orders waiting.
+# Where the next liveness window starts (an order id). Each check looks at one window of open orders, so
+# the work stays the same with ten or ten thousand orders waiting.
 _window_after = 0
+# When the next liveness check is due (time.monotonic()); 0: at the first round of a process.
+_next_liveness = 0.0
 PREFECT_PAGE = 200  # the most flow runs Prefect's API returns per request by default
 
 
-async def reconcile(limit: int = 200) -> dict[str, int]:
+def liveness_every() -> float:
+    """Seconds between liveness checks. A run that ended while its order is open is rare (a crash, an
+    expired suspension), while reading a window of runs from Prefect costs both processes CPU: done every
+    round (1-2 s) with hundreds of orders waiting, it slowed the flow-run processes of resumed orders."""
+    return settings().run_liveness_seconds
+
+
+async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, int]:
     """Repair the gaps between the orders database and Prefect. Safe to run any time, from any process:
     start runs that were never started, hand stored decisions to suspended runs, and start a new run
-    for an open order whose run ended (crashed, or a suspension that expired).
+    for an open order whose run ended (crashed, or a suspension that expired), with backoff and a cap
+    (models/runs.py): an order whose runs keep failing is set to `failed` instead.
 
-    Orders without a run and decisions waiting to be handed over are looked for among all open orders;
-    whether runs are still alive is checked for a window of `limit` orders that moves on every round."""
-    global _window_after
-    counts = {"started": 0, "resumed": 0, "restarted": 0}
+    Orders without a run and decisions waiting to be handed over are looked for among all open orders, every
+    round; whether runs are still alive is checked every `liveness_every()` seconds (and in a process's
+    first round), for a window of `limit` orders that moves on each time."""
+    global _window_after, _next_liveness
+    now = now or datetime.now(UTC)
+    check_liveness = time.monotonic() >= _next_liveness
+    counts = {"started": 0, "resumed": 0, "restarted": 0, "failed": 0}
     is_open = Order.status.not_in([str(x) for x in FINAL] + [OrderStatus.PAPER_FALLBACK.value])
     with session() as s:
         no_run = list(s.scalars(select(Order.reference).where(is_open, Order.flow_run_id.is_(None))
@@ -148,12 +241,16 @@ async def reconcile(limit: int = 200) -> dict[str, int]:
         with_run = {ref: str(run) for ref, _, run, _ in waiting if ref in proposed}
         window = s.execute(select(Order.id, Order.reference, Order.flow_run_id)
                            .where(is_open, Order.flow_run_id.is_not(None), Order.id > _window_after)
-                           .order_by(Order.id).limit(limit)).all()
-    _window_after = window[-1].id if len(window) == limit else 0
+                           .order_by(Order.id).limit(limit)).all() if check_liveness else []
+    if check_liveness:
+        _window_after = window[-1].id if len(window) == limit else 0
+        _next_liveness = time.monotonic() + liveness_every()
     with_run |= {row.reference: str(row.flow_run_id) for row in window}
     for ref in no_run:
-        if await start_run(ref):
-            counts["started"] += 1
+        if not await start_run(ref):
+            # The order is open and has no run, so the API did not answer: the rest waits for the next round.
+            return counts
+        counts["started"] += 1
     if not with_run:
         return counts
     ids = [UUID(r) for r in set(with_run.values())]
@@ -174,13 +271,63 @@ async def reconcile(limit: int = 200) -> dict[str, int]:
         if state.is_paused() and ref in proposed:
             if await resume(ref, *proposed[ref]):
                 counts["resumed"] += 1
-        elif state.is_final() and await start_run(ref, restart=_runs_started(ref)):
-            counts["restarted"] += 1
+        elif state.is_final():
+            verdict = restart_policy().verdict(history_from_audit(_run_audit(ref)), now)
+            if verdict == RestartVerdict.GIVE_UP:
+                if give_up(ref, run_id, now):
+                    counts["failed"] += 1
+            elif verdict == RestartVerdict.RESTART and await start_run(ref, restart=runs_started(ref)):
+                counts["restarted"] += 1
     return counts
 
 
-def _runs_started(reference: str) -> int:
-    from models.tables import AuditEvent
+def restart_policy() -> RestartPolicy:
+    cfg = settings()
+    return RestartPolicy(max_restarts=cfg.run_restarts_max,
+                         first_delay=timedelta(seconds=cfg.run_restart_delay_seconds))
+
+
+def _run_audit(reference: str) -> list[tuple[str, str | None, datetime, dict[str, Any] | None]]:
+    with session() as s:
+        rows = s.execute(select(AuditEvent.action, AuditEvent.to_status, AuditEvent.at, AuditEvent.detail)
+                         .where(AuditEvent.order_reference == reference)
+                         .where((AuditEvent.action == "run_started") | AuditEvent.to_status.is_not(None))
+                         .order_by(AuditEvent.id)).all()
+    return [(r.action, r.to_status, r.at, r.detail) for r in rows]
+
+
+def give_up(reference: str, run_id: str, now: datetime) -> bool:
+    """Its runs kept failing: the order ends as `failed` and the people it concerns are told (the emails
+    are queued in the same transaction). True when this call made the change."""
+    with session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference))
+        if order is None or OrderStatus(order.status) in FINAL or order.status == OrderStatus.PAPER_FALLBACK:
+            return False
+        history = history_from_audit(_run_audit(reference))
+        transition(s, order, OrderStatus.FAILED, actor=RECONCILER, action="run_restarts_exhausted", at=now,
+                   detail={"restarts": history.restarts_since_progress, "flow_run_id": run_id})
+        mail.queue_confirmations(s, order)
+    log.error("runs of %s failed %d times in a row: order set to failed", reference,
+              history.restarts_since_progress + 1)
+    mail.deliver(reference)
+    emit_exhausted(reference, run_id, history.restarts_since_progress, now)
+    return True
+
+
+def emit_exhausted(reference: str, run_id: str, restarts: int, now: datetime) -> None:
+    """A Prefect event for the dashboard and automations (references only); never raises."""
+    try:
+        from prefect.events import emit_event
+        emit_event(event=EXHAUSTED_EVENT, occurred=now, payload={"restarts": restarts},
+                   resource={"prefect.resource.id": f"order.{reference}", "prefect.resource.name": reference},
+                   related=[{"prefect.resource.id": f"prefect.flow-run.{run_id}",
+                             "prefect.resource.role": "flow-run"}])
+    except Exception as exc:
+        log.warning("could not emit %s for %s: %s", EXHAUSTED_EVENT, reference, type(exc).__name__)
+
+
+def runs_started(reference: str) -> int:
+    """How many runs the order has had: the next restart's number, which makes its idempotency key."""
     with session() as s:
         return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
                                                                AuditEvent.action == "run_started"))))

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,9 @@ from models.tables import Order, OutboxMessage
 from tasks import directory
 from tasks.database import session
 from tasks.settings import ROOT, settings
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 SUBJECTS = {
     "completed": "Beställning {ref} är genomförd",
@@ -40,6 +43,8 @@ LEASE = timedelta(minutes=2)
 
 @lru_cache(maxsize=1)
 def _env() -> Environment:
+    # Imported on first use: a flow run's process imports this module but renders mail only at the end.
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
     return Environment(loader=FileSystemLoader(ROOT / "forms" / "templates"),
                        autoescape=select_autoescape(["html", "html.j2"]), keep_trailing_newline=True)
 

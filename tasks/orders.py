@@ -226,6 +226,11 @@ def propose(reference: str, stage: str, actor: str, outcome: str, detail: dict[s
         pending = [d for d in order.decisions if d.stage == stage and d.state == "proposed"]
         if pending:
             raise Conflict("a decision on this stage is already being processed")
+        if stage == "callback":
+            # The clock stops when on-call records the callback, in this transaction: the escalation
+            # dispatcher claims the same deadline row, so one of the two wins, never both.
+            from tasks.deadlines import meet
+            meet(s, order.reference, "callback", now)
         d = Decision(order_id=order.id, stage=stage, decided_by=person.hsa_id if person else actor,
                      outcome=outcome, detail=detail, text=text, state="proposed", created_at=now)
         s.add(d)

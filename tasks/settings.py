@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     embedded_login: bool = True
     # An outbox message waiting longer than this makes /healthz say "degraded" (it is still retried).
     outbox_alarm_minutes: int = 15
+    # The reconciler's restart policy (models/runs.py): an order whose runs keep failing gets at most this
+    # many new runs, the first at once, then 10 s, 20 s, 40 s ... after the previous one; then `failed`.
+    run_restarts_max: int = 5
+    run_restart_delay_seconds: float = 10.0
+    # How often the reconciler reads a window of open orders' runs from Prefect to find ended ones.
+    run_liveness_seconds: float = 10.0
+    # The app's own urgent dispatcher (forms/app.py): escalations without Prefect. 0 turns it off.
+    app_dispatch_seconds: float = 15.0
 
     @property
     def orders_db_url(self) -> str:

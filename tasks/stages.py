@@ -15,15 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from models.authority import refusal
 from models.clock import Clock, SystemClock
 from models.regions import load_regions
 from models.rules import check_order, plan_stages
-from models.schemas import ORDER_TYPE_LABELS_SV, MinorAccess, OrderRequest
-from models.status import FINAL, LABELS_SV, OrderStatus
+from models.schemas import MinorAccess, OrderRequest
+from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Decision, Order
 from tasks import audit, deadlines, directory, mail
 from tasks.database import session
@@ -319,25 +318,9 @@ def confirm(reference: str) -> str:
 
 @task(name="publish-timeline", persist_result=False, cache_policy=NO_CACHE)
 def publish_timeline(reference: str) -> None:
-    """A markdown card per order for the dashboard: reference, type, stages and times, no personal data."""
-    from sqlalchemy import select
-    with session() as s:
-        order = get(s, reference)
-        events = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference)
-                                .order_by(AuditEvent.id)))
-        lines = [f"# {order.reference}", "",
-                 f"**{ORDER_TYPE_LABELS_SV[order.order_type]}** · {order.region} · "
-                 f"{'brådskande' if order.urgent else 'ej brådskande'} · status **{LABELS_SV[OrderStatus(order.status)]}**", "",
-                 "| Steg | Krävs | Regel |", "|---|---|---|"]
-        for name, st in order.stage_plan.items():
-            lines.append(f"| {name} | {'ja' if st.get('required') else 'nej'} | {st.get('rule')} |")
-        lines += ["", "| Tid (UTC) | Vem | Händelse | Från | Till |", "|---|---|---|---|---|"]
-        for e in events:
-            if e.action in ("order_read",):
-                continue
-            lines.append(f"| {e.at:%Y-%m-%d %H:%M:%S} | {e.actor} | {e.action} | {e.from_status or ''} | {e.to_status or ''} |")
-    create_markdown_artifact(key=f"order-{reference.lower()}", markdown="\n".join(lines),
-                             description=f"Tidslinje för {reference}")
+    """The order's card for the dashboard (tasks/timeline.py): a new version after each step, no personal data."""
+    from tasks import timeline
+    timeline.publish(reference)
 
 
 __all__ = ["receive", "stage_state", "record_decision", "execute", "fall_back_to_paper", "confirm",

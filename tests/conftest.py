@@ -59,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_UI_ENABLED"] = "false"
+    # No dispatcher thread in every app a test builds (TestClient, the live app): the served flows'
+    # housekeeping dispatches, and the tests that want the app's own dispatcher turn it on.
+    os.environ.setdefault("RO_APP_DISPATCH_SECONDS", "0")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 

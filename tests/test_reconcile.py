@@ -78,6 +78,7 @@ def test_a_late_order_and_a_late_decision_are_found_behind_hundreds_waiting(monk
     monkeypatch.setattr(launch, "resume", fake.resume)
     monkeypatch.setattr(launch, "get_client", fake.get_client)
     monkeypatch.setattr(launch, "_window_after", 0)
+    monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
     runs = {f"RO-2026-{700001 + i}": str(uuid.uuid4()) for i in range(WAITING)}
     with session() as s:
         s.add_all(_order(ref, run) for ref, run in runs.items())
@@ -91,10 +92,11 @@ def test_a_late_order_and_a_late_decision_are_found_behind_hundreds_waiting(monk
     first = asyncio.run(launch.reconcile(limit=WINDOW))
     assert fake.started == ["RO-2026-799998"]
     assert fake.resumed == ["RO-2026-700450"]
-    assert first == {"started": 1, "resumed": 1, "restarted": 0}
+    assert first == {"started": 1, "resumed": 1, "restarted": 0, "failed": 0}
     # The liveness window walks the table: 200, 200, 50 (and the pending one each time), then wraps.
     asyncio.run(launch.reconcile(limit=WINDOW))
     asyncio.run(launch.reconcile(limit=WINDOW))
     assert set(fake.read) == set(runs.values())
     assert launch._window_after == 0
     assert len(fake.read) <= WAITING + 3 + WINDOW  # each run read once per sweep, plus the pending one
+

@@ -316,6 +316,92 @@ def test_two_dispatchers_at_once_escalate_once(smtp: Path) -> None:
         assert len(escalation_mails(smtp, ref)) == 1
 
 
+class HoldCommit:
+    """Holds the transaction of the thread named `name` open just before it commits, until released: the
+    moment two transactions overlap, made to happen on purpose."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def _hook(self, s: Any) -> None:
+        if threading.current_thread().name == self.name and not self.release.is_set():
+            self.reached.set()
+            self.release.wait(30)
+
+    def __enter__(self) -> HoldCommit:
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+        event.listen(Session, "before_commit", self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+        self.release.set()
+        event.remove(Session, "before_commit", self._hook)
+
+
+def _waiting_for_callback(at: datetime) -> tuple[str, int, datetime]:
+    ref = submit_at(at)
+    stages.receive.fn(ref)  # the run received it and waits in its callback stage
+    due = at + timedelta(minutes=30)
+    [deadline_id] = escalation.due_deadlines(due + timedelta(seconds=1), references=[ref])
+    return ref, deadline_id, due
+
+
+def test_a_callback_committed_just_after_the_dispatcher_read_is_not_escalated(smtp: Path) -> None:
+    """Recorded at 29:59.9, still being committed when the dispatcher (which read the deadline as due and
+    not met) claims it: the claim waits for that commit and then finds the deadline met."""
+    ref, deadline_id, due = _waiting_for_callback(sthlm(2026, 11, 25, 1, 0))
+    fired: list[Any] = []
+    with HoldCommit("callback") as hold:
+        callback = threading.Thread(name="callback", target=orders.propose, args=(
+            ref, "callback", ONCALL, "done", {}, "Uppringd", due - timedelta(milliseconds=100)))
+        callback.start()
+        assert hold.reached.wait(30)  # stored, not yet committed
+        dispatcher = threading.Thread(target=lambda: fired.append(escalation._fire(deadline_id, due + timedelta(
+            milliseconds=100))))
+        dispatcher.start()
+        dispatcher.join(0.5)
+        waited = dispatcher.is_alive()  # on the deadline row, held by the callback's transaction
+        hold.release.set()
+        callback.join(30)
+        dispatcher.join(30)
+    assert waited
+    assert fired == [None]
+    assert count(Deviation, order_reference=ref) == 0 and escalation_mails(smtp, ref) == []
+    assert urgent.callback_clock(ref, due + timedelta(minutes=1)).state == "met"
+    assert escalation.escalate_due(due + timedelta(hours=1), emit=Events(), references=[ref]) == []
+
+
+def test_a_callback_after_the_dispatcher_claimed_is_late_and_escalates_once(smtp: Path) -> None:
+    """The other way round: the dispatcher got the deadline row first, the callback waits for its commit.
+    One escalation, and the callback is stored (the order goes on)."""
+    ref, deadline_id, due = _waiting_for_callback(sthlm(2026, 11, 25, 2, 0))
+    fired: list[Any] = []
+    with HoldCommit("dispatcher") as hold:
+        dispatcher = threading.Thread(name="dispatcher", target=lambda: fired.append(
+            escalation._fire(deadline_id, due)))
+        dispatcher.start()
+        assert hold.reached.wait(30)
+        callback = threading.Thread(target=orders.propose, args=(
+            ref, "callback", ONCALL, "done", {}, "Uppringd", due + timedelta(milliseconds=100)))
+        callback.start()
+        callback.join(0.5)
+        waited = callback.is_alive()
+        hold.release.set()
+        dispatcher.join(30)
+        callback.join(30)
+    assert waited
+    assert [m.reference for m in fired] == [ref]
+    assert count(Deviation, order_reference=ref) == 1
+    with session() as s:
+        assert [d.state for d in orders.get(s, ref).decisions if d.stage == "callback"] == ["proposed"]
+    assert escalation.escalate_due(due + timedelta(hours=1), emit=Events(), references=[ref]) == []
+
+
 def _dispatcher_process(now: datetime, refs: list[str]) -> list[str]:
     """The dispatcher in a new process: only the database connects it to what came before."""
     code = ("import json, sys; from datetime import datetime; from tasks.escalation import escalate_due; "
@@ -641,7 +727,8 @@ def test_cli_urgent_callback_clock_escalate(smtp: Path, monkeypatch: pytest.Monk
     assert "1912" not in captured.out + captured.err
     assert cli.main(["automations", "--print"]) == 0
     names = [a["name"] for a in json.loads(capsys.readouterr().out)["automations"]]
-    assert names == ["Missed urgent callback", "Order run failed", "Crash unresponsive order runs"]
+    assert names == ["Missed urgent callback", "Order run failed", "Crash unresponsive order runs",
+                     "Overdue order", "Monitoring run failed"]
 
 
 def test_cli_is_installed_as_a_console_script() -> None:
@@ -651,6 +738,96 @@ def test_cli_is_installed_as_a_console_script() -> None:
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "urgent" in out.stdout and "callback" in out.stdout
     assert time.monotonic() - started < 60
+
+
+# --- dispatchers that do not depend on Prefect ---------------------------------------------------------
+
+class HangingApi:
+    """A Prefect API that accepts connections and never answers (a hung server)."""
+
+    def __init__(self) -> None:
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/api"
+        self.conns: list[Any] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        for c in [*self.conns, self.sock]:
+            c.close()
+
+
+def test_escalation_never_waits_for_a_hanging_prefect(smtp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving process's two loops: the reconciler stuck on a Prefect API that does not answer, the
+    urgent dispatcher beside it escalates at once (it used to run after the reconciler, in the same loop)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import serve
+    events = Events()
+    monkeypatch.setattr(escalation, "prefect_emitter", events)
+    ref = submit_at(datetime.now(UTC) - timedelta(minutes=31))  # no run: the reconciler tries to start one
+    api = HangingApi()
+    stop = threading.Event()
+
+    def reconciler() -> None:
+        with temporary_settings(updates={PREFECT_API_URL: api.url}):
+            serve.housekeeping_loop(0.2, stop)
+    loop = threading.Thread(target=reconciler, daemon=True)
+    loop.start()
+    dispatcher, stop_dispatcher = escalation.start_dispatcher(0.2, name="test-urgent-dispatch")
+    try:
+        deadline = time.monotonic() + 30
+        while not api.conns and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert api.conns, "the reconciler never called Prefect"
+        started = time.monotonic()
+        while ref not in [e.reference for e in events.sent] and time.monotonic() - started < 8:
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        assert count(Deviation, order_reference=ref) == 1, "not escalated while Prefect hangs"
+        assert took < 8  # the fail-fast client gives up after 10 s; the old loop waited minutes
+        assert loop.is_alive()
+    finally:
+        stop.set()
+        stop_dispatcher.set()
+        api.close()
+        loop.join(15)
+        dispatcher.join(15)
+    assert not loop.is_alive() and not dispatcher.is_alive()
+
+
+def test_the_app_runs_its_own_dispatcher_when_asked(smtp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forms import app as app_module
+    from tasks.settings import settings
+    monkeypatch.setattr(escalation, "prefect_emitter", Events())
+
+    def dispatchers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "app-urgent-dispatch"]
+    assert settings().app_dispatch_seconds == 0  # the tests' default (conftest): no thread in every app
+    with TestClient(app_module.create_app(), client=("127.0.0.1", 40000)):
+        assert dispatchers() == []
+    ref = submit_at(datetime.now(UTC) - timedelta(minutes=31))
+    cfg = settings().model_copy(update={"app_dispatch_seconds": 0.2})
+    monkeypatch.setattr(app_module, "settings", lambda: cfg)
+    with TestClient(app_module.create_app(), client=("127.0.0.1", 40000)):
+        assert len(dispatchers()) == 1
+        deadline = time.monotonic() + 15
+        while not count(Deviation, order_reference=ref) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(Deviation, order_reference=ref) == 1
+    assert dispatchers() == []  # stopped with the app
+    assert len(escalation_mails(smtp, ref)) == 1
 
 
 def test_outbox_rows_carry_no_personal_data() -> None:

@@ -1,0 +1,74 @@
+"""The order's card in the Prefect dashboard: a markdown artifact keyed `order-<reference>`, one version
+per step, so a waiting or cancelled order shows where it stands, not only a finished one.
+
+Published by the routine after it receives the order, after each decision it records and at the end
+(tasks/stages.publish_timeline), and by the cancel command, which has no run context: the artifact is
+then created through the API and linked to the order's (cancelled) run.
+
+Only what the dashboard may show: reference, type, region, status, the stage plan with its rule codes,
+and the audit trail as times, HSA-ids, action codes and statuses. Never a personal identity number, a
+name or free text (a reason, a rationale, a note), which stay in the orders database.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from sqlalchemy import select
+
+from models.schemas import ORDER_TYPE_LABELS_SV
+from models.status import LABELS_SV, OrderStatus
+from models.tables import AuditEvent
+from tasks.database import session
+from tasks.orders import get
+
+log = logging.getLogger(__name__)
+SKIPPED_ACTIONS = frozenset({"order_read"})  # reads are audited for the patient's log extract, not the card
+
+
+def artifact_key(reference: str) -> str:
+    return f"order-{reference.strip().lower()}"
+
+
+def markdown(reference: str) -> tuple[str, str | None]:
+    """The card's markdown and the order's flow run id."""
+    with session() as s:
+        order = get(s, reference)
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == order.reference)
+                                .order_by(AuditEvent.id)))
+        lines = [f"# {order.reference}", "",
+                 f"**{ORDER_TYPE_LABELS_SV[order.order_type]}** · {order.region} · "
+                 f"{'brådskande' if order.urgent else 'ej brådskande'} · "
+                 f"status **{LABELS_SV[OrderStatus(order.status)]}** (`{order.status}`)", "",
+                 "| Steg | Krävs | Regel |", "|---|---|---|"]
+        for name, st in (order.stage_plan or {}).items():
+            lines.append(f"| {name} | {'ja' if st.get('required') else 'nej'} | {st.get('rule')} |")
+        lines += ["", "| Tid (UTC) | Vem | Händelse | Från | Till |", "|---|---|---|---|---|"]
+        for e in events:
+            if e.action in SKIPPED_ACTIONS:
+                continue
+            lines.append(f"| {e.at:%Y-%m-%d %H:%M:%S} | {e.actor} | {e.action} | {e.from_status or ''} "
+                         f"| {e.to_status or ''} |")
+        return "\n".join(lines), order.flow_run_id
+
+
+def publish(reference: str) -> bool:
+    """Create the next version of the order's card. Best effort: the card is a convenience for the
+    dashboard, so a Prefect hiccup is logged and never fails the step (or the command) that called it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.utilities.context import get_task_and_flow_run_ids
+    try:
+        text, order_run = markdown(reference)
+        task_run_id, flow_run_id = get_task_and_flow_run_ids()
+        with get_client(sync_client=True) as client:
+            client.create_artifact(ArtifactCreate(
+                key=artifact_key(reference), type="markdown", data=text,
+                description=f"Tidslinje för {reference.strip().upper()}", task_run_id=task_run_id,
+                # Outside a run (the cancel command) the card still belongs to the order's run.
+                flow_run_id=flow_run_id or (UUID(order_run) if order_run else None)))
+    except Exception as exc:
+        log.warning("timeline of %s not published: %s", reference, type(exc).__name__)
+        return False
+    return True
