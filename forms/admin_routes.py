@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, Field
@@ -220,22 +221,29 @@ def _cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def orders_csv(at: datetime, f: Filters, overdue_only: bool | None) -> tuple[str, int]:
+def _csv_line(values: tuple[Any, ...]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([_cell(v) for v in values])
+    return out.getvalue()
+
+
+def orders_csv(at: datetime, f: Filters, overdue_only: bool | None,
+               batch: int | None = None) -> Iterator[str]:
+    """The export as CSV text, one chunk per batch of rows read: every order the filters select, however many."""
+    batch = batch or monitoring.EXPORT_BATCH
+    yield _csv_line(CSV_COLUMNS)
     with session() as s:
-        rows = monitoring.orders_for_export(s, f.region, f.status)
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\r\n")
-        w.writerow(CSV_COLUMNS)
-        n = 0
-        for o in rows:
+        chunk: list[str] = []
+        for o in monitoring.orders_for_export(s, at, f.region, f.status, overdue_only, batch=batch):
             late = sla.is_overdue(o.due_at, o.status, at)
-            if overdue_only is not None and late != overdue_only:
-                continue
-            w.writerow([_cell(v) for v in (o.reference, o.order_type, o.region, o.care_unit_hsa_id, o.status,
-                                           "true" if o.urgent else "false", _iso(o.created_at), _iso(o.due_at),
-                                           "true" if late else "false")])
-            n += 1
-    return out.getvalue(), n
+            chunk.append(_csv_line((o.reference, o.order_type, o.region, o.unit_hsa_id, o.status,
+                                    "true" if o.urgent else "false", _iso(o.created_at), _iso(o.due_at),
+                                    "true" if late else "false")))
+            if len(chunk) >= batch:
+                yield "".join(chunk)
+                chunk = []
+        if chunk:
+            yield "".join(chunk)
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
@@ -278,12 +286,13 @@ def api_orders_csv(region: str | None = Query(None), status: str | None = Query(
     f = _filters_or_422(region, status)
     if isinstance(f, JSONResponse):
         return f
-    body, n = orders_csv(at, f, overdue)
     with session() as s:
+        # Audited before the first row leaves, with the number of rows the filters select at that moment.
+        n = monitoring.export_count(s, at, f.region, f.status, overdue)
         audit.record(s, actor=user.hsa_id, action="orders_exported", at=at,
                      detail={"format": "csv", "rows": n, "region": f.region, "status": f.status, "overdue": overdue})
     stamp = f"{local(at):%Y-%m-%d}"
-    return Response(body, media_type="text/csv; charset=utf-8", headers={
+    return StreamingResponse(orders_csv(at, f, overdue), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="bestallningar-{stamp}.csv"', "Cache-Control": "no-store"})
 
 
