@@ -5,6 +5,7 @@ in a schema of its own), a real Prefect server, served flows in a subprocess, an
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -54,10 +55,47 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    # INFO, as production logs: the leak scan must see what flow runs and our own code write at INFO, in
+    # Prefect's database (run logs) and in every process's log file. The server's access log stays quiet.
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "INFO"
     os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_UI_ENABLED"] = "false"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _log_this_process()
+
+
+PROCESS_LOG = _TMP / "pytest-process.log"
+# Loggers that do not pass their records on to the root logger, so the file handler goes on them too.
+_NON_PROPAGATING = ("prefect.extra", "prefect._internal", "uvicorn", "fastapi")
+OWN_LOGGERS = ("restriction_orders", "tasks", "flows", "forms", "models")
+
+
+class _NotTheTestClient(logging.Filter):
+    """The test client's own line for each request (httpx, "HTTP Request: GET http://testserver/…") is what a
+    test sent, not what the system wrote; the hostile-input tests put personal numbers in paths on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "httpx" and "http://testserver" in record.getMessage())
+
+
+def _log_this_process() -> None:
+    """This process hosts the app (TestClient) and runs reconciler, dispatcher and monitor code; it writes
+    what it logs to _TMP/pytest-process.log for the leak scan (tests/test_zz_no_leaks.py)."""
+    import prefect  # noqa: F401  Prefect configures logging on import: the handler goes on after that
+
+    handler = logging.FileHandler(PROCESS_LOG, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(_NotTheTestClient())
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    for name in _NON_PROPAGATING:
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("prefect").setLevel(logging.INFO)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
