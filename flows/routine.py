@@ -38,14 +38,14 @@ async def human_step(reference: str, stage: str) -> bool:
         if st.proposed is not None:
             # The app stored a decision before this run reached the stage: take it without waiting.
             stages.record_decision(reference, stage, {"decision_id": st.proposed}, "app")
-            failpoints.hit("after-decision", reference)
+            failpoints.hit(f"after-decision:{stage}", reference)
             continue
         get_run_logger().info("%s waits for %s (attempt %s)", reference, stage, st.attempt)
         decision = await asuspend_flow_run(wait_for_input=INPUTS[stage], key=f"{stage.replace('_', '-')}-{st.attempt}",
                                           timeout=SUSPEND_TIMEOUT_S)
         stages.record_decision(reference, stage, decision.model_dump(exclude={"metadata"}),
                                "app" if decision.decision_id else "prefect-ui")
-        failpoints.hit("after-decision", reference)
+        failpoints.hit(f"after-decision:{stage}", reference)
 
 
 async def execution(reference: str) -> None:
@@ -66,6 +66,7 @@ async def execution(reference: str) -> None:
 
 
 async def confirmation(reference: str) -> str:
+    failpoints.hit("after-confirm", reference)
     status = stages.confirm(reference)
     stages.publish_timeline(reference)
     return status
