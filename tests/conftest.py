@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # INFO, as production logs: the leak scan must see what flow runs and our own code write at INFO, in
     # Prefect's database (run logs) and in every process's log file. The server's access log stays quiet.
     os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
-    os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "INFO"
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(_logging_settings())
     os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_UI_ENABLED"] = "false"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -69,14 +69,26 @@ PROCESS_LOG = _TMP / "pytest-process.log"
 # Loggers that do not pass their records on to the root logger, so the file handler goes on them too.
 _NON_PROPAGATING = ("prefect.extra", "prefect._internal", "uvicorn", "fastapi")
 OWN_LOGGERS = ("restriction_orders", "tasks", "flows", "forms", "models")
+# One line per HTTP request or background job: volume, not content. (The test client's own request lines
+# would also show the personal numbers the hostile-input tests put in paths on purpose.)
+_QUIET = ("httpx", "httpcore", "docket", "hpack", "asyncio", "aiosqlite", "hypothesis")
 
 
-class _NotTheTestClient(logging.Filter):
-    """The test client's own line for each request (httpx, "HTTP Request: GET http://testserver/…") is what a
-    test sent, not what the system wrote; the hostile-input tests put personal numbers in paths on purpose."""
+def _logging_settings() -> Path:
+    """Prefect's logging configuration for every process of the session (PREFECT_LOGGING_SETTINGS_PATH): its
+    default, with the root logger at INFO so our own modules' INFO lines are written, minus the chatter."""
+    import importlib.util
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "httpx" and "http://testserver" in record.getMessage())
+    import yaml
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    config = yaml.safe_load((Path(spec.origin).parent / "logging" / "logging.yml").read_text())
+    config["root"]["level"] = "INFO"
+    for name in _QUIET:
+        config["loggers"][name] = {"level": "WARNING"}
+    path = _TMP / "logging.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def _log_this_process() -> None:
@@ -87,13 +99,9 @@ def _log_this_process() -> None:
     handler = logging.FileHandler(PROCESS_LOG, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.addFilter(_NotTheTestClient())
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
+    logging.getLogger().addHandler(handler)
     for name in _NON_PROPAGATING:
         logging.getLogger(name).addHandler(handler)
-    logging.getLogger("prefect").setLevel(logging.INFO)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
 
