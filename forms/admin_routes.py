@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +70,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
 CSV_COLUMNS = ("reference", "type", "region", "unit", "status", "urgent", "created", "due", "overdue")
 OUTCOME_LABELS = {"keep": "Behåll begränsningen", "restore": "Häv begränsningen (beställ återställande)"}
+REFERENCE = re.compile(r"RO-[0-9]{4}-[0-9]{6,10}")
 
 
 # --- identity --------------------------------------------------------------------------------------------
@@ -520,7 +522,8 @@ def head_reviews_page(request: Request, klar: str = "", utfall: str = "", user: 
                       at: datetime = Depends(now)) -> Response:
     rows = review_rows(at, units=_head_units(user))
     notice = None
-    if klar and utfall in OUTCOME_LABELS and klar.upper() == klar and len(klar) <= 20:
+    # Shown back on the page: only what is shaped like a reference (a pasted personal number never is).
+    if utfall in OUTCOME_LABELS and REFERENCE.fullmatch(klar):
         notice = f"Omprövningen av {klar} är registrerad: {OUTCOME_LABELS[utfall].lower()}."
     return render(request, user, "head_reviews.html.j2", {"title": "Omprövning", "rows": rows, "notice": notice,
                                                     "row_error": {}})
@@ -535,7 +538,9 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
     ref = reference.strip().upper()
     problem: dict[str, str] | None = None
     status = 422
-    if outcome not in OUTCOME_LABELS:
+    if not REFERENCE.fullmatch(ref):  # and never shown back: it could be a pasted personal number
+        ref, status, problem = "", 404, {"code": "not_found", "message": "Beställningen finns inte."}
+    elif outcome not in OUTCOME_LABELS:
         problem = {"code": "required", "message": "Välj om begränsningen ska behållas eller hävas."}
     else:
         try:
@@ -543,7 +548,10 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
             return RedirectResponse(f"/omprovningar?klar={result['reference']}&utfall={outcome}", status_code=303)
         except _ReviewError as exc:
             status, problem = exc.status, exc.errors[0]
+            ref = "" if status == 404 else ref  # shown back only when it is an order's reference
     rows = review_rows(at, units=_head_units(user))
+    summary = {"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"} if ref else \
+        {"href": "#main", "text": problem["message"]}
     return render(request, user, "head_reviews.html.j2", {
-        "title": "Fel: Omprövning", "rows": rows, "row_error": {ref: problem["message"]},
-        "summary": [{"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"}]}, status)
+        "title": "Fel: Omprövning", "rows": rows, "row_error": {ref: problem["message"]} if ref else {},
+        "summary": [summary]}, status)
