@@ -502,7 +502,8 @@ def test_path_references_never_5xx_and_never_echo_a_personal_number(client: Test
     else:
         r = client.post(path, json=payload, headers=as_(user))
     assert r.status_code < 500, (r.status_code, r.text[:500])
-    if template.startswith("/api/") and 400 <= r.status_code < 500:
+    # The path as sent: the client resolves dot segments (/api/orders/.. is /api, a page's address).
+    if r.request.url.path.startswith("/api/") and 400 <= r.status_code < 500:
         assert_error_shape(r)
     if r.headers.get("content-type", "").startswith("text/html"):
         assert_inert_html(r.text)
@@ -799,7 +800,7 @@ def queries(draw: st.DrawFn) -> tuple[tuple[str, str, tuple[str, ...]], list[tup
     return endpoint, draw(st.lists(st.tuples(keys, values), max_size=4))
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=80, **FUZZ)
 @given(query=queries())
 @example(query=(ADMIN_GETS[-1], [("klar", PATIENT), ("utfall", "keep")]))  # a number where a reference goes
 @example(query=(ADMIN_GETS[4], [("region", "kalmar"), ("region", "<script>"), ("overdue", "maybe")]))
@@ -866,7 +867,7 @@ def json_posts(draw: st.DrawFn) -> tuple[tuple[str, str, dict[str, Any]], Any]:
     return endpoint, b
 
 
-@settings(max_examples=80, **FUZZ)
+@settings(max_examples=60, **FUZZ)
 @given(request=json_posts(), ascii_only=st.booleans())
 @example(request=(JSON_POSTS[0], {"personal_number": "\x00"}), ascii_only=True)
 @example(request=(JSON_POSTS[1], {"days": 10**400}), ascii_only=True)
@@ -956,7 +957,7 @@ paper_values = st.one_of(
 )
 
 
-@settings(max_examples=70, **FUZZ)
+@settings(max_examples=60, **FUZZ)
 @given(order_type=st.sampled_from(ORDER_TYPES), serial=st.integers(1, 999),
        field=st.sampled_from([*ORDER_FIELDS, *PAPER_ONLY, "extra", *(f"-{f}" for f in (*ORDER_FIELDS, *PAPER_ONLY))]),
        value=paper_values, ascii_only=st.booleans())
@@ -993,7 +994,7 @@ FORMS: list[tuple[str, str, dict[str, str], str]] = [  # path, user, a valid for
 ]
 
 
-@settings(max_examples=60, **FUZZ)
+@settings(max_examples=40, **FUZZ)
 @given(form=st.sampled_from(FORMS), field=st.sampled_from(["personal_number", "days", "size", "outcome", "x"]),
        value=st.one_of(hostile_text, personal_numbers, st.integers(-(2**40), 2**40).map(str)),
        drop_csrf=st.booleans())
