@@ -41,7 +41,7 @@ async def human_step(reference: str, stage: str) -> bool:
         if st.proposed is not None:
             # The app stored a decision before this run reached the stage: take it without waiting.
             stages.record_decision(reference, stage, {"decision_id": st.proposed}, "app")
-            failpoints.hit("after-decision", reference)
+            failpoints.hit(f"after-decision:{stage}", reference)
             continue
         # The dashboard's card, once per step: right after the order was received or a decision recorded
         # (refused ones too), now that it waits. A resumed segment re-runs receive() but publishes only here,
@@ -52,7 +52,7 @@ async def human_step(reference: str, stage: str) -> bool:
                                           timeout=SUSPEND_TIMEOUT_S)
         stages.record_decision(reference, stage, decision.model_dump(exclude={"metadata"}),
                                "app" if decision.decision_id else "prefect-ui")
-        failpoints.hit("after-decision", reference)
+        failpoints.hit(f"after-decision:{stage}", reference)
 
 
 async def execution(reference: str) -> None:
@@ -77,6 +77,7 @@ async def execution(reference: str) -> None:
 
 
 async def confirmation(reference: str) -> str | State[Any]:
+    failpoints.hit("after-confirm", reference)
     status = stages.confirm(reference)
     stages.publish_timeline(reference)
     if status == OrderStatus.CANCELLED:

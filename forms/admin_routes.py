@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, Field
@@ -69,6 +71,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
 CSV_COLUMNS = ("reference", "type", "region", "unit", "status", "urgent", "created", "due", "overdue")
 OUTCOME_LABELS = {"keep": "Behåll begränsningen", "restore": "Häv begränsningen (beställ återställande)"}
+REFERENCE = re.compile(r"RO-[0-9]{4}-[0-9]{6,10}")
 
 
 # --- identity --------------------------------------------------------------------------------------------
@@ -216,22 +219,29 @@ def _cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def orders_csv(at: datetime, f: Filters, overdue_only: bool | None) -> tuple[str, int]:
+def _csv_line(values: tuple[Any, ...]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([_cell(v) for v in values])
+    return out.getvalue()
+
+
+def orders_csv(at: datetime, f: Filters, overdue_only: bool | None,
+               batch: int | None = None) -> Iterator[str]:
+    """The export as CSV text, one chunk per batch of rows read: every order the filters select, however many."""
+    batch = batch or monitoring.EXPORT_BATCH
+    yield _csv_line(CSV_COLUMNS)
     with session() as s:
-        rows = monitoring.orders_for_export(s, f.region, f.status)
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\r\n")
-        w.writerow(CSV_COLUMNS)
-        n = 0
-        for o in rows:
+        chunk: list[str] = []
+        for o in monitoring.orders_for_export(s, at, f.region, f.status, overdue_only, batch=batch):
             late = sla.is_overdue(o.due_at, o.status, at)
-            if overdue_only is not None and late != overdue_only:
-                continue
-            w.writerow([_cell(v) for v in (o.reference, o.order_type, o.region, o.care_unit_hsa_id, o.status,
-                                           "true" if o.urgent else "false", _iso(o.created_at), _iso(o.due_at),
-                                           "true" if late else "false")])
-            n += 1
-    return out.getvalue(), n
+            chunk.append(_csv_line((o.reference, o.order_type, o.region, o.unit_hsa_id, o.status,
+                                    "true" if o.urgent else "false", _iso(o.created_at), _iso(o.due_at),
+                                    "true" if late else "false")))
+            if len(chunk) >= batch:
+                yield "".join(chunk)
+                chunk = []
+        if chunk:
+            yield "".join(chunk)
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
@@ -274,12 +284,13 @@ def api_orders_csv(region: str | None = Query(None), status: str | None = Query(
     f = _filters_or_422(region, status)
     if isinstance(f, JSONResponse):
         return f
-    body, n = orders_csv(at, f, overdue)
     with session() as s:
+        # Audited before the first row leaves, with the number of rows the filters select at that moment.
+        n = monitoring.export_count(s, at, f.region, f.status, overdue)
         audit.record(s, actor=user.hsa_id, action="orders_exported", at=at,
                      detail={"format": "csv", "rows": n, "region": f.region, "status": f.status, "overdue": overdue})
     stamp = f"{local(at):%Y-%m-%d}"
-    return Response(body, media_type="text/csv; charset=utf-8", headers={
+    return StreamingResponse(orders_csv(at, f, overdue), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="bestallningar-{stamp}.csv"', "Cache-Control": "no-store"})
 
 
@@ -507,7 +518,8 @@ def head_reviews_page(request: Request, klar: str = "", utfall: str = "", user: 
                       at: datetime = Depends(now)) -> Response:
     rows = review_rows(at, units=_head_units(user))
     notice = None
-    if klar and utfall in OUTCOME_LABELS and klar.upper() == klar and len(klar) <= 20:
+    # Shown back on the page: only what is shaped like a reference (a pasted personal number never is).
+    if utfall in OUTCOME_LABELS and REFERENCE.fullmatch(klar):
         notice = f"Omprövningen av {klar} är registrerad: {OUTCOME_LABELS[utfall].lower()}."
     return render(request, user, "head_reviews.html.j2", {"title": "Omprövning", "rows": rows, "notice": notice,
                                                     "row_error": {}})
@@ -522,7 +534,9 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
     ref = reference.strip().upper()
     problem: dict[str, str] | None = None
     status = 422
-    if outcome not in OUTCOME_LABELS:
+    if not REFERENCE.fullmatch(ref):  # and never shown back: it could be a pasted personal number
+        ref, status, problem = "", 404, {"code": "not_found", "message": "Beställningen finns inte."}
+    elif outcome not in OUTCOME_LABELS:
         problem = {"code": "required", "message": "Välj om begränsningen ska behållas eller hävas."}
     else:
         try:
@@ -530,7 +544,10 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
             return RedirectResponse(f"/omprovningar?klar={result['reference']}&utfall={outcome}", status_code=303)
         except _ReviewError as exc:
             status, problem = exc.status, exc.errors[0]
+            ref = "" if status == 404 else ref  # shown back only when it is an order's reference
     rows = review_rows(at, units=_head_units(user))
+    summary = {"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"} if ref else \
+        {"href": "#main", "text": problem["message"]}
     return render(request, user, "head_reviews.html.j2", {
-        "title": "Fel: Omprövning", "rows": rows, "row_error": {ref: problem["message"]},
-        "summary": [{"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"}]}, status)
+        "title": "Fel: Omprövning", "rows": rows, "row_error": {ref: problem["message"]} if ref else {},
+        "summary": [summary]}, status)

@@ -682,7 +682,8 @@ async def queue_decision(request: Request, slug: str, reference: str) -> Respons
         except NotAllowed as exc:
             status, top = 403, exc.message
     items = queue_items(user, q)
-    ref = reference.upper()
+    # No such order: the address is not shown back (RO-2026-191212121212 is shaped like a reference too).
+    ref = reference.upper() if status != 404 else ""
     for it in items:
         if it.order.reference == ref:
             it.errors, it.values = {k: [msg] for k, msg in errors.items()}, values
@@ -690,7 +691,7 @@ async def queue_decision(request: Request, slug: str, reference: str) -> Respons
                         for k, m in errors.items()])
     if top:
         summary.insert(0, {"href": f"#{ref}" if any(i.order.reference == ref for i in items) else "#main",
-                           "text": f"{ref}: {top}"})
+                           "text": f"{ref}: {top}" if ref else top})
     return _queue_page(request, user, slug, items, status, summary)
 
 

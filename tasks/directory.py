@@ -11,7 +11,7 @@ ROLES = ("clinician", "assessor", "head_of_department", "support", "account_admi
 
 
 def staff(s: Session, hsa_id: str | None) -> Staff | None:
-    if not hsa_id:
+    if not hsa_id or "\x00" in hsa_id:  # nobody's id has one, and PostgreSQL refuses the query
         return None
     person = s.get(Staff, hsa_id.strip().upper())
     return person if person and person.active else None
@@ -22,7 +22,7 @@ def care_units(s: Session) -> dict[str, str]:
 
 
 def unit(s: Session, hsa_id: str) -> CareUnit | None:
-    return s.get(CareUnit, hsa_id)
+    return s.get(CareUnit, hsa_id) if "\x00" not in hsa_id else None
 
 
 def has_role(person: Staff | None, *roles: str) -> bool:

@@ -1,8 +1,19 @@
 """Fault injection for the crash tests (a failpoint, as in etcd or TiKV): with `RO_FAILPOINTS=after-execute`
 the serving process and its flow runs die together (SIGKILL to the process group, as when the machine
 loses power) the first time an armed order passes that point. Inert unless the variable is set; it is
-never set outside tests. In `RO_FAILPOINT_DIR` a file `<reference>.armed` arms an order (other orders in
-flight pass untouched) and a marker per point and order makes each order crash once per point.
+never set outside tests.
+
+Points (each a single `hit(...)` line where it is):
+- `after-receive`                stages planned, first stage open (flows/routine.py)
+- `after-decision:<stage>`       a decision recorded: `callback`, `harm_assessment`, `approval`, `execution`
+                                 (flows/routine.py); `after-decision` names all four
+- `after-execute`                the 1177 change made (flows/routine.py)
+- `after-confirm`                final status set and its emails queued, nothing delivered yet (flows/routine.py)
+- `after-smtp-accept`            the SMTP server accepted a message, the outbox not yet told (tasks/mail.py)
+
+In `RO_FAILPOINT_DIR` a file `<reference>.armed` arms an order (other orders in flight pass untouched); when
+the file lists point names (one per line), only those fire for it. A marker per point and order makes
+each order crash once per point.
 """
 
 from __future__ import annotations
@@ -12,12 +23,21 @@ import signal
 from pathlib import Path
 
 
-def hit(point: str, reference: str) -> None:
+def _named(point: str, names: list[str]) -> bool:
+    return point in names or point.split(":", 1)[0] in names
+
+
+def hit(point: str, reference: str | None) -> None:
     wanted = os.environ.get("RO_FAILPOINTS", "")
-    if not wanted or point not in wanted.split(","):
+    if not wanted or not reference or not _named(point, wanted.split(",")):
         return
     folder = Path(os.environ.get("RO_FAILPOINT_DIR", "."))
-    if not (folder / f"{reference}.armed").exists():
+    armed = folder / f"{reference}.armed"
+    try:
+        only = armed.read_text().split()
+    except FileNotFoundError:
+        return
+    if only and not _named(point, only):
         return
     marker = folder / f"{point}-{reference}"
     try:

@@ -23,7 +23,7 @@ from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import Order, OutboxMessage
-from tasks import directory
+from tasks import directory, failpoints
 from tasks.database import session
 from tasks.settings import ROOT, settings
 
@@ -170,6 +170,7 @@ def deliver(reference: str | None = None, limit: int = 100, now: datetime | None
             try:
                 with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.smtp_timeout) as smtp:
                     smtp.send_message(_build(m))
+                    failpoints.hit("after-smtp-accept", m.order_reference)
             except (OSError, smtplib.SMTPException) as exc:
                 m.attempts += 1
                 m.status = "pending"

@@ -18,12 +18,12 @@ Prefect server stores it once (events are deduplicated by id).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, not_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -232,14 +232,49 @@ def overdue_orders(s: Session, now: datetime, region: str | None = None, status:
     return list(s.scalars(overdue_query(now, region, status).limit(limit)))
 
 
-def orders_for_export(s: Session, region: str | None = None, status: str | None = None,
-                      limit: int = 10000) -> list[Order]:
-    q = select(Order)
+EXPORT_BATCH = 1000  # rows fetched per round trip when exporting
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    """An order as the CSV export writes it: no personal number, no free text (they are not even read)."""
+    reference: str
+    order_type: str
+    region: str
+    unit_hsa_id: str
+    status: str
+    urgent: bool
+    created_at: datetime
+    due_at: datetime | None
+
+
+def _export_filter(q: Any, now: datetime, region: str | None, status: str | None, overdue: bool | None) -> Any:
     if region:
         q = q.where(Order.region == region)
     if status:
         q = q.where(Order.status == status)
-    return list(s.scalars(q.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)))
+    if overdue is not None:
+        # sla.is_overdue in SQL; a NULL due time makes the conjunction false, never unknown.
+        late = and_(Order.due_at.is_not(None), Order.due_at < now, Order.status.in_(OPEN_STATUSES))
+        q = q.where(late if overdue else not_(late))
+    return q
+
+
+def export_count(s: Session, now: datetime, region: str | None = None, status: str | None = None,
+                 overdue: bool | None = None) -> int:
+    q = _export_filter(select(func.count()).select_from(Order), now, region, status, overdue)
+    return int(s.scalar(q) or 0)
+
+
+def orders_for_export(s: Session, now: datetime, region: str | None = None, status: str | None = None,
+                      overdue: bool | None = None, batch: int = EXPORT_BATCH) -> Iterator[ExportRow]:
+    """Every order the filters select, newest first, without a limit: all filters are in SQL and the rows
+    come `batch` at a time (a server-side cursor on PostgreSQL), so memory stays flat however many there are."""
+    q = _export_filter(select(Order.reference, Order.order_type, Order.region, Order.care_unit_hsa_id, Order.status,
+                              Order.urgent, Order.created_at, Order.due_at), now, region, status, overdue)
+    q = q.order_by(Order.created_at.desc(), Order.id.desc()).execution_options(yield_per=batch)
+    for row in s.execute(q):
+        yield ExportRow(*row)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ in a schema of its own), a real Prefect server, served flows in a subprocess, an
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -56,13 +57,58 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    # INFO, as production logs: the leak scan must see what flow runs and our own code write at INFO, in
+    # Prefect's database (run logs) and in every process's log file. The server's access log stays quiet.
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(_logging_settings())
     os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_UI_ENABLED"] = "false"
     # No dispatcher thread in every app a test builds (TestClient, the live app): the served flows'
     # housekeeping dispatches, and the tests that want the app's own dispatcher turn it on.
     os.environ.setdefault("RO_APP_DISPATCH_SECONDS", "0")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _log_this_process()
+
+
+PROCESS_LOG = _TMP / "pytest-process.log"
+# Loggers that do not pass their records on to the root logger, so the file handler goes on them too.
+_NON_PROPAGATING = ("prefect.extra", "prefect._internal", "uvicorn", "fastapi")
+OWN_LOGGERS = ("restriction_orders", "tasks", "flows", "forms", "models")
+# One line per HTTP request or background job: volume, not content. (The test client's own request lines
+# would also show the personal numbers the hostile-input tests put in paths on purpose.)
+_QUIET = ("httpx", "httpcore", "docket", "hpack", "asyncio", "aiosqlite", "hypothesis")
+
+
+def _logging_settings() -> Path:
+    """Prefect's logging configuration for every process of the session (PREFECT_LOGGING_SETTINGS_PATH): its
+    default, with the root logger at INFO so our own modules' INFO lines are written, minus the chatter."""
+    import importlib.util
+
+    import yaml
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    config = yaml.safe_load((Path(spec.origin).parent / "logging" / "logging.yml").read_text())
+    config["root"]["level"] = "INFO"
+    for name in _QUIET:
+        config["loggers"][name] = {"level": "WARNING"}
+    path = _TMP / "logging.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _log_this_process() -> None:
+    """This process hosts the app (TestClient) and runs reconciler, dispatcher and monitor code; it writes
+    what it logs to _TMP/pytest-process.log for the leak scan (tests/test_zz_no_leaks.py)."""
+    import prefect  # noqa: F401  Prefect configures logging on import: the handler goes on after that
+
+    handler = logging.FileHandler(PROCESS_LOG, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    for name in _NON_PROPAGATING:
+        logging.getLogger(name).addHandler(handler)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -204,6 +204,45 @@ def test_csv_export_has_the_columns_and_no_personal_numbers(client: TestClient, 
     assert exports and exports[-1].detail["rows"] == 2 and exports[-1].patient_pnr is None
 
 
+def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(client: TestClient,
+                                                                              data: dict[str, Any],
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No limit any more, and `overdue` filters in SQL before anything is read: with a batch of 2 rows the
+    export of Stockholm (this file's orders and more) comes in several chunks and has every row."""
+    from sqlalchemy import func
+
+    from models.tables import Order
+    with session() as s:
+        expected = set(s.scalars(select(Order.reference).where(Order.region == "stockholm")))
+        total = int(s.scalar(select(func.count()).select_from(Order).where(Order.region == "stockholm")) or 0)
+    assert total == len(expected) > 2 * 2
+    chunks = list(admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), None, batch=2))
+    assert len(chunks) == 1 + -(-total // 2)  # the header, then one chunk per batch of two
+    rows = list(csv.DictReader(io.StringIO("".join(chunks))))
+    assert {r["reference"] for r in rows} == expected and len(rows) == total
+    created = [datetime.fromisoformat(r["created"]) for r in rows]
+    assert created == sorted(created, reverse=True)  # newest first, across batches
+    no_numbers("".join(chunks), data["patients"])
+
+    late = list(csv.DictReader(io.StringIO("".join(
+        admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), True, batch=1)))))
+    on_time = list(csv.DictReader(io.StringIO("".join(
+        admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), False, batch=1)))))
+    assert sorted(r["reference"] for r in late) == sorted(data["late"])
+    assert {r["overdue"] for r in late} == {"true"} and {r["overdue"] for r in on_time} == {"false"}
+    assert len(late) + len(on_time) == total
+
+    monkeypatch.setattr(monitoring, "EXPORT_BATCH", 3)  # through the route: streamed, every row, audited
+    r = client.get("/api/admin/orders.csv", params={"region": "stockholm"}, headers=ADMIN)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert {row["reference"] for row in csv.DictReader(io.StringIO(r.text))} == expected
+    no_numbers(r.text, data["patients"])
+    with session() as s:
+        last = s.scalars(select(AuditEvent).where(AuditEvent.action == "orders_exported")
+                         .order_by(AuditEvent.id.desc())).first()
+    assert last is not None and last.detail["rows"] == total and last.detail["region"] == "stockholm"
+
+
 def test_csv_cells_never_start_a_formula() -> None:
     assert admin_routes._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert admin_routes._cell("@SUM") == "'@SUM" and admin_routes._cell("RO-2020-000001") == "RO-2020-000001"

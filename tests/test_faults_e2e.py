@@ -1,76 +1,167 @@
 """Faults survived, end to end with the real Prefect server, served flows and SMTP server:
 
 - the serving process and its flow runs killed with SIGKILL (a failpoint kills the whole process group, as
-  a power cut would) right after each stage boundary — the order received, a decision recorded, the
-  order executed — and started again: the order completes once, each effect applied once, each email
-  sent once;
-- the SMTP server down while orders finish, then back: every email delivered exactly once.
+  a power cut would) at every stage boundary — the order received, each decision recorded (callback,
+  harm assessment, approval), the order executed, the final status set with its emails queued but not
+  delivered — and started again: each order ends once, each effect applied once, each email sent once,
+  no status transition recorded twice;
+- the SMTP server down while orders finish, then back: every email delivered exactly once;
+- an order run that fails fires the shipped automation "Order run failed".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import subprocess
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from models.status import FINAL, OrderStatus
 from models.tables import AppliedEffect, AuditEvent, OutboxMessage
+from tasks import orders
 from tasks.database import session
 from tests.conftest import FlowServer, SmtpSink
 from tests.e2e import aged, body, decide, mails, status, submit, wait_mails, wait_status
 
 pytestmark = pytest.mark.e2e
-BOUNDARIES = ("after-receive", "after-decision", "after-execute")
+
+# Who decides each human step in these orders (Kalmar's demo staff); the urgent order's approver is the
+# bakjour out of office hours, as its stage plan says.
+DECIDER = {"awaiting_callback": ("callback", "DEMO-KALMAR-ONCALL"),
+           "awaiting_assessment": ("harm_assessment", "DEMO-KALMAR-ASSESSOR"),
+           "awaiting_approval": ("approval", "DEMO-KALMAR-HEAD")}
+
+
+def _audit(reference: str) -> list[AuditEvent]:
+    with session() as s:
+        return list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference)
+                              .order_by(AuditEvent.id)))
 
 
 def _actions(reference: str, action: str) -> int:
-    with session() as s:
-        return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.order_reference == reference,
-                                                              AuditEvent.action == action))))
+    return sum(1 for e in _audit(reference) if e.action == action)
 
 
-def _survive(flow_server: FlowServer, crashing: FlowServer, point: str) -> None:
-    """The failpoint has fired: the group is dead. Start the ordinary server again, as an operator would."""
-    crashing.wait_dead(90)
-    flow_server.start()
+def _decide_what_waits(reference: str, st: str) -> None:
+    stage, actor = DECIDER[st]
+    decision: dict[str, Any] = {"note": ""}
+    if stage == "harm_assessment":
+        decision = {"harm_found": True, "decision": "restrict"}
+    elif stage == "approval":
+        with session() as s:
+            role = (orders.get(s, reference).stage_plan.get("approval") or {}).get("role")
+        actor = "DEMO-KALMAR-BAKJOUR" if role == "bakjour" else actor
+        decision = {"approved": True}
+    decide(reference, stage, actor, decision)
 
 
-def test_sigkill_at_each_stage_boundary_completes_once(flow_server: FlowServer, smtp: Path,
-                                                       tmp_path: Path) -> None:
+def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
+    """Let other tests' orders reach their human step first: each crash would otherwise restart their runs
+    too, and every restart costs a process start on a loaded machine."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from flows.serve import ORDER_FLOWS
+
+    async def busy() -> int:
+        async with get_client() as client:
+            return len(await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in ORDER_FLOWS])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]))), limit=20))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and asyncio.run(busy()):
+        time.sleep(1)
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowServer, smtp: Path,
+                                                               tmp_path: Path) -> None:
+    """Two orders in flight together, each armed for its own boundaries (six crashes in all, one per
+    boundary): whichever reaches an armed point first takes the whole group down, the other dies wherever
+    it is, and the operator starts the server again."""
+    _wait_until_no_order_run_is_busy()
     flow_server.kill()
-    crashing = FlowServer({**flow_server.env, "RO_FAILPOINTS": ",".join(BOUNDARIES),
+    crashing = FlowServer({**flow_server.env, "RO_FAILPOINTS": "after-receive,after-decision,after-execute,after-confirm",
                            "RO_FAILPOINT_DIR": str(tmp_path)})
+    routine = submit(body("seal_or_lock", patient_personal_number=aged(47, 613)))  # nobody serves them yet
+    urgent = submit(body("seal_or_lock", patient_personal_number=aged(33, 614), urgent=True))
+    armed = {routine: ["after-receive", "after-decision:harm_assessment", "after-decision:approval", "after-execute"],
+             urgent: ["after-decision:callback", "after-confirm"]}
+    for ref, points in armed.items():
+        (tmp_path / f"{ref}.armed").write_text("\n".join(points))
+    wanted_end = {routine: "completed", urgent: "completed"}
+    crashes = 0
+    decided: set[tuple[str, str]] = set()
     try:
-        ref = submit(body("seal_or_lock", patient_personal_number=aged(47, 613)))  # nobody serves it yet
-        (tmp_path / f"{ref}.armed").touch()  # only this order crashes; others in flight pass untouched
         crashing.start()
-        _survive(flow_server, crashing, "after-receive")           # died once the stages were planned
-        assert (tmp_path / f"after-receive-{ref}").exists()
-        wait_status(ref, "awaiting_assessment")
-        flow_server.kill()
-        crashing.start()
-        decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
-        _survive(flow_server, crashing, "after-decision")          # died with the assessment recorded
-        wait_status(ref, "awaiting_approval")
-        flow_server.kill()
-        crashing.start()
-        decide(ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
-        _survive(flow_server, crashing, "after-execute")           # died with the 1177 change made
+        deadline = time.monotonic() + 480
+        while time.monotonic() < deadline:
+            assert crashing.proc is not None
+            if crashing.proc.poll() is not None:  # a failpoint fired: the group is dead; start it again
+                crashes += 1
+                crashing.proc = None
+                crashing.start()
+            states = {ref: status(ref) for ref in armed}
+            if all(OrderStatus(st) in FINAL for st in states.values()) and \
+                    all((tmp_path / f"{p}-{ref}").exists() for ref, points in armed.items() for p in points):
+                break
+            for ref, st in states.items():
+                if st in DECIDER and (ref, st) not in decided:
+                    decided.add((ref, st))
+                    _decide_what_waits(ref, st)
+            time.sleep(0.5)
+        assert crashing.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the last point may have fired as the loop ended
+            crashes += crashing.proc.wait(2) is not None
     finally:
         crashing.kill()
-        if flow_server.proc is None:
-            flow_server.start()
-    wait_status(ref, "completed")
-    got = wait_mails(smtp, ref, 2)
+        flow_server.start()
+    fired = {ref: [p for p in points if (tmp_path / f"{p}-{ref}").exists()] for ref, points in armed.items()}
+    assert fired == armed, fired
+    assert crashes == sum(len(p) for p in armed.values()), crashes
+    for ref, end in wanted_end.items():
+        wait_status(ref, end)
+
+    expected_mails = {routine: 2, urgent: 3}  # the head and the orderer; the urgent one paged on-call too
+    for ref, n in expected_mails.items():
+        wait_mails(smtp, ref, n, timeout=90)
     time.sleep(3)  # time for a doubled email to show up
-    assert len(mails(smtp, ref)) == 2 and {m["Message-ID"] for m in got} == {m["Message-ID"] for m in mails(smtp, ref)}
+    for ref, n in expected_mails.items():
+        ids = [m["Message-ID"] for m in mails(smtp, ref)]
+        with session() as s:
+            queued = {m.message_id for m in s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference == ref))}
+        assert len(ids) == n and sorted(ids) == sorted(queued), (ref, ids, queued)  # each one, exactly once
     with session() as s:
-        effects = sorted(e.effect for e in s.scalars(select(AppliedEffect).where(AppliedEffect.order_reference == ref)))
-    assert effects == ["lock_login", "seal_journal"]
-    assert _actions(ref, "executed") == 1 and _actions(ref, "assessed") == 1 and _actions(ref, "approved") == 1
-    assert _actions(ref, "run_started") >= 2  # the crashed run was replaced, with a restart key
-    assert status(ref) == "completed"
+        effects = {ref: sorted(e.effect for e in s.scalars(select(AppliedEffect)
+                                                            .where(AppliedEffect.order_reference == ref)))
+                   for ref in armed}
+    assert effects == {routine: ["lock_login", "seal_journal"], urgent: ["lock_login", "seal_journal"]}
+    for ref in armed:
+        events = _audit(ref)
+        transitions = Counter((e.from_status, e.to_status) for e in events if e.to_status)
+        assert all(n == 1 for n in transitions.values()), (ref, transitions)
+        planned = Counter(str(e.detail.get("stage")) for e in events if e.action == "stage_planned")
+        assert all(n == 1 for n in planned.values()), (ref, planned)
+        assert _actions(ref, "run_started") >= 2  # the crashed runs were replaced, each with a restart key
+    assert _actions(routine, "executed") == 1 and _actions(routine, "assessed") == 1
+    assert _actions(routine, "approved") == 1 and _actions(urgent, "callback_recorded") == 1
+    assert {ref: status(ref) for ref in armed} == wanted_end
 
 
 def test_smtp_down_then_back_delivers_every_email_exactly_once(flow_server: FlowServer, smtp_sink: SmtpSink,
@@ -106,3 +197,59 @@ def test_smtp_down_then_back_delivers_every_email_exactly_once(flow_server: Flow
     with session() as s:
         sent = list(s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference.in_(refs))))
     assert all(m.status == "sent" for m in sent)
+
+
+def _automation_events(automation_id: str, since: datetime) -> list[str]:
+    """Every event about the automation since `since`, as JSON."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
+
+    async def read() -> list[str]:
+        f = EventFilter(occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(hours=1)),
+                        resource=EventResourceFilter(id=[f"prefect.automation.{automation_id}"]))
+        async with get_client() as c:
+            page = await c.read_events(filter=f, limit=50)
+        return [e.model_dump_json() for e in page.events]
+    return asyncio.run(read())
+
+
+def test_a_failed_order_run_fires_the_shipped_automation(flow_server: FlowServer) -> None:
+    """"Order run failed" (tasks/automations.py) reacts to a real failed run of an order flow. Its action in
+    the shipped configuration is "do nothing": the effect is the automation's own record in the dashboard
+    (`prefect.automation.triggered` and `prefect.automation.action.executed`, related to the run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments.flow_runs import arun_deployment
+
+    from tasks.automations import RUN_FAILED, ensure_automations
+    automation_id = ensure_automations()[RUN_FAILED]
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    # As when someone starts the flow by hand from the dashboard with a reference the orders database does not
+    # have: the first step cannot load the order and the run fails. (No order, so the reconciler never
+    # starts it again.)
+    missing = "RO-1999-999999"
+
+    async def start_and_wait() -> tuple[str, Any]:
+        run = await arun_deployment("seal-or-lock/seal-or-lock", parameters={"reference": missing}, timeout=0,
+                                    flow_run_name=missing, as_subflow=False)
+        async with get_client() as client:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                state = (await client.read_flow_run(run.id)).state
+                if state is not None and state.is_final():
+                    return str(run.id), state
+                await asyncio.sleep(0.5)
+        raise AssertionError("the run did not end")
+    run_id, state = asyncio.run(start_and_wait())
+    assert state.is_failed(), state
+
+    # The trigger names the failed run; the action it ran (do-nothing) names the trigger's event.
+    executed: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not executed:
+        events = [json.loads(text) for text in _automation_events(automation_id, since)]
+        triggered = {e["id"] for e in events if e["event"] == "prefect.automation.triggered" and run_id in json.dumps(e)}
+        executed = [e for e in events if e["event"] == "prefect.automation.action.executed"
+                    and any(r["prefect.resource.id"] in {f"prefect.event.{t}" for t in triggered} for r in e["related"])]
+        time.sleep(1)
+    assert triggered and executed, [e["event"] for e in events]
+    assert executed[0]["payload"]["action_type"] == "do-nothing"

@@ -21,11 +21,11 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -45,7 +45,7 @@ from tasks import launch, orders
 from tasks.database import session
 from tests.conftest import own_database
 from tests.e2e import mails, text_of
-from tests.webapp import PATIENT, body, born_years_ago, pnr, staff
+from tests.webapp import PATIENT, body, born_years_ago, pnr, staff, today
 
 CLINICIAN = staff("clinician")
 CLINICIAN2 = staff("clinician2")
@@ -147,12 +147,13 @@ def assert_error_shape(r: httpx.Response) -> None:
         assert SWEDISH.search(e["message"]) and not ENGLISH.search(e["message"]), e
 
 
-def assert_no_echo(sent: str, r: httpx.Response) -> None:
-    """No personal-number-shaped string of the request comes back (it may be a real person's number)."""
+def assert_no_echo(sent: str, r: httpx.Response, page: str = "") -> None:
+    """No personal-number-shaped string of the request comes back (it may be a real person's number).
+    `page`: the page as it is without any input (a form shows 19121212-1212 as its example)."""
     if r.headers.get("content-type", "").startswith("application/pdf"):
         return  # a PDF is only ever of an existing order; its own numbers are not the input's
     answer = r.content.decode("utf-8", "replace")
-    for shaped in set(PNR_SHAPE.findall(sent)):
+    for shaped in set(PNR_SHAPE.findall(sent)) - set(PNR_SHAPE.findall(page)):
         assert shaped not in answer, (shaped, r.status_code, answer[:500])
 
 
@@ -168,9 +169,11 @@ def as_request(o: Order) -> dict[str, Any]:
     return raw
 
 
-def assert_stored_order_is_valid(c: TestClient, reference: str) -> None:
+def assert_stored_order_is_valid(c: TestClient, reference: str, by: str | None = CLINICIAN) -> None:
+    """`by`: who must be the submitter (None: anyone in the staff directory, as for a paper order's orderer)."""
     o = stored(reference)
-    assert o.status == OrderStatus.SUBMITTED and o.order_type in ORDER_TYPES and o.submitted_by == CLINICIAN
+    assert o.status == OrderStatus.SUBMITTED and o.order_type in ORDER_TYPES
+    assert o.submitted_by == by if by is not None else re.fullmatch(r"DEMO-[A-Z]+-[A-Z0-9]+", o.submitted_by)
     assert isinstance(o.reason, str) and len(o.reason) <= REASON_MAX
     day = local(o.created_at).date()
     for number in (o.patient_pnr, o.guardian_pnr):
@@ -181,9 +184,10 @@ def assert_stored_order_is_valid(c: TestClient, reference: str) -> None:
     assert again.ok, [p.model_dump() for p in again.errors]
     assert again.order is not None and again.order.patient_personal_number == o.patient_pnr
     # What was stored can be shown: the JSON view (masked) and the HTML order page.
-    view = c.get(f"/api/orders/{reference}")
+    reader = as_(CLINICIAN if by == CLINICIAN else ADMIN)  # the orderer, or someone who reads every order
+    view = c.get(f"/api/orders/{reference}", headers=reader)
     assert view.status_code == 200 and view.json()["patient"] == personnummer.mask(o.patient_pnr), view.text
-    page = c.get(f"/bestallningar/{reference}")
+    page = c.get(f"/bestallningar/{reference}", headers=reader)
     assert page.status_code == 200, page.text[:300]
     assert_inert_html(page.text)
 
@@ -476,6 +480,10 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [  # method, path
     ("GET", "/bestallningar/{}", CLINICIAN, None),
     ("GET", "/bestallningar/{}/kvitto", CLINICIAN, None),
     ("FORM", "/ko/menprovning/{}", ASSESSOR, {"harm_found": "yes", "decision": "restrict", "rationale": ""}),
+    ("POST", "/api/orders/{}/review", HEAD, {"outcome": "keep"}),
+    ("POST", "/api/orders/{}/resume-digital", SUPPORT, None),
+    ("GET", "/api/paper-forms/{}.pdf", CLINICIAN, None),  # the order type in the path, any text at all
+    ("FORM", "/omprovningar/{}", HEAD, {"outcome": "keep"}),
 ]
 
 
@@ -494,7 +502,8 @@ def test_path_references_never_5xx_and_never_echo_a_personal_number(client: Test
     else:
         r = client.post(path, json=payload, headers=as_(user))
     assert r.status_code < 500, (r.status_code, r.text[:500])
-    if template.startswith("/api/") and 400 <= r.status_code < 500:
+    # The path as sent: the client resolves dot segments (/api/orders/.. is /api, a page's address).
+    if r.request.url.path.startswith("/api/") and 400 <= r.status_code < 500:
         assert_error_shape(r)
     if r.headers.get("content-type", "").startswith("text/html"):
         assert_inert_html(r.text)
@@ -697,3 +706,314 @@ def test_markup_typed_into_the_html_forms_is_escaped_when_they_are_shown_again(c
                        data={"csrf_token": csrf, "harm_found": "maybe", "rationale": MARKUP, "review_after_days": MARKUP})
     assert page.status_code == 422, page.text[:500]
     assert_shown_escaped(page.text, MARKUP)
+
+
+# --- the fuzz table -----------------------------------------------------------------------------------------
+# Every operation of /openapi.json and the tests in this module that send it hostile input. A new endpoint
+# fails test_every_operation_in_openapi_is_fuzzed until it has a row here: add the row and, if no test
+# below covers its inputs yet, a row to ENDPOINTS (path parameter), ADMIN_GETS (query), JSON_POSTS (body)
+# or a test of its own.
+PATHS, STEPS = "test_path_references_never_5xx_and_never_echo_a_personal_number", "test_hostile_step_bodies"
+SUBMITS = ("test_any_json_body_is_answered_without_5xx_and_stores_nothing_invalid", "test_deeply_nested_json",
+           "test_valid_body_with_one_hostile_field", "test_non_json_bytes_and_content_types")
+QUERIES, POSTS = "test_hostile_query_parameters", "test_hostile_json_bodies_of_the_admin_and_review_posts"
+FUZZED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", "/api/orders"): (*SUBMITS, "test_hostile_idempotency_key", "test_any_reason_is_checked_stored_and_rendered"),
+    ("POST", "/api/orders/validate"): SUBMITS,
+    ("GET", "/api/orders/{reference}"): (PATHS,),
+    ("POST", "/api/orders/{reference}/assessment"): (PATHS, STEPS),
+    ("POST", "/api/orders/{reference}/approval"): (PATHS, STEPS),
+    ("POST", "/api/orders/{reference}/callback"): (PATHS, STEPS),
+    ("POST", "/api/orders/{reference}/execution"): (PATHS, STEPS),
+    ("POST", "/api/orders/{reference}/cancel"): (PATHS, STEPS),
+    ("GET", "/api/orders/{reference}/paper.pdf"): (PATHS, "test_markup_in_the_reason_is_text_on_pages_and_in_the_pdf"),
+    ("GET", "/api/paper-forms/{order_type}.pdf"): (PATHS, QUERIES),
+    ("GET", "/healthz"): (QUERIES, "test_operations_without_a_body_ignore_whatever_is_sent"),
+    ("POST", "/api/orders/{reference}/urgent"): (PATHS, "test_operations_without_a_body_ignore_whatever_is_sent"),
+    ("GET", "/api/orders/{reference}/callback-clock"): (PATHS,),
+    ("POST", "/api/paper-orders"): ("test_hostile_paper_order_bodies",),
+    ("POST", "/api/orders/{reference}/resume-digital"): (PATHS, "test_operations_without_a_body_ignore_whatever_is_sent"),
+    ("GET", "/api/admin/overview"): (QUERIES,),
+    ("GET", "/api/admin/overdue"): (QUERIES,),
+    ("GET", "/api/admin/deviations"): (QUERIES,),
+    ("GET", "/api/admin/reviews"): (QUERIES,),
+    ("GET", "/api/admin/orders.csv"): (QUERIES,),
+    ("POST", "/api/admin/patient-log"): (POSTS,),
+    ("POST", "/api/admin/sample-check"): (POSTS,),
+    ("POST", "/api/orders/{reference}/review"): (PATHS, POSTS, "test_hostile_review_outcomes_store_nothing_invalid"),
+}
+# Pages and form posts are not in /openapi.json; these are the monitoring ones fuzzed here.
+PAGES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GET", "/admin"): (QUERIES,), ("GET", "/admin/avvikelser"): (QUERIES,),
+    ("GET", "/admin/omprovningar"): (QUERIES,), ("GET", "/omprovningar"): (QUERIES,),
+    ("POST", "/omprovningar/{reference}"): (PATHS, "test_hostile_html_forms_of_the_monitoring_pages"),
+    ("POST", "/admin/logg/patient"): ("test_hostile_html_forms_of_the_monitoring_pages",),
+    ("POST", "/admin/logg/stickprov"): ("test_hostile_html_forms_of_the_monitoring_pages",),
+}
+
+
+def test_every_operation_in_openapi_is_fuzzed(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item
+                  if method in ("get", "post", "put", "patch", "delete")}
+    missing = sorted(operations - set(FUZZED))
+    assert not missing, f"no hostile-input test for {missing}: add a row to FUZZED in tests/test_hostile_input.py"
+    assert not set(FUZZED) - operations, sorted(set(FUZZED) - operations)  # rows of endpoints that are gone
+    for name in {n for names in (*FUZZED.values(), *PAGES.values()) for n in names}:
+        assert callable(globals().get(name)), f"FUZZED names {name}, which is not a test here"
+    fuzzed_paths = {template for _, template, _, _ in ENDPOINTS}
+    for method, path in [*FUZZED, *PAGES]:  # a row that claims the path test must have a row there
+        if PATHS in (FUZZED.get((method, path)) or PAGES.get((method, path)) or ()):
+            assert re.sub(r"\{[a-z_]+\}", "{}", path) in fuzzed_paths, path
+
+
+# --- query parameters: admin lists and pages, the blank paper form, /healthz --------------------------------
+
+def query_string(pairs: list[tuple[str, str]]) -> str:
+    return "&".join(f"{quote(k, safe='', errors='surrogatepass')}={quote(v, safe='', errors='surrogatepass')}"
+                    for k, v in pairs)
+
+
+VALID_QUERY_VALUES = ["kalmar", "STOCKHOLM", " ostergotland ", "submitted", "awaiting_approval", "overdue", "true",
+                      "false", "1", "0", "", "keep", "restore", f"RO-{YEAR}-{FIRST_REFERENCE + 1:06d}", PATIENT]
+ADMIN_GETS: list[tuple[str, str, tuple[str, ...]]] = [  # path, user, the parameters it reads
+    ("/api/admin/overview", ADMIN, ("region", "status")),
+    ("/api/admin/overdue", ADMIN, ("region", "status")),
+    ("/api/admin/deviations", ADMIN, ("region",)),
+    ("/api/admin/reviews", ADMIN, ("region",)),
+    ("/api/admin/orders.csv", ADMIN, ("region", "status", "overdue")),
+    ("/api/paper-forms/seal_or_lock.pdf", CLINICIAN, ("region",)),
+    ("/api/paper-forms/minor_access.pdf", SUPPORT, ("region",)),
+    ("/healthz", CLINICIAN, ("region",)),
+    ("/admin", ADMIN, ("region", "status")),
+    ("/admin/avvikelser", ADMIN, ("region",)),
+    ("/admin/omprovningar", ADMIN, ("region",)),
+    ("/omprovningar", HEAD, ("klar", "utfall")),
+]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[tuple[str, str, tuple[str, ...]], list[tuple[str, str]]]:
+    endpoint = draw(st.sampled_from(ADMIN_GETS))
+    keys = st.one_of(st.sampled_from([*endpoint[2], "x"]), st.text(max_size=6))
+    values = st.one_of(st.sampled_from(VALID_QUERY_VALUES), hostile_text, st.text(max_size=2100).filter(bool))
+    return endpoint, draw(st.lists(st.tuples(keys, values), max_size=4))
+
+
+@settings(max_examples=80, **FUZZ)
+@given(query=queries())
+@example(query=(ADMIN_GETS[-1], [("klar", PATIENT), ("utfall", "keep")]))  # a number where a reference goes
+@example(query=(ADMIN_GETS[4], [("region", "kalmar"), ("region", "<script>"), ("overdue", "maybe")]))
+def test_hostile_query_parameters(client: TestClient, query: tuple[tuple[str, str, tuple[str, ...]],
+                                                                    list[tuple[str, str]]]) -> None:
+    (path, user, _), pairs = query
+    before = order_count()
+    r = client.get(f"{path}?{query_string(pairs)}", headers=as_(user))
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (200, 422), (r.status_code, r.text[:300])
+    ctype = r.headers.get("content-type", "")
+    if path.startswith("/api/") and r.status_code == 422:
+        assert_error_shape(r)
+    if ctype.startswith("text/html"):
+        assert_inert_html(r.text)
+    if ctype.startswith("text/csv"):
+        assert not PNR_SHAPE.search(r.text), r.text[:500]   # the export never carries a personal number
+    if ctype.startswith("application/pdf"):
+        assert_pdf_has_no_active_content(r.content)
+    assert_no_echo(" ".join(v for _, v in pairs), r)
+    assert order_count() == before
+
+
+# --- bodies nobody reads: the operations without one ---------------------------------------------------------
+
+@settings(max_examples=30, **FUZZ)
+@given(path=st.sampled_from(["/api/orders/{}/urgent", "/api/orders/{}/resume-digital", "/healthz"]),
+       raw=st.one_of(st.binary(max_size=300), st.builds(encode, json_values, st.booleans()), st.just(b"x" * 70_000)),
+       content_type=st.sampled_from([b"application/json", b"text/plain", b"application/x-www-form-urlencoded", b""]))
+def test_operations_without_a_body_ignore_whatever_is_sent(client: TestClient, path: str, raw: bytes,
+                                                            content_type: bytes) -> None:
+    ref = f"RO-{YEAR}-{FIRST_REFERENCE + 2:06d}"  # exists; it may already be urgent, and is not on paper
+    method = client.get if path == "/healthz" else client.post
+    user = CLINICIAN if path == "/healthz" else (ONCALL if path.endswith("urgent") else SUPPORT)
+    r = method(path.format(ref), headers={**as_(user), "Content-Type": content_type.decode("latin-1")},
+               **({} if method == client.get else {"content": raw}))
+    assert r.status_code < 500 or path == "/healthz" and r.status_code == 503, (r.status_code, r.text[:300])
+    if 400 <= r.status_code < 500:
+        assert_error_shape(r)
+    assert_no_echo(raw.decode("utf-8", "replace"), r)
+
+
+# --- JSON bodies of the review outcome and the admin posts ---------------------------------------------------
+
+JSON_POSTS: list[tuple[str, str, dict[str, Any]]] = [  # path, user, a valid body
+    ("/api/admin/patient-log", ADMIN, {"personal_number": PATIENT}),
+    ("/api/admin/sample-check", ADMIN, {"days": 30, "size": 5, "seed": 7}),
+    ("/api/orders/{}/review", HEAD, {"outcome": "keep"}),
+]
+
+
+@st.composite
+def json_posts(draw: st.DrawFn) -> tuple[tuple[str, str, dict[str, Any]], Any]:
+    endpoint = draw(st.sampled_from(JSON_POSTS))
+    b: Any = dict(endpoint[2])
+    kind = draw(st.sampled_from(["field", "extra", "any"]))
+    if kind == "field":
+        b[draw(st.sampled_from(sorted(b)))] = draw(st.one_of(hostile_text, json_values, personal_numbers,
+                                                               st.integers(-(2**65), 2**65)))
+    elif kind == "extra":
+        b[draw(json_keys)] = draw(json_values)
+    else:
+        b = draw(json_values)
+    return endpoint, b
+
+
+@settings(max_examples=60, **FUZZ)
+@given(request=json_posts(), ascii_only=st.booleans())
+@example(request=(JSON_POSTS[0], {"personal_number": "\x00"}), ascii_only=True)
+@example(request=(JSON_POSTS[1], {"days": 10**400}), ascii_only=True)
+def test_hostile_json_bodies_of_the_admin_and_review_posts(client: TestClient,
+                                                           request: tuple[tuple[str, str, dict[str, Any]], Any],
+                                                           ascii_only: bool) -> None:
+    (path, user, _), payload = request
+    ref = f"RO-{YEAR}-{FIRST_REFERENCE + 3:06d}"  # exists, completed or not: never due for review now
+    raw = encode(payload, ascii_only)
+    before = order_count()
+    r = post_body(client, path.format(ref), raw, user=user)
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (200, 404, 409, 413, 415, 422), (r.status_code, r.text[:300])
+    if r.status_code >= 400:
+        assert_error_shape(r)
+    else:
+        assert "review" not in path  # no review is due for that order
+    assert_no_echo(raw.decode("utf-8", "replace"), r)
+    assert order_count() == before
+
+
+def due_for_review(c: TestClient) -> str:
+    """A completed order whose review date has passed, executed 400 days ago as the run would have done."""
+    from datetime import UTC, timedelta
+
+    from tests.monitoring_support import execute_at
+    ref = submitted(c, patient_personal_number=pnr())
+    execute_at(datetime.now(UTC) - timedelta(days=400), ref)
+    return ref
+
+
+def outcome_rows(reference: str) -> int:
+    from models.tables import AuditEvent
+    with session() as s:
+        return int(s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.order_reference == reference,
+            AuditEvent.action.in_(["review_kept", "review_restore_ordered"]))) or 0)
+
+
+@settings(max_examples=25, **FUZZ)
+@given(outcome=st.one_of(st.sampled_from(["keep", "restore", "KEEP", " keep", "keep\x00", ""]), hostile_text,
+                         json_values),
+       extra=st.one_of(st.none(), st.tuples(json_keys, json_values)), ascii_only=st.booleans())
+@example(outcome="restore", extra=None, ascii_only=True)
+@example(outcome="keep", extra=("outcome ", "restore"), ascii_only=False)
+def test_hostile_review_outcomes_store_nothing_invalid(client: TestClient, outcome: Any,
+                                                       extra: tuple[str, Any] | None, ascii_only: bool) -> None:
+    """On an order whose review is due, so that a valid body gets all the way to the database."""
+    ref = due_for_review(client)
+    due_before = stored(ref).review_due_on
+    payload: dict[str, Any] = {"outcome": outcome}
+    if extra is not None:
+        payload[extra[0]] = extra[1]
+    raw = encode(payload, ascii_only)
+    before = order_count()
+    r = post_body(client, f"/api/orders/{ref}/review", raw, user=HEAD)
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (200, 413, 415, 422), (r.status_code, r.text[:300])
+    assert_no_echo(raw.decode("utf-8", "replace"), r)
+    if r.status_code != 200:
+        assert_error_shape(r)
+        assert outcome_rows(ref) == 0 and stored(ref).review_due_on == due_before and order_count() == before
+        return
+    assert outcome in ("keep", "restore") and outcome_rows(ref) == 1 and stored(ref).review_due_on != due_before
+    restore = r.json()["restore_reference"]
+    assert order_count() == before + (outcome == "restore") and (restore is not None) == (outcome == "restore")
+    if restore:
+        assert_stored_order_is_valid(client, restore, by="system")
+        assert stored(restore).order_type == "restore_access"
+
+
+# --- paper orders ----------------------------------------------------------------------------------------------
+
+PAPER = "/api/paper-orders"
+PAPER_ONLY = ("received_on", "signature_checked", "orderer_hsa_id", "reference")
+
+
+def paper_body(order_type: str, serial: int) -> dict[str, Any]:
+    return {**valid_body(order_type, serial), "received_on": today().isoformat(), "signature_checked": True}
+
+
+paper_values = st.one_of(
+    hostile_text, json_values, long_text,
+    st.dates().map(date.isoformat), st.sampled_from(["2026-02-30", "idag", "0000-00-00", "9999-12-31T00:00:00"]),
+    st.sampled_from([HEAD, "demo-kalmar-clinician2", "DEMO-OSTERGOTLAND-CLINICIAN", "NOBODY", f"{CLINICIAN}\x00"]),
+    st.builds(_existing, st.integers(1, 40), st.integers(0, 6)),
+)
+
+
+@settings(max_examples=60, **FUZZ)
+@given(order_type=st.sampled_from(ORDER_TYPES), serial=st.integers(1, 999),
+       field=st.sampled_from([*ORDER_FIELDS, *PAPER_ONLY, "extra", *(f"-{f}" for f in (*ORDER_FIELDS, *PAPER_ONLY))]),
+       value=paper_values, ascii_only=st.booleans())
+@example(order_type="seal_or_lock", serial=5, field="orderer_hsa_id", value="DEMO-KALMAR-HEAD\x00", ascii_only=True)
+@example(order_type="seal_or_lock", serial=6, field="urgent", value=True, ascii_only=True)  # pages on-call
+@example(order_type="seal_or_lock", serial=7, field="reason", value=MARKUP, ascii_only=False)
+def test_hostile_paper_order_bodies(client: TestClient, smtp: Path, order_type: str, serial: int, field: str,
+                                    value: Any, ascii_only: bool) -> None:
+    raw = encode(replace_field(paper_body(order_type, serial), field, value), ascii_only)
+    before = order_count()
+    r = post_body(client, PAPER, raw, user=SUPPORT)
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (201, 403, 409, 413, 415, 422), (r.status_code, r.text[:300])
+    assert_no_echo(raw.decode("utf-8", "replace"), r)
+    if r.status_code != 201:
+        assert_error_shape(r)
+        assert order_count() == before
+        return
+    assert order_count() == before + 1
+    ref = r.json()["reference"]
+    assert_stored_order_is_valid(client, ref, by=None)
+    o = stored(ref)
+    assert o.channel == "paper" and o.paper_registered_by == SUPPORT and o.paper_received_on is not None
+    assert local(o.paper_received_on).date() <= today()
+    assert_not_in_emails([ref], smtp, [])  # an urgent one has paged on-call: reference only
+
+
+# --- the monitoring pages' HTML forms ------------------------------------------------------------------------
+
+FORMS: list[tuple[str, str, dict[str, str], str]] = [  # path, user, a valid form, the page it is on
+    ("/admin/logg/patient", ADMIN, {"personal_number": PATIENT}, "/admin/logg"),
+    ("/admin/logg/stickprov", ADMIN, {"days": "30", "size": "5"}, "/admin/logg"),
+    ("/omprovningar/{}", HEAD, {"outcome": "keep"}, "/omprovningar"),
+]
+
+
+@settings(max_examples=40, **FUZZ)
+@given(form=st.sampled_from(FORMS), field=st.sampled_from(["personal_number", "days", "size", "outcome", "x"]),
+       value=st.one_of(hostile_text, personal_numbers, st.integers(-(2**40), 2**40).map(str)),
+       drop_csrf=st.booleans())
+@example(form=FORMS[0], field="personal_number", value=MARKUP, drop_csrf=False)
+def test_hostile_html_forms_of_the_monitoring_pages(client: TestClient, csrf: str,
+                                                     form: tuple[str, str, dict[str, str], str],
+                                                     field: str, value: str, drop_csrf: bool) -> None:
+    path, user, valid, page = form
+    ref = f"RO-{YEAR}-{FIRST_REFERENCE + 4:06d}"  # exists, never due for review now
+    data = {**valid, field: value, **({} if drop_csrf else {"csrf_token": csrf})}
+    sent = urlencode(data, errors="surrogatepass").encode("ascii")
+    before = order_count()
+    r = client.post(path.format(ref), content=sent,
+                    headers={**as_(user), "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.status_code in (200, 303, 403, 404, 409, 422), (r.status_code, r.text[:300])
+    if drop_csrf:
+        assert r.status_code == 403
+    if r.headers.get("content-type", "").startswith("text/html"):
+        assert_inert_html(r.text)
+    assert_no_echo(value, r, client.get(page, headers=as_(user)).text)
+    assert order_count() == before
