@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Orders that fell back to paper go back to the digital route when the execution system answers again:
     # first probe this long after the fallback, then backing off, doubling up to ten times as long.
     paper_resume_seconds: float = 60.0
+    # The execute task's bounded retries before the order falls back to paper (a JSON list in the env).
+    execute_retry_delays: list[float] = [1.0, 5.0, 15.0]
     app_base_url: str = "http://127.0.0.1:8000"
     trusted_proxies: str = "127.0.0.1,::1"
     session_secret: str = DEFAULT_SESSION_SECRET

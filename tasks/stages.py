@@ -28,6 +28,7 @@ from tasks import audit, deadlines, directory, mail
 from tasks.database import session
 from tasks.gateway import ExecutionRefused, GatewayUnavailable, gateway, record_effects
 from tasks.orders import STAGE_STATUS, decider, facts, get, rule_context, stored_request, transition
+from tasks.settings import settings
 
 log = logging.getLogger(__name__)
 SYSTEM = "system"
@@ -258,7 +259,11 @@ def routed_to_manual(s: Any, order: Order) -> bool:
                                                 AuditEvent.action == MANUAL_ROUTE).limit(1)) is not None
 
 
-@task(name="execute-order", retries=3, retry_delay_seconds=[1, 5, 15], persist_result=False, cache_policy=NO_CACHE)
+_RETRY_DELAYS = settings().execute_retry_delays
+
+
+@task(name="execute-order", retries=len(_RETRY_DELAYS), retry_delay_seconds=_RETRY_DELAYS, persist_result=False,
+      cache_policy=NO_CACHE)
 def execute(reference: str) -> str:
     """Apply the order through the configured gateway. Returns `manual` when a person must do it."""
     gw = gateway()

@@ -386,6 +386,7 @@ def flow_server(db: None, smtp: Path, prefect_server: str) -> Iterator[FlowServe
     env["RO_HOUSEKEEPING_SECONDS"] = "1"
     env["RO_SERVE_SCHEDULES"] = "0"
     env["RO_PAPER_RESUME_SECONDS"] = "1"  # the paper sweep probes the gateway soon after a fallback
+    env["RO_EXECUTE_RETRY_DELAYS"] = "[1, 2, 4]"  # three bounded retries, shorter than production's 1, 5, 15 s
     env["PYTHONPATH"] = str(ROOT)
     fs = FlowServer(env)
     fs.start()

@@ -76,12 +76,12 @@ def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
     )
     from prefect.client.schemas.objects import StateType
 
-    from flows.serve import ORDER_FLOWS
+    from flows.serve import ORDER_FLOW_NAMES
 
     async def busy() -> int:
         async with get_client() as client:
             return len(await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in ORDER_FLOWS])),
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[*ORDER_FLOW_NAMES, "urgent-order"])),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                     any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]))), limit=20))
     deadline = time.monotonic() + timeout

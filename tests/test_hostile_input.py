@@ -426,6 +426,63 @@ def test_non_json_bytes_and_content_types(client: TestClient, path: str, raw: by
     check_submit_answer(client, path, raw, r, before)
 
 
+PRINT = "/api/paper-forms/{}.pdf"
+PRINT_FIELDS = ("patient_personal_number", "guardian_personal_number", "reason", "care_unit_hsa_id", "initiative",
+                "actions", "urgent", "patient_protected_identity", "minor_access_grant", "minor_access_recipient")
+
+
+@st.composite
+def print_requests(draw: st.DrawFn) -> tuple[str, bytes, bytes | None]:
+    """(order type in the path, body, content type): JSON as a submit gets it, or the order form's own post."""
+    order_type = draw(st.one_of(st.sampled_from(ORDER_TYPES), st.sampled_from(["", "x", "seal_or_lock.pdf", "%00"])))
+    kind = draw(st.sampled_from(["json", "one-field", "form", "bytes"]))
+    if kind == "json":
+        raw = encode(draw(st.one_of(json_values, st.dictionaries(json_keys, json_values, max_size=14))),
+                     draw(st.booleans()))
+        return order_type, raw, b"application/json"
+    if kind == "one-field":  # a valid body with one field replaced; the body is made in the test (its serial)
+        field = draw(st.sampled_from([*ORDER_FIELDS, "extra", *(f"-{f}" for f in ORDER_FIELDS)]))
+        value = draw(st.one_of(hostile_text, json_values, long_text))
+        return order_type, encode({"field": field, "value": value}, draw(st.booleans())), None
+    if kind == "form":
+        pairs = draw(st.lists(st.tuples(st.one_of(st.sampled_from(PRINT_FIELDS), st.text(max_size=8)),
+                                        st.one_of(hostile_text, st.text(max_size=300))), max_size=8))
+        return order_type, query_string(pairs).encode(), b"application/x-www-form-urlencoded"
+    return order_type, draw(st.binary(max_size=200)), draw(st.sampled_from(
+        [None, b"text/plain", b"application/json", b"multipart/form-data; boundary=x", b"application/json\x00"]))
+
+
+@settings(max_examples=50, **FUZZ)
+@given(request=print_requests())
+@example(request=("seal_or_lock", encode(valid_body("seal_or_lock", 5), True), b"application/json"))
+def test_hostile_print_bodies(client: TestClient, csrf: str, request: tuple[str, bytes, bytes | None]) -> None:
+    """POST /api/paper-forms/{type}.pdf (print what was typed, store nothing): no 5xx, nothing stored, a
+    refusal in the contract's shape, a PDF without active content."""
+    order_type, raw, content_type = request
+    if content_type is None and raw.startswith(b'{"field"'):
+        change = json.loads(raw.decode("utf-8", "surrogatepass"))
+        valid = valid_body(order_type if order_type in ORDER_TYPES else "seal_or_lock", 17)
+        raw, content_type = encode(replace_field(valid, change["field"], change["value"]), True), b"application/json"
+    if content_type == b"application/x-www-form-urlencoded":
+        raw += b"&csrf_token=" + csrf.encode()
+    before = order_count()
+    r = post_body(client, PRINT.format(quote(order_type, safe="")), raw, content_type)
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    # 400: a multipart body that is not one (the form parser's refusal, in the contract's shape)
+    assert r.status_code in {200, 400, 403, 404, 413, 415, 422}, (r.status_code, r.text[:500])
+    assert order_count() == before
+    if r.status_code == 200:
+        assert r.headers["content-type"] == "application/pdf"
+        assert_pdf_has_no_active_content(r.content)
+        return
+    if r.headers.get("content-type", "").startswith("text/html"):  # the order form, shown again with its errors
+        assert_inert_html(r.text)
+    elif r.request.url.path.startswith("/api/"):
+        assert_error_shape(r)
+    assert_no_echo(raw.decode("utf-8", "replace"), r, client.get(f"/bestall/{order_type}").text
+                   if order_type in ORDER_TYPES else "")
+
+
 @settings(max_examples=30, **FUZZ)
 @given(key=st.one_of(st.binary(min_size=1, max_size=200).filter(lambda v: b"\n" not in v and b"\r" not in v),
                      st.from_regex(rb"\A[\x21-\x7e]{1,120}\Z")),
@@ -728,6 +785,7 @@ FUZZED: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/orders/{reference}/cancel"): (PATHS, STEPS),
     ("GET", "/api/orders/{reference}/paper.pdf"): (PATHS, "test_markup_in_the_reason_is_text_on_pages_and_in_the_pdf"),
     ("GET", "/api/paper-forms/{order_type}.pdf"): (PATHS, QUERIES),
+    ("POST", "/api/paper-forms/{order_type}.pdf"): ("test_hostile_print_bodies",),
     ("GET", "/healthz"): (QUERIES, "test_operations_without_a_body_ignore_whatever_is_sent"),
     ("POST", "/api/orders/{reference}/urgent"): (PATHS, "test_operations_without_a_body_ignore_whatever_is_sent"),
     ("GET", "/api/orders/{reference}/callback-clock"): (PATHS,),

@@ -728,7 +728,11 @@ def test_keyboard_only_through_a_form_and_its_error_summary(visit: Any) -> None:
     assert reached == expected  # every field, in page order, then the submit button
     page.keyboard.press("Enter")  # send the empty form
     page.locator(".error-summary").wait_for()
-    assert "error-summary" in page.evaluate(ACTIVE)["cls"]  # focus on the summary, so it is read first
+    # Focus on the summary, so it is read first: app.js moves it there once the page has loaded (the
+    # element exists a moment before that).
+    page.wait_for_function("() => document.activeElement && document.activeElement.classList.contains('error-summary')",
+                           timeout=10_000)
+    assert "error-summary" in page.evaluate(ACTIVE)["cls"]
     links = page.locator(".error-summary a")
     assert links.count() >= 3
     page.keyboard.press("Tab")

@@ -38,6 +38,18 @@ from tests.e2e import aged, body, luhn, personal_number, submit, wait_status
 CANDIDATE = re.compile(r"(?<![0-9])(?P<century>\d{2})?(?P<date>\d{6})(?P<sep>[-+]?)(?P<serial>\d{3})(?P<check>\d)"
                        r"(?![0-9])(?!-[0-9A-Fa-f]{4}-)")
 BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{24,}={0,2}")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+HEX_OR_DASH = frozenset("0123456789abcdefABCDEF-")
+
+
+def in_uuid(text: str, start: int, end: int) -> bool:
+    """The digits lie inside a UUID (Prefect's ids: a last group of 12 hex digits can be all decimal)."""
+    left, right = start, end
+    while left > 0 and text[left - 1] in HEX_OR_DASH:
+        left -= 1
+    while right < len(text) and text[right] in HEX_OR_DASH:
+        right += 1
+    return any(u.start() <= start and end <= u.end() for u in UUID.finditer(text, left, right))
 
 
 def is_personal_number_shaped(m: re.Match[str]) -> bool:
@@ -46,6 +58,8 @@ def is_personal_number_shaped(m: re.Match[str]) -> bool:
     with letters glued on both sides are part of a hex id or base64 (decoded and scanned on their own)."""
     text, start, end = m.string, m.start(), m.end()
     if start > 0 and end < len(text) and text[start - 1].isalpha() and text[end].isalpha():
+        return False
+    if in_uuid(text, start, end):
         return False
     century, yymmdd = m.group("century"), m.group("date")
     if century is not None and century not in ("18", "19", "20"):
@@ -192,6 +206,10 @@ def test_the_scanner_ignores_what_only_looks_like_numbers() -> None:
     assert not findings("2026-11-22T10:11:12.123456+00:00 1764000000", "x")
     assert not findings("deadbeef191212121212cafe", "x")             # inside a hex id
     assert not findings("191312121212 and 19121232-1212", "x")      # month 13, day 32
+    ten = personal_number(date(1987, 3, 14), 417).replace("-", "")[2:]
+    uuid = f"c055595a-7f2d-4025-baae-ec{ten}"                        # a UUID whose last group ends in digits
+    assert not findings(f"{uuid} {uuid}-{uuid} 2026-12-02", "x")
+    assert findings(f"{uuid} {ten}", "x") and findings(f"{uuid}-{ten[:6]}-{ten[6:]}", "x")  # beside one: found
 
 
 def test_the_scanner_reads_encoded_email_bodies_headers_and_attachment_names() -> None:
