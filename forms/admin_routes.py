@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +58,7 @@ from forms.auth import (
 from forms.now import now
 from models import personnummer, sla
 from models.calendar import local
+from models.reference import REFERENCE
 from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
@@ -71,7 +71,6 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
 CSV_COLUMNS = ("reference", "type", "region", "unit", "status", "urgent", "created", "due", "overdue")
 OUTCOME_LABELS = {"keep": "Behåll begränsningen", "restore": "Häv begränsningen (beställ återställande)"}
-REFERENCE = re.compile(r"RO-[0-9]{4}-[0-9]{6,10}")
 
 
 # --- identity --------------------------------------------------------------------------------------------
@@ -352,8 +351,11 @@ class _ReviewError(Exception):
 async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
                      at: datetime = Depends(now)) -> Any:
     _check_json_post(request, user)
+    if not REFERENCE.fullmatch(reference.strip()):  # before the database: a path can hold anything (NUL)
+        return JSONResponse({"errors": [{"field": "reference", "code": "not_found",
+                                         "message": "Beställningen finns inte."}]}, status_code=404)
     try:
-        return await _record(reference, user, body.outcome, at)
+        return await _record(reference.strip().upper(), user, body.outcome, at)
     except _ReviewError as exc:
         if exc.status == 403:
             raise Refused(exc.errors[0]["message"], exc.errors[0]["code"]) from None

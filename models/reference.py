@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-REFERENCE = re.compile(r"^RO-\d{4}-\d{6}$", re.IGNORECASE)
+REFERENCE = re.compile(r"^RO-[0-9]{4}-[0-9]{6}$", re.IGNORECASE)  # ASCII digits only: \d takes any script's
 LAST_NUMBER = 999_999
 
 
