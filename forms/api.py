@@ -110,8 +110,8 @@ def prefect_fails_fast() -> AbstractContextManager[Any]:
     """For calls a person waits on. Prefect's client retries a busy server (503) with backoff for up to a
     minute; here one short try is enough, because the orders database is written first and the housekeeping
     reconciler starts or resumes any run that could not be reached (tasks/launch.py)."""
-    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-    return temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: 10.0})
+    from tasks.launch import prefect_fails_fast as fails_fast
+    return fails_fast(10.0)
 
 
 async def _json_body(request: Request) -> Any:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import PrefectException
@@ -41,14 +43,48 @@ URGENT_QUEUE = "urgent"
 URGENT_QUEUE_REASON = "urgent_queue"  # a run replaced to move it to the urgent queue: not a failure
 
 
+_fail_fast: dict[float, tuple[Any, Any]] = {}
+
+
 @contextmanager
 def prefect_fails_fast(timeout: float = 10.0) -> Iterator[None]:
-    """For background loops (the reconciler): one try per request and a short timeout, so a down or
-    hanging Prefect API costs a round a few seconds instead of minutes of retries with backoff; the next
-    round tries again. Prefect reads these settings per request, from this context (one thread)."""
-    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout}):
+    """One try per request and a short timeout: for calls a person waits on, and for background loops (the
+    reconciler), so a down or hanging Prefect API costs seconds instead of minutes of retries with backoff;
+    the next round, or the reconciler, tries again. Prefect reads these settings per request, from this
+    context (one thread, or the asyncio tasks started inside it).
+
+    This is `prefect.settings.temporary_settings`, with the changed settings made once: building Prefect's
+    settings reads the whole environment again, and per submit that was a third of the app's CPU under load
+    (bench/bench_submit_load.py)."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES
+    current = prefect.context.get_settings_context()
+    cached = _fail_fast.get(timeout)
+    if cached is None or cached[0] is not current.settings:
+        cached = (current.settings, current.settings.copy_with_update(
+            updates={PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout}))
+        _fail_fast[timeout] = cached
+    with prefect.context.SettingsContext(profile=current.profile, settings=cached[1]):
         yield
+
+
+@lru_cache(maxsize=4)
+def _tls(cafile: str | None, insecure: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def prefect_client() -> PrefectClient:
+    """Prefect's client, with its TLS context made once per process: Prefect makes a new one per client,
+    which was a fifth of the app's CPU per submit under load. Same certificate settings as Prefect's own."""
+    import certifi
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+    insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
+    cafile = None if insecure else (PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+    return get_client(httpx_settings={"verify": _tls(cafile, insecure)})
 
 
 def deployment_name(flow_name: str) -> str:
@@ -72,7 +108,7 @@ async def work_pool_of(deployment: str) -> str | None:
     hit = _pool_of.get(deployment)
     if hit is not None and time.monotonic() - hit[0] < POOL_CACHE_S:
         return hit[1]
-    async with get_client() as client:
+    async with prefect_client() as client:
         dep = await client.read_deployment_by_name(deployment)
     _pool_of[deployment] = (time.monotonic(), dep.work_pool_name)
     return dep.work_pool_name
@@ -99,9 +135,10 @@ async def start_run(reference: str, *, restart: int = 0, reason: str = "") -> st
     key = reference if not restart else f"{reference}/restart-{restart}"
     try:
         queue = await work_queue_for(deployment_name(name), urgent)
-        fr = await arun_deployment(deployment_name(name), parameters={"reference": reference}, timeout=0,
-                                  idempotency_key=key, flow_run_name=reference, tags=run_tags, as_subflow=False,
-                                  work_queue_name=queue)
+        async with prefect_client() as client:
+            fr = await arun_deployment(deployment_name(name), client=client, parameters={"reference": reference},
+                                      timeout=0, idempotency_key=key, flow_run_name=reference, tags=run_tags,
+                                      as_subflow=False, work_queue_name=queue)
     except Exception as exc:  # network errors, API errors: the reconciler will try again
         log.warning("could not start run for %s: %s", reference, type(exc).__name__)
         return None
@@ -147,7 +184,7 @@ async def resume(reference: str, stage: str, run_input: dict[str, Any]) -> bool:
             # is in the orders database: end that run and start the order's next one, which takes it.
             log.warning("run of %s cannot be resumed (%s); replacing it", reference, exc)
             from prefect.states import Crashed
-            async with get_client() as client:
+            async with prefect_client() as client:
                 await client.set_flow_run_state(UUID(run_id), Crashed(message="Could not be resumed."), force=True)
             return await start_run(reference, restart=runs_started(reference)) is not None
     except (PrefectException, RuntimeError, OSError) as exc:
@@ -177,7 +214,7 @@ async def move_to_urgent_queue(reference: str, run: Any) -> str | None:
     if await work_queue_for(deployment_name(name), True) is None:
         return None
     from prefect.states import Cancelled
-    async with get_client() as client:
+    async with prefect_client() as client:
         await client.set_flow_run_state(run.id, Cancelled(message="Replaced by a run in the urgent queue."),
                                         force=True)
     return await start_run(reference, restart=runs_started(reference), reason=URGENT_QUEUE_REASON)
@@ -193,7 +230,7 @@ async def cancel_run(reference: str) -> bool:
     if not run_id:
         return False
     try:
-        async with get_client() as client:
+        async with prefect_client() as client:
             await client.set_flow_run_state(UUID(run_id), Cancelled(message="order cancelled"), force=True)
     except Exception as exc:  # the run then ends by itself: its next step sees the cancelled order
         log.info("cancel of run for %s not done now: %s", reference, type(exc).__name__)
@@ -256,7 +293,7 @@ async def reconcile(limit: int = 200, now: datetime | None = None) -> dict[str, 
     ids = [UUID(r) for r in set(with_run.values())]
     state_of: dict[str, Any] = {}
     try:
-        async with get_client() as client:
+        async with prefect_client() as client:
             for i in range(0, len(ids), PREFECT_PAGE):
                 chunk = ids[i:i + PREFECT_PAGE]
                 runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
