@@ -76,7 +76,7 @@ def test_a_late_order_and_a_late_decision_are_found_behind_hundreds_waiting(monk
     fake = FakePrefect()
     monkeypatch.setattr(launch, "start_run", fake.start_run)
     monkeypatch.setattr(launch, "resume", fake.resume)
-    monkeypatch.setattr(launch, "get_client", fake.get_client)
+    monkeypatch.setattr(launch, "prefect_client", fake.get_client)
     monkeypatch.setattr(launch, "_window_after", 0)
     monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
     runs = {f"RO-2026-{700001 + i}": str(uuid.uuid4()) for i in range(WAITING)}

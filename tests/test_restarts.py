@@ -96,7 +96,7 @@ def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
     clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
     fake = AlwaysFailing(clock)
     monkeypatch.setattr(launch, "start_run", fake.start_run)
-    monkeypatch.setattr(launch, "get_client", fake.get_client)
+    monkeypatch.setattr(launch, "prefect_client", fake.get_client)
     monkeypatch.setattr(launch, "emit_exhausted", lambda ref, run, n, now: fake.events.append((ref, n)))
     monkeypatch.setattr(launch, "_window_after", 0)
     monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
@@ -134,7 +134,7 @@ def test_a_restarted_run_that_gets_further_starts_the_count_again(monkeypatch: p
     clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
     fake = AlwaysFailing(clock)
     monkeypatch.setattr(launch, "start_run", fake.start_run)
-    monkeypatch.setattr(launch, "get_client", fake.get_client)
+    monkeypatch.setattr(launch, "prefect_client", fake.get_client)
     monkeypatch.setattr(launch, "_window_after", 0)
     monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
     ref = "RO-2026-769991"
