@@ -48,8 +48,15 @@ async def human_step(reference: str, stage: str) -> bool:
         # after the status has moved on, so the card never delays the next status.
         stages.publish_timeline(reference)
         get_run_logger().info("%s waits for %s (attempt %s)", reference, stage, st.attempt)
-        decision = await asuspend_flow_run(wait_for_input=INPUTS[stage], key=f"{stage.replace('_', '-')}-{st.attempt}",
-                                          timeout=SUSPEND_TIMEOUT_S)
+        try:
+            decision = await asuspend_flow_run(wait_for_input=INPUTS[stage],
+                                              key=f"{stage.replace('_', '-')}-{st.attempt}", timeout=SUSPEND_TIMEOUT_S)
+        except RuntimeError:
+            # "Run is already in terminal state CANCELLED": the order was cancelled (and its run with it)
+            # between the check above and the suspension. The run ends as cancelled, not as a failure.
+            if stages.stage_state(reference, stage).state == "closed":
+                return False
+            raise
         stages.record_decision(reference, stage, decision.model_dump(exclude={"metadata"}),
                                "app" if decision.decision_id else "prefect-ui")
         failpoints.hit(f"after-decision:{stage}", reference)
