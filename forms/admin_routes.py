@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from flows import review as review_flow
+from forms.api import checked_reference
 from forms.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -351,11 +352,9 @@ class _ReviewError(Exception):
 async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
                      at: datetime = Depends(now)) -> Any:
     _check_json_post(request, user)
-    if not REFERENCE.fullmatch(reference.strip()):  # before the database: a path can hold anything (NUL)
-        return JSONResponse({"errors": [{"field": "reference", "code": "not_found",
-                                         "message": "Beställningen finns inte."}]}, status_code=404)
+    ref = checked_reference(reference)
     try:
-        return await _record(reference.strip().upper(), user, body.outcome, at)
+        return await _record(ref, user, body.outcome, at)
     except _ReviewError as exc:
         if exc.status == 403:
             raise Refused(exc.errors[0]["message"], exc.errors[0]["code"]) from None

@@ -130,7 +130,9 @@ def _problems(items: list[Problem]) -> list[dict[str, str]]:
     return [p.model_dump() for p in items]
 
 
-def _reference(reference: str) -> str:
+def checked_reference(reference: str) -> str:
+    """The path's reference, normalised; 404 before any database read for anything else (a path can hold a
+    personal number, or a NUL that PostgreSQL refuses)."""
     if not REFERENCE.fullmatch(reference.strip()):
         raise ApiError(404, "not_found", "Beställningen finns inte.")
     return reference.strip().upper()
@@ -148,7 +150,7 @@ def _submit_answer(order: Order, warnings: list[Problem], status: str) -> dict[s
 
 def read_order_row(user: User, reference: str, via: str) -> Order:
     """Load an order the user may read and log the read (personal data was looked at)."""
-    ref = _reference(reference)
+    ref = checked_reference(reference)
     with session() as s:
         try:
             order = orders.get(s, ref)
@@ -255,7 +257,7 @@ async def decide(reference: str, url_stage: str, body: dict[str, Any], user: Use
     roles = STAGE_ROLES[stage]
     # The role check comes first, so a person who may never decide this stage learns nothing about the order.
     require_roles(user, *roles, message="Du har inte behörighet att fatta detta beslut.")
-    ref = _reference(reference)
+    ref = checked_reference(reference)
     try:
         with prefect_fails_fast():
             if stage == "callback":
@@ -313,7 +315,7 @@ async def execution(reference: str, body: ExecutionRecord, request: Request,
 
 
 async def cancel_order(reference: str, reason: str, user: User) -> CancelResponse:
-    ref = _reference(reference)
+    ref = checked_reference(reference)
     try:
         with prefect_fails_fast():
             order = await commands.cancel(ref, user.hsa_id, reason)

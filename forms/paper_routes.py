@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 
 from flows.fallback import event_name, resume_digital
 from forms import pages, paper
-from forms.api import ApiError, _json_body, paper_region
+from forms.api import ApiError, _json_body, checked_reference, paper_region
 from forms.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -98,12 +98,6 @@ def _str(form: Any, name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _reference(reference: str) -> str:
-    if not REFERENCE.fullmatch(reference.strip()):
-        raise ApiError(404, "not_found", "Beställningen finns inte.")
-    return reference.strip().upper()
-
-
 def _require(user: User, *roles: str) -> None:
     if not user.has(*roles):
         raise NotAllowed("Du har inte behörighet till detta.", "wrong_role")
@@ -161,7 +155,7 @@ async def register(request: Request, user: User = Depends(caller)) -> Any:
              summary="Återuppta digitalt efter reservrutin (support eller admin)")
 async def resume(reference: str, user: User = Depends(caller)) -> ResumeResponse:
     _require(user, "support", "admin")
-    ref = _reference(reference)
+    ref = checked_reference(reference)
     try:
         order = await resume_digital(ref, user.hsa_id)
     except orders.NotFound:
@@ -552,7 +546,7 @@ async def resume_form(request: Request, reference: str) -> Response:
     check_form_csrf(request, _str(form, CSRF_FIELD))
     if not user.has(*RESUME_ROLES):
         raise NotAllowed("Endast supporten eller en administratör kan återuppta digitalt.", "wrong_role")
-    ref = _reference(reference)
+    ref = checked_reference(reference)
     try:
         await resume_digital(ref, user.hsa_id)
     except orders.NotFound:
