@@ -49,10 +49,10 @@ run: $(STAMP) rundeps
 	$(PY) -m forms.embedded
 
 migrate: $(STAMP)
-	$(PY) -m tasks.database migrate
+	$(PY) -m tasks.adapters.database migrate
 
 seed: $(STAMP)
-	$(PY) -m tasks.database seed
+	$(PY) -m tasks.adapters.database seed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -140,10 +140,10 @@ def main() -> int:
 
     from aiosmtpd.controller import Controller
     if args.no_prefect:  # every submit says it could not start the run; that is the point here
-        logging.getLogger("tasks.launch").setLevel(logging.ERROR)
+        logging.getLogger("tasks.steps.runs").setLevel(logging.ERROR)
 
-    from tasks.database import migrate
-    from tasks.demo import seed_demo
+    from tasks.adapters.database import migrate
+    from tasks.adapters.demo import seed_demo
     migrate()
     seed_demo()
     handler = TimingHandler()

@@ -37,7 +37,7 @@ def body() -> dict[str, Any]:
 
 
 def _store_waiting() -> str:
-    from tasks import orders, stages
+    from tasks.steps import orders, stages
     out = orders.submit(body(), "DEMO-KALMAR-CLINICIAN", datetime.now(UTC))
     assert out.order is not None
     ref = out.order.reference
@@ -51,8 +51,8 @@ async def make_waiting(n: int) -> float:
     from prefect.states import Suspended
 
     from flows.routine import SUSPEND_TIMEOUT_S
-    from tasks.database import session
-    from tasks.orders import get
+    from tasks.adapters.database import session
+    from tasks.steps.orders import get
     t0 = time.monotonic()
     async with get_client() as client:
         dep = await client.read_deployment_by_name("seal-or-lock/seal-or-lock")
@@ -87,8 +87,8 @@ async def resume_latency(count: int) -> list[float]:
     from prefect.client.orchestration import get_client
 
     from flows import commands
-    from tasks import orders
-    from tasks.database import session
+    from tasks.steps import orders
+    from tasks.adapters.database import session
     refs = [(await commands.submit(body(), "DEMO-KALMAR-CLINICIAN")).order.reference  # type: ignore[union-attr]
             for _ in range(count)]
 
@@ -125,7 +125,7 @@ def tree(env: dict[str, Any]) -> tuple[float, float]:
 def main(waiting: int, resumes: int, postgres: bool) -> None:
     with embedded(postgres=postgres) as env:
         # Imported only now: Prefect reads PREFECT_API_URL once, on import, and embedded() sets it.
-        from tasks.launch import reconcile
+        from tasks.steps.runs import reconcile
         time.sleep(5)
         serve0, prefect0 = tree(env)
         t = time.monotonic()

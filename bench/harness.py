@@ -107,9 +107,9 @@ def embedded(extra_env: dict[str, str] | None = None, serve: bool = True, app: b
         pg_env, dropped = _pg_databases(tmp)
         env.update(pg_env)
     os.environ.update(env)
-    from tasks.database import migrate
-    from tasks.demo import seed_demo
-    from tasks.smtp_sink import start_sink
+    from tasks.adapters.database import migrate
+    from tasks.adapters.demo import seed_demo
+    from tasks.adapters.smtp_sink import start_sink
     migrate()
     seed_demo()
     sink = start_sink(tmp / "mail", port=int(env["RO_SMTP_PORT"]))
@@ -152,7 +152,7 @@ def embedded(extra_env: dict[str, str] | None = None, serve: bool = True, app: b
                 os.killpg(serve_proc.pid, 9)
         sink.stop()
         if dropped:
-            from tasks.database import engine
+            from tasks.adapters.database import engine
             engine.cache_clear()
             _drop(dropped)
 

@@ -1,5 +1,5 @@
-"""Housekeeping: escalate missed callbacks, send the outbox, start runs the Prefect API missed, hand stored
-decisions to suspended runs.
+"""Housekeeping: page and escalate (the urgent path), send the outbox, start runs the engine missed, hand
+stored decisions to suspended runs, and the paper routine's sweep.
 
 In production this runs every minute from the `housekeeping` deployment, and the app runs the urgent
 dispatcher itself every RO_APP_DISPATCH_SECONDS (forms/app.py), so escalations do not depend on Prefect and
@@ -9,38 +9,44 @@ seconds (flows/serve.py).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.fallback import paper_sweep
-from tasks.escalation import dispatch
-from tasks.launch import prefect_fails_fast, reconcile
-from tasks.mail import deliver
+from flows.bootstrap import passed, process_adapters
+from tasks.adapters import Adapters
+from tasks.steps.escalation import dispatch
+from tasks.steps.paper_fallback import Sweeper
+from tasks.steps.runs import reconcile
 
 
 @task(name="reconcile-runs", persist_result=False, cache_policy=NO_CACHE)
-async def reconcile_runs() -> dict[str, int]:
-    with prefect_fails_fast():
-        return await reconcile()
+async def reconcile_runs(ad: Adapters) -> dict[str, int]:
+    with ad.engine.fails_fast():
+        return await reconcile(ad)
 
 
 @task(name="urgent-dispatch", persist_result=False, cache_policy=NO_CACHE)
-def urgent_dispatch() -> dict[str, int]:
+def urgent_dispatch(ad: Adapters) -> dict[str, int]:
     """Page urgent orders whose page never went out; escalate missed callbacks, exactly once each."""
-    return dispatch(datetime.now(UTC))
+    return dispatch(ad, ad.now())
 
 
 @task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)
-def send_outbox() -> dict[str, int]:
-    sent, failed = deliver()
+def send_outbox(ad: Adapters) -> dict[str, int]:
+    sent, failed = ad.mail.deliver()
     return {"sent": sent, "failed": failed}
+
+
+@task(name="paper-sweep", persist_result=False, cache_policy=NO_CACHE)
+async def paper_sweep(ad: Adapters) -> dict[str, int]:
+    """Tell orderers a died run did not tell; resume orders digitally once the execution system answers."""
+    return await Sweeper().sweep(ad)
 
 
 @flow(name="housekeeping", persist_result=False)
 async def housekeeping() -> dict[str, int]:
-    # The urgent path first: the reconciler talks to Prefect and may take its time when Prefect is slow.
-    counts = urgent_dispatch() | send_outbox()
-    counts |= await reconcile_runs()
-    return counts | await paper_sweep()  # flows/fallback.py: tell the untold, resume when the system is back
+    ad = process_adapters()
+    # The urgent path first: the reconciler talks to the engine and may take its time when Prefect is slow.
+    counts = urgent_dispatch(passed(ad)) | send_outbox(passed(ad))
+    counts |= await reconcile_runs(passed(ad))
+    return counts | await paper_sweep(passed(ad))

@@ -9,30 +9,32 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import IntegrityError
 
 from flows import commands
-from tasks import mail, monitoring
-from tasks.monitoring import ReviewRefused, ReviewResult
+from flows.bootstrap import passed, process_adapters
+from tasks.adapters import Adapters
+from tasks.steps import monitoring
+from tasks.steps.monitoring import ReviewRefused, ReviewResult
 
 
 @task(name="send-review-reminders", persist_result=False, cache_policy=NO_CACHE)
-def remind(now: datetime) -> list[str]:
-    refs = monitoring.send_review_reminders(now)
+def remind(ad: Adapters, now: datetime) -> list[str]:
+    refs = monitoring.send_review_reminders(ad, now)
     if refs:
         get_run_logger().info("review reminders: %s", ", ".join(refs))
     return refs
 
 
 @task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)
-def send(references: list[str], now: datetime) -> dict[str, int]:
+def send(ad: Adapters, references: list[str], now: datetime) -> dict[str, int]:
     sent = failed = 0
     for ref in references:
-        s_, f_ = mail.deliver(ref, now=max(now, datetime.now(UTC)))
+        s_, f_ = ad.mail.deliver(ref, now=max(now, ad.now()))
         sent, failed = sent + s_, failed + f_
     return {"sent": sent, "failed": failed}
 
@@ -40,28 +42,30 @@ def send(references: list[str], now: datetime) -> dict[str, int]:
 @flow(name="review-reminders", persist_result=False, log_prints=False)
 def review_reminders(now: datetime | None = None) -> dict[str, int]:
     """`now` is for tests and reruns; a scheduled run uses the current time."""
-    at = now or datetime.now(UTC)
-    refs = remind(at)
-    counts = send(refs, at) if refs else {"sent": 0, "failed": 0}
+    ad = process_adapters()
+    at = now or ad.now()
+    refs = remind(passed(ad), at)
+    counts = send(passed(ad), refs, at) if refs else {"sent": 0, "failed": 0}
     return {"reminded": len(refs), **counts}
 
 
-async def record_outcome(reference: str, actor: str, outcome: str, now: datetime | None = None) -> ReviewResult:
-    """The head of department's review outcome. Raises tasks.orders.NotFound or ReviewRefused."""
-    at = now or datetime.now(UTC)
-    plan = monitoring.plan_review(reference, actor, outcome, at)
+async def record_outcome(ad: Adapters, reference: str, actor: str, outcome: str,
+                         now: datetime | None = None) -> ReviewResult:
+    """The head of department's review outcome. Raises tasks.steps.orders.NotFound or ReviewRefused."""
+    at = now or ad.now()
+    plan = monitoring.plan_review(ad, reference, actor, outcome, at)
     restore_reference = None
     if plan.restore_body is not None:
         try:
-            out = await commands.submit(plan.restore_body, monitoring.REVIEW_SUBMITTER, now=at,
+            out = await commands.submit(ad, plan.restore_body, monitoring.REVIEW_SUBMITTER, now=at,
                                         idempotency_key=plan.idempotency_key)
         except IntegrityError:
             # Two identical requests raced (a double click): the other stored the order; take that one.
-            out = await commands.submit(plan.restore_body, monitoring.REVIEW_SUBMITTER, now=at,
+            out = await commands.submit(ad, plan.restore_body, monitoring.REVIEW_SUBMITTER, now=at,
                                         idempotency_key=plan.idempotency_key)
         if out.kind == "invalid" or out.order is None:
             refused = ReviewRefused(422, "restore_refused", "Återställandet kan inte beställas.", "outcome")
             refused.errors = [p.model_dump() for p in out.check.errors] or refused.errors
             raise refused
         restore_reference = out.order.reference
-    return monitoring.record_review(plan, at, restore_reference)
+    return monitoring.record_review(ad, plan, at, restore_reference)

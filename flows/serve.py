@@ -18,47 +18,46 @@ if TYPE_CHECKING:
 
 # Nothing heavy at import, on purpose: each flow run of this process is a spawned child (multiprocessing
 # "spawn", as Prefect's runner starts it), and a spawned child imports the parent's main module again, as
-# `__mp_main__`. With the flows imported here, every resumed order paid for importing all nine flow modules
+# `__mp_main__`. With the flows imported here, every resumed order paid for importing every flow module
 # (and Prefect's deployment machinery); now a child imports only the flow it runs.
-ORDER_FLOW_NAMES = ("seal-or-lock", "restore-access", "block-guardian", "minor-access")
+if TYPE_CHECKING:
+    from tasks.adapters import Adapters
 log = logging.getLogger("restriction_orders.serve")
 
 
 def served_flows() -> list[Flow[Any, Any]]:
     """The order flows, then urgent-order, housekeeping and paper-fallback. Served without a schedule: the
     loops below do their work continuously; the deployments are there to run by hand."""
-    from flows.block_guardian import block_guardian
     from flows.fallback import paper_fallback
     from flows.housekeeping import housekeeping
-    from flows.minor_access import minor_access
-    from flows.restore_access import restore_access
-    from flows.seal_or_lock import seal_or_lock
+    from flows.order import ORDER_FLOWS
     from flows.urgent import urgent_order
-    return [seal_or_lock, restore_access, block_guardian, minor_access, urgent_order, housekeeping, paper_fallback]
+    return [*ORDER_FLOWS.values(), urgent_order, housekeeping, paper_fallback]
 
 
-def housekeeping_loop(every: float, stop: threading.Event | None = None) -> None:
+def housekeeping_loop(ad: Adapters, every: float, stop: threading.Event | None = None) -> None:
     """The Prefect side of housekeeping: start missing runs, hand stored decisions over, replace ended runs.
     Fails fast when Prefect is down or hangs; paging, escalation and mail run in their own loop."""
-    from flows.fallback import sweep as paper_sweep
-    from tasks.launch import prefect_fails_fast, reconcile
+    from tasks.steps.paper_fallback import Sweeper
+    from tasks.steps.runs import LivenessWindow, reconcile
     stop = stop or threading.Event()
+    window, sweeper = LivenessWindow(), Sweeper()
     while not stop.is_set():
         try:
-            with prefect_fails_fast():
-                asyncio.run(reconcile())
-                asyncio.run(paper_sweep())  # flows/fallback.py: tell the untold, resume when the system is back
+            with ad.engine.fails_fast():
+                asyncio.run(reconcile(ad, window=window))
+                asyncio.run(sweeper.sweep(ad))  # tell the untold, resume when the execution system is back
         except Exception as exc:  # keep going: the next round repairs what this one could not
             log.warning("housekeeping round failed: %s", type(exc).__name__)
         stop.wait(every)
 
 
-def start_housekeeping(every: float) -> None:
+def start_housekeeping(ad: Adapters, every: float) -> None:
     """Two daemon threads: the urgent path (page, escalate, send the outbox; database and SMTP only) first
     and apart from the reconciler, so a Prefect outage never delays an escalation."""
-    from tasks.escalation import start_dispatcher
-    start_dispatcher(every, name="urgent-dispatch", deliver_outbox=True)
-    threading.Thread(target=housekeeping_loop, args=(every,), daemon=True, name="housekeeping").start()
+    from tasks.steps.escalation import start_dispatcher
+    start_dispatcher(ad, every, name="urgent-dispatch", deliver_outbox=True)
+    threading.Thread(target=housekeeping_loop, args=(ad, every), daemon=True, name="housekeeping").start()
 
 
 def monitoring_deployments() -> list[RunnerDeployment]:
@@ -97,6 +96,8 @@ async def crash_orphaned_runs() -> int:
     )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
+
+    from models.routine import ORDER_FLOW_NAMES
     async with get_client() as client:
         runs = await client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=list(ORDER_FLOW_NAMES))),
@@ -116,7 +117,8 @@ def main() -> None:
         except Exception as exc:  # Prefect not reachable yet: the runs stay as they are until next start
             log.warning("could not look for orphaned runs: %s", type(exc).__name__)
     every = float(os.environ.get("RO_HOUSEKEEPING_SECONDS", "2"))
-    start_housekeeping(every)
+    from flows.bootstrap import build
+    start_housekeeping(build(), every)
     from prefect import serve
     from prefect.deployments.runner import RunnerDeployment
     deployments = [cast(RunnerDeployment, f.to_deployment(name=f.name, tags=["restriction-orders"]))

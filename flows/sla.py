@@ -15,31 +15,24 @@ Only references, codes and counts reach Prefect (parameters, results, events, th
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Any
-from uuid import UUID
+from datetime import datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import Artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
+from flows.bootstrap import passed, process_adapters
 from models import sla
-from models.regions import load_regions
 from models.status import LABELS_SV, OrderStatus
-from tasks import mail, monitoring
-from tasks.database import session
+from tasks.adapters import Adapters
+from tasks.steps import monitoring
 
 ARTIFACT_KEY = "open-orders"
 
 
-def emit(event: str, resource: dict[str, str], payload: dict[str, Any], event_id: UUID) -> None:
-    emit_event(event=event, resource=resource, payload=payload, id=event_id)
-
-
 @task(name="flag-overdue-orders", persist_result=False, cache_policy=NO_CACHE)
-def flag_overdue(now: datetime) -> list[str]:
-    flags = monitoring.flag_overdue(now, emit=emit)
+def flag_overdue(ad: Adapters, now: datetime) -> list[str]:
+    flags = monitoring.flag_overdue(ad, now)
     if flags:
         get_run_logger().info("flagged %d overdue: %s", len(flags),
                               ", ".join(f"{f.reference}#{f.breach}" for f in flags))
@@ -47,25 +40,25 @@ def flag_overdue(now: datetime) -> list[str]:
 
 
 @task(name="send-reminders", persist_result=False, cache_policy=NO_CACHE)
-def send_reminders(references: list[str], now: datetime) -> dict[str, int]:
+def send_reminders(ad: Adapters, references: list[str], now: datetime) -> dict[str, int]:
     sent = failed = 0
     for ref in references:
-        s_, f_ = mail.deliver(ref, now=max(now, datetime.now(UTC)))
+        s_, f_ = ad.mail.deliver(ref, now=max(now, ad.now()))
         sent, failed = sent + s_, failed + f_
     return {"sent": sent, "failed": failed}
 
 
-def open_orders_table(now: datetime) -> list[dict[str, str | int]]:
-    with session() as s:
+def open_orders_table(ad: Adapters, now: datetime) -> list[dict[str, str | int]]:
+    with ad.db.session() as s:
         counts = monitoring.open_order_counts(s, now)
-    names = {code: r.name for code, r in load_regions().items()}
+    names = {code: r.name for code, r in ad.regions.items()}
     return sla.counts_table(counts, names, {s.value: LABELS_SV[s] for s in OrderStatus})
 
 
 @task(name="publish-open-orders", persist_result=False, cache_policy=NO_CACHE)
-def publish_open_orders(now: datetime) -> bool:
+def publish_open_orders(ad: Adapters, now: datetime) -> bool:
     """A new version of the `open-orders` table when the figures changed; True when one was made."""
-    table = open_orders_table(now)
+    table = open_orders_table(ad, now)
     latest = Artifact.get(ARTIFACT_KEY)  # sync here (a sync task); typed as "maybe a coroutine"
     if getattr(latest, "data", None) == json.dumps(table):
         return False
@@ -78,8 +71,9 @@ def publish_open_orders(now: datetime) -> bool:
 @flow(name="sla-monitor", persist_result=False, log_prints=False)
 def sla_monitor(now: datetime | None = None) -> dict[str, int]:
     """`now` is for tests and reruns; a scheduled run uses the current time."""
-    at = now or datetime.now(UTC)
-    flagged = flag_overdue(at)
-    counts = send_reminders(flagged, at) if flagged else {"sent": 0, "failed": 0}
-    published = publish_open_orders(at)
+    ad = process_adapters()
+    at = now or ad.now()
+    flagged = flag_overdue(passed(ad), at)
+    counts = send_reminders(passed(ad), flagged, at) if flagged else {"sent": 0, "failed": 0}
+    published = publish_open_orders(passed(ad), at)
     return {"flagged": len(flagged), **counts, "artifact_updated": int(published)}

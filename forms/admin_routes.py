@@ -64,8 +64,9 @@ from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order
-from tasks import audit, audit_extract, monitoring, orders
-from tasks.database import session
+from tasks.adapters import audit
+from tasks.steps import audit_extract, monitoring, orders
+from tasks.adapters.database import session
 
 router = APIRouter(tags=["monitoring"])
 TEMPLATES = Path(__file__).resolve().parent / "templates"

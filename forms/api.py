@@ -43,10 +43,11 @@ from models.schemas import (
 )
 from models.status import OrderStatus
 from models.tables import Order
-from tasks import audit, directory, orders
-from tasks.database import session
-from tasks.mail import backlog as outbox_backlog
-from tasks.settings import settings
+from tasks.adapters import audit, directory
+from tasks.steps import orders
+from tasks.adapters.database import session
+from tasks.adapters.mail import backlog as outbox_backlog
+from tasks.adapters.settings import settings
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,120}$")  # printable ASCII, fits the column with the user prefix
 IDEMPOTENCY_HELP = ("Valfri nyckel (1–120 synliga ASCII-tecken, per person): samma nyckel och samma kropp ger "
@@ -110,7 +111,7 @@ def prefect_fails_fast() -> AbstractContextManager[Any]:
     """For calls a person waits on. Prefect's client retries a busy server (503) with backoff for up to a
     minute; here one short try is enough, because the orders database is written first and the housekeeping
     reconciler starts or resumes any run that could not be reached (tasks/launch.py)."""
-    from tasks.launch import prefect_fails_fast as fails_fast
+    from tasks.steps.runs import prefect_fails_fast as fails_fast
     return fails_fast(10.0)
 
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from forms import admin_routes, api, pages, paper_routes, urgent_routes
 from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
 from models.schemas import OrderRequest
-from tasks.settings import settings
+from tasks.adapters.settings import settings
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024  # an order is a few kB; the reason is at most 2000 characters
@@ -231,7 +231,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     every = settings().app_dispatch_seconds
     thread = stop = None
     if every > 0:
-        from tasks.escalation import start_dispatcher
+        from tasks.steps.escalation import start_dispatcher
         thread, stop = start_dispatcher(every, name="app-urgent-dispatch")
         log.info("urgent dispatcher every %s s in the app", every)
     try:

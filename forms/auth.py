@@ -31,9 +31,9 @@ from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from models.tables import Order, Staff
-from tasks import directory
-from tasks.database import session
-from tasks.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings, settings
+from tasks.adapters import directory
+from tasks.adapters.database import session
+from tasks.adapters.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings, settings
 
 COOKIE = "ro_session"
 CSRF_FIELD = "csrf_token"

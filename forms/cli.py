@@ -86,7 +86,7 @@ def _clock(reference: str) -> int:
 
 
 def _escalate(references: list[str]) -> int:
-    from tasks.escalation import dispatch, escalate_due
+    from tasks.steps.escalation import dispatch, escalate_due
     now = datetime.now(UTC)
     if references:
         counts = {"paged": 0, "escalated": len(escalate_due(now, references=references))}
@@ -106,7 +106,7 @@ def _flush_events() -> None:
 
 
 def _automations(print_only: bool) -> int:
-    from tasks.automations import ensure_all, specs_json
+    from tasks.adapters.automations import ensure_all, specs_json
     if print_only:
         print(specs_json())
         return 0
@@ -117,7 +117,7 @@ def _automations(print_only: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from tasks.orders import Conflict, Forbidden, NotFound
+    from tasks.steps.orders import Conflict, Forbidden, NotFound
     try:
         if args.command == "urgent":
             return _urgent(args.reference, args.by)

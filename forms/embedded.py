@@ -62,9 +62,9 @@ def main() -> int:
     os.environ.update(env)
     logs = DATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    from tasks.database import migrate
-    from tasks.demo import seed_demo
-    from tasks.smtp_sink import start_sink
+    from tasks.adapters.database import migrate
+    from tasks.adapters.demo import seed_demo
+    from tasks.adapters.smtp_sink import start_sink
 
     migrate()
     seed_demo()
@@ -83,8 +83,8 @@ def main() -> int:
                                           "--host", "127.0.0.1", "--port", str(PREFECT_PORT)])
         print(f"starting the Prefect server on http://127.0.0.1:{PREFECT_PORT} …", flush=True)
         _wait(f"http://127.0.0.1:{PREFECT_PORT}/api/health", 120, server)
-        from tasks.automations import ensure_automations
-        from tasks.automations_monitoring import ensure_monitoring_automations
+        from tasks.adapters.automations import ensure_automations
+        from tasks.adapters.automations_monitoring import ensure_monitoring_automations
         try:
             ensure_automations()
             ensure_monitoring_automations()

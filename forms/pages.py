@@ -59,9 +59,10 @@ from models.schemas import (
 )
 from models.status import CANCELLABLE, FINAL, LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order, Staff
-from tasks import audit, directory, orders
-from tasks.database import session
-from tasks.settings import settings
+from tasks.adapters import audit, directory
+from tasks.steps import orders
+from tasks.adapters.database import session
+from tasks.adapters.settings import settings
 
 router = APIRouter(include_in_schema=False)
 

@@ -56,9 +56,10 @@ from models.rules import RuleContext, check_order
 from models.schemas import ORDER_TYPE_LABELS_SV, ORDER_TYPES, ErrorResponse, Problem
 from models.status import LABELS_SV, OrderStatus
 from models.tables import AuditEvent, CareUnit, Order, OutboxMessage, Staff
-from tasks import audit, directory, orders
-from tasks.database import session
-from tasks.paper_orders import (
+from tasks.adapters import audit, directory
+from tasks.steps import orders
+from tasks.adapters.database import session
+from tasks.steps.paper_orders import (
     REGISTER_ROLES,
     RESUME_ROLES,
     PaperInvalid,
@@ -66,7 +67,7 @@ from tasks.paper_orders import (
     paper_field_errors,
     register_paper_order,
 )
-from tasks.settings import settings
+from tasks.adapters.settings import settings
 
 
 class PaperOrderResponse(BaseModel):

@@ -37,8 +37,9 @@ from forms.auth import (
 from forms.now import now as clock
 from models.calendar import local
 from models.tables import Staff
-from tasks import audit, directory, orders
-from tasks.database import session
+from tasks.adapters import audit, directory
+from tasks.steps import orders
+from tasks.adapters.database import session
 
 router = APIRouter(prefix="/api", tags=["urgent"])
 

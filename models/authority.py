@@ -1,19 +1,18 @@
-"""Who may decide which stage of an order: roles and four eyes, as a pure rule.
+"""Who may decide which stage of an order: the deciders of `models.routine`, checked for one person.
 
-The app checks this before it resumes a flow; the flow checks it again on resume, because the
-Prefect UI can resume a run too and what is typed there is only self-declared.
+The app checks this before it stores a decision; the flow checks it again when it accepts one. The queues
+select their orders with the same deciders, in SQL (`tasks/steps/queues.py`), and still ask this rule for
+every row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGE_ROLES: dict[str, tuple[str, ...]] = {
-    "callback": ("on_call", "support"),
-    "harm_assessment": ("assessor",),
-    "approval": ("head_of_department", "bakjour"),
-    "execution": ("account_admin",),
-}
+from models.routine import STAGES, Stage, StageDef, stage_def
+from models.routine import Decider as Rule
+
+STAGE_ROLES: dict[str, tuple[str, ...]] = {s.value: d.roles for s, d in STAGES.items()}
 
 
 @dataclass(frozen=True)
@@ -41,24 +40,47 @@ class Refusal:
     message: str   # Swedish
 
 
+NOT_FOUND = Refusal("not_found", "Personen finns inte i personalkatalogen.")
+WRONG_ROLE = Refusal("wrong_role", "Du har inte behörighet att fatta detta beslut.")
+OWN_ORDER = Refusal("own_order", "Du kan inte besluta om en beställning som du själv har gjort (fyra ögon).")
+SAME_AS_ASSESSOR = Refusal("same_as_assessor", "Den som menprövat kan inte också godkänna (fyra ögon).")
+OUT_OF_SCOPE = {
+    "unit_head": Refusal("other_unit", "Endast verksamhetschefen för den beställande vårdenheten kan godkänna."),
+    "own_region": Refusal("other_region", "Bakjouren måste tillhöra beställningens region."),
+    "region": Refusal("other_region", "Ärendet tillhör en annan region."),
+}
+
+
+def applicable_rules(sd: StageDef, roles: tuple[str, ...], approval_role: str) -> list[Rule]:
+    """The stage's deciders this person qualifies as by role (and, where the plan names the role, by plan)."""
+    return [r for r in sd.deciders if r.role in roles
+            and (not sd.role_from_plan or r.role == approval_role)]
+
+
+def _in_scope(rule: Rule, decider: Decider, order: OrderFacts) -> bool:
+    if rule.scope == "unit_head":
+        return decider.hsa_id == order.unit_head_hsa_id
+    if rule.scope == "own_region":
+        return decider.region == order.region
+    # A person without a region works for every region (as reading does: forms.auth.may_read).
+    return decider.region in (None, order.region)
+
+
 def refusal(stage: str, decider: Decider | None, order: OrderFacts) -> Refusal | None:
     """None when `decider` may decide `stage` of `order`, otherwise why not."""
     if decider is None:
-        return Refusal("not_found", "Personen finns inte i personalkatalogen.")
-    roles = STAGE_ROLES[stage] if stage != "approval" else (order.approval_role,)
-    if not any(r in decider.roles for r in roles):
-        return Refusal("wrong_role", "Du har inte behörighet att fatta detta beslut.")
-    if decider.hsa_id == order.submitted_by and stage != "callback":
-        return Refusal("own_order", "Du kan inte besluta om en beställning som du själv har gjort (fyra ögon).")
-    if stage == "approval":
-        if order.approval_role == "head_of_department" and decider.hsa_id != order.unit_head_hsa_id:
-            return Refusal("other_unit", "Endast verksamhetschefen för den beställande vårdenheten kan godkänna.")
-        if order.approval_role == "bakjour" and decider.region != order.region:
-            return Refusal("other_region", "Bakjouren måste tillhöra beställningens region.")
-        if order.initiative == "care" and order.assessed_by == decider.hsa_id:
-            return Refusal("same_as_assessor", "Den som menprövat kan inte också godkänna (fyra ögon).")
-    # A person without a region works for every region (as reading does: forms.auth.may_read); approval
-    # checked its own, stricter rule above (the unit's head, or the order region's bakjour).
-    if stage in ("callback", "harm_assessment", "execution") and decider.region not in (None, order.region):
-        return Refusal("other_region", "Ärendet tillhör en annan region.")
+        return NOT_FOUND
+    sd = stage_def(stage)
+    rules = applicable_rules(sd, decider.roles, order.approval_role)
+    if not rules:
+        return WRONG_ROLE
+    if sd.four_eyes and decider.hsa_id == order.submitted_by:
+        return OWN_ORDER
+    if not any(_in_scope(r, decider, order) for r in rules):
+        return OUT_OF_SCOPE[rules[0].scope]
+    if sd.not_assessor_on_care and order.initiative == "care" and order.assessed_by == decider.hsa_id:
+        return SAME_AS_ASSESSOR
     return None
+
+
+__all__ = ["STAGE_ROLES", "Decider", "OrderFacts", "Refusal", "Stage", "applicable_rules", "refusal"]

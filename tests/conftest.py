@@ -125,8 +125,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def db() -> Iterator[None]:
     """The orders database, migrated and seeded with the demo directory."""
-    from tasks.database import migrate
-    from tasks.demo import seed_demo
+    from tasks.adapters.database import migrate
+    from tasks.adapters.demo import seed_demo
     migrate()
     seed_demo()
     yield
@@ -138,9 +138,9 @@ def own_database(tmp_path_factory: pytest.TempPathFactory, name: str, first_refe
     References start after `first_reference`: the SMTP sink is shared and mails are matched by reference."""
     import sqlalchemy as sa
 
-    from tasks.database import migrate, session
-    from tasks.demo import seed_demo
-    from tasks.settings import settings
+    from tasks.adapters.database import migrate, session
+    from tasks.adapters.demo import seed_demo
+    from tasks.adapters.settings import settings
     saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "RO_DATA_DIR")}
     schema = None
     base = ""
@@ -187,7 +187,7 @@ class SmtpSink:
         self.ctl: Any = None
 
     def start(self) -> None:
-        from tasks.smtp_sink import start_sink
+        from tasks.adapters.smtp_sink import start_sink
         self.ctl = start_sink(self.maildir, port=self.port)
 
     def stop(self) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import commands
-from tasks import orders
-from tasks.database import session
+from tasks.steps import orders
+from tasks.adapters.database import session
 
 PATIENT = "19121212-1212"  # Skatteverket's official test number
 

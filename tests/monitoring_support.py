@@ -20,8 +20,8 @@ from sqlalchemy import select
 from models.clock import STOCKHOLM
 from models.status import OrderStatus
 from models.tables import AuditEvent, Deviation, Order, OutboxMessage
-from tasks import orders
-from tasks.database import session
+from tasks.steps import orders
+from tasks.adapters.database import session
 from tests.e2e import personal_number
 
 CLINICIAN = "DEMO-KALMAR-CLINICIAN"
@@ -65,8 +65,8 @@ def submit_at(at: datetime, b: dict[str, Any], actor: str = CLINICIAN) -> str:
 
 def execute_at(at: datetime, reference: str) -> None:
     """Take a submitted order through the routine to `completed` in the simulated registry, as the flow does."""
-    from tasks.gateway import SimulatedRegistry
-    from tasks.stages import _complete
+    from tasks.adapters.gateway import SimulatedRegistry
+    from tasks.steps.stages import _complete
     with session() as s:
         order = orders.get(s, reference)
         for st in (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING):

@@ -25,8 +25,8 @@ from forms import admin_routes
 from models import personnummer
 from models.status import OrderStatus
 from models.tables import AuditEvent
-from tasks import monitoring
-from tasks.database import session
+from tasks.steps import monitoring
+from tasks.adapters.database import session
 from tests.monitoring_support import (
     audit_rows,
     body,
@@ -307,7 +307,7 @@ def no_prefect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         started.append(reference)
         return None
 
-    monkeypatch.setattr("tasks.launch.start_run", start_run)
+    monkeypatch.setattr("tasks.steps.runs.start_run", start_run)
     return started
 
 

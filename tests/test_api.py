@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models.tables import AuditEvent, Decision, Order, RegistryPerson, Staff
-from tasks.database import session
+from tasks.adapters.database import session
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
 from tests.webapp import (  # noqa: E402
@@ -757,7 +757,7 @@ def test_a_refused_callback_clock_read_is_audited(api: Any, shared_order: str) -
 
 def test_the_app_refuses_to_start_behind_sso_without_a_real_session_secret() -> None:
     from forms.auth import InsecureSettings, check_session_settings
-    from tasks.settings import DEFAULT_SESSION_SECRET, Settings
+    from tasks.adapters.settings import DEFAULT_SESSION_SECRET, Settings
     check_session_settings(Settings(embedded_login=True))  # the embedded default needs no configuration
     for secret in (DEFAULT_SESSION_SECRET, "", "short-secret", " " * 40, DEFAULT_SESSION_SECRET + " "):
         with pytest.raises(InsecureSettings, match="RO_SESSION_SECRET"):
@@ -766,7 +766,7 @@ def test_the_app_refuses_to_start_behind_sso_without_a_real_session_secret() -> 
     # And as the app is made from the environment (`uvicorn forms.app:app` makes it on import): a clear
     # error instead of an app, unless the secret is set.
     from forms.app import create_app
-    from tasks.settings import settings
+    from tasks.adapters.settings import settings
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RO_SESSION_SECRET", raising=False)
         mp.setenv("RO_EMBEDDED_LOGIN", "false")

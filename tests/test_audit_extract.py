@@ -16,8 +16,9 @@ from forms.auth import User
 from models import personnummer
 from models.clock import FixedClock
 from models.tables import AuditEvent, Staff
-from tasks import audit, audit_extract, orders
-from tasks.database import session
+from tasks.adapters import audit
+from tasks.steps import audit_extract, orders
+from tasks.adapters.database import session
 from tests.monitoring_support import (
     ADMIN,
     CLINICIAN,

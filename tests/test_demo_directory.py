@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from models.tables import CareUnit, Staff
-from tasks.database import session
-from tasks.demo import seed_demo
+from tasks.adapters.database import session
+from tasks.adapters.demo import seed_demo
 
 pytestmark = pytest.mark.usefixtures("db")
 

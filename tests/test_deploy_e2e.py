@@ -28,8 +28,8 @@ import yaml
 from prefect.deployments.flow_runs import arun_deployment
 
 from flows import urgent
-from tasks import launch, orders
-from tasks.database import session
+from tasks.steps import runs as launch, orders
+from tasks.adapters.database import session
 from tests.conftest import ROOT, own_database
 from tests.e2e import aged, body
 
@@ -71,7 +71,7 @@ def test_prefect_yaml_has_one_deployment_per_flow_and_serve_serves_the_same() ->
     assert len(entrypoints) == len(set(entrypoints)) == 9
     assert set(entrypoints) == _flows_in_code()
     from flows.serve import ORDER_FLOW_NAMES, monitoring_deployments, served_flows
-    from tasks.orders import FLOW_NAMES
+    from tasks.steps.orders import FLOW_NAMES
     served = {f.name for f in served_flows()} | {d.flow_name for d in monitoring_deployments()}
     assert set(ORDER_FLOW_NAMES) == set(FLOW_NAMES.values()) == {f.name for f in served_flows()[:4]}
     assert served == {_flow_name(e) for e in entrypoints}

@@ -25,9 +25,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from models.tables import AuditEvent, Order, OutboxMessage, ReferenceCounter
-from tasks import audit, launch, mail
-from tasks.database import session
-from tasks.settings import settings
+from tasks.adapters import audit, mail
+from tasks.steps import runs as launch
+from tasks.adapters.database import session
+from tasks.adapters.settings import settings
 from tests.conftest import ROOT
 from tests.e2e import mails, wait_mails
 from tests.webapp import body
@@ -114,7 +115,7 @@ def test_a_sender_killed_between_smtp_accept_and_mark_sends_again_with_the_same_
                             status="pending", attempts=0, created_at=later, next_attempt_at=later))
     (tmp_path / f"{ref}.armed").write_text("after-smtp-accept\n")
     sender = subprocess.run(
-        [sys.executable, "-c", "import sys; from datetime import datetime; from tasks.mail import deliver; "
+        [sys.executable, "-c", "import sys; from datetime import datetime; from tasks.adapters.mail import deliver; "
                                "deliver(sys.argv[1], now=datetime.fromisoformat(sys.argv[2]))", ref, later.isoformat()],
         cwd=ROOT, env={**os.environ, "RO_FAILPOINTS": "after-smtp-accept", "RO_FAILPOINT_DIR": str(tmp_path),
                        "PYTHONPATH": str(ROOT)},

@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from models.status import FINAL, OrderStatus
 from models.tables import AppliedEffect, AuditEvent, OutboxMessage
-from tasks import orders
-from tasks.database import session
+from tasks.steps import orders
+from tasks.adapters.database import session
 from tests.conftest import FlowServer, SmtpSink
 from tests.e2e import aged, body, decide, mails, status, submit, wait_mails, wait_status
 
@@ -220,7 +220,7 @@ def test_a_failed_order_run_fires_the_shipped_automation(flow_server: FlowServer
     from prefect.client.orchestration import get_client
     from prefect.deployments.flow_runs import arun_deployment
 
-    from tasks.automations import RUN_FAILED, ensure_automations
+    from tasks.adapters.automations import RUN_FAILED, ensure_automations
     automation_id = ensure_automations()[RUN_FAILED]
     since = datetime.now(UTC) - timedelta(seconds=5)
     # As when someone starts the flow by hand from the dashboard with a reference the orders database does not

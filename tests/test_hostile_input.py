@@ -41,8 +41,8 @@ from models.clock import STOCKHOLM
 from models.schemas import ORDER_TYPES, REASON_MAX
 from models.status import OrderStatus
 from models.tables import Decision, Order, OutboxMessage
-from tasks import launch, orders
-from tasks.database import session
+from tasks.steps import runs as launch, orders
+from tasks.adapters.database import session
 from tests.conftest import own_database
 from tests.e2e import mails, text_of
 from tests.webapp import PATIENT, body, born_years_ago, pnr, staff, today

@@ -13,8 +13,8 @@ import pytest
 
 from flows import commands
 from forms import cli
-from tasks.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
-from tasks.automations_monitoring import MONITORING_FAILED, OVERDUE_ORDERS
+from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
+from tasks.adapters.automations_monitoring import MONITORING_FAILED, OVERDUE_ORDERS
 from tests.conftest import FlowServer
 from tests.e2e import body, decide, submit, wait_status
 

@@ -22,10 +22,10 @@ from models.access import Restriction
 from models.clock import FixedClock
 from models.status import OrderStatus
 from models.tables import AppliedEffect, AuditEvent, Deadline, OutboxMessage, RegistryPerson
-from tasks import monitoring, orders, stages
-from tasks.database import session
-from tasks.gateway import access_state, known_access_state, record_effects
-from tasks.settings import settings
+from tasks.steps import monitoring, orders, stages
+from tasks.adapters.database import session
+from tasks.adapters.gateway import access_state, known_access_state, record_effects
+from tasks.adapters.settings import settings
 from tests.e2e import personal_number
 from tests.monitoring_support import (
     CLINICIAN,
@@ -183,7 +183,7 @@ def test_an_order_the_registry_refuses_fails_with_email_and_event(clock: FixedCl
     assert stages.execute.fn(second) == "failed" and failures == [second]  # a re-run does nothing again
     with session() as s:
         assert orders.get(s, second).status == "failed"
-        from tasks import mail
+        from tasks.adapters import mail
         assert mail.queue_confirmations(s, orders.get(s, second)) == 0
 
 
@@ -229,7 +229,7 @@ def test_order_failed_event_reaches_prefect(prefect_server: str) -> None:
 # --- item 4: protected identity: no masked number in any email ---------------------------------------
 
 def test_emails_about_a_protected_patient_carry_no_masked_number(clock: FixedClock, smtp: Any) -> None:
-    from tasks import paging
+    from tasks.steps import paging
     pnr = patient()
     protected = submit_at(clock.now(), body(pnr, patient_protected_identity=True, urgent=True))
     plain = submit_at(clock.now(), body(patient()))
@@ -414,7 +414,7 @@ def test_reading_access_state_for_a_restore_is_an_audited_search(clock: FixedClo
                    (CLINICIAN, None, {"purpose": "submit", "known": True}),
                    ("system", None, {"purpose": "revalidate", "known": True})]
     # The patient's log extract shows them.
-    from tasks import audit_extract
+    from tasks.steps import audit_extract
     extract = audit_extract.patient_extract("DEMO-ADMIN", pnr, clock.advance(minutes=1))
     assert sum(r.action == "search_by_personal_number" for r in extract.rows) == 5  # four plus the extract itself
 

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from sqlalchemy import func, select
 
 from models.tables import Decision, Order, RegistryPerson, Staff
-from tasks.database import session
+from tasks.adapters.database import session
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
 from tests.webapp import PATIENT, born_years_ago, client, pnr, staff, stored_order, wait_status  # noqa: E402
@@ -478,7 +478,7 @@ def _answer_of(app_env: dict[str, str], path: str, user: str) -> tuple[int, dict
     from starlette.testclient import TestClient
 
     from forms.app import create_app
-    from tasks.settings import settings
+    from tasks.adapters.settings import settings
     with pytest.MonkeyPatch.context() as mp:
         for k, v in app_env.items():
             mp.setenv(k, v)

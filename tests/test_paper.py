@@ -19,7 +19,7 @@ from typing import Any
 import pypdf
 import pytest
 
-from forms.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_html, render_pdf
+from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_html, render_pdf
 from models.schemas import ORDER_TYPES as API_ORDER_TYPES
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "paper"

@@ -27,9 +27,9 @@ from sqlalchemy import func, select
 
 from models.clock import STOCKHOLM
 from models.tables import AuditEvent, Order, OutboxMessage, RegistryPerson
-from tasks import orders
-from tasks.database import session
-from tasks.settings import settings
+from tasks.steps import orders
+from tasks.adapters.database import session
+from tasks.adapters.settings import settings
 from tests.conftest import FlowServer
 from tests.e2e import PATIENT, aged, body, decide, submit, text_of, wait_mails, wait_status
 
@@ -387,7 +387,7 @@ def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestCl
 # --- the gateway's probe and the sweep that resumes orders on paper ------------------------------------
 
 def test_gateway_probe_and_the_down_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.gateway import GatewayUnavailable, UnavailableGateway, gateway
+    from tasks.adapters.gateway import GatewayUnavailable, UnavailableGateway, gateway
     assert gateway("simulated").available() and gateway("manual").available()
     assert not gateway("down").available()
     flag = tmp_path / "gateway-down"
@@ -426,7 +426,7 @@ def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_w
         db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A run is started when Prefect answers; the reconciler starts it otherwise.
     from forms.api import prefect_fails_fast
-    from tasks import paper_orders
+    from tasks.steps import paper_orders
     flag = tmp_path / "gateway-down"
     flag.touch()
     monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))

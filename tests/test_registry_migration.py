@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from tasks.settings import ROOT
+from tasks.adapters.settings import ROOT
 
 NOW = datetime(2022, 5, 10, 8, 0, tzinfo=UTC)
 CHILD, BLOCKED, GRANTED, OLD = "201001010000", "197001010000", "197102020000", "197203030000"  # serial 000 is never issued
@@ -89,7 +89,7 @@ def test_bare_entries_become_entries_with_their_origin_and_back(database: str) -
     from sqlalchemy.orm import Session
 
     from models.access import Restriction
-    from tasks.gateway import access_state
+    from tasks.adapters.gateway import access_state
     with Session(eng) as s:
         state = access_state(s, CHILD)
     assert state.guardian_blocks == {BLOCKED: Restriction("care", "stockholm", "RO-2022-000001"),

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from models.clock import FixedClock
 from models.runs import RestartPolicy, RestartVerdict, RunHistory, history_from_audit
 from models.tables import AuditEvent, Order
-from tasks import audit, launch
-from tasks.database import session
-from tasks.orders import transition
+from tasks.adapters import audit
+from tasks.steps import runs as launch
+from tasks.adapters.database import session
+from tasks.steps.orders import transition
 from tests.conftest import own_database
 from tests.webapp import pnr
 

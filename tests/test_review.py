@@ -13,9 +13,10 @@ from flows import review
 from models import sla
 from models.clock import FixedClock
 from models.status import OrderStatus
-from tasks import mail, monitoring
-from tasks.monitoring import ReviewRefused
-from tasks.orders import NotFound
+from tasks.adapters import mail
+from tasks.steps import monitoring
+from tasks.steps.monitoring import ReviewRefused
+from tasks.steps.orders import NotFound
 from tests.monitoring_support import (
     HEAD,
     audit_rows,
@@ -41,7 +42,7 @@ def no_prefect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         started.append(reference)
         return None
 
-    monkeypatch.setattr("tasks.launch.start_run", start_run)
+    monkeypatch.setattr("tasks.steps.runs.start_run", start_run)
     return started
 
 

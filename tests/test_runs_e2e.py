@@ -15,9 +15,9 @@ from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, tempor
 
 from flows import commands
 from models.access import Restriction
-from tasks import orders
-from tasks.database import session
-from tasks.gateway import access_state
+from tasks.steps import orders
+from tasks.adapters.database import session
+from tasks.adapters.gateway import access_state
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, status, submit, wait_mails, wait_status
 
@@ -43,12 +43,12 @@ def test_prefect_down_at_submit_keeps_order_and_starts_run_later(flow_server: Fl
     # The housekeeping loop of the serving process (which reaches the API) starts the run.
     wait_status(ref, "awaiting_assessment", timeout=60)
     for _ in range(3):
-        asyncio.run(__import__("tasks.launch", fromlist=["reconcile"]).reconcile())
+        asyncio.run(__import__("tasks.steps.runs", fromlist=["reconcile"]).reconcile())
     assert asyncio.run(_runs_named(ref)) == 1
 
 
 def test_submit_twice_never_makes_two_runs(flow_server: FlowServer) -> None:
-    from tasks.launch import start_run
+    from tasks.steps.runs import start_run
     ref = asyncio.run(commands.submit(body("seal_or_lock"), "DEMO-KALMAR-CLINICIAN")).order.reference  # type: ignore[union-attr]
     with session() as s:
         orders.get(s, ref).flow_run_id = None  # as if the first answer was lost on the way back

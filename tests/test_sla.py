@@ -17,8 +17,8 @@ import pytest
 from models import sla
 from models.clock import FixedClock
 from models.status import OrderStatus
-from tasks import monitoring
-from tasks.database import session
+from tasks.steps import monitoring
+from tasks.adapters.database import session
 from tests.conftest import prefect_database_rows
 from tests.monitoring_support import (
     audit_rows,
@@ -92,7 +92,7 @@ def test_a_second_breach_of_a_new_due_time_reminds_again() -> None:
 
     # The order gets a new due time (e.g. a paper order registered back); it too passes.
     with session() as s:
-        from tasks.orders import get
+        from tasks.steps.orders import get
         get(s, ref).due_at = stockholm(2021, 3, 18, 12, 0)
     clock.set(stockholm(2021, 3, 18, 11, 0))
     assert run(clock, [ref], emit) == []
@@ -129,7 +129,7 @@ def test_an_order_that_ends_after_its_breach_is_not_flagged_again() -> None:
     assert len(run(clock, [ref])) == 1
     set_status(ref, OrderStatus.CANCELLED, clock.now())
     with session() as s:
-        from tasks.orders import get
+        from tasks.steps.orders import get
         get(s, ref).due_at = stockholm(2021, 4, 15, 10, 0)   # even with a new due time that passes
     clock.set(stockholm(2021, 4, 20, 10, 0))
     assert run(clock, [ref]) == []
@@ -137,7 +137,7 @@ def test_an_order_that_ends_after_its_breach_is_not_flagged_again() -> None:
 
 
 def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_as_usual(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks import stages
+    from tasks.steps import stages
     clock = FixedClock(SATURDAY)
     monkeypatch.setattr(stages, "clock", clock)
     ref = submit_at(clock.now(), body(patient(), urgent=True))
@@ -282,7 +282,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
     import httpx
 
     from flows.sla import sla_monitor
-    from tasks.automations_monitoring import (
+    from tasks.adapters.automations_monitoring import (
         MONITORING_FAILED,
         OVERDUE_ORDERS,
         TAG,

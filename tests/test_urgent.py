@@ -31,8 +31,8 @@ from flows import commands, urgent
 from forms import cli, urgent_routes
 from models.clock import STOCKHOLM, FixedClock
 from models.tables import AuditEvent, Deadline, Deviation, OutboxMessage
-from tasks import escalation, orders, paging, stages
-from tasks.database import session
+from tasks.steps import escalation, orders, paging, stages
+from tasks.adapters.database import session
 from tests.conftest import ROOT, own_database
 from tests.e2e import body, mails, text_of
 
@@ -404,7 +404,7 @@ def test_a_callback_after_the_dispatcher_claimed_is_late_and_escalates_once(smtp
 
 def _dispatcher_process(now: datetime, refs: list[str]) -> list[str]:
     """The dispatcher in a new process: only the database connects it to what came before."""
-    code = ("import json, sys; from datetime import datetime; from tasks.escalation import escalate_due; "
+    code = ("import json, sys; from datetime import datetime; from tasks.steps.escalation import escalate_due; "
             "print(json.dumps(escalate_due(datetime.fromisoformat(sys.argv[1]), emit=lambda m: None, "
             "references=sys.argv[2:])))")
     out = subprocess.run([sys.executable, "-c", code, now.isoformat(), *refs], cwd=ROOT, env=os.environ.copy(),
@@ -809,7 +809,7 @@ def test_escalation_never_waits_for_a_hanging_prefect(smtp: Path, monkeypatch: p
 
 def test_the_app_runs_its_own_dispatcher_when_asked(smtp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from forms import app as app_module
-    from tasks.settings import settings
+    from tasks.adapters.settings import settings
     monkeypatch.setattr(escalation, "prefect_emitter", Events())
 
     def dispatchers() -> list[threading.Thread]:

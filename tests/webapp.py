@@ -161,7 +161,7 @@ def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", un
     waits for a manual execution) or would take long to reach (a review that is due). The made-up run id
     keeps the reconciler from starting a run that would race the test."""
     from models.tables import Order
-    from tasks.database import session
+    from tasks.adapters.database import session
     now = datetime.now(STOCKHOLM)
     # 9xxxxx: far above what the session's orders reach; the counter keeps them unique within the session.
     ref = f"RO-{now.year}-{900000 + next(_STORED):06d}"

@@ -25,9 +25,8 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -37,12 +36,13 @@ from models.authority import Refusal
 from models.calendar import local
 from models.clock import STOCKHOLM
 from models.reference import REFERENCE
+from models.routine import StagePlan, first_status
 from models.schemas import Problem
 from models.status import ALLOWED, OrderStatus
 from models.tables import AuditEvent, Order
-from tasks import audit, directory, launch, orders, paging
-from tasks.database import session
-from tasks.orders import Conflict, Forbidden, NotFound
+from tasks.adapters import Adapters, audit, directory
+from tasks.steps import orders, paging, runs
+from tasks.steps.orders import Conflict, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,9 @@ def status_before_fallback(s: Session, order: Order) -> OrderStatus:
     if before is not None and before in ALLOWED[OrderStatus.PAPER_FALLBACK]:
         return before
     # Fell back before the run planned its stages (from `submitted`): start at the first open stage.
-    from tasks.stages import HUMAN_STAGES
-    for stage in HUMAN_STAGES:
-        if (order.stage_plan or {}).get(stage, {}).get("required"):
-            return orders.STAGE_STATUS[stage]
     if not order.stage_plan:
         raise Conflict("the order fell back to paper before its stages were planned")
-    return OrderStatus.EXECUTING
+    return first_status(StagePlan.from_json(order.stage_plan))
 
 
 def _check_person(s: Session, hsa_id: str, roles: tuple[str, ...], region: str | None) -> str:
@@ -142,37 +138,25 @@ def _check_person(s: Session, hsa_id: str, roles: tuple[str, ...], region: str |
     return person.hsa_id
 
 
-async def _retire_waiting_run(run_id: str | None) -> None:
+async def _retire_waiting_run(ad: Adapters, run_id: str | None) -> None:
     """A run still suspended at a human step would wait for ever next to the new one: cancel it. A run
     that ended is left as it is (its history stays true); a running one ends by itself (every step
     re-reads the order)."""
     if not run_id:
         return
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
     try:
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            if run.state is not None and (run.state.is_paused() or run.state.is_scheduled()
-                                          or run.state.is_pending()):
-                await client.set_flow_run_state(UUID(run_id), Cancelled(message="order continues in a new run"),
-                                                force=True)
-    except Exception as exc:  # Prefect down: the new run is started by the reconciler later anyway
+        run = await ad.engine.read_run(run_id)
+        if run.state in ("paused", "scheduled", "pending"):
+            await ad.engine.set_state(run_id, "cancelled", "order continues in a new run")
+    except Exception as exc:  # the engine is down: the new run is started by the reconciler later anyway
         log.info("could not check the old run: %s", type(exc).__name__)
 
 
-def _runs_started(s: Session, reference: str) -> int:
-    # The same count tasks.launch.reconcile uses for its restart key: if both start the order's next run,
-    # they use the same idempotency key and Prefect makes one run.
-    return int(s.scalar(select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.order_reference == reference, AuditEvent.action == "run_started")) or 0)
-
-
-async def _start_next_run(reference: str, old_run: str | None) -> None:
-    await _retire_waiting_run(old_run)
-    with session() as s:
-        restart = _runs_started(s, reference)
-    await launch.start_run(reference, restart=restart)
+async def _start_next_run(ad: Adapters, reference: str, old_run: str | None) -> None:
+    await _retire_waiting_run(ad, old_run)
+    # The same count the reconciler uses for its restart key: if both start the order's next run, they use
+    # the same idempotency key and the engine makes one run.
+    await runs.start_run(ad, reference, restart=runs.runs_started(ad, reference))
 
 
 def _back_to_digital(s: Session, order: Order, actor: str, action: str, detail: dict[str, Any],
@@ -182,25 +166,25 @@ def _back_to_digital(s: Session, order: Order, actor: str, action: str, detail: 
     return target
 
 
-async def continue_digitally(reference: str, actor: str, *, now: datetime | None = None) -> Order:
+async def continue_digitally(ad: Adapters, reference: str, actor: str, *, now: datetime | None = None) -> Order:
     """Support or admin: the execution system is back, so an order in `paper_fallback` returns to the stage
     it was at (normally `executing`) and a new run completes it digitally. Nothing is lost: the order,
     its decisions and its history are the same rows; the paper form is no longer needed."""
-    now = now or datetime.now(UTC)
-    with session() as s:
+    now = now or ad.now()
+    with ad.db.session() as s:
         who = _check_person(s, actor, RESUME_ROLES, orders.get(s, reference).region)
-    return await _resume(reference, who, {}, now)
+    return await _resume(ad, reference, who, {}, now)
 
 
-async def _resume(reference: str, who: str, detail: dict[str, Any], now: datetime) -> Order:
-    with session() as s:
+async def _resume(ad: Adapters, reference: str, who: str, detail: dict[str, Any], now: datetime) -> Order:
+    with ad.db.session() as s:
         order = orders.get(s, reference)
         if order.status != OrderStatus.PAPER_FALLBACK:
             raise Conflict(f"order is {order.status}, not paper_fallback")
         _back_to_digital(s, order, who, "resumed_digital",
                          {"occasion": fallback_occasions(s, order.reference), **detail}, now)
         old_run = order.flow_run_id
-    await _start_next_run(order.reference, old_run)
+    await _start_next_run(ad, order.reference, old_run)
     return order
 
 
@@ -208,15 +192,12 @@ SYSTEM = "system"
 
 
 @dataclass
-class _Probe:
+class Probe:
     """When the sweep may next ask the execution system, and how long it waits after a failed probe.
-    Per process: the embedded loop keeps it between rounds; production's housekeeping runs start fresh
-    each minute, which is gentle enough on its own."""
+    Kept by whoever runs the sweep in a loop (the embedded serving process); production's housekeeping runs
+    start fresh each minute, which is gentle enough on its own."""
     after: datetime | None = None
     delay: float = 0.0
-
-
-_probe = _Probe()
 
 
 def _waiting_on_paper(s: Session, now: datetime, base: float) -> list[str]:
@@ -241,7 +222,7 @@ def _waiting_on_paper(s: Session, now: datetime, base: float) -> list[str]:
     return out
 
 
-async def resume_when_back(now: datetime | None = None) -> list[str]:
+async def resume_when_back(ad: Adapters, now: datetime | None = None, probe: Probe | None = None) -> list[str]:
     """Keep the fallback email's promise ("verkställs digitalt när systemet fungerar igen"): when the
     execution system answers again, every order whose execution fell back to paper and whose signed form
     has not arrived goes back to the digital route, as `POST /api/orders/{ref}/resume-digital` does,
@@ -252,27 +233,26 @@ async def resume_when_back(now: datetime | None = None) -> list[str]:
     that long, doubling up to ten times as long, so a system that stays down is not hammered. An order
     whose signed form arrives meanwhile is registered by support and goes to the manual step instead.
     Returns the references resumed."""
-    from tasks.gateway import gateway
-    from tasks.settings import settings
-    now = now or datetime.now(UTC)
-    base = settings().paper_resume_seconds
-    if _probe.after is not None and now < _probe.after:
+    now = now or ad.now()
+    probe = probe or Probe()
+    base = ad.settings.paper_resume_seconds
+    if probe.after is not None and now < probe.after:
         return []
-    with session() as s:
+    with ad.db.session() as s:
         refs = _waiting_on_paper(s, now, base)
     if not refs:
         return []
-    if not gateway().available():
-        _probe.delay = min(max(base, _probe.delay * 2), 10 * base)
-        _probe.after = now + timedelta(seconds=_probe.delay)
+    if not ad.gateway.available():
+        probe.delay = min(max(base, probe.delay * 2), 10 * base)
+        probe.after = now + timedelta(seconds=probe.delay)
         log.info("execution system still down; %d orders stay on paper, next probe in %.0f s", len(refs),
-                 _probe.delay)
+                 probe.delay)
         return []
-    _probe.after, _probe.delay = None, 0.0
+    probe.after, probe.delay = None, 0.0
     done = []
     for ref in refs:
         try:
-            await _resume(ref, SYSTEM, {"why": "gateway_available"}, now)
+            await _resume(ad, ref, SYSTEM, {"why": "gateway_available"}, now)
         except Exception as exc:  # support got there first, or a concurrent sweep: the next round looks again
             log.info("%s not resumed now: %s", ref, type(exc).__name__)
             continue
@@ -280,16 +260,26 @@ async def resume_when_back(now: datetime | None = None) -> list[str]:
     return done
 
 
-def _paper_fields(raw: Mapping[str, Any], now: datetime) -> tuple[list[Problem], str | None, date | None, str | None]:
-    errors: list[Problem] = []
+@dataclass
+class PaperFields:
+    """The registration's own fields, checked."""
+    errors: list[Problem]
+    reference: str | None
+    received: date | None
+    orderer: str | None
+
+
+def _reference_field(raw: Mapping[str, Any], errors: list[Problem]) -> str | None:
     ref_raw = raw.get("reference")
-    reference: str | None = None
-    if ref_raw not in (None, ""):
-        if not isinstance(ref_raw, str) or not REFERENCE.fullmatch(ref_raw.strip()):
-            errors.append(_problem("reference", "invalid_reference"))
-        else:
-            reference = ref_raw.strip().upper()
-    received = _received_on(raw.get("received_on"), local(now).date(), errors)
+    if ref_raw in (None, ""):
+        return None
+    if not isinstance(ref_raw, str) or not REFERENCE.fullmatch(ref_raw.strip()):
+        errors.append(_problem("reference", "invalid_reference"))
+        return None
+    return ref_raw.strip().upper()
+
+
+def _signature_field(raw: Mapping[str, Any], errors: list[Problem]) -> None:
     signed = raw.get("signature_checked")
     if signed is None:
         errors.append(_problem("signature_checked", "required"))
@@ -297,25 +287,36 @@ def _paper_fields(raw: Mapping[str, Any], now: datetime) -> tuple[list[Problem],
         errors.append(_problem("signature_checked", "invalid_value"))
     elif not signed:
         errors.append(_problem("signature_checked", "signature_not_checked"))
+
+
+def _orderer_field(ad: Adapters, raw: Mapping[str, Any], errors: list[Problem]) -> str | None:
     orderer = raw.get("orderer_hsa_id")
     if orderer in (None, ""):
-        orderer = None
-    elif not isinstance(orderer, str):
+        return None
+    if not isinstance(orderer, str):
         errors.append(_problem("orderer_hsa_id", "invalid_value"))
-        orderer = None
-    else:
-        with session() as s:
-            person = directory.staff(s, orderer)
-        if person is None:
-            errors.append(_problem("orderer_hsa_id", "unknown_staff"))
-        orderer = person.hsa_id if person else None
-    return errors, reference, received, orderer
+        return None
+    with ad.db.session() as s:
+        person = directory.staff(s, orderer)
+    if person is None:
+        errors.append(_problem("orderer_hsa_id", "unknown_staff"))
+        return None
+    return person.hsa_id
 
 
-def paper_field_errors(raw: Mapping[str, Any], now: datetime) -> list[Problem]:
+def _paper_fields(ad: Adapters, raw: Mapping[str, Any], now: datetime) -> PaperFields:
+    errors: list[Problem] = []
+    reference = _reference_field(raw, errors)
+    received = _received_on(raw.get("received_on"), local(now).date(), errors)
+    _signature_field(raw, errors)
+    orderer = _orderer_field(ad, raw, errors)
+    return PaperFields(errors, reference, received, orderer)
+
+
+def paper_field_errors(ad: Adapters, raw: Mapping[str, Any], now: datetime) -> list[Problem]:
     """The problems of the registration's own fields (reference, date, signature, orderer), for a page that
     reports them together with its own."""
-    return _paper_fields(raw, now)[0]
+    return _paper_fields(ad, raw, now).errors
 
 
 def _mismatches(order: Order, raw: Mapping[str, Any], now: datetime) -> list[Problem]:
@@ -338,7 +339,7 @@ def _mismatches(order: Order, raw: Mapping[str, Any], now: datetime) -> list[Pro
     return out
 
 
-async def register_paper_order(raw: Any, registered_by: str, *, now: datetime | None = None,
+async def register_paper_order(ad: Adapters, raw: Any, registered_by: str, *, now: datetime | None = None,
                                idempotency_key: str | None = None) -> Registered:
     """Register a received, signed paper order, then start (or continue) its run.
 
@@ -346,56 +347,66 @@ async def register_paper_order(raw: Any, registered_by: str, *, now: datetime | 
     optionally `reference` (printed on a pre-filled form) and `orderer_hsa_id` (who signed as orderer;
     defaults to the person registering). Raises PaperInvalid (422), orders.Forbidden (403), Conflict (409:
     the referenced order is not in `paper_fallback`)."""
-    now = now or datetime.now(UTC)
-    with session() as s:  # the role first: a person who may not register learns nothing about orders
+    now = now or ad.now()
+    with ad.db.session() as s:  # the role first: a person who may not register learns nothing about orders
         registrar = _check_person(s, registered_by, REGISTER_ROLES, None)
     if not isinstance(raw, Mapping):
         raise PaperInvalid([Problem(field="", code="invalid_value", message="Förväntade ett JSON-objekt.")])
-    errors, reference, received, orderer = _paper_fields(raw, now)
-
-    existing: Order | None = None
-    if reference is not None:
-        with session() as s:
-            existing = s.scalar(select(Order).where(Order.reference == reference))
-        if existing is None:
-            errors.append(_problem("reference", "unknown_reference"))
+    fields = _paper_fields(ad, raw, now)
+    existing = _referenced_order(ad, fields)
     region = existing.region if existing is not None else raw.get("region")
-    with session() as s:  # support registers the paper forms that arrive at its own region's postal route
+    with ad.db.session() as s:  # support registers the paper forms that arrive at its own region's postal route
         _check_person(s, registrar, REGISTER_ROLES, region if isinstance(region, str) else None)
-
     if existing is not None:
-        errors += _mismatches(existing, raw, now)
+        errors = fields.errors + _mismatches(existing, raw, now)
         if errors:
             raise PaperInvalid(errors)
-        assert received is not None
-        return await _continue_paper(existing.reference, registrar, received, now)
+        assert fields.received is not None
+        return await _continue_paper(ad, existing.reference, registrar, fields.received, now)
+    return await _register_new(ad, raw, registrar, fields, now, idempotency_key)
 
+
+def _referenced_order(ad: Adapters, fields: PaperFields) -> Order | None:
+    """The stored order a pre-filled form names; an unknown reference is one more problem."""
+    if fields.reference is None:
+        return None
+    with ad.db.session() as s:
+        existing = s.scalar(select(Order).where(Order.reference == fields.reference))
+    if existing is None:
+        fields.errors.append(_problem("reference", "unknown_reference"))
+    return existing
+
+
+async def _register_new(ad: Adapters, raw: Mapping[str, Any], registrar: str, fields: PaperFields, now: datetime,
+                        idempotency_key: str | None) -> Registered:
+    """A paper order the system has never seen (printed blank, or typed in while the system was down)."""
     order_raw = {k: v for k, v in raw.items() if k not in PAPER_FIELDS}
-    if errors:  # every problem at once: the order's own fields too
-        raise PaperInvalid(errors + orders.check(order_raw, now, registrar).errors)
-    assert received is not None
+    if fields.errors:  # every problem at once: the order's own fields too
+        raise PaperInvalid(fields.errors + orders.check(ad, order_raw, now, registrar).errors)
+    assert fields.received is not None
     key = f"paper:{registrar}:{idempotency_key}" if idempotency_key else None
-    out = orders.submit(dict(raw), orderer or registrar, now, idempotency_key=key, channel="paper",
-                        paper_received_on=_received_at(received), paper_registered_by=registrar)
+    out = orders.submit(ad, dict(raw), fields.orderer or registrar, now, idempotency_key=key, channel="paper",
+                        paper_received_on=_received_at(fields.received), paper_registered_by=registrar)
     if out.kind == "invalid":
         raise PaperInvalid(out.check.errors)
     if out.kind == "conflict":
         raise Conflict("idempotency key reused with another body")
     assert out.order is not None
     if out.kind == "created":
-        with session() as s:
+        with ad.db.session() as s:
             order = orders.get(s, out.order.reference)
             audit.record(s, actor=registrar, action="paper_registered", order=order, channel="paper", at=now,
-                         detail={"received_on": received.isoformat(), "signature_checked": True,
+                         detail={"received_on": fields.received.isoformat(), "signature_checked": True,
                                  "orderer": order.submitted_by, "continued": False})
-        if out.order.urgent:  # as a digital urgent order: page before and regardless of Prefect
-            await asyncio.to_thread(paging.page_safely, out.order.reference, now)
-        await launch.start_run(out.order.reference)
+        if out.order.urgent:  # as a digital urgent order: page before and regardless of the engine
+            await asyncio.to_thread(paging.page_safely, ad, out.order.reference, now)
+        await runs.start_run(ad, out.order.reference)
     return Registered(out.kind, out.order.reference, out.order.status, out.check.warnings)
 
 
-async def _continue_paper(reference: str, registrar: str, received: date, now: datetime) -> Registered:
-    with session() as s:
+async def _continue_paper(ad: Adapters, reference: str, registrar: str, received: date,
+                          now: datetime) -> Registered:
+    with ad.db.session() as s:
         order = orders.get(s, reference)
         if order.status != OrderStatus.PAPER_FALLBACK:
             raise Conflict(f"order is {order.status}, not paper_fallback")
@@ -409,9 +420,9 @@ async def _continue_paper(reference: str, registrar: str, received: date, now: d
                                   {"received_on": received.isoformat(), "signature_checked": True,
                                    "continued": True, "previous_channel": previous_channel}, now)
         old_run = order.flow_run_id
-    await _start_next_run(reference, old_run)
+    await _start_next_run(ad, reference, old_run)
     return Registered("continued", reference, target.value)
 
 
-__all__ = ["PaperInvalid", "Registered", "continue_digitally", "fallback_occasions", "register_paper_order",
-           "resume_when_back", "status_before_fallback", "NotFound"]
+__all__ = ["NotFound", "PaperInvalid", "Probe", "Registered", "continue_digitally", "fallback_occasions",
+           "register_paper_order", "resume_when_back", "status_before_fallback"]

@@ -28,8 +28,8 @@ from models import personnummer
 from models.calendar import local
 from models.status import LABELS_SV, OrderStatus
 from models.tables import AuditEvent, CareUnit, Order, Staff
-from tasks import audit
-from tasks.database import session
+from tasks.adapters import audit
+from tasks.adapters.database import Database
 
 SEARCH_ACTION = "search_by_personal_number"
 SAMPLE_CHECK_ACTION = "sample_check"
@@ -144,10 +144,10 @@ def patient_events(s: Session, pnr: str) -> tuple[list[str], list[AuditEvent]]:
     return refs, list(s.scalars(q.order_by(AuditEvent.at, AuditEvent.id)))
 
 
-def patient_extract(actor: str, personal_number: str, now: datetime) -> PatientExtract:
+def patient_extract(db: Database, actor: str, personal_number: str, now: datetime) -> PatientExtract:
     """Log the search, then read the extract. Raises personnummer.InvalidPersonalNumber."""
     pnr = personnummer.parse(personal_number, local(now).date()).digits
-    with session() as s:
+    with db.session() as s:
         refs = list(s.scalars(select(Order.reference).where(Order.patient_pnr == pnr)))
         audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr, at=now,
                      detail={"purpose": "patient_log_extract", "orders": len(refs)})
@@ -182,7 +182,7 @@ def flag_reason(event: AuditEvent, actor: Staff | None, order_region: str | None
     return None
 
 
-def sample_check(actor: str, now: datetime, *, days: int = 30, size: int = 20,
+def sample_check(db: Database, actor: str, now: datetime, *, days: int = 30, size: int = 20,
                  seed: int | None = None) -> SampleCheck:
     """Draw `size` reads and searches at random from the last `days` days, flag the suspicious ones, and
     log the check (with the seed, so the same draw can be repeated)."""
@@ -190,7 +190,7 @@ def sample_check(actor: str, now: datetime, *, days: int = 30, size: int = 20,
         raise ValueError("days 1-3660, size 1-500")
     seed = seed if seed is not None else secrets.randbelow(2**31)
     since, until = now - timedelta(days=days), now
-    with session() as s:
+    with db.session() as s:
         events = list(s.scalars(select(AuditEvent).where(
             AuditEvent.action.in_(READ_ACTIONS), AuditEvent.at >= since, AuditEvent.at <= until)
             .order_by(AuditEvent.id)))

@@ -12,9 +12,9 @@ made urgent), with `is_on_call` of the order's region: on call (17:00–07:00 on
 non-working days, always for a region whose urgent line is always open) → the region's on-call address;
 otherwise → the top of the region's support queue, with the same 30-minute target.
 
-Beside the email there can be more notifiers (SMS gateway, chat, pager) behind the `Notifier` protocol; a
-webhook notifier (JSON POST) ships with the project, off unless `RO_PAGING_WEBHOOK_URL` is set. Extra
-notifiers are called once per page, after the email, and their failure never stops the email.
+Beside the email there can be more notifiers (SMS gateway, chat, pager: `ad.notifiers`, see
+tasks/adapters/notifiers.py). They are called once per page, after the email, and their failure never
+stops the email.
 
 A page carries the reference, order type, care unit, status and callback deadline, and the masked
 personal number: no personal data, no free text.
@@ -25,22 +25,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-import httpx
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.calendar import is_on_call, local
-from models.regions import RegionSettings, load_regions
+from models.regions import RegionSettings
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Order, OutboxMessage
-from tasks import audit, directory, mail
-from tasks.database import session
+from tasks.adapters import Adapters, audit, directory
+from tasks.adapters.mail import Recipient
+from tasks.adapters.notifiers import Notifier
+from tasks.steps.orders import get
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ SUBJECTS = {
     "on_call": "BRÅDSKANDE {ref}: ring upp beställaren senast kl. {hhmm}",
     "support_queue": "BRÅDSKANDE {ref} överst i supportkön: ring upp senast kl. {hhmm}",
 }
-
-
-class PagingSettings(BaseSettings):
-    """`RO_PAGING_WEBHOOK_URL` turns the webhook notifier on (empty: off, the default)."""
-    model_config = SettingsConfigDict(env_prefix="RO_PAGING_", extra="ignore")
-
-    webhook_url: str = ""
-    webhook_token: str = ""      # sent as `Authorization: Bearer …` when set
-    webhook_timeout: float = 3.0
 
 
 def when_local(at: datetime) -> str:
@@ -99,65 +90,23 @@ class Page:
         return {"event": "order.urgent.paged", **d}
 
 
-class Notifier(Protocol):
-    """One way of reaching a person. `notify` returns True when the page was handed over."""
-    name: str
-
-    def notify(self, page: Page) -> bool: ...
-
-
-class EmailNotifier:
-    """The page as an email through the outbox, sent at once (not when the next housekeeping round runs)."""
-    name = "email"
-
-    def enqueue(self, s: Session, order: Order, page: Page) -> bool:
-        """Queue the page in the caller's transaction; False when it was queued before (same Message-ID)."""
-        event, role, template = ROUTES[page.target]
-        subject = SUBJECTS[page.target].format(ref=page.reference, hhmm=f"{local(page.callback_due_at):%H.%M}")
-        extra = {"callback_due_local": when_local(page.callback_due_at),
-                 "clock_started_local": when_local(page.clock_started_at),
-                 "callback_minutes": str(page.callback_minutes), "region_name": page.region_name}
-        return mail.enqueue(s, order, event, [mail.Recipient(role, page.address)], now=page.now,
-                            template=template, extra=extra, subject=subject) > 0
-
-    def send(self, page: Page) -> bool:
-        """Hand the queued page to the SMTP server now; True when it has been accepted (now or before)."""
-        mail.deliver(page.reference, now=max(page.now, datetime.now(UTC)))
-        event, role, _ = ROUTES[page.target]
-        with session() as s:
-            status = s.scalar(select(OutboxMessage.status).where(
-                OutboxMessage.message_id == mail.message_id(page.reference, event, role)))
-        return status == "sent"
-
-    def notify(self, page: Page) -> bool:
-        with session() as s:
-            self.enqueue(s, _order(s, page.reference), page)
-        return self.send(page)
+def _enqueue_email(ad: Adapters, s: Session, order: Order, page: Page) -> bool:
+    """Queue the page in the caller's transaction; False when it was queued before (same Message-ID)."""
+    event, role, template = ROUTES[page.target]
+    subject = SUBJECTS[page.target].format(ref=page.reference, hhmm=f"{local(page.callback_due_at):%H.%M}")
+    extra = {"callback_due_local": when_local(page.callback_due_at),
+             "clock_started_local": when_local(page.clock_started_at),
+             "callback_minutes": str(page.callback_minutes), "region_name": page.region_name}
+    return ad.mail.enqueue(s, order, event, [Recipient(role, page.address)], now=page.now,
+                           template=template, extra=extra, subject=subject) > 0
 
 
-class WebhookNotifier:
-    """A JSON POST per page (an SMS gateway, a chat channel, a pager service). Off by default."""
-    name = "webhook"
-
-    def __init__(self, url: str, token: str = "", timeout: float = 3.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.url, self.token, self.timeout, self.transport = url, token, timeout, transport
-
-    def notify(self, page: Page) -> bool:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
-                r = client.post(self.url, json=page.public(), headers=headers)
-            return 200 <= r.status_code < 300
-        except httpx.HTTPError as exc:
-            log.warning("webhook page for %s failed: %s", page.reference, type(exc).__name__)
-            return False
-
-
-def extra_notifiers() -> list[Notifier]:
-    """The notifiers configured beside the email (by environment)."""
-    cfg = PagingSettings()
-    return [WebhookNotifier(cfg.webhook_url, cfg.webhook_token, cfg.webhook_timeout)] if cfg.webhook_url else []
+def _send_email(ad: Adapters, page: Page) -> bool:
+    """Hand the queued page to the SMTP server now (not when the next housekeeping round runs); True when
+    it has been accepted (now or before)."""
+    ad.mail.deliver(page.reference, now=max(page.now, ad.now()))
+    event, role, _ = ROUTES[page.target]
+    return ad.mail.status_of(page.reference, event, role) == "sent"
 
 
 @dataclass(frozen=True)
@@ -171,11 +120,6 @@ class PageResult:
     notified: dict[str, bool]    # extra notifiers
 
 
-def _order(s: Session, reference: str) -> Order:
-    from tasks.orders import get
-    return get(s, reference)
-
-
 def target_for(started: datetime, region: RegionSettings) -> Target:
     return "on_call" if is_on_call(started, region.hours) else "support_queue"
 
@@ -186,8 +130,8 @@ def clock_started(order: Order, region: RegionSettings) -> datetime:
     return order.callback_due_at - timedelta(minutes=region.callback_minutes)
 
 
-def build_page(s: Session, order: Order, now: datetime) -> Page:
-    region = load_regions()[order.region]
+def build_page(ad: Adapters, s: Session, order: Order, now: datetime) -> Page:
+    region = ad.region(order.region)
     started = clock_started(order, region)
     target = target_for(started, region)
     unit = directory.unit(s, order.care_unit_hsa_id)
@@ -206,19 +150,18 @@ def _needs_page(order: Order) -> bool:
             and OrderStatus(order.status) not in FINAL)
 
 
-def page_order(reference: str, now: datetime, *, notifiers: Sequence[Notifier] | None = None,
+def page_order(ad: Adapters, reference: str, now: datetime, *, notifiers: Sequence[Notifier] | None = None,
                actor: str = "system") -> PageResult | None:
     """Page for an urgent order now. Idempotent: a second call sends nothing new. None when there is
     nothing to page (not urgent, callback already made, order ended)."""
-    email = EmailNotifier()
     for attempt in (1, 2):
         try:
-            with session() as s:
-                order = _order(s, reference)
+            with ad.db.session() as s:
+                order = get(s, reference)
                 if not _needs_page(order):
                     return None
-                page = build_page(s, order, now)
-                new = email.enqueue(s, order, page)
+                page = build_page(ad, s, order, now)
+                new = _enqueue_email(ad, s, order, page)
                 if new:
                     audit.record(s, actor=actor, action="urgent_paged", order=order, at=now,
                                  detail={"target": page.target, "callback_due_at": page.callback_due_at.isoformat()})
@@ -226,12 +169,12 @@ def page_order(reference: str, now: datetime, *, notifiers: Sequence[Notifier] |
         except IntegrityError:  # a concurrent caller queued the same page first: it is there now
             if attempt == 2:
                 raise
-    delivered = email.send(page)
+    delivered = _send_email(ad, page)
     notified: dict[str, bool] = {}
     if new:
-        for n in (extra_notifiers() if notifiers is None else notifiers):
+        for n in (ad.notifiers if notifiers is None else notifiers):
             try:
-                notified[n.name] = n.notify(page)
+                notified[n.name] = n.notify(page.public())
             except Exception as exc:  # a broken extra channel must never stop the email page
                 log.warning("notifier %s failed for %s: %s", n.name, reference, type(exc).__name__)
                 notified[n.name] = False
@@ -239,13 +182,13 @@ def page_order(reference: str, now: datetime, *, notifiers: Sequence[Notifier] |
     return PageResult(reference, page.target, page.address, page.callback_due_at, new, delivered, notified)
 
 
-def page_unpaged(now: datetime, limit: int = 100) -> list[str]:
+def page_unpaged(ad: Adapters, now: datetime, limit: int = 100) -> list[str]:
     """Housekeeping: page every urgent order whose clock runs and whose page was never queued (the process
     died between storing the order and queuing its page, or an order arrived by another route)."""
     events = [e for e, _, _ in ROUTES.values()]
     queued = select(OutboxMessage.id).where(OutboxMessage.order_reference == Order.reference,
                                             OutboxMessage.event.in_(events)).exists()
-    with session() as s:
+    with ad.db.session() as s:
         refs = list(s.scalars(
             select(Order.reference).join(Deadline, Deadline.order_reference == Order.reference)
             .where(Order.urgent.is_(True), Order.callback_at.is_(None), Order.created_at <= now,
@@ -255,18 +198,18 @@ def page_unpaged(now: datetime, limit: int = 100) -> list[str]:
     out = []
     for ref in refs:
         try:
-            if page_order(ref, now) is not None:
+            if page_order(ad, ref, now) is not None:
                 out.append(ref)
         except Exception as exc:
             log.warning("page sweep for %s failed: %s", ref, type(exc).__name__)
     return out
 
 
-def page_safely(reference: str, now: datetime) -> PageResult | None:
+def page_safely(ad: Adapters, reference: str, now: datetime) -> PageResult | None:
     """`page_order` for callers that must not fail because of it (submit): a page that could not even be
     queued is logged and left to `page_unpaged` in the next housekeeping round."""
     try:
-        return page_order(reference, now)
+        return page_order(ad, reference, now)
     except Exception as exc:
         log.error("page for urgent %s not queued now: %s", reference, type(exc).__name__)
         return None

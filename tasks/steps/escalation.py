@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,13 +31,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.clock import Clock, SystemClock
-from models.regions import load_regions
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Decision, Deviation, Order
-from tasks import audit, mail
-from tasks.database import session
-from tasks.paging import when_local
+from tasks.adapters import Adapters, audit
+from tasks.adapters.events import order_resource, run_related, stable_id
+from tasks.adapters.mail import Recipient
+from tasks.steps.paging import page_unpaged, when_local
 
 log = logging.getLogger(__name__)
 
@@ -62,33 +61,21 @@ class MissedCallback:
     @property
     def event_id(self) -> uuid.UUID:
         # Stable per deadline: should the event ever be sent twice, Prefect sees the same event.
-        return uuid.uuid5(uuid.NAMESPACE_URL, f"urn:restriction-orders:{EVENT}:{self.reference}:{self.deadline_id}")
+        return stable_id(EVENT, self.reference, str(self.deadline_id))
 
     def resource(self) -> dict[str, str]:
-        return {"prefect.resource.id": f"order.{self.reference}", "prefect.resource.name": self.reference,
-                "order.reference": self.reference, "order.region": self.region, "order.type": self.order_type}
-
-    def related(self) -> list[dict[str, str]]:
-        if not self.flow_run_id:
-            return []
-        return [{"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}", "prefect.resource.role": "flow-run"}]
+        return order_resource(self.reference, **{"order.reference": self.reference, "order.region": self.region,
+                                                 "order.type": self.order_type})
 
     def payload(self) -> dict[str, Any]:
         return {"callback_due_at": self.due_at.isoformat(), "escalated_at": self.escalated_at.isoformat(),
                 "minutes_late": self.minutes_late, "deviation_id": self.deviation_id}
 
 
-Emitter = Callable[[MissedCallback], None]
-
-
-def prefect_emitter(m: MissedCallback) -> None:
-    """Send the event to the Prefect API (queued by Prefect's events worker; never raises)."""
-    try:
-        from prefect.events import emit_event
-        emit_event(event=EVENT, resource=m.resource(), related=m.related() or None, payload=m.payload(),
-                   id=m.event_id, occurred=m.escalated_at)
-    except Exception as exc:
-        log.warning("could not emit %s for %s: %s", EVENT, m.reference, type(exc).__name__)
+def emit(ad: Adapters, m: MissedCallback) -> None:
+    """The event for the dashboard and the automation (queued by Prefect's events worker; never raises)."""
+    ad.events.emit(EVENT, m.resource(), related=run_related(m.flow_run_id), payload=m.payload(), id=m.event_id,
+                   occurred=m.escalated_at)
 
 
 def callback_recorded_at(s: Session, order: Order) -> datetime | None:
@@ -106,8 +93,8 @@ def minutes_late(due_at: datetime, now: datetime) -> int:
     return max(0, int((now - due_at).total_seconds() // 60))
 
 
-def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
-    with session() as s:
+def _fire(ad: Adapters, deadline_id: int, now: datetime) -> MissedCallback | None:
+    with ad.db.session() as s:
         # Claim first, read after. The UPDATE takes the deadline row (a row lock on PostgreSQL, the write
         # lock on SQLite), and recording a callback meets that same row in its own transaction
         # (tasks/orders.propose, flows/urgent): so a callback whose transaction got there first makes this
@@ -135,8 +122,8 @@ def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
         audit.record(s, actor=ACTOR, action="callback_escalated", order=order, at=now,
                      detail={"deadline_id": dl.id, "deviation_id": dev.id, "minutes_late": late,
                              "callback_due_at": dl.due_at.isoformat()})
-        region = load_regions()[order.region]
-        mail.enqueue(s, order, f"escalated-{dl.id}", [mail.Recipient("escalation", region.escalation_email)],
+        region = ad.region(order.region)
+        ad.mail.enqueue(s, order, f"escalated-{dl.id}", [Recipient("escalation", region.escalation_email)],
                      now=now, template="escalated",
                      subject=f"ESKALERING {order.reference}: återuppringningen missades ({late} min sen)",
                      extra={"callback_due_local": when_local(dl.due_at), "escalated_local": when_local(now),
@@ -146,29 +133,29 @@ def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
                               minutes_late=late, flow_run_id=order.flow_run_id)
 
 
-def due_deadlines(now: datetime, references: Collection[str] | None = None, limit: int = 200) -> list[int]:
+def due_deadlines(ad: Adapters, now: datetime, references: Collection[str] | None = None,
+                  limit: int = 200) -> list[int]:
     q = (select(Deadline.id).join(Order, Order.reference == Deadline.order_reference)
          .where(Deadline.kind == "callback", Deadline.due_at <= now, Deadline.met_at.is_(None),
                 Deadline.fired_at.is_(None), Order.status.not_in([str(x) for x in FINAL])))
     if references is not None:
         q = q.where(Deadline.order_reference.in_([r.strip().upper() for r in references]))
-    with session() as s:
+    with ad.db.session() as s:
         return list(s.scalars(q.order_by(Deadline.due_at, Deadline.id).limit(limit)))
 
 
-def escalate_due(now: datetime, *, emit: Emitter | None = None, references: Collection[str] | None = None,
+def escalate_due(ad: Adapters, now: datetime, *, references: Collection[str] | None = None,
                  limit: int = 200) -> list[str]:
     """Escalate every missed callback that is due at `now`; returns the references escalated by this call.
 
     Safe to call any time, from any number of processes at once: each deadline fires exactly once.
-    `references` limits the sweep (tests, the CLI); `emit` replaces the Prefect event sender."""
+    `references` limits the sweep (tests, the CLI)."""
     if now.tzinfo is None:
         raise ValueError("naive datetime: give a timezone")
-    emit = prefect_emitter if emit is None else emit
     fired: list[MissedCallback] = []
-    for deadline_id in due_deadlines(now, references, limit):
+    for deadline_id in due_deadlines(ad, now, references, limit):
         try:
-            m = _fire(deadline_id, now)
+            m = _fire(ad, deadline_id, now)
         except Exception as exc:  # one broken row must not stop the others; the next round retries it
             log.warning("escalation of deadline %s failed: %s", deadline_id, type(exc).__name__)
             continue
@@ -176,42 +163,40 @@ def escalate_due(now: datetime, *, emit: Emitter | None = None, references: Coll
             fired.append(m)
             log.warning("urgent callback missed for %s: escalated %s min late", m.reference, m.minutes_late)
     for m in fired:
-        mail.deliver(m.reference, now=max(now, datetime.now(UTC)))
-        emit(m)
+        ad.mail.deliver(m.reference, now=max(now, datetime.now(UTC)))
+        emit(ad, m)
     return [m.reference for m in fired]
 
 
-def dispatch(now: datetime, *, emit: Emitter | None = None) -> dict[str, int]:
+def dispatch(ad: Adapters, now: datetime) -> dict[str, int]:
     """One housekeeping round for the urgent path: queue pages that never went out, escalate missed callbacks."""
-    from tasks.paging import page_unpaged
-    paged = page_unpaged(now)
-    escalated = escalate_due(now, emit=emit)
+    paged = page_unpaged(ad, now)
+    escalated = escalate_due(ad, now)
     return {"paged": len(paged), "escalated": len(escalated)}
 
 
-def run_dispatcher(every: float, stop: threading.Event, *, deliver_outbox: bool = False,
-                   clock: Clock | None = None) -> None:
+def run_dispatcher(ad: Adapters, every: float, stop: threading.Event, *, deliver_outbox: bool = False) -> None:
     """`dispatch` every `every` seconds until `stop` is set; with `deliver_outbox`, the outbox too.
 
     The orders database and SMTP only, never the Prefect API (the Prefect event is queued, not awaited):
     so neither a hanging Prefect server nor the reconciler's retries can hold up a page or an escalation.
     Run it from as many processes as you like (the serving process, the app, the `housekeeping`
     deployment): each deadline fires once, whoever gets its row first."""
-    clock = clock or SystemClock()
     while not stop.is_set():
         try:
-            dispatch(clock.now())
+            dispatch(ad, ad.clock.now())
             if deliver_outbox:
-                mail.deliver()
+                ad.mail.deliver()
         except Exception as exc:  # keep going: the next round repairs what this one could not
             log.warning("urgent dispatch round failed: %s", type(exc).__name__)
         stop.wait(every)
 
 
-def start_dispatcher(every: float, *, name: str, deliver_outbox: bool = False) -> tuple[threading.Thread, threading.Event]:
+def start_dispatcher(ad: Adapters, every: float, *, name: str,
+                     deliver_outbox: bool = False) -> tuple[threading.Thread, threading.Event]:
     """`run_dispatcher` in a daemon thread; set the returned event to stop it."""
     stop = threading.Event()
-    thread = threading.Thread(target=run_dispatcher, args=(every, stop), kwargs={"deliver_outbox": deliver_outbox},
+    thread = threading.Thread(target=run_dispatcher, args=(ad, every, stop), kwargs={"deliver_outbox": deliver_outbox},
                               daemon=True, name=name)
     thread.start()
     return thread, stop

@@ -25,10 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy.orm import Session
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 
+from models import personnummer
+from models.calendar import local
+from models.regions import RegionSettings
+from models.routine import StagePlan
 from models.schemas import ORDER_TYPE_LABELS_SV
+from models.tables import Order
+from tasks.adapters import directory
 
 ORDER_TYPES = ("seal_or_lock", "restore_access", "block_guardian", "minor_access")
 INITIATIVES = ("patient", "care")
@@ -170,3 +177,33 @@ def render_pdf(order_type: str, region: PaperRegion, order: PaperOrder | None = 
 
 
 __all__ = ["ORDER_TYPES", "PaperOrder", "PaperRegion", "render_html", "render_pdf"]
+
+
+def paper_region(r: RegionSettings) -> PaperRegion:
+    return PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone,
+                       support_option=r.support_option, postal_route=list(r.postal_route),
+                       on_call_window=f"{r.hours.on_call_start:%H:%M}–{r.hours.on_call_end:%H:%M}",
+                       callback_minutes=r.callback_minutes)
+
+
+def paper_order(s: Session, order: Order) -> PaperOrder:
+    """A stored order as its pre-filled paper form (the app's PDF and the paper fallback's check alike)."""
+    unit = directory.unit(s, order.care_unit_hsa_id)
+    orderer = directory.staff(s, order.submitted_by)
+    plan = StagePlan.from_json(order.stage_plan)
+    return PaperOrder(
+        reference=order.reference, order_type=order.order_type, initiative=order.initiative,
+        actions=list(order.actions or []),
+        patient_personal_number=personnummer.PersonalNumber(order.patient_pnr).formatted(), patient_name=None,
+        patient_protected_identity=order.patient_protected,
+        guardian_personal_number=personnummer.PersonalNumber(order.guardian_pnr).formatted()
+        if order.guardian_pnr else None,
+        minor_access_grant=order.minor_grant, minor_access_recipient=order.minor_recipient,
+        child_consent=order.child_consent if order.minor_recipient else None,
+        identity_checked_in_person=order.identity_checked, urgent=order.urgent, reason=order.reason or "",
+        care_unit_hsa_id=order.care_unit_hsa_id, care_unit_name=unit.name if unit else None,
+        orderer_name=orderer.name if orderer else None, orderer_hsa_id=order.submitted_by,
+        created_at=f"{local(order.created_at):%Y-%m-%d %H:%M}",
+        # Before the run has planned the stages, assume approval is needed: a signature line too many is harmless.
+        needs_head_signature=not plan.stages or plan.required("approval"),
+    )

@@ -1,6 +1,7 @@
-"""The orders database: engine, sessions, migrations and demo data.
+"""The orders database: an engine, units of work, and migrations.
 
-`python -m tasks.database migrate|seed` is what `make run` uses.
+`Database(url)` is built once per process by the composition root (flows/bootstrap.py) and handed to the
+code that needs it. `python -m tasks.adapters.database migrate|seed` is what `make run` uses.
 """
 
 from __future__ import annotations
@@ -8,13 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from tasks.settings import ROOT, settings
+from tasks.adapters.settings import ROOT, Settings
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -23,9 +23,7 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-@lru_cache(maxsize=4)
-def engine(url: str | None = None) -> Engine:
-    url = url or settings().orders_db_url
+def make_engine(url: str) -> Engine:
     _ensure_sqlite_dir(url)
     if url.startswith("sqlite"):
         eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -43,30 +41,38 @@ def engine(url: str | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-@lru_cache(maxsize=4)
-def _factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine(url), expire_on_commit=False)
+class Database:
+    """One orders database: its engine and a session factory."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: commits on success, rolls back on error."""
+        s = self._factory()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def migrate(self) -> None:
+        migrate(self.url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
-@contextmanager
-def session() -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on error."""
-    s = _factory(settings().orders_db_url)()
-    try:
-        yield s
-        s.commit()
-    except BaseException:
-        s.rollback()
-        raise
-    finally:
-        s.close()
-
-
-def migrate(url: str | None = None) -> None:
+def migrate(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    url = url or settings().orders_db_url
     _ensure_sqlite_dir(url)
     cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
@@ -76,13 +82,15 @@ def migrate(url: str | None = None) -> None:
 
 def main(argv: list[str]) -> int:
     cmd = argv[1] if len(argv) > 1 else "migrate"
+    settings = Settings()
     if cmd == "migrate":
-        migrate()
+        migrate(settings.orders_db_url)
     elif cmd == "seed":
-        from tasks.demo import seed_demo
-        seed_demo()
+        from models.regions import load_regions
+        from tasks.adapters.demo import seed_demo
+        seed_demo(Database(settings.orders_db_url), load_regions())
     else:
-        print("usage: python -m tasks.database migrate|seed", file=sys.stderr)
+        print("usage: python -m tasks.adapters.database migrate|seed", file=sys.stderr)
         return 2
     return 0
 

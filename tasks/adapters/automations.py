@@ -38,6 +38,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ActionTypes, ChangeFlowRunState, DoNothing, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+from models.routine import ORDER_FLOW_NAMES
+
 log = logging.getLogger(__name__)
 
 MISSED_CALLBACK = "Missed urgent callback"
@@ -49,7 +51,7 @@ def _heartbeat_s() -> int:
     from prefect.settings import get_current_settings
     return int(get_current_settings().flows.heartbeat_frequency or 180)
 TAG = "restriction-orders"
-ORDER_FLOWS = ["seal-or-lock", "restore-access", "block-guardian", "minor-access", "urgent-order"]
+ORDER_FLOWS = [*ORDER_FLOW_NAMES, "urgent-order"]
 
 
 def _actions(block_id: UUID | None, subject: str, body: str) -> list[ActionTypes]:
@@ -150,14 +152,14 @@ def ensure_automations(notify_block: str | None = None) -> dict[str, str]:
 
 def all_specs(notify_block_id: UUID | None = None) -> list[AutomationCore]:
     """Every automation the project ships: the urgent/run ones above and the monitoring ones."""
-    from tasks.automations_monitoring import definitions
+    from tasks.adapters.automations_monitoring import definitions
     return automation_specs(notify_block_id) + definitions(notify_block_id)
 
 
 def ensure_all(notify_block: str | None = None) -> dict[str, str]:
     """Create or update every shipped automation by name; returns name -> id. Raises when the Prefect API
     cannot be reached (an operator running the CLI must see that, not an empty list)."""
-    from tasks.automations_monitoring import ensure_monitoring_automations
+    from tasks.adapters.automations_monitoring import ensure_monitoring_automations
     return ensure_automations(notify_block) | ensure_monitoring_automations(notify_block, strict=True)
 
 

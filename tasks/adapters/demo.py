@@ -5,11 +5,13 @@ HSA-ids follow the contract (`DEMO-<REGION>-<ROLE>`); email addresses are at `.i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy.orm import Session
 
-from models.regions import load_regions
+from models.regions import RegionSettings
 from models.tables import CareUnit, Staff
-from tasks.database import session
+from tasks.adapters.database import Database
 
 ROLE_STAFF: list[tuple[str, str, list[str]]] = [
     ("CLINICIAN", "Klinikern", ["clinician"]),
@@ -23,10 +25,10 @@ ROLE_STAFF: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def seed_directory(s: Session) -> int:
+def seed_directory(s: Session, regions: Mapping[str, RegionSettings]) -> int:
     """Insert the demo directory where it is missing; returns how many rows were added."""
     added = 0
-    for code, region in load_regions().items():
+    for code, region in regions.items():
         r = code.upper()
         unit_id = f"DEMO-{r}-UNIT"
         if s.get(CareUnit, unit_id) is None:
@@ -46,6 +48,6 @@ def seed_directory(s: Session) -> int:
     return added
 
 
-def seed_demo() -> int:
-    with session() as s:
-        return seed_directory(s)
+def seed_demo(db: Database, regions: Mapping[str, RegionSettings]) -> int:
+    with db.session() as s:
+        return seed_directory(s, regions)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select
@@ -171,16 +172,32 @@ class UnavailableGateway:
         raise GatewayUnavailable("1177 administration system unreachable")
 
 
-def gateway(kind: str | None = None) -> ExecutionGateway:
-    from tasks.settings import settings
-    flag = settings().gateway_down_flag
-    if flag is not None and flag.exists():
-        return UnavailableGateway()
-    kind = kind or settings().gateway
-    gateways: dict[str, type[SimulatedRegistry | ManualGateway | UnavailableGateway]] = {
-        "simulated": SimulatedRegistry, "manual": ManualGateway, "down": UnavailableGateway}
-    return gateways[kind]()
+GATEWAYS: dict[str, type[SimulatedRegistry | ManualGateway | UnavailableGateway]] = {
+    "simulated": SimulatedRegistry, "manual": ManualGateway, "down": UnavailableGateway}
 
 
-__all__ = ["EffectKind", "ExecutionGateway", "GatewayUnavailable", "SimulatedRegistry", "ManualGateway",
-           "UnavailableGateway", "access_state", "gateway", "known_access_state", "record_effects"]
+class ConfiguredGateway:
+    """The gateway the settings name (`RO_GATEWAY`), unavailable while the down-flag file exists: looked at
+    on every call, so a drill takes the system down and up again without restarting anything."""
+
+    def __init__(self, kind: str = "simulated", down_flag: Path | None = None) -> None:
+        self.kind, self.down_flag = kind, down_flag
+
+    def current(self) -> ExecutionGateway:
+        if self.down_flag is not None and self.down_flag.exists():
+            return UnavailableGateway()
+        return GATEWAYS[self.kind]()
+
+    @property
+    def manual(self) -> bool:
+        return self.current().manual
+
+    def available(self) -> bool:
+        return self.current().available()
+
+    def apply(self, s: Session, order: Order) -> str:
+        return self.current().apply(s, order)
+
+
+__all__ = ["ConfiguredGateway", "EffectKind", "ExecutionGateway", "GatewayUnavailable", "SimulatedRegistry",
+           "ManualGateway", "UnavailableGateway", "access_state", "known_access_state", "record_effects"]

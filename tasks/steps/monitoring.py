@@ -18,7 +18,7 @@ Prefect server stores it once (events are deduplicated by id).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,13 +29,12 @@ from sqlalchemy.orm import Session
 
 from models import sla
 from models.calendar import local
-from models.regions import load_regions
 from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Deadline, Deviation, Order, Staff
-from tasks import audit, directory, mail
-from tasks.database import session
-from tasks.gateway import access_state
-from tasks.orders import NotFound, get
+from tasks.adapters import Adapters, audit, directory
+from tasks.adapters.gateway import access_state
+from tasks.adapters.mail import Recipient
+from tasks.steps.orders import NotFound, get
 
 log = logging.getLogger(__name__)
 SYSTEM = "system"
@@ -45,9 +44,6 @@ SYSTEM = "system"
 REVIEW_SUBMITTER = SYSTEM
 OPEN_STATUSES = [s.value for s in OrderStatus if s not in FINAL]
 CHUNK = 500  # references per IN (...) query
-
-# (event name, resource labels, payload, event id) -> None
-Emitter = Callable[[str, dict[str, str], dict[str, Any], Any], None]
 
 MONTHS = ("januari", "februari", "mars", "april", "maj", "juni", "juli", "augusti", "september", "oktober",
           "november", "december")
@@ -116,18 +112,18 @@ def flagged_keys(s: Session, references: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def overdue_recipients(s: Session, order: Order) -> list[mail.Recipient]:
+def overdue_recipients(ad: Adapters, s: Session, order: Order) -> list[Recipient]:
     """The responsible person (head of department; for urgent orders the region's support queue) and the
     region's support queue, each once."""
-    queue = load_regions()[order.region].support_queue_email
-    out: list[mail.Recipient] = []
+    queue = ad.region(order.region).support_queue_email
+    out: list[Recipient] = []
     if sla.responsible_role(order.urgent) == "head":
         unit = directory.unit(s, order.care_unit_hsa_id)
         head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
         if head is not None:
-            out.append(mail.Recipient("head", head.email))
+            out.append(Recipient("head", head.email))
     if queue not in {r.address for r in out}:
-        out.append(mail.Recipient("support", queue))
+        out.append(Recipient("support", queue))
     return out
 
 
@@ -141,7 +137,7 @@ def lock_order(s: Session, reference: str) -> Order | None:
     return s.scalar(select(Order).where(Order.reference == reference).with_for_update())
 
 
-def _flag_one(s: Session, reference: str, now: datetime, emit: Emitter | None) -> OverdueFlag | None:
+def _flag_one(ad: Adapters, s: Session, reference: str, now: datetime) -> OverdueFlag | None:
     order = lock_order(s, reference)
     if order is None or order.due_at is None:
         return None
@@ -163,14 +159,14 @@ def _flag_one(s: Session, reference: str, now: datetime, emit: Emitter | None) -
     s.execute(update(Deadline).where(Deadline.order_reference == reference, Deadline.kind == "due",
                                      Deadline.due_at == due, Deadline.fired_at.is_(None)).values(fired_at=now))
     subject = f"Försenad beställning {reference}" + (" (brådskande)" if order.urgent else "")
-    sent = mail.enqueue(s, order, f"overdue-{breach}", overdue_recipients(s, order), now=now, template="overdue",
-                        subject=subject, extra={"due_text": when_sv(due), "late_text": late_sv(late),
-                                                "breach": str(breach), "urgent": "ja" if order.urgent else "",
-                                                "link": order_link(reference)})
+    sent = ad.mail.enqueue(s, order, f"overdue-{breach}", overdue_recipients(ad, s, order), now=now,
+                           template="overdue", subject=subject,
+                           extra={"due_text": when_sv(due), "late_text": late_sv(late), "breach": str(breach),
+                                  "urgent": "ja" if order.urgent else "", "link": ad.mail.link(reference)})
     s.flush()  # a racing monitor's duplicate Message-ID fails here, before anything is sent
     flag = OverdueFlag(reference, breach, due, late, order.region, order.urgent, order.status, sent, str(event_id))
-    if emit is not None:
-        emit(sla.EVENT_OVERDUE, event_resource(flag, order.order_type), event_payload(flag), event_id)
+    ad.events.emit(sla.EVENT_OVERDUE, event_resource(flag, order.order_type), payload=event_payload(flag),
+                   id=event_id)
     return flag
 
 
@@ -185,7 +181,7 @@ def event_payload(flag: OverdueFlag) -> dict[str, Any]:
     return {"breach": flag.breach, "due_at": sla.breach_key(flag.due_at), "minutes_late": flag.minutes_late}
 
 
-def flag_overdue(now: datetime, *, emit: Emitter | None = None, references: Collection[str] | None = None,
+def flag_overdue(ad: Adapters, now: datetime, *, references: Collection[str] | None = None,
                  max_flags: int = 500) -> list[OverdueFlag]:
     """Flag every order whose due time has passed and was not flagged yet (at most `max_flags` per run; the
     rest in the next run). Safe to run any time, often, and from several processes at once.
@@ -194,7 +190,7 @@ def flag_overdue(now: datetime, *, emit: Emitter | None = None, references: Coll
         Order.due_at.is_not(None), Order.due_at < now, Order.status.in_(OPEN_STATUSES))
     if references is not None:
         q = q.where(Order.reference.in_(list(references)))
-    with session() as s:
+    with ad.db.session() as s:
         # Every late order, flagged or not (light rows): a limit here could hide new breaches behind old ones.
         candidates = [(r, d, st, cb) for r, d, st, cb in s.execute(q.order_by(Order.due_at, Order.id))]
         done = flagged_keys(s, [c[0] for c in candidates])
@@ -205,8 +201,8 @@ def flag_overdue(now: datetime, *, emit: Emitter | None = None, references: Coll
         if len(flags) >= max_flags:
             break
         try:
-            with session() as s:
-                flag = _flag_one(s, ref, now, emit)
+            with ad.db.session() as s:
+                flag = _flag_one(ad, s, ref, now)
         except SQLAlchemyError as exc:  # this order only; the next run tries again
             log.warning("overdue flag for %s not recorded: %s", ref, type(exc).__name__)
             continue
@@ -370,22 +366,22 @@ def reviews_due(s: Session, now: datetime, region: str | None = None,
     return out
 
 
-def review_recipients(s: Session, order: Order) -> list[mail.Recipient]:
+def review_recipients(ad: Adapters, s: Session, order: Order) -> list[Recipient]:
     """The head of department of the ordering unit; the region's support queue if the unit has none."""
     unit = directory.unit(s, order.care_unit_hsa_id)
     head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
     if head is not None:
-        return [mail.Recipient("head", head.email)]
-    return [mail.Recipient("support", load_regions()[order.region].support_queue_email)]
+        return [Recipient("head", head.email)]
+    return [Recipient("support", ad.region(order.region).support_queue_email)]
 
 
-def send_review_reminders(now: datetime, *, references: Collection[str] | None = None) -> list[str]:
+def send_review_reminders(ad: Adapters, now: datetime, *, references: Collection[str] | None = None) -> list[str]:
     """One email per review period to the head of department; returns the references reminded now."""
-    with session() as s:
+    with ad.db.session() as s:
         due = [r for r in reviews_due(s, now, references=references) if not r.reminded]
     reminded: list[str] = []
     for r in due:
-        with session() as s:
+        with ad.db.session() as s:
             order = lock_order(s, r.reference)
             if order is None or order.review_due_on is None or \
                     not sla.review_is_due(order.review_due_on, order.status, now):
@@ -393,25 +389,15 @@ def send_review_reminders(now: datetime, *, references: Collection[str] | None =
             period = sla.review_period(order.review_due_on)
             if period in _reminded_periods(s, [order.reference]).get(order.reference, set()):
                 continue
-            sent = mail.enqueue(
-                s, order, sla.review_event(order.review_due_on), review_recipients(s, order), now=now,
+            sent = ad.mail.enqueue(
+                s, order, sla.review_event(order.review_due_on), review_recipients(ad, s, order), now=now,
                 template="review_due", subject=f"Dags för omprövning av {order.reference}",
                 extra={"review_date_text": day_sv(order.review_due_on),
-                       "review_link": f"{_base_url()}/omprovningar", "link": order_link(order.reference)})
+                       "review_link": f"{ad.mail.base_url}/omprovningar", "link": ad.mail.link(order.reference)})
             audit.record(s, actor=SYSTEM, action=sla.REVIEW_REMINDER_ACTION, order=order, at=now,
                          detail={"period": period, "mails": sent})
             reminded.append(order.reference)
     return reminded
-
-
-def _base_url() -> str:
-    from tasks.settings import settings
-    return settings().app_base_url
-
-
-def order_link(reference: str) -> str:
-    """The order's page in the app (the mail module's default link, /orders/…, has no page)."""
-    return f"{_base_url()}/bestallningar/{reference}"
 
 
 class ReviewRefused(Exception):
@@ -440,13 +426,13 @@ class ReviewPlan:
     idempotency_key: str | None = None
 
 
-def plan_review(reference: str, actor: str, outcome: str, now: datetime) -> ReviewPlan:
+def plan_review(ad: Adapters, reference: str, actor: str, outcome: str, now: datetime) -> ReviewPlan:
     """Check that `actor` may record `outcome` for the order's current review now; what to do if so.
 
     Raises NotFound, or ReviewRefused (403 not the unit's head, 409 no review due, 422 bad outcome)."""
     if outcome not in sla.REVIEW_OUTCOME_ACTIONS:
         raise ReviewRefused(422, "invalid_value", "Utfallet ska vara keep eller restore.", "outcome")
-    with session() as s:
+    with ad.db.session() as s:
         order = get(s, reference)
         unit = directory.unit(s, order.care_unit_hsa_id)
         if not is_unit_head(directory.staff(s, actor), order, unit.head_hsa_id if unit else None):
@@ -458,7 +444,7 @@ def plan_review(reference: str, actor: str, outcome: str, now: datetime) -> Revi
             raise ReviewRefused(409, "review_not_due",
                                 f"Omprövningen är inte aktuell förrän {day_sv(order.review_due_on)}.")
         period = sla.review_period(order.review_due_on)
-        interval = load_regions()[order.region].review_interval_days
+        interval = ad.region(order.region).review_interval_days
         if outcome == "keep":
             return ReviewPlan(order.reference, outcome, actor, period, order.review_due_on, interval)
         if order.order_type not in sla.RESTORABLE_TYPES:
@@ -490,10 +476,11 @@ class ReviewResult:
     restore_reference: str | None = None
 
 
-def record_review(plan: ReviewPlan, now: datetime, restore_reference: str | None = None) -> ReviewResult:
+def record_review(ad: Adapters, plan: ReviewPlan, now: datetime,
+                  restore_reference: str | None = None) -> ReviewResult:
     """Write the outcome: the audit row and the next review date (now + the region's interval)."""
     next_date = sla.next_review(now, plan.interval_days)
-    with session() as s:
+    with ad.db.session() as s:
         order = lock_order(s, plan.reference)
         if order is None:
             raise NotFound(plan.reference)

@@ -1,15 +1,15 @@
-"""Settings from the environment: the one place that decides embedded default versus production adapters."""
+"""Settings from the environment. Read once, by the composition root (flows/bootstrap.py), which builds
+the adapters from them; no adapter reads the environment itself."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 # Good enough for the embedded login on one's own machine, where the demo staff log in with one click; a
 # production app (RO_EMBEDDED_LOGIN=false) refuses to start with it (forms.auth.check_session_settings).
 DEFAULT_SESSION_SECRET = "embedded-default-not-secret"
@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     run_liveness_seconds: float = 10.0
     # The app's own urgent dispatcher (forms/app.py): escalations without Prefect. 0 turns it off.
     app_dispatch_seconds: float = 15.0
+    # Paging beside the email (tasks/adapters/notifiers.py): a JSON POST per page, off while the URL is empty.
+    paging_webhook_url: str = ""
+    paging_webhook_token: str = ""      # sent as `Authorization: Bearer …` when set
+    paging_webhook_timeout: float = 3.0
 
     @property
     def orders_db_url(self) -> str:
@@ -57,7 +61,3 @@ class Settings(BaseSettings):
             return self.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
         return f"sqlite:///{self.data_dir / 'orders.db'}"
 
-
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    return Settings()

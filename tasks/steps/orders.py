@@ -1,6 +1,6 @@
 """The order lifecycle against the orders database: submit, read, propose decisions, transition, cancel.
 
-Both entrypoints use it: the app (forms/) when people act, the flows (via tasks/stages.py) when the
+Both entrypoints use it: the app (forms/) when people act, the flows (via tasks/steps/stages.py) when the
 routine moves on. Every status change goes through `transition`, which writes the audit log.
 """
 
@@ -20,28 +20,15 @@ from models import personnummer, sla
 from models.authority import Decider, OrderFacts, Refusal, refusal
 from models.calendar import callback_deadline, due_at, local
 from models.reference import format_reference
-from models.regions import load_regions
+from models.routine import FLOW_NAMES, STAGE_STATUS, Stage, StagePlan, stage_def
 from models.rules import CheckResult, RuleContext, check_order
 from models.schemas import HistoryEntry, OrderView, Problem
 from models.status import CANCELLABLE, OrderStatus, check_transition
 from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
-from tasks import audit, directory, mail
-from tasks.audit_extract import SEARCH_ACTION
-from tasks.database import session
-from tasks.gateway import gateway, known_access_state
-
-FLOW_NAMES: dict[str, str] = {
-    "seal_or_lock": "seal-or-lock",
-    "restore_access": "restore-access",
-    "block_guardian": "block-guardian",
-    "minor_access": "minor-access",
-}
-STAGE_STATUS: dict[str, OrderStatus] = {
-    "callback": OrderStatus.AWAITING_CALLBACK,
-    "harm_assessment": OrderStatus.AWAITING_ASSESSMENT,
-    "approval": OrderStatus.AWAITING_APPROVAL,
-    "execution": OrderStatus.EXECUTING,
-}
+from tasks.adapters import Adapters, audit, directory
+from tasks.adapters.gateway import known_access_state
+from tasks.steps import confirmations, deadlines
+from tasks.steps.audit_extract import SEARCH_ACTION
 
 
 class NotFound(LookupError):
@@ -69,11 +56,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def rule_context(s: Session, raw: Any, now: datetime, actor: str, purpose: str) -> RuleContext:
+def rule_context(ad: Adapters, s: Session, raw: Any, now: datetime, actor: str, purpose: str) -> RuleContext:
     """What the rules need to know about the world. For a restore, that includes the patient's access state:
     reading it by personal number reveals whether someone is restricted, so it is audited as a search by
     personal number (`purpose` says why: validate, submit, revalidate)."""
-    regions = load_regions()
     state = None
     if isinstance(raw, dict) and raw.get("order_type") == "restore_access":
         try:
@@ -81,16 +67,16 @@ def rule_context(s: Session, raw: Any, now: datetime, actor: str, purpose: str) 
         except personnummer.InvalidPersonalNumber:
             pnr = None
         if pnr is not None:
-            state = known_access_state(s, pnr.digits, manual=gateway().manual)
+            state = known_access_state(s, pnr.digits, manual=ad.gateway.manual)
             audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
                          detail={"purpose": purpose, "known": state is not None})
     return RuleContext(now=now, care_units=directory.care_units(s),
-                       region_hours={c: r.hours for c, r in regions.items()}, access=state)
+                       region_hours={c: r.hours for c, r in ad.regions.items()}, access=state)
 
 
-def check(raw: Any, now: datetime, actor: str) -> CheckResult:
-    with session() as s:
-        return check_order(raw, rule_context(s, raw, now, actor, "validate"))
+def check(ad: Adapters, raw: Any, now: datetime, actor: str) -> CheckResult:
+    with ad.db.session() as s:
+        return check_order(raw, rule_context(ad, s, raw, now, actor, "validate"))
 
 
 def stored_request(order: Order) -> dict[str, Any]:
@@ -126,7 +112,7 @@ def _next_reference(s: Session, year: int) -> str:
     raise RuntimeError("could not allocate a reference")
 
 
-def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None = None,
+def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key: str | None = None,
            channel: str = "digital", reference: str | None = None, paper_received_on: datetime | None = None,
            paper_registered_by: str | None = None) -> SubmitOutcome:
     """Store a valid order (status `submitted`) and its deadlines; the caller then starts its flow run.
@@ -134,16 +120,16 @@ def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None =
     A signed paper order registered by support (tasks/paper_orders.py) passes `channel="paper"` and when and
     by whom it was received, so the order and that record are stored in one transaction."""
     digest = request_hash(raw)
-    with session() as s:
+    with ad.db.session() as s:
         if idempotency_key:
             first = s.scalar(select(Order).where(Order.idempotency_key == idempotency_key))
             if first is not None:
                 return SubmitOutcome("replayed" if first.request_hash == digest else "conflict", first)
-        result = check_order(raw, rule_context(s, raw, now, actor, "submit"))
+        result = check_order(raw, rule_context(ad, s, raw, now, actor, "submit"))
         if not result.ok or result.order is None:
             return SubmitOutcome("invalid", check=result)
         req = result.order
-        region = load_regions()[req.region]
+        region = ad.region(req.region)
         hours = region.hours
         callback = callback_deadline(now, region.callback_minutes)
         ref = reference or _next_reference(s, local(now).year)
@@ -166,8 +152,7 @@ def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None =
         s.flush()
         audit.record(s, actor=actor, action="submitted", order=order, to_status=OrderStatus.SUBMITTED,
                      channel=channel, at=now, detail={"warnings": [w.code for w in result.warnings]})
-        from tasks.deadlines import schedule
-        schedule(s, order)
+        deadlines.schedule(s, order)
         return SubmitOutcome("created", order, result)
 
 
@@ -196,7 +181,7 @@ def facts(s: Session, order: Order) -> OrderFacts:
     unit = directory.unit(s, order.care_unit_hsa_id)
     assessed = next((d.decided_by for d in order.decisions
                      if d.stage == "harm_assessment" and d.state == "accepted"), None)
-    approval_role = (order.stage_plan.get("approval") or {}).get("role") or "head_of_department"
+    approval_role = StagePlan.from_json(order.stage_plan).role("approval") or "head_of_department"
     return OrderFacts(submitted_by=order.submitted_by, care_unit_hsa_id=order.care_unit_hsa_id,
                       unit_head_hsa_id=unit.head_hsa_id if unit else None, region=order.region,
                       initiative=order.initiative, approval_role=approval_role, assessed_by=assessed)
@@ -208,14 +193,19 @@ def decider(person: Staff | None) -> Decider | None:
     return Decider(person.hsa_id, tuple(person.roles), person.unit_hsa_id, person.region)
 
 
-def propose(reference: str, stage: str, actor: str, outcome: str, detail: dict[str, Any], text: str = "",
+def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str, Any],
             now: datetime | None = None) -> tuple[Order, Decision]:
-    """A person's decision, checked and stored as `proposed`; the flow accepts it after its own re-check."""
-    now = now or utcnow()
-    with session() as s:
+    """A person's decision, checked and stored as `proposed`; the flow accepts it after its own re-check.
+    Its free text (the stage's `text_field`) stays here, in the orders database."""
+    now = now or ad.now()
+    sd = stage_def(stage)
+    outcome = sd.outcome(body)
+    text = str(body.get(sd.text_field, "")) if sd.text_field else ""
+    detail = {k: v for k, v in body.items() if k != sd.text_field}
+    with ad.db.session() as s:
         order = get(s, reference)
-        if order.status != STAGE_STATUS[stage]:
-            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[stage]}")
+        if order.status != STAGE_STATUS[Stage(stage)]:
+            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
         person = directory.staff(s, actor)
         why = refusal(stage, decider(person), facts(s, order))
         if why:
@@ -229,8 +219,7 @@ def propose(reference: str, stage: str, actor: str, outcome: str, detail: dict[s
         if stage == "callback":
             # The clock stops when on-call records the callback, in this transaction: the escalation
             # dispatcher claims the same deadline row, so one of the two wins, never both.
-            from tasks.deadlines import meet
-            meet(s, order.reference, "callback", now)
+            deadlines.meet(s, order.reference, "callback", now)
         d = Decision(order_id=order.id, stage=stage, decided_by=person.hsa_id if person else actor,
                      outcome=outcome, detail=detail, text=text, state="proposed", created_at=now)
         s.add(d)
@@ -240,9 +229,9 @@ def propose(reference: str, stage: str, actor: str, outcome: str, detail: dict[s
         return order, d
 
 
-def cancel(reference: str, actor: str, reason: str, now: datetime | None = None) -> Order:
-    now = now or utcnow()
-    with session() as s:
+def cancel(ad: Adapters, reference: str, actor: str, reason: str, now: datetime | None = None) -> Order:
+    now = now or ad.now()
+    with ad.db.session() as s:
         order = get(s, reference)
         person = directory.staff(s, actor)
         if not (actor == order.submitted_by or directory.has_role(person, "admin")):
@@ -254,7 +243,7 @@ def cancel(reference: str, actor: str, reason: str, now: datetime | None = None)
         if reason:
             s.add(Decision(order_id=order.id, stage="cancel", decided_by=actor, outcome="cancel", detail={},
                            text=reason, state="accepted", created_at=now))
-        mail.queue_confirmations(s, order)
+        confirmations.queue(ad, s, order)
         return order
 
 

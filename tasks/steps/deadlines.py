@@ -1,4 +1,4 @@
-"""Deadlines as database rows: a callback due in 30 minutes, an order due in one working day.
+"""Deadlines as database rows: a callback due within the region's callback time, an order due in one working day.
 
 They are fired by an idempotent dispatcher (the SLA and urgent flows), never by a sleeping process,
 so a restart of everything in between loses nothing.
@@ -12,9 +12,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.calendar import due_at as normal_due_at
-from models.regions import load_regions
 from models.tables import Deadline, Order
-from tasks import audit
+from tasks.adapters import Adapters, audit
 
 
 def schedule(s: Session, order: Order) -> None:
@@ -30,13 +29,13 @@ def meet(s: Session, reference: str, kind: str, at: datetime) -> None:
                                      Deadline.met_at.is_(None)).values(met_at=at))
 
 
-def callback_made(s: Session, order: Order, at: datetime, actor: str) -> None:
+def callback_made(ad: Adapters, s: Session, order: Order, at: datetime, actor: str) -> None:
     """On-call has called back: stop the callback clock, and from now on the order is due when a non-urgent
     order submitted at the same moment would be. Until the callback its due time is the callback deadline;
     left there, an urgent order called back in time would go red after 30 minutes."""
     order.callback_at = at
     meet(s, order.reference, "callback", at)
-    due = normal_due_at(order.created_at, load_regions()[order.region].hours)
+    due = normal_due_at(order.created_at, ad.region(order.region).hours)
     if order.due_at == due:
         return  # made urgent after submission: it kept its normal due time
     before = order.due_at

@@ -2,7 +2,7 @@
 per step, so a waiting or cancelled order shows where it stands, not only a finished one.
 
 Published by the routine after it receives the order, after each decision it records and at the end
-(tasks/stages.publish_timeline), and by the cancel command, which has no run context: the artifact is
+(tasks/steps/stages.publish_timeline), and by the cancel command, which has no run context: the artifact is
 then created through the API and linked to the order's (cancelled) run.
 
 Only what the dashboard may show: reference, type, region, status, the stage plan with its rule codes,
@@ -13,15 +13,17 @@ name or free text (a reason, a rationale, a note), which stay in the orders data
 from __future__ import annotations
 
 import logging
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
-from models.tables import AuditEvent
-from tasks.database import session
-from tasks.orders import get
+from models.tables import AuditEvent, Order
+from tasks.adapters.database import Database
+
+if TYPE_CHECKING:
+    from tasks.adapters import Adapters
 
 log = logging.getLogger(__name__)
 SKIPPED_ACTIONS = frozenset({"order_read"})  # reads are audited for the patient's log extract, not the card
@@ -31,10 +33,12 @@ def artifact_key(reference: str) -> str:
     return f"order-{reference.strip().lower()}"
 
 
-def markdown(reference: str) -> tuple[str, str | None]:
+def markdown(db: Database, reference: str) -> tuple[str, str | None]:
     """The card's markdown and the order's flow run id."""
-    with session() as s:
-        order = get(s, reference)
+    with db.session() as s:
+        order = s.scalar(select(Order).where(Order.reference == reference.strip().upper()))
+        if order is None:
+            raise LookupError(reference)
         events = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == order.reference)
                                 .order_by(AuditEvent.id)))
         lines = [f"# {order.reference}", "",
@@ -53,21 +57,13 @@ def markdown(reference: str) -> tuple[str, str | None]:
         return "\n".join(lines), order.flow_run_id
 
 
-def publish(reference: str) -> bool:
+def publish(ad: Adapters, reference: str) -> bool:
     """Create the next version of the order's card. Best effort: the card is a convenience for the
-    dashboard, so a Prefect hiccup is logged and never fails the step (or the command) that called it."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
-    from prefect.utilities.context import get_task_and_flow_run_ids
+    dashboard, so a hiccup is logged and never fails the step (or the command) that called it."""
     try:
-        text, order_run = markdown(reference)
-        task_run_id, flow_run_id = get_task_and_flow_run_ids()
-        with get_client(sync_client=True) as client:
-            client.create_artifact(ArtifactCreate(
-                key=artifact_key(reference), type="markdown", data=text,
-                description=f"Tidslinje för {reference.strip().upper()}", task_run_id=task_run_id,
-                # Outside a run (the cancel command) the card still belongs to the order's run.
-                flow_run_id=flow_run_id or (UUID(order_run) if order_run else None)))
+        text, order_run = markdown(ad.db, reference)
+        ad.engine.publish_card(artifact_key(reference), text, f"Tidslinje för {reference.strip().upper()}",
+                               order_run)
     except Exception as exc:
         log.warning("timeline of %s not published: %s", reference, type(exc).__name__)
         return False
