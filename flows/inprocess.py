@@ -161,6 +161,9 @@ class InProcessEngine:
     def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
         self.cards.setdefault(key, []).append(markdown)
 
+    async def health(self) -> tuple[bool, str]:
+        return True, "i processen"
+
     def run_of(self, reference: str) -> FakeRun | None:
         """The latest run of an order (for tests)."""
         runs = [r for r in self.runs.values() if r.reference == reference]

@@ -1,6 +1,7 @@
 """The form app: HTML pages for people and the JSON API of the contract, in one FastAPI application.
 
-`uvicorn forms.app:app` serves it; `create_app()` builds a fresh one (tests).
+`uvicorn forms.app:app` serves it with the adapters the composition root builds from the environment
+(flows/bootstrap.py); `create_app(ad)` builds one with the adapters it is given (tests).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forms import admin_routes, api, pages, paper_routes, urgent_routes
+from forms import admin_routes, api, health, pages, paper_routes, urgent_routes
 from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
+from forms.deps import adapters
+from forms.errors import ApiError
+from forms.pages.common import error_page
 from models.schemas import OrderRequest
-from tasks.adapters.settings import settings
+from tasks.adapters import Adapters
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024  # an order is a few kB; the reason is at most 2000 characters
@@ -149,26 +153,26 @@ def _validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
 
 
 def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(api.ApiError)
-    async def _api_error(request: Request, exc: api.ApiError) -> Response:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
         if _wants_json(request):
             return exc.response()
-        return pages.error_page(request, exc.status, exc.message)
+        return error_page(request, exc.status, exc.message)
 
     @app.exception_handler(NotAuthenticated)
     async def _no_identity(request: Request, exc: NotAuthenticated) -> Response:
         if _wants_json(request):
             return _error_json(401, "not_authenticated", "Du är inte inloggad (ingen identitet).")
-        if settings().embedded_login:
+        if adapters(request).settings.embedded_login:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
-        return pages.error_page(request, 401, "Du är inte inloggad. Logga in med SITHS-kort och försök igen.")
+        return error_page(request, 401, "Du är inte inloggad. Logga in med SITHS-kort och försök igen.")
 
     @app.exception_handler(NotAllowed)
     async def _not_allowed(request: Request, exc: NotAllowed) -> Response:
         if _wants_json(request):
             return _error_json(403, exc.code, exc.message)
-        return pages.error_page(request, 403, exc.message)
+        return error_page(request, 403, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -182,7 +186,7 @@ def _install_handlers(app: FastAPI) -> None:
         if _wants_json(request):
             code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
             return _error_json(exc.status_code, code, message)
-        return pages.error_page(request, exc.status_code, message)
+        return error_page(request, exc.status_code, message)
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> Response:
@@ -194,7 +198,7 @@ def _install_handlers(app: FastAPI) -> None:
         if _wants_json(request):
             response: Response = _error_json(503, "database_unavailable", message)
         else:
-            response = pages.error_page(request, 503, message)
+            response = error_page(request, 503, message)
         response.headers["Retry-After"] = "30"
         return response
 
@@ -204,7 +208,7 @@ def _install_handlers(app: FastAPI) -> None:
         message = "Ett tekniskt fel inträffade. Försök igen, eller använd pappersblanketten (reservrutin)."
         if _wants_json(request):
             return _error_json(500, "internal_error", message)
-        return pages.error_page(request, 500, message)
+        return error_page(request, 500, message)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -228,11 +232,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     server and a worker: with either down, no missed callback would be escalated. This one needs the
     orders database and SMTP only. Running beside the others is safe: each deadline is claimed by one
     conditional UPDATE, so it fires once whoever gets there first (tasks/escalation.py)."""
-    every = settings().app_dispatch_seconds
+    ad: Adapters = app.state.adapters
+    every = ad.settings.app_dispatch_seconds
     thread = stop = None
     if every > 0:
         from tasks.steps.escalation import start_dispatcher
-        thread, stop = start_dispatcher(every, name="app-urgent-dispatch")
+        thread, stop = start_dispatcher(ad, every, name="app-urgent-dispatch")
         log.info("urgent dispatcher every %s s in the app", every)
     try:
         yield
@@ -242,8 +247,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             thread.join(10)
 
 
-def create_app() -> FastAPI:
-    check_session_settings(settings())
+def create_app(ad: Adapters | None = None) -> FastAPI:
+    if ad is None:
+        from flows.bootstrap import build
+        ad = build()
+    check_session_settings(ad.settings)
     app = FastAPI(
         title="Begränsningsbeställningar", version="0.1.0",
         description="Beställningar av begränsad åtkomst till 1177 journal och e-tjänster. "
@@ -253,10 +261,11 @@ def create_app() -> FastAPI:
         # Before every route: state-changing requests another site could have made are refused.
         dependencies=[Depends(csrf_guard)],
     )
+    app.state.adapters = ad
     _install_handlers(app)
 
     app.include_router(api.router)
-    app.include_router(api.health_router)
+    app.include_router(health.router)
     # The contract's additions from the other parts of the system: the urgent path, paper registration,
     # monitoring and reviews. Each brings its own routes; identity and errors are this app's.
     app.include_router(urgent_routes.router)
@@ -271,4 +280,9 @@ def create_app() -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """`forms.app:app` for uvicorn: built on first use, from the environment, not when a test imports this."""
+    if name == "app":
+        globals()["app"] = built = create_app()
+        return built
+    raise AttributeError(name)

@@ -2,8 +2,8 @@
 
 Identity comes from one of two places:
 - the SSO reverse proxy's `X-Remote-User: <HSA-id>` header, trusted only when the TCP peer (as uvicorn
-  reports it) is listed in `settings().trusted_proxies` (addresses or networks, comma-separated);
-- otherwise the signed session cookie set by the embedded login page (when `settings().embedded_login`).
+  reports it) is listed in the settings' `trusted_proxies` (addresses or networks, comma-separated);
+- otherwise the signed session cookie set by the embedded login page (when the settings' `embedded_login`).
 
 The session cookie also carries the CSRF token, so a browser behind the SSO proxy gets a cookie too (with
 no user in it): every HTML form post must echo the token in a hidden field. `csrf_guard` (a dependency of
@@ -30,10 +30,10 @@ from typing import Literal
 from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from forms.deps import adapters
 from models.tables import Order, Staff
 from tasks.adapters import directory
-from tasks.adapters.database import session
-from tasks.adapters.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings, settings
+from tasks.adapters.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings
 
 COOKIE = "ro_session"
 CSRF_FIELD = "csrf_token"
@@ -109,8 +109,12 @@ def check_session_settings(cfg: Settings) -> None:
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))').")
 
 
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings().session_secret, salt="restriction-orders-session")
+def _settings(request: Request) -> Settings:
+    return adapters(request).settings
+
+
+def _serializer(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_settings(request).session_secret, salt="restriction-orders-session")
 
 
 @lru_cache(maxsize=8)
@@ -124,7 +128,7 @@ def trusted_peer(request: Request) -> bool:
         addr = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return any(addr in net for net in _networks(settings().trusted_proxies))
+    return any(addr in net for net in _networks(_settings(request).trusted_proxies))
 
 
 def session_data(request: Request) -> SessionData:
@@ -136,7 +140,7 @@ def session_data(request: Request) -> SessionData:
     raw = request.cookies.get(COOKIE)
     if raw:
         try:
-            loaded = _serializer().loads(raw, max_age=SESSION_MAX_AGE)
+            loaded = _serializer(request).loads(raw, max_age=SESSION_MAX_AGE)
             if isinstance(loaded, dict) and isinstance(loaded.get("c"), str) and loaded["c"]:
                 data = SessionData(str(loaded.get("u") or "") or None, loaded["c"], False)
         except BadSignature:  # also SignatureExpired
@@ -145,10 +149,10 @@ def session_data(request: Request) -> SessionData:
     return data
 
 
-def set_session(response: Response, data: SessionData) -> None:
-    value = _serializer().dumps({"u": data.hsa_id or "", "c": data.csrf})
+def set_session(request: Request, response: Response, data: SessionData) -> None:
+    value = _serializer(request).dumps({"u": data.hsa_id or "", "c": data.csrf})
     response.set_cookie(COOKIE, value, max_age=SESSION_MAX_AGE, httponly=True, samesite="lax", path="/",
-                        secure=settings().app_base_url.startswith("https://"))
+                        secure=_settings(request).app_base_url.startswith("https://"))
 
 
 def clear_session(response: Response) -> None:
@@ -174,12 +178,12 @@ def identify(request: Request) -> User | None:
     user: User | None = None
     header = request.headers.get(USER_HEADER, "").strip()
     if header and trusted_peer(request):
-        with session() as s:
+        with adapters(request).db.session() as s:
             user = _user(directory.staff(s, header), "header")
-    elif settings().embedded_login:
+    elif _settings(request).embedded_login:
         hsa = session_data(request).hsa_id
         if hsa:
-            with session() as s:
+            with adapters(request).db.session() as s:
                 user = _user(directory.staff(s, hsa), "cookie")
     request.state.ro_user = user
     return user
@@ -235,7 +239,7 @@ def _claimed_via(request: Request) -> str | None:
     the route still looks the person up before it does anything."""
     if request.headers.get(USER_HEADER, "").strip() and trusted_peer(request):
         return "header"
-    if settings().embedded_login and session_data(request).hsa_id:
+    if _settings(request).embedded_login and session_data(request).hsa_id:
         return "cookie"
     return None
 

@@ -16,9 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tasks.adapters import Adapters
+    from tasks.adapters.database import Database
+    from tasks.adapters.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -123,57 +128,71 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def db() -> Iterator[None]:
-    """The orders database, migrated and seeded with the demo directory."""
-    from tasks.adapters.database import migrate
+def settings() -> Settings:
+    """The suite's settings, from the environment pytest_configure set; execution retries without waiting."""
+    from tasks.adapters.settings import Settings
+    return Settings().model_copy(update={"execute_retry_delays": [0.0, 0.0, 0.0]})
+
+
+def migrated(database: Database, regions: Any = None, first_reference: int | None = None) -> Database:
+    """Migrate and seed the demo directory; with `first_reference`, the order counters start after it (the
+    SMTP sink is shared and mails are matched by reference)."""
+    from models.regions import load_regions
+    from models.tables import ReferenceCounter
     from tasks.adapters.demo import seed_demo
-    migrate()
-    seed_demo()
-    yield
+    database.migrate()
+    seed_demo(database, regions if regions is not None else load_regions())
+    if first_reference is not None:
+        with database.session() as s:
+            for year in (2026, 2027):
+                if s.get(ReferenceCounter, year) is None:
+                    s.add(ReferenceCounter(year=year, last=first_reference))
+    return database
 
 
-def own_database(tmp_path_factory: pytest.TempPathFactory, name: str, first_reference: int) -> Iterator[None]:
+@pytest.fixture(scope="session")
+def db(settings: Settings) -> Iterator[Database]:
+    """The session's orders database, migrated and seeded with the demo directory."""
+    from tasks.adapters.database import Database
+    database = migrated(Database(settings.orders_db_url))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def ad(db: Database, settings: Settings) -> Adapters:
+    """The adapters with the in-process engine (flows/inprocess.py): an order's run goes as far as it can
+    inside the call that starts or resumes it, without a Prefect server. Real database and SMTP."""
+    from flows.bootstrap import in_process
+    return in_process(settings, db=db)
+
+
+def own_database(tmp_path_factory: pytest.TempPathFactory, name: str, first_reference: int) -> Iterator[Database]:
     """For a module-scoped fixture: an orders database of the module's own (a SQLite file, or a PostgreSQL
-    schema of its own), migrated and seeded, for tests whose orders the session's served flows must not see.
-    References start after `first_reference`: the SMTP sink is shared and mails are matched by reference."""
+    schema of its own), migrated and seeded, for tests whose orders no other test may see."""
     import sqlalchemy as sa
 
-    from tasks.adapters.database import migrate, session
-    from tasks.adapters.demo import seed_demo
-    from tasks.adapters.settings import settings
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "RO_DATA_DIR")}
+    from tasks.adapters.database import Database
+    url = os.environ.get("DATABASE_URL", "")
     schema = None
-    base = ""
-    if (saved["DATABASE_URL"] or "").startswith("postgres"):
-        base = str(saved["DATABASE_URL"]).split("?")[0]
+    if url.startswith("postgres"):
+        base = url.split("?")[0]
         schema = f"t_{name}_{os.getpid()}"
         eng = sa.create_engine(base)
         with eng.begin() as c:
             c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
             c.execute(sa.text(f"CREATE SCHEMA {schema}"))
         eng.dispose()
-        os.environ["DATABASE_URL"] = f"{base}?options=-csearch_path%3D{schema}"
+        db_url = f"{base}?options=-csearch_path%3D{schema}"
     else:
-        os.environ["RO_DATA_DIR"] = str(tmp_path_factory.mktemp(f"{name}-data"))
-    settings.cache_clear()
+        db_url = f"sqlite:///{tmp_path_factory.mktemp(f'{name}-data') / 'orders.db'}"
+    database = migrated(Database(db_url), first_reference=first_reference)
     try:
-        migrate()
-        seed_demo()
-        from models.tables import ReferenceCounter
-        with session() as s:
-            for year in (2026, 2027):
-                if s.get(ReferenceCounter, year) is None:
-                    s.add(ReferenceCounter(year=year, last=first_reference))
-        yield
+        yield database
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        settings.cache_clear()
+        database.dispose()
         if schema:
-            eng = sa.create_engine(base)
+            eng = sa.create_engine(url.split("?")[0])
             with eng.begin() as c:
                 c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
             eng.dispose()
@@ -381,7 +400,14 @@ class FlowServer:
 
 
 @pytest.fixture(scope="session")
-def flow_server(db: None, smtp: Path, prefect_server: str) -> Iterator[FlowServer]:
+def prefect_ad(db: Database, settings: Settings, prefect_server: str) -> Adapters:
+    """The adapters with the real engine: a Prefect server (and, with `flow_server`, served flows)."""
+    from flows.bootstrap import build
+    return build(settings, db=db)
+
+
+@pytest.fixture(scope="session")
+def flow_server(db: Database, smtp: Path, prefect_server: str) -> Iterator[FlowServer]:
     env = os.environ.copy()
     env["RO_HOUSEKEEPING_SECONDS"] = "1"
     env["RO_SERVE_SCHEDULES"] = "0"

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import commands
+from tasks.adapters import Adapters
 from tasks.steps import orders
-from tasks.adapters.database import session
 
 PATIENT = "19121212-1212"  # Skatteverket's official test number
 
@@ -29,31 +29,31 @@ def body(order_type: str = "seal_or_lock", region: str = "kalmar", **extra: Any)
     return b
 
 
-def submit(b: dict[str, Any], actor: str = "DEMO-KALMAR-CLINICIAN") -> str:
-    out = asyncio.run(commands.submit(b, actor))
+def submit(ad: Adapters, b: dict[str, Any], actor: str = "DEMO-KALMAR-CLINICIAN") -> str:
+    out = asyncio.run(commands.submit(ad, b, actor))
     assert out.kind == "created", [e.model_dump() for e in out.check.errors]
     assert out.order is not None
     return out.order.reference
 
 
-def status(reference: str) -> str:
-    with session() as s:
+def status(ad: Adapters, reference: str) -> str:
+    with ad.db.session() as s:
         return orders.get(s, reference).status
 
 
-def wait_status(reference: str, *wanted: str, timeout: float = 90) -> str:
+def wait_status(ad: Adapters, reference: str, *wanted: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     st = ""
     while time.monotonic() < deadline:
-        st = status(reference)
+        st = status(ad, reference)
         if st in wanted:
             return st
         time.sleep(0.25)
     raise AssertionError(f"{reference} is {st}, wanted {wanted}")
 
 
-def decide(reference: str, stage: str, actor: str, decision: dict[str, Any]) -> None:
-    asyncio.run(commands.decide(reference, stage, actor, decision))
+def decide(ad: Adapters, reference: str, stage: str, actor: str, decision: dict[str, Any]) -> None:
+    asyncio.run(commands.decide(ad, reference, stage, actor, decision))
 
 
 def mails(maildir: Path, reference: str) -> list[EmailMessage]:

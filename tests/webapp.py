@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from models.clock import STOCKHOLM
+from tasks.adapters import Adapters
 from tests.conftest import FlowServer
 
 PATIENT = "19121212-1212"  # Skatteverket's official test number
@@ -101,15 +102,15 @@ def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 
 
 
 class LiveApp:
-    """The real app on a free loopback port, in a thread of this process."""
+    """The real app on a free loopback port, in a thread of this process, with the adapters it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, ad: Adapters) -> None:
         from forms.app import create_app
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = int(sock.getsockname()[1])
         self.base = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(), log_level="warning", proxy_headers=True,
+        config = uvicorn.Config(create_app(ad), log_level="warning", proxy_headers=True,
                                 forwarded_allow_ips="127.0.0.1")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -128,21 +129,29 @@ class LiveApp:
 
 
 @pytest.fixture(scope="session")
-def live_app(flow_server: FlowServer) -> Iterator[str]:
-    """Base URL of the app, with a real Prefect server and served flows behind it."""
-    app = LiveApp()
+def live_app(ad: Adapters, smtp: Any) -> Iterator[str]:
+    """Base URL of the app with the in-process engine: an order's run goes as far as it can within the
+    request that starts or resumes it (no Prefect server)."""
+    app = LiveApp(ad)
     app.start()
     yield app.base
     app.stop()
 
 
-@pytest.fixture
-def api(live_app: str) -> Iterator[Any]:
-    """`api(user)` -> an httpx client that identifies as `user` by the trusted header."""
+@pytest.fixture(scope="session")
+def live_app_e2e(prefect_ad: Adapters, flow_server: FlowServer) -> Iterator[str]:
+    """Base URL of the app with a real Prefect server and served flows behind it."""
+    app = LiveApp(prefect_ad)
+    app.start()
+    yield app.base
+    app.stop()
+
+
+def _clients(base: str) -> Iterator[Any]:
     made: list[httpx.Client] = []
 
     def make(user: str | None = None, **headers: str) -> httpx.Client:
-        c = client(live_app, user, **headers)
+        c = client(base, user, **headers)
         made.append(c)
         return c
     yield make
@@ -150,10 +159,22 @@ def api(live_app: str) -> Iterator[Any]:
         c.close()
 
 
+@pytest.fixture
+def api(live_app: str) -> Iterator[Any]:
+    """`api(user)` -> an httpx client that identifies as `user` by the trusted header (in-process engine)."""
+    yield from _clients(live_app)
+
+
+@pytest.fixture
+def api_e2e(live_app_e2e: str) -> Iterator[Any]:
+    """The same against the app with a real Prefect server and served flows."""
+    yield from _clients(live_app_e2e)
+
+
 _STORED = itertools.count(random.randrange(0, 90000))
 
 
-def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", unit: str = UNIT,
+def stored_order(ad: Adapters, status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", unit: str = UNIT,
                  region: str = "kalmar", **fields: Any) -> str:
     """An order row as its run would leave it at `status`, with a run id Prefect does not know.
 
@@ -161,7 +182,6 @@ def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", un
     waits for a manual execution) or would take long to reach (a review that is due). The made-up run id
     keeps the reconciler from starting a run that would race the test."""
     from models.tables import Order
-    from tasks.adapters.database import session
     now = datetime.now(STOCKHOLM)
     # 9xxxxx: far above what the session's orders reach; the counter keeps them unique within the session.
     ref = f"RO-{now.year}-{900000 + next(_STORED):06d}"
@@ -173,6 +193,6 @@ def stored_order(status: str, *, submitted_by: str = "DEMO-KALMAR-CLINICIAN", un
         "stage_plan": {"approval": {"required": True, "role": "head_of_department",
                                     "reason": "Verksamhetschefen för den beställande vårdenheten godkänner."}},
         "flow_name": "seal-or-lock", "flow_run_id": f"00000000-0000-4000-8000-{next(_STORED):012d}", **fields}
-    with session() as s:
+    with ad.db.session() as s:
         s.add(Order(**row))
     return ref

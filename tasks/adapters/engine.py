@@ -100,6 +100,10 @@ class Engine(Protocol):
         """A new version of an order's card in the dashboard (no personal data), linked to its run."""
         ...
 
+    async def health(self) -> tuple[bool, str]:
+        """Whether the engine answers now, and a short detail for /healthz."""
+        ...
+
 
 def deployment_name(flow_name: str) -> str:
     return f"{flow_name}/{flow_name}"
@@ -239,6 +243,19 @@ class PrefectEngine:
             run = await client.read_flow_run(UUID(run_id))
             if tag not in (run.tags or []):
                 await client.update_flow_run(run.id, tags=[*(run.tags or []), tag])
+
+    async def health(self) -> tuple[bool, str]:
+        import httpx
+        from prefect.settings import get_current_settings
+        url = get_current_settings().api.url
+        if not url:
+            return False, "PREFECT_API_URL saknas"
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                r = await client.get(f"{url.rstrip('/')}/health")
+            return r.status_code == 200, f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            return False, type(exc).__name__
 
     def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
         """A markdown artifact; inside a run it belongs to the current task run, outside one (the cancel

@@ -1,0 +1,74 @@
+"""`GET /healthz`: the orders database, the engine (Prefect's API), the SMTP server and the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from forms.deps import adapters
+from tasks.adapters import Adapters
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class HealthResponse(BaseModel):
+    status: str  # ok | degraded
+    database: ComponentHealth
+    prefect: ComponentHealth
+    smtp: ComponentHealth
+    outbox: ComponentHealth  # emails not yet accepted by the SMTP server (they are retried until they are)
+
+
+router = APIRouter(tags=["health"])
+
+
+def _database(ad: Adapters) -> ComponentHealth:
+    try:
+        with ad.db.session() as s:
+            s.execute(text("SELECT 1"))
+        return ComponentHealth(ok=True)
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+
+
+async def _engine(ad: Adapters) -> ComponentHealth:
+    ok, detail = await ad.engine.health()
+    return ComponentHealth(ok=ok, detail=detail)
+
+
+async def _smtp(ad: Adapters) -> ComponentHealth:
+    smtp = ad.mail.smtp
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(smtp.host, smtp.port), 2.0)
+        banner = await asyncio.wait_for(reader.readline(), 2.0)
+        writer.write(b"QUIT\r\n")
+        writer.close()
+        return ComponentHealth(ok=banner.startswith(b"220"), detail=banner[:3].decode(errors="replace"))
+    except (OSError, TimeoutError) as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+
+
+def _outbox(ad: Adapters) -> ComponentHealth:
+    try:
+        waiting, oldest = ad.mail.backlog()
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+    if not waiting:
+        return ComponentHealth(ok=True, detail="0 väntar")
+    return ComponentHealth(ok=oldest < ad.settings.outbox_alarm_minutes,
+                           detail=f"{waiting} väntar, äldsta {oldest:.0f} min")
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Databas, Prefect API, SMTP och e-postkö")
+async def healthz(ad: Adapters = Depends(adapters)) -> HealthResponse:
+    db, pf, mail, queue = await asyncio.gather(run_in_threadpool(_database, ad), _engine(ad), _smtp(ad),
+                                               run_in_threadpool(_outbox, ad))
+    ok = db.ok and pf.ok and mail.ok and queue.ok
+    return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail, outbox=queue)
