@@ -37,8 +37,8 @@ def body() -> dict[str, Any]:
 
 async def one(stop_at: float) -> float | None:
     from flows import commands
-    from tasks.steps import orders
     from tasks.adapters.database import session
+    from tasks.steps import orders
     t0 = time.monotonic()
     out = await commands.submit(body(), "DEMO-KALMAR-CLINICIAN")
     assert out.order is not None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_pdf  # noqa: E402
 from models.personnummer import luhn_check_digit  # noqa: E402
+from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_pdf  # noqa: E402
 
 # A guardian number made here (valid check digit), never one copied from anywhere.
 GUARDIAN = f"19800101-123{luhn_check_digit('800101123')}"

@@ -46,11 +46,11 @@ def _store_waiting() -> str:
 
 
 async def make_waiting(n: int) -> float:
+    from flows.routine import SUSPEND_TIMEOUT_S
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Suspended
 
-    from flows.routine import SUSPEND_TIMEOUT_S
     from tasks.adapters.database import session
     from tasks.steps.orders import get
     t0 = time.monotonic()
@@ -87,8 +87,8 @@ async def resume_latency(count: int) -> list[float]:
     from prefect.client.orchestration import get_client
 
     from flows import commands
-    from tasks.steps import orders
     from tasks.adapters.database import session
+    from tasks.steps import orders
     refs = [(await commands.submit(body(), "DEMO-KALMAR-CLINICIAN")).order.reference  # type: ignore[union-attr]
             for _ in range(count)]
 

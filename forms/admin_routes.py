@@ -44,7 +44,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from flows import review as review_flow
-from forms.api import checked_reference
 from forms.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -56,17 +55,16 @@ from forms.auth import (
     session_data,
     set_session,
 )
-from forms.now import now
+from forms.deps import adapters, now
+from forms.errors import checked_reference
 from models import personnummer, sla
 from models.calendar import local
 from models.reference import REFERENCE
-from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order
-from tasks.adapters import audit
+from tasks.adapters import Adapters, audit
 from tasks.steps import audit_extract, monitoring, orders
-from tasks.adapters.database import session
 
 router = APIRouter(tags=["monitoring"])
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -151,19 +149,19 @@ class BadFilter(ValueError):
         self.field, self.message = field, message
 
 
-def parse_filters(region: str | None, status: str | None) -> Filters:
+def parse_filters(ad: Adapters, region: str | None, status: str | None) -> Filters:
     region = (region or "").strip().lower() or None
     status = (status or "").strip().lower() or None
-    if region and region not in load_regions():
-        raise BadFilter("region", f"Okänd region. Tillåtna värden: {', '.join(load_regions())}.")
+    if region and region not in ad.regions:
+        raise BadFilter("region", f"Okänd region. Tillåtna värden: {', '.join(ad.regions)}.")
     if status and status not in {s.value for s in OrderStatus}:
         raise BadFilter("status", f"Okänd status. Tillåtna värden: {', '.join(s.value for s in OrderStatus)}.")
     return Filters(region, status)
 
 
-def _filters_or_422(region: str | None, status: str | None) -> Filters | JSONResponse:
+def _filters_or_422(ad: Adapters, region: str | None, status: str | None) -> Filters | JSONResponse:
     try:
-        return parse_filters(region, status)
+        return parse_filters(ad, region, status)
     except BadFilter as exc:
         return _error(422, "invalid_value", exc.message, exc.field)
 
@@ -181,8 +179,8 @@ def order_row(o: Order, at: datetime) -> dict[str, Any]:
             "minutes_late": sla.minutes_late(o.due_at, at) if late and o.due_at else 0}
 
 
-def overview_data(at: datetime, f: Filters) -> dict[str, Any]:
-    with session() as s:
+def overview_data(ad: Adapters, at: datetime, f: Filters) -> dict[str, Any]:
+    with ad.db.session() as s:
         counts = monitoring.open_order_counts(s, at, f.region, f.status)
         red = [order_row(o, at) for o in monitoring.overdue_orders(s, at, f.region, f.status)]
         n_deviations = monitoring.deviation_count(s, f.region)
@@ -199,15 +197,16 @@ def overview_data(at: datetime, f: Filters) -> dict[str, Any]:
             "overdue": red, "deviations_total": n_deviations, "reviews_due_total": n_reviews}
 
 
-def deviation_rows(region: str | None) -> list[dict[str, Any]]:
-    with session() as s:
+def deviation_rows(ad: Adapters, region: str | None) -> list[dict[str, Any]]:
+    with ad.db.session() as s:
         rows = monitoring.deviations(s, region)
     return [{"reference": d.reference, "kind": d.kind, "minutes_late": d.minutes_late, "at": _iso(d.at),
              "region": d.region, "care_unit_hsa_id": d.unit_hsa_id, "status": d.status} for d in rows]
 
 
-def review_rows(at: datetime, region: str | None = None, units: list[str] | None = None) -> list[dict[str, Any]]:
-    with session() as s:
+def review_rows(ad: Adapters, at: datetime, region: str | None = None,
+                units: list[str] | None = None) -> list[dict[str, Any]]:
+    with ad.db.session() as s:
         rows = monitoring.reviews_due(s, at, region, unit_hsa_ids=units)
     return [{"reference": r.reference, "order_type": r.order_type, "region": r.region,
              "care_unit_hsa_id": r.unit_hsa_id, "review_due_on": _iso(r.review_due_on), "period": r.period,
@@ -226,12 +225,12 @@ def _csv_line(values: tuple[Any, ...]) -> str:
     return out.getvalue()
 
 
-def orders_csv(at: datetime, f: Filters, overdue_only: bool | None,
+def orders_csv(ad: Adapters, at: datetime, f: Filters, overdue_only: bool | None,
                batch: int | None = None) -> Iterator[str]:
     """The export as CSV text, one chunk per batch of rows read: every order the filters select, however many."""
     batch = batch or monitoring.EXPORT_BATCH
     yield _csv_line(CSV_COLUMNS)
-    with session() as s:
+    with ad.db.session() as s:
         chunk: list[str] = []
         for o in monitoring.orders_for_export(s, at, f.region, f.status, overdue_only, batch=batch):
             late = sla.is_overdue(o.due_at, o.status, at)
@@ -249,49 +248,52 @@ def orders_csv(at: datetime, f: Filters, overdue_only: bool | None,
 
 @router.get("/api/admin/overview", summary="Antal per status och region, röda listan (administratör)")
 def api_overview(region: str | None = Query(None), status: str | None = Query(None),
-                 user: User = Depends(admin_user), at: datetime = Depends(now)) -> Any:
-    f = _filters_or_422(region, status)
-    return f if isinstance(f, JSONResponse) else overview_data(at, f)
+                 user: User = Depends(admin_user), at: datetime = Depends(now),
+                 ad: Adapters = Depends(adapters)) -> Any:
+    f = _filters_or_422(ad, region, status)
+    return f if isinstance(f, JSONResponse) else overview_data(ad, at, f)
 
 
 @router.get("/api/admin/overdue", summary="Röda listan: försenade beställningar (administratör)")
 def api_overdue(region: str | None = Query(None), status: str | None = Query(None),
-                user: User = Depends(admin_user), at: datetime = Depends(now)) -> Any:
-    f = _filters_or_422(region, status)
+                user: User = Depends(admin_user), at: datetime = Depends(now),
+                ad: Adapters = Depends(adapters)) -> Any:
+    f = _filters_or_422(ad, region, status)
     if isinstance(f, JSONResponse):
         return f
-    with session() as s:
+    with ad.db.session() as s:
         return {"orders": [order_row(o, at) for o in monitoring.overdue_orders(s, at, f.region, f.status)]}
 
 
 @router.get("/api/admin/deviations", summary="Avvikelser (administratör)")
-def api_deviations(region: str | None = Query(None), user: User = Depends(admin_user)) -> Any:
-    f = _filters_or_422(region, None)
-    return f if isinstance(f, JSONResponse) else {"deviations": deviation_rows(f.region)}
+def api_deviations(region: str | None = Query(None), user: User = Depends(admin_user),
+                   ad: Adapters = Depends(adapters)) -> Any:
+    f = _filters_or_422(ad, region, None)
+    return f if isinstance(f, JSONResponse) else {"deviations": deviation_rows(ad, f.region)}
 
 
 @router.get("/api/admin/reviews", summary="Omprövningar som är aktuella (administratör)")
 def api_reviews(region: str | None = Query(None), user: User = Depends(admin_user),
-                at: datetime = Depends(now)) -> Any:
-    f = _filters_or_422(region, None)
-    return f if isinstance(f, JSONResponse) else {"reviews": review_rows(at, f.region)}
+                at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
+    f = _filters_or_422(ad, region, None)
+    return f if isinstance(f, JSONResponse) else {"reviews": review_rows(ad, at, f.region)}
 
 
 @router.get("/api/admin/orders.csv", response_class=Response, summary="CSV-export utan personnummer (administratör)",
             responses={200: {"content": {"text/csv": {}}}})
 def api_orders_csv(region: str | None = Query(None), status: str | None = Query(None),
                    overdue: bool | None = Query(None), user: User = Depends(admin_user),
-                   at: datetime = Depends(now)) -> Response:
-    f = _filters_or_422(region, status)
+                   at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Response:
+    f = _filters_or_422(ad, region, status)
     if isinstance(f, JSONResponse):
         return f
-    with session() as s:
+    with ad.db.session() as s:
         # Audited before the first row leaves, with the number of rows the filters select at that moment.
         n = monitoring.export_count(s, at, f.region, f.status, overdue)
         audit.record(s, actor=user.hsa_id, action="orders_exported", at=at,
                      detail={"format": "csv", "rows": n, "region": f.region, "status": f.status, "overdue": overdue})
     stamp = f"{local(at):%Y-%m-%d}"
-    return StreamingResponse(orders_csv(at, f, overdue), media_type="text/csv; charset=utf-8", headers={
+    return StreamingResponse(orders_csv(ad, at, f, overdue), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="bestallningar-{stamp}.csv"', "Cache-Control": "no-store"})
 
 
@@ -307,10 +309,10 @@ class SampleCheckRequest(BaseModel):
 
 @router.post("/api/admin/patient-log", summary="Loggutdrag för en patient (administratör; sökningen loggas)")
 def api_patient_log(body: PatientLogRequest, request: Request, user: User = Depends(admin_user),
-                    at: datetime = Depends(now)) -> Any:
+                    at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     _check_json_post(request, user)
     try:
-        extract = audit_extract.patient_extract(user.hsa_id, body.personal_number, at)
+        extract = audit_extract.patient_extract(ad.db, user.hsa_id, body.personal_number, at)
     except personnummer.InvalidPersonalNumber:
         return _error(422, "invalid_personal_number", "Ogiltigt personnummer eller samordningsnummer.",
                       "personal_number")
@@ -319,9 +321,9 @@ def api_patient_log(body: PatientLogRequest, request: Request, user: User = Depe
 
 @router.post("/api/admin/sample-check", summary="Stickprovskontroll av loggen (administratör; kontrollen loggas)")
 def api_sample_check(body: SampleCheckRequest, request: Request, user: User = Depends(admin_user),
-                     at: datetime = Depends(now)) -> Any:
+                     at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     _check_json_post(request, user)
-    check = audit_extract.sample_check(user.hsa_id, at, days=body.days, size=body.size, seed=body.seed)
+    check = audit_extract.sample_check(ad.db, user.hsa_id, at, days=body.days, size=body.size, seed=body.seed)
     return JSONResponse(check.as_json(), headers={"Cache-Control": "no-store"})
 
 
@@ -329,11 +331,11 @@ class ReviewOutcome(BaseModel):
     outcome: Literal["keep", "restore"]
 
 
-async def _record(reference: str, user: User, outcome: str, at: datetime) -> dict[str, Any]:
+async def _record(ad: Adapters, reference: str, user: User, outcome: str, at: datetime) -> dict[str, Any]:
     """The outcome, or raises _ReviewError with the contract's error shape."""
     ref = reference.strip().upper()
     try:
-        result = await review_flow.record_outcome(ref, user.hsa_id, outcome, at)
+        result = await review_flow.record_outcome(ad, ref, user.hsa_id, outcome, at)
     except orders.NotFound:
         raise _ReviewError(404, [{"field": "", "code": "not_found", "message": "Beställningen finns inte."}]) from None
     except monitoring.ReviewRefused as exc:
@@ -351,11 +353,11 @@ class _ReviewError(Exception):
 @router.post("/api/orders/{reference}/review", summary="Omprövning: behåll eller häv (verksamhetschef för enheten)",
              responses={403: {}, 404: {}, 409: {}, 422: {}})
 async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
-                     at: datetime = Depends(now)) -> Any:
+                     at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     _check_json_post(request, user)
     ref = checked_reference(reference)
     try:
-        return await _record(ref, user, body.outcome, at)
+        return await _record(ad, ref, user, body.outcome, at)
     except _ReviewError as exc:
         if exc.status == 403:
             raise Refused(exc.errors[0]["message"], exc.errors[0]["code"]) from None
@@ -405,7 +407,7 @@ def _nav(user: User) -> list[tuple[str, str]]:
 
 def render(request: Request, user: User, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
     data = session_data(request)
-    regions = load_regions()
+    regions = adapters(request).regions
     base = {"user": user, "nav": _nav(user), "path": request.url.path, "csrf": data.csrf, "csrf_field": CSRF_FIELD,
             "errors": {}, "summary": [], "notice": None,
             "regions": [(code, r.name) for code, r in regions.items()],
@@ -414,7 +416,7 @@ def render(request: Request, user: User, name: str, ctx: dict[str, Any], status:
     response = templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
     response.headers["Cache-Control"] = "no-store"  # also outside the app's middleware: names, log rows
     if data.fresh:  # so the forms can echo the CSRF token
-        set_session(response, data)
+        set_session(request, response, data)
     return response
 
 
@@ -425,12 +427,13 @@ def _filter_page_error(request: Request, user: User, exc: BadFilter) -> HTMLResp
 @router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
 def overview_page(request: Request, region: str | None = None, status: str | None = None,
                   user: User = Depends(admin_user), at: datetime = Depends(now)) -> Response:
+    ad = adapters(request)
     try:
-        f = parse_filters(region, status)
+        f = parse_filters(ad, region, status)
     except BadFilter as exc:
         return _filter_page_error(request, user, exc)
-    data = overview_data(at, f)
-    regions = [f.region] if f.region else list(load_regions())
+    data = overview_data(ad, at, f)
+    regions = [f.region] if f.region else list(ad.regions)
     statuses = [s.value for s in OrderStatus if s.value in data["by_status"]]
     cells = {(c["status"], c["region"]): c for c in data["counts"]}
     return render(request, user, "overview.html.j2", {
@@ -440,22 +443,25 @@ def overview_page(request: Request, region: str | None = None, status: str | Non
 
 @router.get("/admin/avvikelser", response_class=HTMLResponse, include_in_schema=False)
 def deviations_page(request: Request, region: str | None = None, user: User = Depends(admin_user)) -> Response:
+    ad = adapters(request)
     try:
-        f = parse_filters(region, None)
+        f = parse_filters(ad, region, None)
     except BadFilter as exc:
         return _filter_page_error(request, user, exc)
-    return render(request, user, "deviations.html.j2", {"title": "Avvikelser", "rows": deviation_rows(f.region), "f": f})
+    return render(request, user, "deviations.html.j2", {"title": "Avvikelser", "rows": deviation_rows(ad, f.region),
+                                                        "f": f})
 
 
 @router.get("/admin/omprovningar", response_class=HTMLResponse, include_in_schema=False)
 def reviews_page(request: Request, region: str | None = None, user: User = Depends(admin_user),
                  at: datetime = Depends(now)) -> Response:
+    ad = adapters(request)
     try:
-        f = parse_filters(region, None)
+        f = parse_filters(ad, region, None)
     except BadFilter as exc:
         return _filter_page_error(request, user, exc)
-    return render(request, user, "reviews.html.j2", {"title": "Omprövningar som är aktuella", "rows": review_rows(at, f.region),
-                                               "f": f})
+    return render(request, user, "reviews.html.j2", {"title": "Omprövningar som är aktuella",
+                                                     "rows": review_rows(ad, at, f.region), "f": f})
 
 
 @router.get("/admin/logg", response_class=HTMLResponse, include_in_schema=False)
@@ -471,7 +477,8 @@ async def log_patient(request: Request, user: User = Depends(admin_user), at: da
     raw = form.get("personal_number")
     text = raw.strip() if isinstance(raw, str) else ""
     try:
-        extract = await run_in_threadpool(audit_extract.patient_extract, user.hsa_id, text[:20], at)
+        extract = await run_in_threadpool(audit_extract.patient_extract, adapters(request).db, user.hsa_id,
+                                          text[:20], at)
     except personnummer.InvalidPersonalNumber:
         message = "Ange ett giltigt personnummer eller samordningsnummer, till exempel 19121212-1212."
         return render(request, user, "log.html.j2", {
@@ -502,13 +509,14 @@ async def log_sample(request: Request, user: User = Depends(admin_user), at: dat
         return render(request, user, "log.html.j2", {"title": "Fel: Loggutdrag och stickprov", "pnr_error": None,
                                                "extract": None, "check": None, "days": days or 30,
                                                "size": size or 20, "summary": summary}, 422)
-    check = await run_in_threadpool(lambda: audit_extract.sample_check(user.hsa_id, at, days=days, size=size))
+    db = adapters(request).db
+    check = await run_in_threadpool(lambda: audit_extract.sample_check(db, user.hsa_id, at, days=days, size=size))
     return render(request, user, "log.html.j2", {"title": "Stickprovskontroll", "pnr_error": None, "extract": None,
                                            "check": check, "days": days, "size": size})
 
 
-def _head_units(user: User) -> list[str]:
-    with session() as s:
+def _head_units(ad: Adapters, user: User) -> list[str]:
+    with ad.db.session() as s:
         units = list(s.scalars(select(CareUnit.hsa_id).where(CareUnit.head_hsa_id == user.hsa_id)))
     if user.unit_hsa_id and user.unit_hsa_id not in units:
         units.append(user.unit_hsa_id)
@@ -518,7 +526,8 @@ def _head_units(user: User) -> list[str]:
 @router.get("/omprovningar", response_class=HTMLResponse, include_in_schema=False)
 def head_reviews_page(request: Request, klar: str = "", utfall: str = "", user: User = Depends(head_user),
                       at: datetime = Depends(now)) -> Response:
-    rows = review_rows(at, units=_head_units(user))
+    ad = adapters(request)
+    rows = review_rows(ad, at, units=_head_units(ad, user))
     notice = None
     # Shown back on the page: only what is shaped like a reference (a pasted personal number never is).
     if utfall in OUTCOME_LABELS and REFERENCE.fullmatch(klar):
@@ -533,6 +542,7 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
     form = await request.form()
     _check_form_csrf(request, form.get(CSRF_FIELD))
     outcome = form.get("outcome")
+    ad = adapters(request)
     ref = reference.strip().upper()
     problem: dict[str, str] | None = None
     status = 422
@@ -542,12 +552,12 @@ async def head_review_post(request: Request, reference: str, user: User = Depend
         problem = {"code": "required", "message": "Välj om begränsningen ska behållas eller hävas."}
     else:
         try:
-            result = await _record(ref, user, str(outcome), at)
+            result = await _record(ad, ref, user, str(outcome), at)
             return RedirectResponse(f"/omprovningar?klar={result['reference']}&utfall={outcome}", status_code=303)
         except _ReviewError as exc:
             status, problem = exc.status, exc.errors[0]
             ref = "" if status == 404 else ref  # shown back only when it is an order's reference
-    rows = review_rows(at, units=_head_units(user))
+    rows = review_rows(ad, at, units=_head_units(ad, user))
     summary = {"href": f"#review-{ref}", "text": f"{ref}: {problem['message']}"} if ref else \
         {"href": "#main", "text": problem["message"]}
     return render(request, user, "head_reviews.html.j2", {

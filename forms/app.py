@@ -27,7 +27,7 @@ from forms import admin_routes, api, health, pages, paper_routes, urgent_routes
 from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
 from forms.deps import adapters
 from forms.errors import ApiError
-from forms.pages.common import error_page
+from forms.pages.common import error_page, render_plain_error
 from models.schemas import OrderRequest
 from tasks.adapters import Adapters
 
@@ -126,7 +126,7 @@ class BodyLimit:
                               ensure_ascii=False).encode()
             ctype = b"application/json"
         else:
-            body = pages.render_plain_error(413, "För stor förfrågan", TOO_LARGE).encode()
+            body = render_plain_error(413, "För stor förfrågan", TOO_LARGE).encode()
             ctype = b"text/html; charset=utf-8"
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", ctype), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})

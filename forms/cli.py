@@ -4,7 +4,7 @@
         make an existing order urgent (given by reference on the phone, or registered from paper), page
         on-call at once and make sure the order's run is going
     restriction-orders callback RO-2026-000123 --by DEMO-KALMAR-ONCALL [--note "Uppringd 17.12"]
-        record the callback: stops the 30-minute clock and lets the order continue
+        record the callback: stops the callback clock and lets the order continue
     restriction-orders clock RO-2026-000123
         the callback clock: deadline, seconds left, met or missed
     restriction-orders escalate [--reference RO-2026-000123 ...]
@@ -23,9 +23,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from models.calendar import local
+
+if TYPE_CHECKING:
+    from tasks.adapters import Adapters
 
 
 def _when(at: datetime | None) -> str:
@@ -52,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _urgent(reference: str, by: str) -> int:
+def _urgent(ad: Adapters, reference: str, by: str) -> int:
     from flows.urgent import start_urgent
-    out = asyncio.run(start_urgent(reference, by.strip().upper() or "cli", check_actor=bool(by.strip())))
+    out = asyncio.run(start_urgent(ad, reference, by.strip().upper() or "cli", check_actor=bool(by.strip())))
     print(f"{out.reference}: {'gjord brådskande' if out.made_urgent else 'redan brådskande'}, status {out.status}")
     print(f"  återuppringning senast: {_when(out.callback_due_at)}")
     if out.paged:
@@ -66,17 +70,17 @@ def _urgent(reference: str, by: str) -> int:
     return 0
 
 
-def _callback(reference: str, by: str, note: str) -> int:
+def _callback(ad: Adapters, reference: str, by: str, note: str) -> int:
     from flows.urgent import record_callback
-    out = asyncio.run(record_callback(reference, by.strip().upper(), note))
+    out = asyncio.run(record_callback(ad, reference, by.strip().upper(), note))
     print(f"{out.reference}: återuppringning registrerad {_when(out.recorded_at)} "
           f"({'i tid' if out.on_time else 'SENT'}), status {out.status}")
     return 0
 
 
-def _clock(reference: str) -> int:
-    from flows.urgent import callback_clock
-    c = callback_clock(reference, datetime.now(UTC))
+def _clock(ad: Adapters, reference: str) -> int:
+    from tasks.steps.urgency import callback_clock
+    c = callback_clock(ad, reference, ad.now())
     print(f"{c.reference}: {c.state}")
     if c.state != "none":
         print(f"  senast: {_when(c.callback_due_at)}  kvar: {c.seconds_left} s")
@@ -85,13 +89,13 @@ def _clock(reference: str) -> int:
     return 0
 
 
-def _escalate(references: list[str]) -> int:
+def _escalate(ad: Adapters, references: list[str]) -> int:
     from tasks.steps.escalation import dispatch, escalate_due
-    now = datetime.now(UTC)
+    now = ad.now()
     if references:
-        counts = {"paged": 0, "escalated": len(escalate_due(now, references=references))}
+        counts = {"paged": 0, "escalated": len(escalate_due(ad, now, references=references))}
     else:
-        counts = dispatch(now)
+        counts = dispatch(ad, now)
     print(f"sökta: {counts['paged']}, eskalerade: {counts['escalated']}")
     _flush_events()
     return 0
@@ -105,29 +109,31 @@ def _flush_events() -> None:
         pass
 
 
-def _automations(print_only: bool) -> int:
+def _automations(ad: Adapters, print_only: bool) -> int:
     from tasks.adapters.automations import ensure_all, specs_json
     if print_only:
         print(specs_json())
         return 0
-    for name, automation_id in ensure_all().items():
+    for name, automation_id in ensure_all(ad.settings.automation_notify_block or None).items():
         print(f"{name}: {automation_id}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from flows.bootstrap import build
     from tasks.steps.orders import Conflict, Forbidden, NotFound
+    ad = build()
     try:
         if args.command == "urgent":
-            return _urgent(args.reference, args.by)
+            return _urgent(ad, args.reference, args.by)
         if args.command == "callback":
-            return _callback(args.reference, args.by, args.note)
+            return _callback(ad, args.reference, args.by, args.note)
         if args.command == "clock":
-            return _clock(args.reference)
+            return _clock(ad, args.reference)
         if args.command == "escalate":
-            return _escalate(args.reference)
-        return _automations(args.print_only)
+            return _escalate(ad, args.reference)
+        return _automations(ad, args.print_only)
     except NotFound:
         print("Beställningen finns inte.", file=sys.stderr)
     except Conflict as exc:

@@ -62,12 +62,16 @@ def main() -> int:
     os.environ.update(env)
     logs = DATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    from tasks.adapters.database import migrate
+    from models.regions import load_regions
+    from tasks.adapters.database import Database
     from tasks.adapters.demo import seed_demo
+    from tasks.adapters.settings import Settings
     from tasks.adapters.smtp_sink import start_sink
 
-    migrate()
-    seed_demo()
+    db = Database(Settings().orders_db_url)
+    db.migrate()
+    seed_demo(db, load_regions())
+    db.dispose()
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -30,9 +30,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from flows.fallback import event_name, resume_digital
-from forms import pages, paper
-from forms.api import ApiError, _json_body, checked_reference, paper_region
+from flows.fallback import resume_digital
 from forms.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -47,18 +45,23 @@ from forms.auth import (
     session_data,
     trusted_peer,
 )
+from forms.deps import adapters
+from forms.deps import now as current_time
+from forms.errors import ApiError, checked_reference, json_body
+from forms.pages.common import form_str, render
+from forms.pages.order_forms import form_page, form_values, to_raw
 from forms.urgent_routes import current_staff
 from models import personnummer
 from models.calendar import local
 from models.reference import REFERENCE
-from models.regions import load_regions
 from models.rules import RuleContext, check_order
 from models.schemas import ORDER_TYPE_LABELS_SV, ORDER_TYPES, ErrorResponse, Problem
 from models.status import LABELS_SV, OrderStatus
 from models.tables import AuditEvent, CareUnit, Order, OutboxMessage, Staff
-from tasks.adapters import audit, directory
+from tasks.adapters import Adapters, audit, directory
+from tasks.adapters.paper import PaperOrder, paper_region, render_pdf
 from tasks.steps import orders
-from tasks.adapters.database import session
+from tasks.steps.paper_fallback import event_name
 from tasks.steps.paper_orders import (
     REGISTER_ROLES,
     RESUME_ROLES,
@@ -67,7 +70,6 @@ from tasks.steps.paper_orders import (
     paper_field_errors,
     register_paper_order,
 )
-from tasks.adapters.settings import settings
 
 
 class PaperOrderResponse(BaseModel):
@@ -92,11 +94,6 @@ def caller(request: Request) -> User:
     return user
 
 
-
-
-def _str(form: Any, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
 
 
 def _require(user: User, *roles: str) -> None:
@@ -128,15 +125,15 @@ router = APIRouter(prefix="/api", tags=["paper"], responses=ERRORS)
              summary="Registrera en inkommen, underskriven pappersbeställning (support)",
              responses={200: {"model": PaperOrderResponse, "description": "Samma Idempotency-Key och kropp"},
                         422: {"model": ErrorResponse, "description": "Alla fel på en gång"}})
-async def register(request: Request, user: User = Depends(caller)) -> Any:
+async def register(request: Request, user: User = Depends(caller), ad: Adapters = Depends(adapters)) -> Any:
     _require(user, "support")
-    raw = await _json_body(request)
+    raw = await json_body(request)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and not (0 < len(key) <= 120 and key.isascii() and key.isprintable() and " " not in key):
         raise ApiError(422, "invalid_value", "Idempotency-Key ska vara 1–120 synliga ASCII-tecken.",
                        field="Idempotency-Key")
     try:
-        out = await register_paper_order(raw, user.hsa_id, idempotency_key=key)
+        out = await register_paper_order(ad, raw, user.hsa_id, idempotency_key=key)
     except PaperInvalid as exc:
         return JSONResponse({"errors": [e.model_dump() for e in exc.errors]}, status_code=422)
     except orders.Forbidden as exc:
@@ -145,7 +142,7 @@ async def register(request: Request, user: User = Depends(caller)) -> Any:
         raise ApiError(409, "wrong_status", "Beställningen väntar inte på en pappersblankett (den har fortsatt "
                                             "digitalt eller är avslutad), eller Idempotency-Key har använts "
                                             "med en annan kropp.") from None
-    with session() as s:
+    with ad.db.session() as s:
         channel = orders.get(s, out.reference).channel
     body = PaperOrderResponse(reference=out.reference, status=out.status, channel=channel,
                               continued=out.kind == "continued", warnings=out.warnings)
@@ -154,11 +151,11 @@ async def register(request: Request, user: User = Depends(caller)) -> Any:
 
 @router.post("/orders/{reference}/resume-digital", response_model=ResumeResponse,
              summary="Återuppta digitalt efter reservrutin (support eller admin)")
-async def resume(reference: str, user: User = Depends(caller)) -> ResumeResponse:
+async def resume(reference: str, user: User = Depends(caller), ad: Adapters = Depends(adapters)) -> ResumeResponse:
     _require(user, "support", "admin")
     ref = checked_reference(reference)
     try:
-        order = await resume_digital(ref, user.hsa_id)
+        order = await resume_digital(ad, ref, user.hsa_id)
     except orders.NotFound:
         raise ApiError(404, "not_found", "Beställningen finns inte.") from None
     except orders.Forbidden as exc:
@@ -186,6 +183,7 @@ NEEDED = ("", "order_type", "region")
 @dataclass
 class Printer:
     """Who prints, and what the orders database could tell (nothing when it is down)."""
+    ad: Adapters
     hsa_id: str
     via: str
     person: User | None = None
@@ -197,15 +195,16 @@ def _printer(request: Request) -> Printer:
     """The authenticated HSA-id without needing the database: the trusted proxy's header, or the signed
     session cookie, which the embedded login sets only for a person in the staff directory. With the
     database up the person and their role are looked up as everywhere else."""
+    ad = adapters(request)
     header = request.headers.get(USER_HEADER, "").strip()
     if header and trusted_peer(request):
-        who = Printer(header.upper(), "header")
-    elif settings().embedded_login and (hsa := session_data(request).hsa_id):
-        who = Printer(hsa, "cookie")
+        who = Printer(ad, header.upper(), "header")
+    elif ad.settings.embedded_login and (hsa := session_data(request).hsa_id):
+        who = Printer(ad, hsa, "cookie")
     else:
         raise NotAuthenticated()
     try:
-        with session() as s:
+        with ad.db.session() as s:
             person = directory.staff(s, who.hsa_id)
             units = list(s.scalars(select(CareUnit).order_by(CareUnit.region, CareUnit.name)))
             for u in units:
@@ -227,13 +226,13 @@ def _printer(request: Request) -> Printer:
 def _rule_context(raw: Mapping[str, Any], who: Printer, now: datetime) -> RuleContext:
     if who.database:
         try:
-            with session() as s:
-                return orders.rule_context(s, dict(raw), now, who.hsa_id, "print")
+            with who.ad.db.session() as s:
+                return orders.rule_context(who.ad, s, dict(raw), now, who.hsa_id, "print")
         except OperationalError:
             who.database = False
     # Without the database: the care-unit directory and the patient's current restrictions are unknown,
     # so those rules wait for the registration; everything else is checked as usual.
-    return RuleContext(now=now, care_units={}, region_hours={c: r.hours for c, r in load_regions().items()})
+    return RuleContext(now=now, care_units={}, region_hours={c: r.hours for c, r in who.ad.regions.items()})
 
 
 def check_printable(order_type: str, raw: Any, who: Printer, now: datetime) -> tuple[list[Problem], list[Problem]]:
@@ -258,7 +257,7 @@ def _number(raw: Mapping[str, Any], name: str, now: datetime) -> str:
     return personnummer.parse(value, local(now).date()).formatted()  # checked already: it parses
 
 
-def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: datetime) -> paper.PaperOrder:
+def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: datetime) -> PaperOrder:
     """The posted values as a paper form; every value present has passed `check_printable`."""
     minor = raw.get("minor_access") if order_type == "minor_access" else None
     minor = minor if isinstance(minor, Mapping) else {}
@@ -266,7 +265,7 @@ def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: 
     to_guardian = order_type == "block_guardian" or recipient == "guardian"
     unit_id = str(raw.get("care_unit_hsa_id") or "").strip().upper()
     unit = next((u for u in who.units if u.hsa_id == unit_id), None)
-    return paper.PaperOrder(
+    return PaperOrder(
         reference="", order_type=order_type,
         initiative="care" if order_type in CARE_ONLY else (raw.get("initiative") or None),
         actions=list(raw.get("actions") or []) if order_type in ("seal_or_lock", "restore_access") else [],
@@ -295,7 +294,7 @@ def _audit_print(who: Printer, order_type: str, region: str, raw: Mapping[str, A
         return
     try:
         pnr = _number(raw, "patient_personal_number", now).replace("-", "") or None
-        with session() as s:
+        with who.ad.db.session() as s:
             audit.record(s, actor=who.hsa_id, action="paper_form_printed", patient_pnr=pnr, channel="paper",
                          at=now, detail={"order_type": order_type, "region": region, "stored": False,
                                          "blank_fields": sorted({g.field for g in gaps})})
@@ -326,22 +325,22 @@ async def print_filled(order_type: str, request: Request,
     the body's `region`, else `?region=`."""
     if order_type not in ORDER_TYPES:
         raise ApiError(404, "not_found", "Okänd beställningstyp.")
-    now = datetime.now(UTC)
+    now = current_time(request)
     who = await run_in_threadpool(_printer, request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     html = ctype in ("application/x-www-form-urlencoded", "multipart/form-data")
     values: dict[str, Any] = {}
     if html:
         form = await request.form()
-        check_form_csrf(request, _str(form, CSRF_FIELD))
+        check_form_csrf(request, form_str(form, CSRF_FIELD))
         # Without the directory the care unit's region is unknown: the form's `?region=` (the page's) is used.
         person = who.person or User(who.hsa_id, "", (), None, region, "cookie")
-        values = pages.form_values(order_type, form, person)
-        raw: Any = pages.to_raw(order_type, values, person, who.units)
+        values = form_values(order_type, form, person)
+        raw: Any = to_raw(order_type, values, person, who.units)
     else:
         if who.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
             raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
-        raw = await _json_body(request)
+        raw = await json_body(request)
         if isinstance(raw, Mapping) and not raw.get("region") and region:
             raw = {**raw, "region": region}
     blocking, gaps = await run_in_threadpool(check_printable, order_type, raw, who, now)
@@ -353,7 +352,7 @@ async def print_filled(order_type: str, request: Request,
     assert isinstance(raw, Mapping)
     order = printable_order(order_type, raw, who, now)
     code = str(raw["region"])
-    data = await run_in_threadpool(paper.render_pdf, order_type, paper_region(code), order)
+    data = await run_in_threadpool(render_pdf, order_type, paper_region(who.ad.region(code)), order)
     await run_in_threadpool(_audit_print, who, order_type, code, raw, gaps, now)
     return Response(data, media_type="application/pdf", headers={
         "Content-Disposition": f'inline; filename="{order_type}-{code}-ifylld.pdf"', "Cache-Control": "no-store",
@@ -364,8 +363,8 @@ def _print_refused_page(request: Request, who: Printer, order_type: str, values:
                         problems: list[Problem]) -> Response:
     if who.database and who.person is not None:
         # The order form again, with the values kept and the errors shown as after a submit.
-        return pages._form_page(request, who.person, order_type, values, problems, status=422)
-    return pages.render(request, "paper_print_errors.html.j2", {
+        return form_page(request, who.person, order_type, values, problems, status=422)
+    return render(request, "paper_print_errors.html.j2", {
         "user": None, "title": "Fel: blanketten kan inte skrivas ut", "problems": problems,
         "order_type": order_type, "region": request.query_params.get("region") or "",
     }, status=422)
@@ -407,8 +406,8 @@ class WaitingItem:
     told: bool
 
 
-def _waiting(user: User) -> list[WaitingItem]:
-    with session() as s:
+def _waiting(ad: Adapters, user: User) -> list[WaitingItem]:
+    with ad.db.session() as s:
         q = select(Order).where(Order.status == OrderStatus.PAPER_FALLBACK.value).order_by(Order.id).limit(200)
         if user.region:
             q = q.where(Order.region == user.region)
@@ -425,9 +424,9 @@ def _waiting(user: User) -> list[WaitingItem]:
         return items
 
 
-def _recent(user: User) -> list[dict[str, Any]]:
+def _recent(ad: Adapters, user: User) -> list[dict[str, Any]]:
     """The latest registrations, with what support recorded (signature checked) from their audit rows."""
-    with session() as s:
+    with ad.db.session() as s:
         q = (select(AuditEvent).join(Order, Order.reference == AuditEvent.order_reference)
              .where(AuditEvent.action == "paper_registered").order_by(AuditEvent.id.desc()).limit(20))
         if user.region:
@@ -439,8 +438,8 @@ def _recent(user: User) -> list[dict[str, Any]]:
                 for e in s.scalars(q)]
 
 
-def _blank_values(reference: str = "") -> dict[str, Any]:
-    return {"reference": reference, "received_on": local(datetime.now(UTC)).date().isoformat(),
+def _blank_values(today: str, reference: str = "") -> dict[str, Any]:
+    return {"reference": reference, "received_on": today,
             "signature_checked": False, "orderer_hsa_id": "", "order_type": "", "patient_personal_number": "",
             "patient_protected_identity": False, "initiative": "", "actions": [], "identity_checked_in_person": False,
             "guardian_personal_number": "", "minor_grant": "", "minor_recipient": "", "child_consent": False,
@@ -456,13 +455,15 @@ def _page(request: Request, user: User, values: dict[str, Any] | None = None, pr
     listed = sorted(errors.items(), key=lambda kv: FORM_ORDER.index(kv[0]) if kv[0] in FORM_ORDER else -1)
     summary = [{"href": f"#{ANCHOR_OF.get(g, g)}" if g else "#paper-form",
                 "text": f"{LABELS[g]}: {msg}" if g else msg} for g, msgs in listed for msg in msgs]
-    with session() as s:
+    ad = adapters(request)
+    today = _today(request)
+    with ad.db.session() as s:
         units = list(s.scalars(select(CareUnit).where(*([CareUnit.region == user.region] if user.region else []))
                                .order_by(CareUnit.name)))
-    return pages.render(request, "paper_orders.html.j2", {
+    return render(request, "paper_orders.html.j2", {
         "user": user, "title": ("Fel: " if summary else "") + "Pappersbeställningar (reservrutin)",
-        "items": _waiting(user), "recent": _recent(user), "v": values or _blank_values(), "errors": errors,
-        "summary": summary, "notice": notice, "units": units, "today": local(datetime.now(UTC)).date().isoformat(),
+        "items": _waiting(ad, user), "recent": _recent(ad, user), "v": values or _blank_values(today),
+        "errors": errors, "summary": summary, "notice": notice, "units": units, "today": today,
         "types": [(t, ORDER_TYPE_LABELS_SV[t]) for t in ORDER_TYPES],
         "may_register": user.has(*REGISTER_ROLES), "may_resume": user.has(*RESUME_ROLES),
     }, status)
@@ -480,19 +481,23 @@ def paper_orders_page(request: Request, referens: str = "", registrerad: str = "
     notice = None
     for key, ref in (("registrerad", registrerad), ("aterupptagen", aterupptagen)):
         if REFERENCE.fullmatch(ref):  # never echo anything else from the address
-            with session() as s:
+            with adapters(request).db.session() as s:
                 st = orders.get(s, ref.upper()).status
             notice = NOTICES[key].format(ref=ref.upper(), status=LABELS_SV[OrderStatus(st)].lower())
     prefill = referens.strip().upper() if REFERENCE.fullmatch(referens.strip()) else ""
-    return _page(request, user, _blank_values(prefill), notice=notice)
+    return _page(request, user, _blank_values(_today(request), prefill), notice=notice)
 
 
-def _posted(form: Any, user: User, units: list[CareUnit]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _today(request: Request) -> str:
+    return local(current_time(request)).date().isoformat()
+
+
+def _posted(form: Any, user: User, units: list[CareUnit], today: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(what the page shows again, the registration body of POST /api/paper-orders)."""
-    v = _blank_values()
+    v = _blank_values(today)
     for name in ("reference", "received_on", "orderer_hsa_id", "order_type", "patient_personal_number", "initiative",
                  "guardian_personal_number", "minor_grant", "minor_recipient", "reason", "care_unit_hsa_id"):
-        v[name] = _str(form, name)
+        v[name] = form_str(form, name)
     for name in ("signature_checked", "patient_protected_identity", "identity_checked_in_person", "child_consent",
                  "urgent"):
         v[name] = name in form
@@ -505,7 +510,7 @@ def _posted(form: Any, user: User, units: list[CareUnit]) -> tuple[dict[str, Any
         raw |= {k: v[k] for k in ("order_type", "patient_personal_number", "care_unit_hsa_id") if v[k]}
         return v, raw
     order_type = v["order_type"] if v["order_type"] in ORDER_TYPES else "seal_or_lock"
-    raw |= pages.to_raw(order_type, {**v, "idempotency_key": ""}, user, units)
+    raw |= to_raw(order_type, {**v, "idempotency_key": ""}, user, units)
     raw["order_type"] = v["order_type"] or None
     return v, raw
 
@@ -514,22 +519,23 @@ def _posted(form: Any, user: User, units: list[CareUnit]) -> tuple[dict[str, Any
 async def register_form(request: Request) -> Response:
     user = _page_user(request)
     form = await request.form()
-    check_form_csrf(request, _str(form, CSRF_FIELD))
+    check_form_csrf(request, form_str(form, CSRF_FIELD))
     if not user.has(*REGISTER_ROLES):
         raise NotAllowed("Mottagna pappersblanketter registreras av supporten.", "wrong_role")
-    with session() as s:
+    ad = adapters(request)
+    with ad.db.session() as s:
         units = list(s.scalars(select(CareUnit)))
         for u in units:
             s.expunge(u)
-    values, raw = _posted(form, user, units)
+    values, raw = _posted(form, user, units, _today(request))
     problems: list[Problem] = []
     if values["reference"] and not values["patient_personal_number"]:
         # People copy references off paper: the patient's number makes sure it is the right order.
         problems = [Problem(field="patient_personal_number", code="required", message=NUMBER_NEEDED)]
-        problems += await run_in_threadpool(paper_field_errors, raw, datetime.now(UTC))
+        problems += await run_in_threadpool(paper_field_errors, ad, raw, current_time(request))
         return _page(request, user, values, problems, 422)
     try:
-        out = await register_paper_order(raw, user.hsa_id)
+        out = await register_paper_order(ad, raw, user.hsa_id)
     except PaperInvalid as exc:
         return _page(request, user, values, exc.errors, 422)
     except orders.Forbidden as exc:
@@ -544,12 +550,12 @@ async def register_form(request: Request) -> Response:
 async def resume_form(request: Request, reference: str) -> Response:
     user = _page_user(request)
     form = await request.form()
-    check_form_csrf(request, _str(form, CSRF_FIELD))
+    check_form_csrf(request, form_str(form, CSRF_FIELD))
     if not user.has(*RESUME_ROLES):
         raise NotAllowed("Endast supporten eller en administratör kan återuppta digitalt.", "wrong_role")
     ref = checked_reference(reference)
     try:
-        await resume_digital(ref, user.hsa_id)
+        await resume_digital(adapters(request), ref, user.hsa_id)
     except orders.NotFound:
         raise ApiError(404, "not_found", "Beställningen finns inte.") from None
     except orders.Forbidden as exc:

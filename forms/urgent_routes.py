@@ -23,7 +23,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from flows import urgent
-from forms.api import ApiError, prefect_fails_fast
 from forms.auth import (
     USER_HEADER,
     NotAllowed,
@@ -34,12 +33,13 @@ from forms.auth import (
     may_read,
     trusted_peer,
 )
-from forms.now import now as clock
+from forms.deps import adapters
+from forms.deps import now as clock
+from forms.errors import ApiError
 from models.calendar import local
 from models.tables import Staff
-from tasks.adapters import audit, directory
-from tasks.steps import orders
-from tasks.adapters.database import session
+from tasks.adapters import Adapters, audit, directory
+from tasks.steps import orders, urgency
 
 router = APIRouter(prefix="/api", tags=["urgent"])
 
@@ -52,7 +52,7 @@ def current_staff(request: Request) -> User:
     """The member of staff making the request: the trusted proxy's `X-Remote-User`, else the session."""
     hsa = request.headers.get(USER_HEADER, "").strip()
     if hsa and trusted_peer(request):
-        with session() as s:
+        with adapters(request).db.session() as s:
             person = directory.staff(s, hsa)
         if person is None:
             raise NotAuthenticated()
@@ -103,14 +103,14 @@ RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Ingen identi
                                               409: {"description": "Beställningen är avslutad"}}
 
 
-async def start_urgent_for(user: User, reference: str, now: datetime) -> urgent.UrgentOutcome:
+async def start_urgent_for(ad: Adapters, user: User, reference: str, now: datetime) -> urgent.UrgentOutcome:
     """The urgent path as `user` asks for it, with the API's errors (the order page uses it too)."""
-    if not user.has(*urgent.TRIGGER_ROLES):
+    if not user.has(*urgency.TRIGGER_ROLES):
         raise NotAllowed("Endast beredskap eller support kan göra en beställning brådskande.", "wrong_role")
     try:
-        ref = urgent.normalise_reference(reference)
-        with prefect_fails_fast():  # the page and the clock never wait for Prefect; the reconciler catches up
-            return await urgent.start_urgent(ref, user.hsa_id, now, check_actor=True)
+        ref = urgency.normalise_reference(reference)
+        with ad.engine.fails_fast():  # the page and the clock never wait for the engine; the reconciler catches up
+            return await urgent.start_urgent(ad, ref, user.hsa_id, now, check_actor=True)
     except (ValueError, orders.NotFound):
         raise ApiError(*NOT_FOUND) from None
     except orders.Forbidden as exc:
@@ -122,9 +122,9 @@ async def start_urgent_for(user: User, reference: str, now: datetime) -> urgent.
 @router.post("/orders/{reference}/urgent", response_model=UrgentResponse, responses=RESPONSES,
              summary="Gör en beställning brådskande och sök beredskapen (beredskap eller support)")
 async def make_urgent(reference: str, request: Request, user: User = Depends(current_staff),
-                      now: datetime = Depends(clock)) -> Any:
+                      now: datetime = Depends(clock), ad: Adapters = Depends(adapters)) -> Any:
     check_api_csrf(request, user)
-    out = await start_urgent_for(user, reference, now)
+    out = await start_urgent_for(ad, user, reference, now)
     left = (max(0, int((out.callback_due_at - now).total_seconds())) if out.callback_due_at else None)
     return UrgentResponse(reference=out.reference, urgent=True, made_urgent=out.made_urgent, status=out.status,
                           callback_due_at=_local(out.callback_due_at), seconds_left=left,
@@ -132,14 +132,14 @@ async def make_urgent(reference: str, request: Request, user: User = Depends(cur
                           page_delivered=out.page_delivered, run_started=out.flow_run_id is not None)
 
 
-def _readable(user: User, ref: str) -> bool:
+def _readable(ad: Adapters, user: User, ref: str) -> bool:
     """Whether `user` may see the order's callback clock.
 
     A permitted read is not audited as `order_read`: the clock answer carries no personal data (no number,
     name or free text, only the reference and the clock's times), and the order page that shows it has
     already logged its own read. A refused one is logged like every other refused read: someone looked for
     an order they may not read."""
-    with session() as s:
+    with ad.db.session() as s:
         order = orders.get(s, ref)
         unit = directory.unit(s, order.care_unit_hsa_id)
         allowed = may_read(user, order, unit.head_hsa_id if unit else None)
@@ -151,12 +151,13 @@ def _readable(user: User, ref: str) -> bool:
 
 @router.get("/orders/{reference}/callback-clock", response_model=CallbackClockResponse, responses=RESPONSES,
             summary="Återuppringningsklockan: tidsgräns, sekunder kvar, hållen eller missad")
-async def callback_clock(reference: str, user: User = Depends(current_staff), now: datetime = Depends(clock)) -> Any:
+async def callback_clock(reference: str, user: User = Depends(current_staff), now: datetime = Depends(clock),
+                         ad: Adapters = Depends(adapters)) -> Any:
     try:
-        ref = urgent.normalise_reference(reference)
-        if not await run_in_threadpool(_readable, user, ref):
+        ref = urgency.normalise_reference(reference)
+        if not await run_in_threadpool(_readable, ad, user, ref):
             raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
-        c = await run_in_threadpool(urgent.callback_clock, ref, now)
+        c = await run_in_threadpool(urgency.callback_clock, ad, ref, now)
     except (ValueError, orders.NotFound):
         return _error(*NOT_FOUND)
     return CallbackClockResponse(reference=c.reference, urgent=c.urgent, state=c.state,

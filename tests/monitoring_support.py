@@ -20,8 +20,8 @@ from sqlalchemy import select
 from models.clock import STOCKHOLM
 from models.status import OrderStatus
 from models.tables import AuditEvent, Deviation, Order, OutboxMessage
-from tasks.steps import orders
 from tasks.adapters.database import session
+from tasks.steps import orders
 from tests.e2e import personal_number
 
 CLINICIAN = "DEMO-KALMAR-CLINICIAN"

@@ -25,8 +25,8 @@ from forms import admin_routes
 from models import personnummer
 from models.status import OrderStatus
 from models.tables import AuditEvent
-from tasks.steps import monitoring
 from tasks.adapters.database import session
+from tasks.steps import monitoring
 from tests.monitoring_support import (
     audit_rows,
     body,

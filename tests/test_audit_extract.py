@@ -17,8 +17,8 @@ from models import personnummer
 from models.clock import FixedClock
 from models.tables import AuditEvent, Staff
 from tasks.adapters import audit
-from tasks.steps import audit_extract, orders
 from tasks.adapters.database import session
+from tasks.steps import audit_extract, orders
 from tests.monitoring_support import (
     ADMIN,
     CLINICIAN,

@@ -28,8 +28,9 @@ import yaml
 from prefect.deployments.flow_runs import arun_deployment
 
 from flows import urgent
-from tasks.steps import runs as launch, orders
 from tasks.adapters.database import session
+from tasks.steps import orders
+from tasks.steps import runs as launch
 from tests.conftest import ROOT, own_database
 from tests.e2e import aged, body
 

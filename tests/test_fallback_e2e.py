@@ -38,8 +38,8 @@ from sqlalchemy import select
 from flows.fallback import paper_fallback
 from models.clock import STOCKHOLM
 from models.tables import AuditEvent, OutboxMessage
-from tasks.steps import orders
 from tasks.adapters.database import session
+from tasks.steps import orders
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, mails, submit, text_of, wait_mails, wait_status
 

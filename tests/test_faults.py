@@ -26,9 +26,9 @@ from sqlalchemy.exc import OperationalError
 
 from models.tables import AuditEvent, Order, OutboxMessage, ReferenceCounter
 from tasks.adapters import audit, mail
-from tasks.steps import runs as launch
 from tasks.adapters.database import session
 from tasks.adapters.settings import settings
+from tasks.steps import runs as launch
 from tests.conftest import ROOT
 from tests.e2e import mails, wait_mails
 from tests.webapp import body

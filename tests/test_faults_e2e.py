@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from models.status import FINAL, OrderStatus
 from models.tables import AppliedEffect, AuditEvent, OutboxMessage
-from tasks.steps import orders
 from tasks.adapters.database import session
+from tasks.steps import orders
 from tests.conftest import FlowServer, SmtpSink
 from tests.e2e import aged, body, decide, mails, status, submit, wait_mails, wait_status
 

@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from flows import commands
 from models.tables import AppliedEffect, AuditEvent, Staff
-from tasks.steps import orders
 from tasks.adapters.database import session
+from tasks.steps import orders
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, status, submit, text_of, wait_mails, wait_status
 

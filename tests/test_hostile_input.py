@@ -41,8 +41,9 @@ from models.clock import STOCKHOLM
 from models.schemas import ORDER_TYPES, REASON_MAX
 from models.status import OrderStatus
 from models.tables import Decision, Order, OutboxMessage
-from tasks.steps import runs as launch, orders
 from tasks.adapters.database import session
+from tasks.steps import orders
+from tasks.steps import runs as launch
 from tests.conftest import own_database
 from tests.e2e import mails, text_of
 from tests.webapp import PATIENT, body, born_years_ago, pnr, staff, today

@@ -22,10 +22,10 @@ from models.access import Restriction
 from models.clock import FixedClock
 from models.status import OrderStatus
 from models.tables import AppliedEffect, AuditEvent, Deadline, OutboxMessage, RegistryPerson
-from tasks.steps import monitoring, orders, stages
 from tasks.adapters.database import session
 from tasks.adapters.gateway import access_state, known_access_state, record_effects
 from tasks.adapters.settings import settings
+from tasks.steps import monitoring, orders, stages
 from tests.e2e import personal_number
 from tests.monitoring_support import (
     CLINICIAN,

@@ -19,8 +19,8 @@ from typing import Any
 import pypdf
 import pytest
 
-from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_html, render_pdf
 from models.schemas import ORDER_TYPES as API_ORDER_TYPES
+from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_html, render_pdf
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "paper"
 

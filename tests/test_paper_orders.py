@@ -27,9 +27,9 @@ from sqlalchemy import func, select
 
 from models.clock import STOCKHOLM
 from models.tables import AuditEvent, Order, OutboxMessage, RegistryPerson
-from tasks.steps import orders
 from tasks.adapters.database import session
 from tasks.adapters.settings import settings
+from tasks.steps import orders
 from tests.conftest import FlowServer
 from tests.e2e import PATIENT, aged, body, decide, submit, text_of, wait_mails, wait_status
 

@@ -27,10 +27,10 @@ from models.access import Restriction
 from models.clock import STOCKHOLM
 from models.status import FINAL, IllegalTransition, OrderStatus, can_transition
 from models.tables import AppliedEffect, AuditEvent, Deadline, Order, RegistryPerson
-from tasks.steps import orders
 from tasks.adapters.database import engine, session
 from tasks.adapters.gateway import ExecutionRefused, SimulatedRegistry, access_state
 from tasks.adapters.settings import settings
+from tasks.steps import orders
 
 pytestmark = pytest.mark.usefixtures("db")
 

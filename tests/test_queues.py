@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from forms import pages
 from models.tables import AuditEvent, CareUnit, Order, Staff
-from tasks.steps import orders
 from tasks.adapters.database import session
+from tasks.steps import orders
 from tests.conftest import own_database
 from tests.webapp import pnr
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from models.tables import Decision, Order
-from tasks.steps import runs as launch
 from tasks.adapters.database import session
+from tasks.steps import runs as launch
 from tests.conftest import own_database
 from tests.webapp import pnr
 

@@ -17,8 +17,8 @@ from models.clock import FixedClock
 from models.runs import RestartPolicy, RestartVerdict, RunHistory, history_from_audit
 from models.tables import AuditEvent, Order
 from tasks.adapters import audit
-from tasks.steps import runs as launch
 from tasks.adapters.database import session
+from tasks.steps import runs as launch
 from tasks.steps.orders import transition
 from tests.conftest import own_database
 from tests.webapp import pnr

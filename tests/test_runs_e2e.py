@@ -15,9 +15,9 @@ from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, tempor
 
 from flows import commands
 from models.access import Restriction
-from tasks.steps import orders
 from tasks.adapters.database import session
 from tasks.adapters.gateway import access_state
+from tasks.steps import orders
 from tests.conftest import FlowServer
 from tests.e2e import aged, body, decide, status, submit, wait_mails, wait_status
 

@@ -17,8 +17,8 @@ import pytest
 from models import sla
 from models.clock import FixedClock
 from models.status import OrderStatus
-from tasks.steps import monitoring
 from tasks.adapters.database import session
+from tasks.steps import monitoring
 from tests.conftest import prefect_database_rows
 from tests.monitoring_support import (
     audit_rows,

@@ -31,8 +31,8 @@ from flows import commands, urgent
 from forms import cli, urgent_routes
 from models.clock import STOCKHOLM, FixedClock
 from models.tables import AuditEvent, Deadline, Deviation, OutboxMessage
-from tasks.steps import escalation, orders, paging, stages
 from tasks.adapters.database import session
+from tasks.steps import escalation, orders, paging, stages
 from tests.conftest import ROOT, own_database
 from tests.e2e import body, mails, text_of
 

@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from flows import urgent
 from models.tables import Deadline, Deviation
-from tasks.steps import escalation, orders
 from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE, ensure_automations
 from tasks.adapters.database import session
+from tasks.steps import escalation, orders
 from tests.conftest import FlowServer
 from tests.e2e import body, mails, status, submit, text_of, wait_mails, wait_status
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     paging_webhook_url: str = ""
     paging_webhook_token: str = ""      # sent as `Authorization: Bearer …` when set
     paging_webhook_timeout: float = 3.0
+    # The shipped Prefect automations notify through this block (`<block-type-slug>/<block-name>`) when set.
+    automation_notify_block: str = ""
 
     @property
     def orders_db_url(self) -> str:
