@@ -173,8 +173,9 @@ async def order_paper(reference: str, user: User = Depends(require_user), ad: Ad
 
 
 @lru_cache(maxsize=64)
-def _blank_pdf(order_type: str, region: RegionSettings) -> bytes:
-    return render_pdf(order_type, paper_region(region), None)
+def _blank_pdf(order_type: str, region_json: str) -> bytes:
+    # Keyed by the region's settings as they are (a blank form changes only when they do).
+    return render_pdf(order_type, paper_region(RegionSettings.model_validate_json(region_json)), None)
 
 
 @router.get("/paper-forms/{order_type}.pdf", response_class=Response,
@@ -189,5 +190,5 @@ async def blank_paper(order_type: str, region: str | None = Query(default=None, 
     if code not in ad.regions:
         raise ApiError(422, "invalid_value", f"Okänd region. Tillåtna värden: {', '.join(ad.regions)}.",
                        field="region")
-    data = await run_in_threadpool(_blank_pdf, order_type, ad.region(code))
+    data = await run_in_threadpool(_blank_pdf, order_type, ad.region(code).model_dump_json())
     return pdf_response(data, f"{order_type}-{code}.pdf")
