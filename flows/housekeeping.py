@@ -9,6 +9,8 @@ seconds (flows/serve.py).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -34,6 +36,15 @@ def urgent_dispatch(ad: Adapters) -> dict[str, int]:
 @task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)
 def send_outbox(ad: Adapters) -> dict[str, int]:
     sent, failed = ad.mail.deliver()
+    return {"sent": sent, "failed": failed}
+
+
+def deliver_for(ad: Adapters, references: list[str], now: datetime) -> dict[str, int]:
+    """Send the queued mail of these orders now (the monitors' reminders), not when the next round runs."""
+    sent = failed = 0
+    for ref in references:
+        s_, f_ = ad.mail.deliver(ref, now=max(now, ad.now()))
+        sent, failed = sent + s_, failed + f_
     return {"sent": sent, "failed": failed}
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flows import commands
 from flows.bootstrap import passed, process_adapters
+from flows.housekeeping import deliver_for
 from tasks.adapters import Adapters
 from tasks.steps import monitoring
 from tasks.steps.monitoring import ReviewRefused, ReviewResult
@@ -30,13 +31,7 @@ def remind(ad: Adapters, now: datetime) -> list[str]:
     return refs
 
 
-@task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)
-def send(ad: Adapters, references: list[str], now: datetime) -> dict[str, int]:
-    sent = failed = 0
-    for ref in references:
-        s_, f_ = ad.mail.deliver(ref, now=max(now, ad.now()))
-        sent, failed = sent + s_, failed + f_
-    return {"sent": sent, "failed": failed}
+send = task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)(deliver_for)
 
 
 @flow(name="review-reminders", persist_result=False, log_prints=False)

@@ -22,7 +22,8 @@ from prefect.artifacts import Artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.bootstrap import passed, process_adapters
-from models import sla
+from flows.housekeeping import deliver_for
+from models import sla, swedish
 from models.status import LABELS_SV, OrderStatus
 from tasks.adapters import Adapters
 from tasks.steps import monitoring
@@ -39,13 +40,7 @@ def flag_overdue(ad: Adapters, now: datetime) -> list[str]:
     return [f.reference for f in flags]
 
 
-@task(name="send-reminders", persist_result=False, cache_policy=NO_CACHE)
-def send_reminders(ad: Adapters, references: list[str], now: datetime) -> dict[str, int]:
-    sent = failed = 0
-    for ref in references:
-        s_, f_ = ad.mail.deliver(ref, now=max(now, ad.now()))
-        sent, failed = sent + s_, failed + f_
-    return {"sent": sent, "failed": failed}
+send_reminders = task(name="send-reminders", persist_result=False, cache_policy=NO_CACHE)(deliver_for)
 
 
 def open_orders_table(ad: Adapters, now: datetime) -> list[dict[str, str | int]]:
@@ -64,7 +59,7 @@ def publish_open_orders(ad: Adapters, now: datetime) -> bool:
         return False
     create_table_artifact(key=ARTIFACT_KEY, table=table,
                           description=f"Öppna beställningar per region och status, och hur många som är försenade "
-                                      f"(röda). Ändrad {monitoring.when_sv(now)}. Inga personuppgifter.")
+                                      f"(röda). Ändrad {swedish.when(now)}. Inga personuppgifter.")
     return True
 
 

@@ -57,7 +57,7 @@ from forms.auth import (
 )
 from forms.deps import adapters, now
 from forms.errors import checked_reference
-from models import personnummer, sla
+from models import personnummer, sla, swedish
 from models.calendar import local
 from models.reference import REFERENCE
 from models.schemas import ORDER_TYPE_LABELS_SV
@@ -68,7 +68,6 @@ from tasks.steps import audit_extract, monitoring, orders
 
 router = APIRouter(tags=["monitoring"])
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-MONTHS = ("jan", "feb", "mar", "apr", "maj", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
 CSV_COLUMNS = ("reference", "type", "region", "unit", "status", "urgent", "created", "due", "overdue")
 OUTCOME_LABELS = {"keep": "Behåll begränsningen", "restore": "Häv begränsningen (beställ återställande)"}
 
@@ -367,10 +366,7 @@ async def api_review(reference: str, body: ReviewOutcome, request: Request, user
 # --- pages -------------------------------------------------------------------------------------------------
 
 def _when(at: datetime | None) -> str:
-    if at is None:
-        return "–"
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1]} {t.year} {t:%H.%M}"
+    return swedish.when_short(at)
 
 
 def _when_iso(text: str | None) -> str:
@@ -378,7 +374,7 @@ def _when_iso(text: str | None) -> str:
 
 
 def _late(minutes: int) -> str:
-    return monitoring.late_sv(minutes)
+    return swedish.duration(minutes)
 
 
 def _env() -> Environment:

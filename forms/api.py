@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from forms.actions import (
     CancelResponse,
@@ -23,22 +24,12 @@ from forms.actions import (
     read_order_view,
     submit_raw,
 )
-from forms.auth import User, check_api_csrf, require_roles, require_user
+from forms.auth import ROLE_LABELS_SV, User, check_api_csrf, require_roles, require_user
 from forms.deps import adapters, now
 from forms.errors import ApiError, json_body, problems
 from models.regions import RegionSettings
-from models.routine import ORDER_TYPES
-from models.schemas import (
-    ApprovalDecision,
-    AssessmentDecision,
-    CallbackRecord,
-    CancelRequest,
-    ErrorResponse,
-    ExecutionRecord,
-    OrderView,
-    SubmitResponse,
-    ValidationResponse,
-)
+from models.routine import ORDER_TYPES, STAGES, StageDef
+from models.schemas import CancelRequest, ErrorResponse, OrderView, SubmitResponse, ValidationResponse
 from tasks.adapters import Adapters
 from tasks.adapters.paper import paper_order, paper_region, render_pdf
 from tasks.steps import orders
@@ -106,36 +97,22 @@ STEP_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}
                                                    422: {"model": ErrorResponse}}
 
 
-@router.post("/orders/{reference}/assessment", status_code=202, response_model=DecisionResponse,
-             responses=STEP_RESPONSES, summary="Menprövning (assessor)")
-async def assessment(reference: str, body: AssessmentDecision, request: Request, user: User = Depends(require_user),
+def _decision_route(sd: StageDef) -> None:
+    """`POST /api/orders/{reference}/<stage>`: the body is the stage's decision model (models/routine.py)."""
+    async def record(reference: str, body: BaseModel, request: Request, user: User = Depends(require_user),
                      at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> DecisionResponse:
-    check_api_csrf(request, user)
-    return await decide(ad, reference, "assessment", body.model_dump(), user, at)
+        check_api_csrf(request, user)
+        return await decide(ad, reference, sd.api_slug, body.model_dump(), user, at)
+
+    record.__annotations__["body"] = sd.decision  # FastAPI validates the body against the stage's own model
+    record.__name__ = sd.api_slug
+    roles = " eller ".join(ROLE_LABELS_SV[r].lower() for r in sd.roles)
+    router.add_api_route(f"/orders/{{reference}}/{sd.api_slug}", record, methods=["POST"], status_code=202,
+                         response_model=DecisionResponse, responses=STEP_RESPONSES, summary=f"{sd.title_sv} ({roles})")
 
 
-@router.post("/orders/{reference}/approval", status_code=202, response_model=DecisionResponse,
-             responses=STEP_RESPONSES, summary="Godkännande (verksamhetschef eller bakjour)")
-async def approval(reference: str, body: ApprovalDecision, request: Request, user: User = Depends(require_user),
-                   at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> DecisionResponse:
-    check_api_csrf(request, user)
-    return await decide(ad, reference, "approval", body.model_dump(), user, at)
-
-
-@router.post("/orders/{reference}/callback", status_code=202, response_model=DecisionResponse,
-             responses=STEP_RESPONSES, summary="Återuppringning (beredskap eller support)")
-async def callback(reference: str, body: CallbackRecord, request: Request, user: User = Depends(require_user),
-                   at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> DecisionResponse:
-    check_api_csrf(request, user)
-    return await decide(ad, reference, "callback", body.model_dump(), user, at)
-
-
-@router.post("/orders/{reference}/execution", status_code=202, response_model=DecisionResponse,
-             responses=STEP_RESPONSES, summary="Manuellt verkställande (kontoadministratör)")
-async def execution(reference: str, body: ExecutionRecord, request: Request, user: User = Depends(require_user),
-                    at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> DecisionResponse:
-    check_api_csrf(request, user)
-    return await decide(ad, reference, "execution", body.model_dump(), user, at)
+for _stage in STAGES.values():
+    _decision_route(_stage)
 
 
 @router.post("/orders/{reference}/cancel", response_model=CancelResponse, responses=STEP_RESPONSES,

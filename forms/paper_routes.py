@@ -475,6 +475,16 @@ def _page_user(request: Request) -> User:
     return user
 
 
+async def _page_post(request: Request, roles: tuple[str, ...], refused: str) -> tuple[User, Any]:
+    """The person and the form of a post on the page, after its CSRF check and the action's role check."""
+    user = _page_user(request)
+    form = await request.form()
+    check_form_csrf(request, form_str(form, CSRF_FIELD))
+    if not user.has(*roles):
+        raise NotAllowed(refused, "wrong_role")
+    return user, form
+
+
 @pages_router.get(PAGE, response_class=HTMLResponse)
 def paper_orders_page(request: Request, referens: str = "", registrerad: str = "", aterupptagen: str = "") -> Response:
     user = _page_user(request)
@@ -517,11 +527,7 @@ def _posted(form: Any, user: User, units: list[CareUnit], today: str) -> tuple[d
 
 @pages_router.post(PAGE)
 async def register_form(request: Request) -> Response:
-    user = _page_user(request)
-    form = await request.form()
-    check_form_csrf(request, form_str(form, CSRF_FIELD))
-    if not user.has(*REGISTER_ROLES):
-        raise NotAllowed("Mottagna pappersblanketter registreras av supporten.", "wrong_role")
+    user, form = await _page_post(request, REGISTER_ROLES, "Mottagna pappersblanketter registreras av supporten.")
     ad = adapters(request)
     with ad.db.session() as s:
         units = list(s.scalars(select(CareUnit)))
@@ -548,11 +554,7 @@ async def register_form(request: Request) -> Response:
 
 @pages_router.post(PAGE + "/{reference}/digitalt")
 async def resume_form(request: Request, reference: str) -> Response:
-    user = _page_user(request)
-    form = await request.form()
-    check_form_csrf(request, form_str(form, CSRF_FIELD))
-    if not user.has(*RESUME_ROLES):
-        raise NotAllowed("Endast supporten eller en administratör kan återuppta digitalt.", "wrong_role")
+    user, _ = await _page_post(request, RESUME_ROLES, "Endast supporten eller en administratör kan återuppta digitalt.")
     ref = checked_reference(reference)
     try:
         await resume_digital(adapters(request), ref, user.hsa_id)

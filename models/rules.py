@@ -156,100 +156,141 @@ def _minor_access(raw: Mapping[str, Any], r: CheckResult) -> MinorAccess | None:
     return MinorAccess(grant=v["grant"], recipient=v["recipient"], child_consent=bool(consent))
 
 
+@dataclass
+class _Fields:
+    """The body's fields as far as they were valid (None where a field had an error)."""
+    order_type: str | None = None
+    initiative: str | None = None
+    region: str | None = None
+    patient: personnummer.PersonalNumber | None = None
+    protected: bool = False
+    identity_checked: bool = False
+    urgent: bool = False
+    reason: str = ""
+    unit: str | None = None
+    actions: list[str] | None = field(default_factory=list)
+    minor: MinorAccess | None = None
+    guardian: personnummer.PersonalNumber | None = None
+    to_guardian: bool = False
+
+
 def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
     """Check a raw request body. Returns all errors and warnings; `order` is set only when there are no errors."""
     r = CheckResult()
     if not isinstance(raw, Mapping):
         _err(r, "", "invalid_value", "Förväntade ett JSON-objekt.")
         return r
+    f = _common_fields(raw, ctx, r)
+    _type_fields(raw, ctx, f, r)
+    _cross_field_rules(raw, ctx, f, r)
+    _warnings(ctx, f, r)
+    if r.ok:
+        r.order = _request(f)
+    return r
 
-    order_type = _choice(raw, "order_type", ORDER_TYPES, r)
-    initiative = _choice(raw, "initiative", INITIATIVES, r)
-    region = _choice(raw, "region", tuple(ctx.region_hours), r)
-    patient = _person(raw, "patient_personal_number", ctx, r)
-    protected = _flag(raw, "patient_protected_identity", r)
-    identity_checked = _flag(raw, "identity_checked_in_person", r)
-    urgent = _flag(raw, "urgent", r)
 
+def _common_fields(raw: Mapping[str, Any], ctx: RuleContext, r: CheckResult) -> _Fields:
+    f = _Fields(order_type=_choice(raw, "order_type", ORDER_TYPES, r),
+                initiative=_choice(raw, "initiative", INITIATIVES, r),
+                region=_choice(raw, "region", tuple(ctx.region_hours), r),
+                patient=_person(raw, "patient_personal_number", ctx, r),
+                protected=_flag(raw, "patient_protected_identity", r),
+                identity_checked=_flag(raw, "identity_checked_in_person", r),
+                urgent=_flag(raw, "urgent", r))
+    f.reason = _reason(raw, r)
+    f.unit = _care_unit(raw, ctx, f.region, r)
+    return f
+
+
+def _reason(raw: Mapping[str, Any], r: CheckResult) -> str:
     reason = raw.get("reason")
     if reason is None:
-        reason = ""
-    elif not isinstance(reason, str):
+        return ""
+    if not isinstance(reason, str):
         _err(r, "reason", "invalid_value")
-        reason = ""
-    elif len(reason) > REASON_MAX:
+        return ""
+    if len(reason) > REASON_MAX:
         _err(r, "reason", "reason_too_long")
-    elif not is_plain_text(reason):
+        return reason
+    if not is_plain_text(reason):
         _err(r, "reason", "invalid_value")
-        reason = ""
+        return ""
+    return reason
 
+
+def _care_unit(raw: Mapping[str, Any], ctx: RuleContext, region: str | None, r: CheckResult) -> str | None:
     unit = raw.get("care_unit_hsa_id")
     if _blank(unit):
         _err(r, "care_unit_hsa_id", "required")
-    elif not isinstance(unit, str) or unit.strip().upper() not in ctx.care_units:
+        return None
+    if not isinstance(unit, str) or unit.strip().upper() not in ctx.care_units:
         _err(r, "care_unit_hsa_id", "unknown_care_unit")
-    else:
-        unit = unit.strip().upper()
-        if region and ctx.care_units[unit] != region:
-            _err(r, "region", "invalid_value", "Vårdenheten hör inte till den valda regionen.")
+        return None
+    unit = unit.strip().upper()
+    if region and ctx.care_units[unit] != region:
+        _err(r, "region", "invalid_value", "Vårdenheten hör inte till den valda regionen.")
+    return unit
 
-    actions: list[str] | None = []
-    if order_type in ("seal_or_lock", "restore_access"):
-        actions = _actions(raw, r)
 
-    minor: MinorAccess | None = None
-    if order_type == "minor_access":
-        minor = _minor_access(raw, r)
-
-    guardian: personnummer.PersonalNumber | None = None
+def _type_fields(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
+    """The fields only some order types have: actions, the minor-access choice, the guardian."""
+    if f.order_type in ("seal_or_lock", "restore_access"):
+        f.actions = _actions(raw, r)
+    if f.order_type == "minor_access":
+        f.minor = _minor_access(raw, r)
     # From the raw recipient, so a missing guardian is reported even when another minor_access field is wrong.
     raw_minor = raw.get("minor_access")
-    to_guardian = isinstance(raw_minor, Mapping) and raw_minor.get("recipient") == "guardian"
-    needs_guardian = order_type == "block_guardian" or (order_type == "minor_access" and to_guardian)
-    if needs_guardian:
-        guardian = _person(raw, "guardian_personal_number", ctx, r)
-        if guardian and patient and guardian.digits == patient.digits:
+    f.to_guardian = isinstance(raw_minor, Mapping) and raw_minor.get("recipient") == "guardian"
+    if f.order_type == "block_guardian" or (f.order_type == "minor_access" and f.to_guardian):
+        f.guardian = _person(raw, "guardian_personal_number", ctx, r)
+        if f.guardian and f.patient and f.guardian.digits == f.patient.digits:
             _err(r, "guardian_personal_number", "guardian_is_patient")
 
-    if order_type in ("block_guardian", "minor_access") and initiative == "patient":
+
+def _cross_field_rules(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
+    if f.order_type in ("block_guardian", "minor_access") and f.initiative == "patient":
         _err(r, "initiative", "care_only")
+    if f.order_type == "minor_access":
+        _minor_rules(raw.get("minor_access"), ctx, f, r)
+    if f.order_type == "restore_access" and f.actions:
+        _restore_rules(f.actions, f.initiative, f.identity_checked, ctx.access, r)
 
-    if order_type == "minor_access" and patient and not 13 <= patient.age_on(local(ctx.now).date()) <= 15:
+
+def _minor_rules(raw_minor: Any, ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
+    if f.patient and not 13 <= f.patient.age_on(local(ctx.now).date()) <= 15:
         _err(r, "patient_personal_number", "not_aged_13_to_15")
-
-    if order_type == "minor_access" and to_guardian and isinstance(raw_minor, Mapping) and raw_minor.get("grant") is not False:
+    if f.to_guardian and isinstance(raw_minor, Mapping) and raw_minor.get("grant") is not False:
         if raw_minor.get("child_consent") is not True:
             _err(r, "minor_access.child_consent", "consent_required")
-        if protected:
+        if f.protected:
             _err(r, "guardian_personal_number", "protected_identity")
 
-    if order_type == "restore_access" and actions:
-        _restore_rules(actions, initiative, identity_checked, ctx.access, r)
 
-    if order_type == "seal_or_lock" and actions == ["lock_login"]:
+def _warnings(ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
+    if f.order_type == "seal_or_lock" and f.actions == ["lock_login"]:
         _warn(r, "lock_without_seal", "actions")
-    if protected:
+    if f.protected:
         _warn(r, "protected_identity", "patient_protected_identity")
-    if region and not urgent and not is_office_hours(ctx.now, ctx.region_hours[region]):
+    if f.region and not f.urgent and not is_office_hours(ctx.now, ctx.region_hours[f.region]):
         _warn(r, "outside_office_hours")
 
-    if r.ok:
-        assert order_type and initiative and patient and region and isinstance(unit, str)
-        r.order = OrderRequest(
-            order_type=order_type,  # type: ignore[arg-type]
-            initiative=initiative,  # type: ignore[arg-type]
-            actions=actions or [],  # type: ignore[arg-type]
-            patient_personal_number=patient.digits,
-            patient_protected_identity=protected,
-            guardian_personal_number=guardian.digits if guardian else None,
-            minor_access=minor,
-            identity_checked_in_person=identity_checked,
-            urgent=urgent,
-            reason=reason,
-            care_unit_hsa_id=unit,
-            region=region,
-        )
-    return r
+
+def _request(f: _Fields) -> OrderRequest:
+    assert f.order_type and f.initiative and f.patient and f.region and f.unit
+    return OrderRequest(
+        order_type=f.order_type,  # type: ignore[arg-type]
+        initiative=f.initiative,  # type: ignore[arg-type]
+        actions=f.actions or [],  # type: ignore[arg-type]
+        patient_personal_number=f.patient.digits,
+        patient_protected_identity=f.protected,
+        guardian_personal_number=f.guardian.digits if f.guardian else None,
+        minor_access=f.minor,
+        identity_checked_in_person=f.identity_checked,
+        urgent=f.urgent,
+        reason=f.reason,
+        care_unit_hsa_id=f.unit,
+        region=f.region,
+    )
 
 
 def _restore_rules(actions: list[str], initiative: str | None, identity_checked: bool,
@@ -265,44 +306,3 @@ def _restore_rules(actions: list[str], initiative: str | None, identity_checked:
         (rs := access.restriction_for(a)) is not None and rs.initiative == "care" for a in actions
     ):
         _err(r, "initiative", "care_initiated_restriction")
-
-
-# --- Stages ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StageRequirement:
-    stage: str            # "harm_assessment" | "approval" | "execution"
-    required: bool
-    role: str | None      # who decides, when required
-    rule: str             # stable id of the rule that decided
-    reason: str           # Swedish, shown on the order and in the audit log
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    harm_assessment: StageRequirement
-    approval: StageRequirement
-
-    def as_list(self) -> list[StageRequirement]:
-        return [self.harm_assessment, self.approval]
-
-
-def plan_stages(order: OrderRequest, *, at: datetime, hours: WorkingHours) -> StagePlan:
-    """Which human stages an order needs and who decides them."""
-    if order.initiative == "patient":
-        harm = StageRequirement("harm_assessment", False, None, "patient_own_request",
-                                "Ingen menprövning: patienten begär själv ändringen av sin egen åtkomst.")
-    elif order.order_type == "block_guardian":
-        harm = StageRequirement("harm_assessment", True, "assessor", "guardian_block_harm_test",
-                                "Menprövning krävs: betydande men för barnet (OSL 12 kap. 3 §).")
-    else:
-        harm = StageRequirement("harm_assessment", True, "assessor", "care_initiative_harm_test",
-                                "Menprövning krävs: vårdens initiativ (OSL 25 kap.).")
-
-    if order.urgent and not is_office_hours(at, hours):
-        approval = StageRequirement("approval", True, "bakjour", "urgent_out_of_hours_bakjour",
-                                    "Brådskande utanför kontorstid: bakjouren godkänner.")
-    else:
-        approval = StageRequirement("approval", True, "head_of_department", "head_of_department_approves",
-                                    "Verksamhetschefen för den beställande vårdenheten godkänner.")
-    return StagePlan(harm, approval)

@@ -11,13 +11,12 @@ import pytest
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from forms.api import read_order_row
+from forms.actions import read_order_row
 from forms.auth import User
 from models import personnummer
 from models.clock import FixedClock
 from models.tables import AuditEvent, Staff
-from tasks.adapters import audit
-from tasks.adapters.database import session
+from tasks.adapters import Adapters, audit
 from tasks.steps import audit_extract, orders
 from tests.monitoring_support import (
     ADMIN,
@@ -30,11 +29,9 @@ from tests.monitoring_support import (
     submit_at,
 )
 
-pytestmark = pytest.mark.usefixtures("db")
 
-
-def user(hsa_id: str) -> User:
-    with session() as s:
+def user(ad: Adapters, hsa_id: str) -> User:
+    with ad.db.session() as s:
         p = s.get(Staff, hsa_id)
         assert p is not None
         return User(p.hsa_id, p.name, tuple(p.roles), p.unit_hsa_id, p.region, "header")
@@ -44,27 +41,27 @@ def digits(pnr: str) -> str:
     return pnr.replace("-", "")
 
 
-def search_rows(pnr12: str) -> list[AuditEvent]:
-    with session() as s:
+def search_rows(ad: Adapters, pnr12: str) -> list[AuditEvent]:
+    with ad.db.session() as s:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.action == "search_by_personal_number",
                                                        AuditEvent.patient_pnr == pnr12)))
 
 
-def test_the_extract_lists_exactly_the_patients_events() -> None:
+def test_the_extract_lists_exactly_the_patients_events(ad: Adapters) -> None:
     clock = FixedClock(stockholm(2022, 9, 6, 10, 0))
     a, b = patient(), patient()
-    a1 = submit_at(clock.now(), body(a))
-    execute_at(clock.advance(hours=1), a1)
-    a2 = submit_at(clock.advance(hours=1), body(a, actions=["lock_login"]))
-    orders.cancel(a2, CLINICIAN, "fel patient", now=clock.advance(minutes=5))
-    b1 = submit_at(clock.now(), body(b))
-    read_order_row(user("DEMO-KALMAR-SUPPORT"), a1, "page")        # a read of A's order
-    read_order_row(user("DEMO-KALMAR-SUPPORT"), b1, "page")        # and of B's
-    audit_extract.patient_extract(ADMIN, b, clock.advance(minutes=1))   # somebody searched for B
+    a1 = submit_at(ad, clock.now(), body(a))
+    execute_at(ad, clock.advance(hours=1), a1)
+    a2 = submit_at(ad, clock.advance(hours=1), body(a, actions=["lock_login"]))
+    orders.cancel(ad, a2, CLINICIAN, "fel patient", now=clock.advance(minutes=5))
+    b1 = submit_at(ad, clock.now(), body(b))
+    read_order_row(ad, user(ad, "DEMO-KALMAR-SUPPORT"), a1, "page")        # a read of A's order
+    read_order_row(ad, user(ad, "DEMO-KALMAR-SUPPORT"), b1, "page")        # and of B's
+    audit_extract.patient_extract(ad.db, ADMIN, b, clock.advance(minutes=1))   # somebody searched for B
 
-    extract = audit_extract.patient_extract(ADMIN, a, clock.advance(minutes=1))
+    extract = audit_extract.patient_extract(ad.db, ADMIN, a, clock.advance(minutes=1))
 
-    expected = {e.id for e in audit_rows(a1)} | {e.id for e in audit_rows(a2)} | {e.id for e in search_rows(digits(a))}
+    expected = {e.id for e in audit_rows(ad, a1)} | {e.id for e in audit_rows(ad, a2)} | {e.id for e in search_rows(ad, digits(a))}
     assert {r.id for r in extract.rows} == expected
     assert sorted(extract.orders) == sorted([a1, a2])
     assert all(r.order_reference in (a1, a2, None) for r in extract.rows)
@@ -84,25 +81,25 @@ def test_the_extract_lists_exactly_the_patients_events() -> None:
     assert digits(a) not in as_json and a not in as_json and digits(a)[:8] + "-****" in as_json
 
 
-def test_the_extract_accepts_ten_digits_and_logs_each_search() -> None:
+def test_the_extract_accepts_ten_digits_and_logs_each_search(ad: Adapters) -> None:
     at = stockholm(2022, 9, 13, 10, 0)
     pnr = patient()
-    ref = submit_at(at, body(pnr))
+    ref = submit_at(ad, at, body(pnr))
     ten = pnr[2:]                       # YYMMDD-NNNC
-    first = audit_extract.patient_extract(ADMIN, ten, at)
-    second = audit_extract.patient_extract(ADMIN, digits(pnr), at + timedelta(minutes=1))
+    first = audit_extract.patient_extract(ad.db, ADMIN, ten, at)
+    second = audit_extract.patient_extract(ad.db, ADMIN, digits(pnr), at + timedelta(minutes=1))
     assert first.orders == second.orders == [ref]
-    assert len(search_rows(digits(pnr))) == 2
+    assert len(search_rows(ad, digits(pnr))) == 2
     assert len(second.rows) == len(first.rows) + 1
 
 
-def test_an_invalid_number_is_refused_and_nothing_is_logged() -> None:
-    with session() as s:
+def test_an_invalid_number_is_refused_and_nothing_is_logged(ad: Adapters) -> None:
+    with ad.db.session() as s:
         before = s.scalar(select(func.count()).select_from(AuditEvent))
     for bad in ("19121212-1213", "hello", "", "20991212-1210"):
         with pytest.raises(personnummer.InvalidPersonalNumber):
-            audit_extract.patient_extract(ADMIN, bad, datetime.now(UTC))
-    with session() as s:
+            audit_extract.patient_extract(ad.db, ADMIN, bad, datetime.now(UTC))
+    with ad.db.session() as s:
         assert s.scalar(select(func.count()).select_from(AuditEvent)) == before
 
 
@@ -110,12 +107,12 @@ ATTEMPTS = ["attribute", "orm delete", "bulk update", "bulk delete"]
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)
-def test_audit_rows_cannot_be_updated_or_deleted_through_the_application(attempt: str) -> None:
-    ref = submit_at(stockholm(2022, 9, 20, 10, 0), body(patient()))
-    row = audit_rows(ref)[0]
-    with session() as s:
+def test_audit_rows_cannot_be_updated_or_deleted_through_the_application(ad: Adapters, attempt: str) -> None:
+    ref = submit_at(ad, stockholm(2022, 9, 20, 10, 0), body(patient()))
+    row = audit_rows(ad, ref)[0]
+    with ad.db.session() as s:
         total = s.scalar(select(func.count()).select_from(AuditEvent))
-    with pytest.raises(DBAPIError), session() as s:
+    with pytest.raises(DBAPIError), ad.db.session() as s:
         ev = s.get(AuditEvent, row.id)
         assert ev is not None
         if attempt == "attribute":
@@ -127,33 +124,33 @@ def test_audit_rows_cannot_be_updated_or_deleted_through_the_application(attempt
         else:
             s.execute(delete(AuditEvent).where(AuditEvent.order_reference == ref))
         s.flush()
-    after = audit_rows(ref)[0]
+    after = audit_rows(ad, ref)[0]
     assert (after.actor, after.to_status, after.action) == (row.actor, row.to_status, row.action)
-    with session() as s:
+    with ad.db.session() as s:
         assert s.scalar(select(func.count()).select_from(AuditEvent)) == total
 
 
-def test_sample_check_flags_refused_and_cross_region_reads_and_is_logged() -> None:
+def test_sample_check_flags_refused_and_cross_region_reads_and_is_logged(ad: Adapters) -> None:
     now = datetime.now(UTC)
-    ref = submit_at(now - timedelta(hours=2), body(patient()))
-    read_order_row(user("DEMO-KALMAR-SUPPORT"), ref, "page")
+    ref = submit_at(ad, now - timedelta(hours=2), body(patient()))
+    read_order_row(ad, user(ad, "DEMO-KALMAR-SUPPORT"), ref, "page")
     with pytest.raises(Exception):  # noqa: B017 - NotAllowed: another region's support may not read it
-        read_order_row(user("DEMO-JONKOPING-SUPPORT"), ref, "page")
-    with session() as s:
+        read_order_row(ad, user(ad, "DEMO-JONKOPING-SUPPORT"), ref, "page")
+    with ad.db.session() as s:
         order = orders.get(s, ref)
         # e.g. a person who has moved to another region since: the read was allowed, but is worth a look
         audit.record(s, actor="DEMO-STOCKHOLM-ASSESSOR", action="order_read", order=order, at=now,
                      detail={"via": "page"})
-    refused = audit_rows(ref, "order_read_refused")[0].id
-    cross = audit_rows(ref, "order_read")[-1].id
+    refused = audit_rows(ad, ref, "order_read_refused")[0].id
+    cross = audit_rows(ad, ref, "order_read")[-1].id
 
-    check = audit_extract.sample_check(ADMIN, now + timedelta(seconds=1), days=1, size=2, seed=42)
+    check = audit_extract.sample_check(ad.db, ADMIN, now + timedelta(seconds=1), days=1, size=2, seed=42)
     assert len(check.sampled) == min(2, check.population)
     flagged = {r.id: why for r, why in check.flagged}
     assert flagged[refused] == "refused" and flagged[cross] == "other_region"
-    again = audit_extract.sample_check(ADMIN, now + timedelta(seconds=1), days=1, size=2, seed=42)
+    again = audit_extract.sample_check(ad.db, ADMIN, now + timedelta(seconds=1), days=1, size=2, seed=42)
     assert [r.id for r in again.sampled] == [r.id for r in check.sampled]   # the seed repeats the draw
-    with session() as s:
+    with ad.db.session() as s:
         logged = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "sample_check",
                                                          AuditEvent.actor == ADMIN).order_by(AuditEvent.id)))
     assert logged[-1].detail["seed"] == 42 and refused in logged[-1].detail["flagged_ids"]

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import select
 
+from models.regions import load_regions
 from models.tables import CareUnit, Staff
-from tasks.adapters.database import session
+from tasks.adapters.database import Database
 from tasks.adapters.demo import seed_demo
-
-pytestmark = pytest.mark.usefixtures("db")
 
 REGIONS = ("KALMAR", "OSTERGOTLAND", "JONKOPING", "STOCKHOLM")
 CONTRACT_ROLES = {
@@ -22,8 +20,8 @@ CONTRACT_ROLES = {
 }
 
 
-def test_every_contract_hsa_id_is_seeded_with_its_role_unit_and_region() -> None:
-    with session() as s:
+def test_every_contract_hsa_id_is_seeded_with_its_role_unit_and_region(db: Database) -> None:
+    with db.session() as s:
         for r in REGIONS:
             unit = s.get(CareUnit, f"DEMO-{r}-UNIT")
             assert unit is not None and unit.region == r.lower() and unit.head_hsa_id == f"DEMO-{r}-HEAD"
@@ -36,8 +34,8 @@ def test_every_contract_hsa_id_is_seeded_with_its_role_unit_and_region() -> None
         assert admin is not None and "admin" in admin.roles
 
 
-def test_every_demo_address_is_at_an_invalid_domain_and_has_no_personal_number() -> None:
-    with session() as s:
+def test_every_demo_address_is_at_an_invalid_domain_and_has_no_personal_number(db: Database) -> None:
+    with db.session() as s:
         demo = s.scalars(select(Staff).where(Staff.hsa_id.like("DEMO-%"))).all()
     assert len(demo) == len(REGIONS) * len(CONTRACT_ROLES) + 1
     for person in demo:
@@ -45,5 +43,5 @@ def test_every_demo_address_is_at_an_invalid_domain_and_has_no_personal_number()
         assert not re.search(r"\d{6}", person.hsa_id + person.name + person.email)
 
 
-def test_seeding_again_adds_nothing() -> None:
-    assert seed_demo() == 0
+def test_seeding_again_adds_nothing(db: Database) -> None:
+    assert seed_demo(db, load_regions()) == 0

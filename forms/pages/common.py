@@ -9,7 +9,6 @@ autoescaped (free text is always shown as text).
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ from forms.auth import (
     session_data,
     set_session,
 )
-from models import personnummer
-from models.calendar import local
+from models import personnummer, swedish
 from models.regions import RegionSettings
 from models.routine import STAGES, Stage, StageDef, callback_promise_sv
 from models.schemas import INITIATIVE_LABELS_SV, ORDER_TYPE_LABELS_SV
@@ -38,9 +36,6 @@ from models.status import LABELS_SV, OrderStatus
 from tasks.adapters import Adapters
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "pages"
-MONTHS = ("januari", "februari", "mars", "april", "maj", "juni", "juli", "augusti", "september", "oktober",
-          "november", "december")
-WEEKDAYS = ("måndag", "tisdag", "onsdag", "torsdag", "fredag", "lördag", "söndag")
 # Fuller than models.schemas.ACTION_LABELS_SV, and the same words as the paper form.
 SEAL_LABELS = {"seal_journal": "Försegla 1177 journal", "lock_login": "Låsa inloggning till 1177 e-tjänster"}
 RESTORE_LABELS = {"seal_journal": "Bryta försegling av 1177 journal",
@@ -49,19 +44,8 @@ RESTORE_LABELS = {"seal_journal": "Bryta försegling av 1177 journal",
 
 # --- formatting ---------------------------------------------------------------------------------------
 
-def when(at: datetime | None) -> str:
-    """Europe/Stockholm, Swedish style: 'tisdag 24 november 2026 kl. 16.00'."""
-    if at is None:
-        return "–"
-    t = local(at)
-    return f"{WEEKDAYS[t.weekday()]} {t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}"
-
-
-def short_when(at: datetime | None) -> str:
-    if at is None:
-        return "–"
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1][:3]} {t.year} {t:%H.%M}"
+when = swedish.when_long
+short_when = swedish.when_short
 
 
 def tel_href(phone: str) -> str:

@@ -27,8 +27,7 @@ from sqlalchemy import and_, func, not_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from models import sla
-from models.calendar import local
+from models import sla, swedish
 from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Deadline, Deviation, Order, Staff
 from tasks.adapters import Adapters, audit, directory
@@ -44,33 +43,6 @@ SYSTEM = "system"
 REVIEW_SUBMITTER = SYSTEM
 OPEN_STATUSES = [s.value for s in OrderStatus if s not in FINAL]
 CHUNK = 500  # references per IN (...) query
-
-MONTHS = ("januari", "februari", "mars", "april", "maj", "juni", "juli", "augusti", "september", "oktober",
-          "november", "december")
-
-
-def when_sv(at: datetime | None) -> str:
-    if at is None:
-        return "–"
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}"
-
-
-def day_sv(at: datetime | None) -> str:
-    if at is None:
-        return "–"
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1]} {t.year}"
-
-
-def late_sv(minutes: int) -> str:
-    if minutes < 60:
-        return f"{minutes} minuter"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours} timmar"
-    return f"{hours // 24} dygn"
-
 
 # --- overdue orders ----------------------------------------------------------------------------------------
 
@@ -161,7 +133,7 @@ def _flag_one(ad: Adapters, s: Session, reference: str, now: datetime) -> Overdu
     subject = f"Försenad beställning {reference}" + (" (brådskande)" if order.urgent else "")
     sent = ad.mail.enqueue(s, order, f"overdue-{breach}", overdue_recipients(ad, s, order), now=now,
                            template="overdue", subject=subject,
-                           extra={"due_text": when_sv(due), "late_text": late_sv(late), "breach": str(breach),
+                           extra={"due_text": swedish.when(due), "late_text": swedish.duration(late), "breach": str(breach),
                                   "urgent": "ja" if order.urgent else "", "link": ad.mail.link(reference)})
     s.flush()  # a racing monitor's duplicate Message-ID fails here, before anything is sent
     flag = OverdueFlag(reference, breach, due, late, order.region, order.urgent, order.status, sent, str(event_id))
@@ -392,7 +364,7 @@ def send_review_reminders(ad: Adapters, now: datetime, *, references: Collection
             sent = ad.mail.enqueue(
                 s, order, sla.review_event(order.review_due_on), review_recipients(ad, s, order), now=now,
                 template="review_due", subject=f"Dags för omprövning av {order.reference}",
-                extra={"review_date_text": day_sv(order.review_due_on),
+                extra={"review_date_text": swedish.day(order.review_due_on),
                        "review_link": f"{ad.mail.base_url}/omprovningar", "link": ad.mail.link(order.reference)})
             audit.record(s, actor=SYSTEM, action=sla.REVIEW_REMINDER_ACTION, order=order, at=now,
                          detail={"period": period, "mails": sent})
@@ -442,7 +414,7 @@ def plan_review(ad: Adapters, reference: str, actor: str, outcome: str, now: dat
             raise ReviewRefused(409, "no_review", "Beställningen har ingen omprövning.")
         if not sla.review_is_due(order.review_due_on, order.status, now):
             raise ReviewRefused(409, "review_not_due",
-                                f"Omprövningen är inte aktuell förrän {day_sv(order.review_due_on)}.")
+                                f"Omprövningen är inte aktuell förrän {swedish.day(order.review_due_on)}.")
         period = sla.review_period(order.review_due_on)
         interval = ad.region(order.region).review_interval_days
         if outcome == "keep":

@@ -16,7 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from models.authority import Refusal, refusal
 from models.calendar import callback_deadline
 from models.reference import REFERENCE
-from models.routine import Stage, StagePlan, replan_urgent
+from models.routine import STAGES, Stage, StagePlan, replan_urgent
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Decision, Deviation, Order, Staff
 from tasks.adapters import Adapters, audit, directory
@@ -24,7 +24,8 @@ from tasks.steps import deadlines
 from tasks.steps.escalation import callback_recorded_at, minutes_late
 from tasks.steps.orders import Conflict, Forbidden, decider, facts, get
 
-TRIGGER_ROLES = ("on_call", "support")
+# Who may make an order urgent: the people who call the orderer back (the callback stage's deciders).
+TRIGGER_ROLES = STAGES[Stage.CALLBACK].roles
 
 
 def normalise_reference(reference: str) -> str:
