@@ -46,7 +46,7 @@ def _store_waiting() -> str:
 
 
 async def make_waiting(n: int) -> float:
-    from flows.routine import SUSPEND_TIMEOUT_S
+    from flows.order import SUSPEND_TIMEOUT_S
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Suspended

@@ -231,7 +231,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     In production the only other dispatcher is the `housekeeping` deployment, which needs the Prefect
     server and a worker: with either down, no missed callback would be escalated. This one needs the
     orders database and SMTP only. Running beside the others is safe: each deadline is claimed by one
-    conditional UPDATE, so it fires once whoever gets there first (tasks/escalation.py)."""
+    conditional UPDATE, so it fires once whoever gets there first (tasks/steps/escalation.py)."""
     ad: Adapters = app.state.adapters
     every = ad.settings.app_dispatch_seconds
     thread = stop = None

@@ -309,3 +309,73 @@ CONFIRMATIONS: dict[OrderStatus, tuple[Recipient, ...]] = {
     OrderStatus.CANCELLED: ("orderer",),
     OrderStatus.FAILED: ("orderer", "support"),
 }
+
+
+# --- where an order stands ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DecisionFacts:
+    """An accepted decision as the progress view needs it."""
+    stage: str
+    decided_by: str
+    decided_at: datetime
+    outcome: str
+    detail: Mapping[str, Any]
+    text: str = ""
+
+
+StageState = Literal["pending", "waiting", "done", "not_required"]
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    stage: Stage
+    required: bool
+    rule: str
+    reason: str
+    state: StageState
+    role: str | None = None             # who decides it (the plan's role), while it waits
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    outcome: dict[str, Any] | None = None
+
+
+def _outcome_of(stage: Stage, d: DecisionFacts) -> dict[str, Any]:
+    """What a decision decided: for the harm assessment everything the approver must see."""
+    if stage == Stage.HARM_ASSESSMENT:
+        return {"harm_found": bool(d.detail.get("harm_found")), "decision": d.outcome, "rationale": d.text,
+                "review_after_days": d.detail.get("review_after_days")}
+    if stage == Stage.APPROVAL:
+        return {"approved": d.outcome == "approve", "comment": d.text}
+    if stage == Stage.CALLBACK:
+        return {"note": d.text}
+    return {"system_reference": str(d.detail.get("system_reference", ""))}
+
+
+# Execution is not planned: every order that gets that far is executed, by the gateway or a person.
+EXECUTION_PLANNED = Planned(True, None, "execution", "Verkställs i 1177:s administrationsverktyg, automatiskt "
+                                                      "eller av en kontoadministratör.")
+
+
+def progress(plan_: StagePlan, status: OrderStatus, accepted: list[DecisionFacts], *,
+             executed_by: str | None = None, executed_at: datetime | None = None) -> list[StageProgress]:
+    """Each stage of the order: done (who, when, outcome), waiting (for which role), pending, or not required
+    (with the rule that said so). Execution is done by the gateway (`executed_by` system) or a person."""
+    out: list[StageProgress] = []
+    by_stage = {d.stage: d for d in accepted}
+    for stage in (*HUMAN_STAGES, Stage.EXECUTION):
+        planned = plan_.stages.get(stage) or EXECUTION_PLANNED
+        d = by_stage.get(stage.value)
+        if not planned.required and d is None:
+            out.append(StageProgress(stage, False, planned.rule, planned.reason, "not_required"))
+        elif d is not None:
+            out.append(StageProgress(stage, True, planned.rule, planned.reason, "done", planned.role, d.decided_by,
+                                     d.decided_at, _outcome_of(stage, d)))
+        elif stage == Stage.EXECUTION and status == OrderStatus.COMPLETED:
+            out.append(StageProgress(stage, True, planned.rule, planned.reason, "done", None, executed_by,
+                                     executed_at, {}))
+        elif STAGE_STATUS[stage] == status:
+            out.append(StageProgress(stage, True, planned.rule, planned.reason, "waiting", planned.role))
+        else:
+            out.append(StageProgress(stage, True, planned.rule, planned.reason, "pending", planned.role))
+    return out

@@ -1,14 +1,14 @@
 """Monitoring rules: when an order is overdue, which breach it is, when a review is due, what counts.
 
 Pure functions, no I/O; every function that needs the time takes `now`. The database side is
-`tasks/monitoring.py`, the flows are `flows/sla.py` and `flows/review.py`.
+`tasks/steps/monitoring.py`, the flows are `flows/sla.py` and `flows/review.py`.
 
 Decisions taken here:
 - An order is overdue when it has a due time, that time has passed and the order is not final
   (completed, rejected, cancelled, failed). `paper_fallback` is still open.
 - A breach of a due time is a deviation (avvikelse). An urgent order is due at its callback deadline until
-  the callback is recorded (then at the normal due time, tasks/deadlines.callback_made); a missed callback is
-  the escalation dispatcher's (tasks/escalation.py): no overdue reminder and no second deviation here.
+  the callback is recorded (then at the normal due time, tasks/steps/deadlines.callback_made); a missed callback is
+  the escalation dispatcher's (tasks/steps/escalation.py): no overdue reminder and no second deviation here.
 - A *breach* is one due time that passed. It is flagged once; a new due time that passes later is a new
   breach (breach 2, 3, ...). Which due times were flagged is read back from the `overdue` audit rows.
 - A review period is identified by its review date (Stockholm calendar day). One reminder per period; an
@@ -80,7 +80,7 @@ def records_deviation(due_at: datetime, callback_due_at: datetime | None) -> boo
 
     Not when the due time is the urgent callback deadline (an order urgent from submission): the promise
     there is the callback, and a missed callback is recorded by the escalation dispatcher
-    (tasks/escalation.py, kind `callback_missed`), so the same broken promise is never counted twice."""
+    (tasks/steps/escalation.py, kind `callback_missed`), so the same broken promise is never counted twice."""
     return callback_due_at is None or breach_key(callback_due_at) != breach_key(due_at)
 
 

@@ -1,7 +1,7 @@
 """Prefect automations shipped with the project, created idempotently by name.
 
 - **Missed urgent callback**: fires on every `order.callback.missed` event (emitted by the escalation
-  dispatcher, tasks/escalation.py, resource `order.<reference>`), so each missed callback shows in the
+  dispatcher, tasks/steps/escalation.py, resource `order.<reference>`), so each missed callback shows in the
   dashboard's automation and event views, linked to the order's run.
 - **Order run failed**: fires when a run of an order flow (or of `urgent-order`) fails or crashes.
 - **Crash unresponsive order runs**: Prefect's recipe for zombie runs (docs "detect zombie flows"): a run

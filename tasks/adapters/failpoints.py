@@ -4,12 +4,12 @@ loses power) the first time an armed order passes that point. Inert unless the v
 never set outside tests.
 
 Points (each a single `hit(...)` line where it is):
-- `after-receive`                stages planned, first stage open (flows/routine.py)
+- `after-receive`                stages planned, first stage open (flows/order.py)
 - `after-decision:<stage>`       a decision recorded: `callback`, `harm_assessment`, `approval`, `execution`
-                                 (flows/routine.py); `after-decision` names all four
-- `after-execute`                the 1177 change made (flows/routine.py)
-- `after-confirm`                final status set and its emails queued, nothing delivered yet (flows/routine.py)
-- `after-smtp-accept`            the SMTP server accepted a message, the outbox not yet told (tasks/mail.py)
+                                 (flows/order.py); `after-decision` names all four
+- `after-execute`                the 1177 change made (flows/order.py)
+- `after-confirm`                final status set and its emails queued, nothing delivered yet (flows/order.py)
+- `after-smtp-accept`            the SMTP server accepted a message, the outbox not yet told (tasks/adapters/mail.py)
 
 In `RO_FAILPOINT_DIR` a file `<reference>.armed` arms an order (other orders in flight pass untouched); when
 the file lists point names (one per line), only those fire for it. A marker per point and order makes

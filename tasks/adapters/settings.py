@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     smtp_timeout: float = 10.0
 
     gateway: Literal["simulated", "manual", "down"] = "simulated"
-    # While this file exists the gateway is down, whatever `gateway` says (tasks/gateway.py).
+    # While this file exists the gateway is down, whatever `gateway` says (tasks/adapters/gateway.py).
     gateway_down_flag: Path | None = None
     # Orders that fell back to paper go back to the digital route when the execution system answers again:
     # first probe this long after the fallback, then backing off, doubling up to ten times as long.

@@ -6,7 +6,7 @@ call them; the tests call them with a FixedClock). The decision rules are in `mo
 Once per breach, not once per run: an overdue order is flagged in ONE transaction that writes the audit row
 `overdue` (whose detail names the breached due time), a Deviation row and the reminder emails (outbox
 Message-IDs `<ref>.overdue-<n>.<role>@…` are unique). An urgent order's callback deadline is not flagged
-here: tasks/escalation.py escalates a missed callback and records it as `callback_missed`. The next run
+here: tasks/steps/escalation.py escalates a missed callback and records it as `callback_missed`. The next run
 reads the `overdue` audit rows back and skips due times already flagged; two monitors racing on the same order collide on the row lock (PostgreSQL)
 or the unique Message-ID and one of them rolls back. No new column is needed.
 

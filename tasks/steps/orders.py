@@ -117,7 +117,7 @@ def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key
            paper_registered_by: str | None = None) -> SubmitOutcome:
     """Store a valid order (status `submitted`) and its deadlines; the caller then starts its flow run.
 
-    A signed paper order registered by support (tasks/paper_orders.py) passes `channel="paper"` and when and
+    A signed paper order registered by support (tasks/steps/paper_orders.py) passes `channel="paper"` and when and
     by whom it was received, so the order and that record are stored in one transaction."""
     digest = request_hash(raw)
     with ad.db.session() as s:

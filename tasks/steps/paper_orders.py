@@ -412,7 +412,7 @@ async def _continue_paper(ad: Adapters, reference: str, registrar: str, received
             raise Conflict(f"order is {order.status}, not paper_fallback")
         previous_channel = order.channel
         # From now on the signed paper form is the order's record: channel `paper`, and should the
-        # execution system still be down, an account administrator executes it by hand (tasks/stages.py).
+        # execution system still be down, an account administrator executes it by hand (tasks/steps/stages.py).
         order.channel = "paper"
         order.paper_received_on = _received_at(received)
         order.paper_registered_by = registrar

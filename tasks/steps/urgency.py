@@ -137,7 +137,7 @@ def store_callback(ad: Adapters, ref: str, actor: str, note: str, now: datetime)
         hsa = person.hsa_id if person else actor
         if status == OrderStatus.SUBMITTED:
             # The run has not received the order yet: it takes this decision when it reaches the stage. The
-            # clock stops now, in this transaction (the dispatcher claims the same row: tasks/escalation.py).
+            # clock stops now, in this transaction (the dispatcher claims the same row: tasks/steps/escalation.py).
             deadlines.meet(s, ref, "callback", now)
             d = Decision(order_id=order.id, stage="callback", decided_by=hsa, outcome="done", detail={}, text=note,
                          state="proposed", created_at=now)
