@@ -37,11 +37,11 @@ def build(settings: Settings | None = None, *, db: Database | None = None, engin
     if notifiers is None:
         notifiers = [WebhookNotifier(settings.paging_webhook_url, settings.paging_webhook_token,
                                      settings.paging_webhook_timeout)] if settings.paging_webhook_url else []
+    clock = clock or SystemClock()
     return Adapters(
-        settings=settings, db=db, regions=regions if regions is not None else load_regions(),
-        clock=clock or SystemClock(),
+        settings=settings, db=db, regions=regions if regions is not None else load_regions(), clock=clock,
         mail=Outbox(db, SmtpServer(settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.smtp_timeout),
-                    settings.app_base_url),
+                    settings.app_base_url, clock),
         gateway=gateway or ConfiguredGateway(settings.gateway, settings.gateway_down_flag),
         engine=engine or PrefectEngine(), events=events or PrefectEvents(), notifiers=list(notifiers))
 

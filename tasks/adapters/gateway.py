@@ -17,7 +17,7 @@ system to go down and come back without restarting anything).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -39,8 +39,8 @@ class ExecutionRefused(RuntimeError):
 class ExecutionGateway(Protocol):
     manual: bool
 
-    def apply(self, s: Session, order: Order) -> str:
-        """Apply the order's effects; return the system's reference. Must be idempotent per order."""
+    def apply(self, s: Session, order: Order, at: datetime) -> str:
+        """Apply the order's effects at `at`; return the system's reference. Must be idempotent per order."""
         ...
 
     def available(self) -> bool:
@@ -146,9 +146,9 @@ class SimulatedRegistry:
     def available(self) -> bool:
         return True  # it lives in the orders database
 
-    def apply(self, s: Session, order: Order) -> str:
+    def apply(self, s: Session, order: Order, at: datetime | None = None) -> str:
         system_ref = f"SIM-{order.reference}"
-        record_effects(s, order, system_ref, datetime.now(UTC))
+        record_effects(s, order, system_ref, at or datetime.now(UTC))
         return system_ref
 
 
@@ -158,7 +158,7 @@ class ManualGateway:
     def available(self) -> bool:
         return True  # an account administrator with the 1177 administration tool
 
-    def apply(self, s: Session, order: Order) -> str:  # pragma: no cover - the flow waits for a person instead
+    def apply(self, s: Session, order: Order, at: datetime) -> str:  # pragma: no cover - the flow waits for a person instead
         raise RuntimeError("manual execution is confirmed by an account administrator")
 
 
@@ -168,7 +168,7 @@ class UnavailableGateway:
     def available(self) -> bool:
         return False
 
-    def apply(self, s: Session, order: Order) -> str:
+    def apply(self, s: Session, order: Order, at: datetime) -> str:
         raise GatewayUnavailable("1177 administration system unreachable")
 
 
@@ -195,8 +195,8 @@ class ConfiguredGateway:
     def available(self) -> bool:
         return self.current().available()
 
-    def apply(self, s: Session, order: Order) -> str:
-        return self.current().apply(s, order)
+    def apply(self, s: Session, order: Order, at: datetime) -> str:
+        return self.current().apply(s, order, at)
 
 
 __all__ = ["ConfiguredGateway", "EffectKind", "ExecutionGateway", "GatewayUnavailable", "SimulatedRegistry",

@@ -24,6 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import personnummer
+from models.clock import Clock
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import Order, OutboxMessage
@@ -73,8 +74,11 @@ def message_id(reference: str, event: str, role: str) -> str:
 
 
 class Outbox:
-    def __init__(self, db: Database, smtp: SmtpServer, base_url: str) -> None:
-        self.db, self.smtp, self.base_url = db, smtp, base_url.rstrip("/")
+    def __init__(self, db: Database, smtp: SmtpServer, base_url: str, clock: Clock) -> None:
+        self.db, self.smtp, self.base_url, self.clock = db, smtp, base_url.rstrip("/"), clock
+
+    def _now(self) -> datetime:
+        return self.clock.now().astimezone(UTC)
 
     def link(self, reference: str) -> str:
         return f"{self.base_url}/bestallningar/{reference}"
@@ -95,7 +99,7 @@ class Outbox:
         """Queue one message per recipient for this event; returns how many were new.
 
         `event` must be unique per occasion (e.g. "overdue-1" for the first breach): it makes the Message-ID."""
-        now = now or datetime.now(UTC)
+        now = now or self._now()
         new = 0
         for r in recipients:
             mid = message_id(order.reference, event, r.role)
@@ -136,7 +140,7 @@ class Outbox:
 
     def deliver(self, reference: str | None = None, limit: int = 100, now: datetime | None = None) -> tuple[int, int]:
         """Send what is due in the outbox; returns (sent, failed). Failed ones stay queued with backoff."""
-        now = now or datetime.now(UTC)
+        now = now or self._now()
         sent = failed = 0
         with self.db.session() as s:
             # A lease that ran out means a sender died mid-send: make it pending again.
@@ -167,7 +171,7 @@ class Outbox:
                 else:
                     m.attempts += 1
                     m.status = "sent"
-                    m.sent_at = datetime.now(UTC)
+                    m.sent_at = self._now()
                     sent += 1
                 s.commit()
         return sent, failed
@@ -179,7 +183,7 @@ class Outbox:
 
     def backlog(self, now: datetime | None = None) -> tuple[int, float]:
         """(messages not yet sent, minutes the oldest of them has waited)."""
-        now = now or datetime.now(UTC)
+        now = now or self._now()
         with self.db.session() as s:
             count, oldest = s.execute(select(func.count(OutboxMessage.id), func.min(OutboxMessage.created_at))
                                       .where(OutboxMessage.status != "sent")).one()

@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -163,7 +163,7 @@ def escalate_due(ad: Adapters, now: datetime, *, references: Collection[str] | N
             fired.append(m)
             log.warning("urgent callback missed for %s: escalated %s min late", m.reference, m.minutes_late)
     for m in fired:
-        ad.mail.deliver(m.reference, now=max(now, datetime.now(UTC)))
+        ad.mail.deliver(m.reference, now=max(now, ad.now()))
         emit(ad, m)
     return [m.reference for m in fired]
 

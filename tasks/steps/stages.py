@@ -213,12 +213,13 @@ def execute(ad: Adapters, reference: str) -> str:
             return order.status
         if gw.manual or routed_to_manual(s, order):
             return "manual"
+        now = ad.now()
         try:
-            system_ref = gw.apply(s, order)
+            system_ref = gw.apply(s, order, now)
         except ExecutionRefused as exc:
-            _fail(ad, s, order, SYSTEM, exc, ad.now())
+            _fail(ad, s, order, SYSTEM, exc, now)
         else:
-            _complete(ad, s, order, SYSTEM, system_ref, ad.now())
+            _complete(ad, s, order, SYSTEM, system_ref, now)
         status = order.status
     if status == OrderStatus.FAILED:
         emit_failed(ad, reference)  # after the commit: the event never tells of a failure that was rolled back
