@@ -54,10 +54,11 @@ def read_order_row(ad: Adapters, user: User, reference: str, via: str) -> Order:
             raise ApiError(404, "not_found", NOT_FOUND) from None
         unit = directory.unit(s, order.care_unit_hsa_id)
         if not may_read(user, order, unit.head_hsa_id if unit else None):
-            audit.record(s, actor=user.hsa_id, action="order_read_refused", order=order, detail={"via": via})
+            audit.record(s, actor=user.hsa_id, action="order_read_refused", order=order, detail={"via": via},
+                         at=ad.now())
             s.commit()
             raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
-        audit.record(s, actor=user.hsa_id, action="order_read", order=order, detail={"via": via})
+        audit.record(s, actor=user.hsa_id, action="order_read", order=order, detail={"via": via}, at=ad.now())
         s.expunge(order)
         return order
 

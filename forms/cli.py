@@ -119,11 +119,12 @@ def _automations(ad: Adapters, print_only: bool) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
+    """The command line; `ad` are the adapters to use (tests), else the composition root builds them."""
     args = _parser().parse_args(argv)
     from flows.bootstrap import build
     from tasks.steps.orders import Conflict, Forbidden, NotFound
-    ad = build()
+    ad = ad or build()
     try:
         if args.command == "urgent":
             return _urgent(ad, args.reference, args.by)

@@ -145,7 +145,7 @@ def _readable(ad: Adapters, user: User, ref: str) -> bool:
         allowed = may_read(user, order, unit.head_hsa_id if unit else None)
         if not allowed:
             audit.record(s, actor=user.hsa_id, action="order_read_refused", order=order,
-                         detail={"via": "callback_clock"})
+                         detail={"via": "callback_clock"}, at=ad.now())
         return allowed
 
 

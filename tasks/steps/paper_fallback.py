@@ -70,7 +70,7 @@ def check_paper_form(ad: Adapters, reference: str) -> int:
     if not (pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]):
         raise RuntimeError(f"paper form for {reference} is not a complete PDF")
     with ad.db.session() as s:
-        audit.record(s, actor=SYSTEM, action="paper_form_checked", order=get(s, reference), channel="flow",
+        audit.record(s, actor=SYSTEM, action="paper_form_checked", order=get(s, reference), channel="flow", at=ad.now(),
                      detail={"occasion": occasion, "bytes": len(pdf)})
     log.info("%s: paper form renders (%d bytes)", reference, len(pdf))
     return occasion
@@ -124,17 +124,17 @@ def notify_orderer(ad: Adapters, reference: str, occasion: int) -> int:
             return 0
         if _told_before(s, reference):
             if not _already(ad, reference, UNNOTIFIED, occasion):
-                audit.record(s, actor=SYSTEM, action=UNNOTIFIED, order=order, channel="flow",
+                audit.record(s, actor=SYSTEM, action=UNNOTIFIED, order=order, channel="flow", at=ad.now(),
                              detail={"occasion": occasion, "why": "told_before"})
             return 0
         recipients = _recipients(ad, s, order)
         new = ad.mail.enqueue(s, order, event_name(occasion), recipients, template=TEMPLATE,
                               extra=_mail_context(ad, order), subject=SUBJECT.format(ref=order.reference))
         if new:
-            audit.record(s, actor=SYSTEM, action="paper_fallback_notified", order=order, channel="flow",
+            audit.record(s, actor=SYSTEM, action="paper_fallback_notified", order=order, channel="flow", at=ad.now(),
                          detail={"occasion": occasion, "recipients": [r.role for r in recipients]})
         elif not recipients and not _already(ad, reference, UNNOTIFIED, occasion):
-            audit.record(s, actor=SYSTEM, action=UNNOTIFIED, order=order, channel="flow",
+            audit.record(s, actor=SYSTEM, action=UNNOTIFIED, order=order, channel="flow", at=ad.now(),
                          detail={"occasion": occasion, "why": "no_recipient"})
     ad.mail.deliver(reference)
     return new

@@ -64,7 +64,7 @@ async def start_run(ad: Adapters, reference: str, *, restart: int = 0, reason: s
                 detail["reason"] = reason
             if queue:
                 detail["work_queue"] = queue
-            audit.record(s, actor="system", action="run_started", order=row, detail=detail)
+            audit.record(s, actor="system", action="run_started", order=row, detail=detail, at=ad.now())
     await ad.engine.begin(run_id)
     return run_id
 

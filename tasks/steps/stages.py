@@ -71,7 +71,7 @@ def receive(ad: Adapters, reference: str) -> str:
                            hours=region.hours, callback_minutes=region.callback_minutes)
             order.stage_plan = planned.as_json()
             for stage, p in planned.stages.items():
-                audit.record(s, actor=SYSTEM, action="stage_planned", order=order,
+                audit.record(s, actor=SYSTEM, action="stage_planned", order=order, at=now,
                              detail={"stage": stage.value, "required": p.required, "rule": p.rule})
         if order.status == OrderStatus.SUBMITTED:
             transition(s, order, first_status(StagePlan.from_json(order.stage_plan)), actor=SYSTEM,
@@ -243,10 +243,10 @@ def fall_back_to_paper(ad: Adapters, reference: str) -> str:
             return order.status
         if paper_received(order):
             if not routed_to_manual(s, order):
-                audit.record(s, actor=SYSTEM, action=MANUAL_ROUTE, order=order, channel="flow",
+                audit.record(s, actor=SYSTEM, action=MANUAL_ROUTE, order=order, channel="flow", at=ad.now(),
                              detail={"why": "gateway_unavailable", "paper_received": True})
             return "manual"
-        transition(s, order, OrderStatus.PAPER_FALLBACK, actor=SYSTEM, action="gateway_unavailable")
+        transition(s, order, OrderStatus.PAPER_FALLBACK, actor=SYSTEM, action="gateway_unavailable", at=ad.now())
         return order.status
 
 
