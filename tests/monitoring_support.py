@@ -83,7 +83,7 @@ def execute_at(ad: Adapters, at: datetime, reference: str) -> None:
         order = orders.get(s, reference)
         for st in (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING):
             orders.transition(s, order, st, actor="system", at=at)
-        system_ref = SimulatedRegistry().apply(s, order)
+        system_ref = SimulatedRegistry().apply(s, order, at)
         _complete(ad, s, order, "system", system_ref, at)
 
 

@@ -3,8 +3,9 @@ overview and red list, deviations, reviews due, the CSV export without personal 
 log extract, and the head of department's review outcome. Runs on SQLite, and on PostgreSQL when
 DATABASE_URL is set.
 
-The orders are made in Region Stockholm in January 2020 and the time is pinned there (the `now`
-dependency is overridden), so the overdue figures for Stockholm are exactly this file's orders.
+The orders are made in Region Stockholm in January 2020 and the time is pinned there (the module's adapters
+have a FixedClock, which every route's `now` reads), so the overdue figures for Stockholm are exactly this
+file's orders. The in-process engine stands in for Prefect: a review's restore order starts its run there.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from sqlalchemy import select
 
 from forms import admin_routes
 from models import personnummer
+from models.clock import FixedClock
 from models.status import OrderStatus
 from models.tables import AuditEvent
-from tasks.adapters.database import session
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.settings import Settings
 from tasks.steps import monitoring
 from tests.monitoring_support import (
     audit_rows,
@@ -38,8 +42,6 @@ from tests.monitoring_support import (
     submit_at,
 )
 
-pytestmark = pytest.mark.usefixtures("db")
-
 NOW = stockholm(2020, 1, 16, 13, 0)          # Thursday
 ADMIN = {"X-Remote-User": "DEMO-ADMIN"}
 HEAD = {"X-Remote-User": "DEMO-STOCKHOLM-HEAD"}
@@ -49,29 +51,43 @@ NUMBER_SHAPED = re.compile(r"(?<![0-9])(\d{6}|\d{8})[-+]?(\d{4})(?![0-9])")
 
 
 @pytest.fixture(scope="module")
-def data() -> dict[str, Any]:
+def ad(settings: Settings, db: Database) -> Adapters:
+    """This module's adapters: the session's orders database, the in-process engine, the time pinned at NOW
+    (every route's `now` and every step's clock)."""
+    from flows.bootstrap import in_process
+    return in_process(settings, db=db, clock=FixedClock(NOW))
+
+
+@pytest.fixture(scope="module")
+def data(ad: Adapters) -> dict[str, Any]:
     """Stockholm orders: two overdue, one open not yet due, one cancelled (was due), one executed with a
     review due, one executed whose review is not due yet."""
     patients = [patient() for _ in range(6)]
-    late1 = submit_at(stockholm(2020, 1, 14, 10, 0), body(patients[0], region="stockholm"))
-    late2 = submit_at(stockholm(2020, 1, 14, 11, 0), body(patients[1], region="stockholm", urgent=True))
-    fresh = submit_at(stockholm(2020, 1, 16, 12, 0), body(patients[2], region="stockholm"))
-    gone = submit_at(stockholm(2020, 1, 13, 10, 0), body(patients[3], region="stockholm"))
-    set_status(gone, OrderStatus.CANCELLED, stockholm(2020, 1, 13, 11, 0))
-    due_review = submit_at(stockholm(2019, 1, 8, 10, 0), body(patients[4], region="stockholm"))
-    execute_at(stockholm(2019, 1, 8, 12, 0), due_review)
-    later_review = submit_at(stockholm(2019, 6, 4, 10, 0), body(patients[5], region="stockholm"))
-    execute_at(stockholm(2019, 6, 4, 12, 0), later_review)
-    monitoring.flag_overdue(NOW, references=[late1, late2, fresh, gone])
+    late1 = submit_at(ad, stockholm(2020, 1, 14, 10, 0), body(patients[0], region="stockholm"))
+    late2 = submit_at(ad, stockholm(2020, 1, 14, 11, 0), body(patients[1], region="stockholm", urgent=True))
+    fresh = submit_at(ad, stockholm(2020, 1, 16, 12, 0), body(patients[2], region="stockholm"))
+    gone = submit_at(ad, stockholm(2020, 1, 13, 10, 0), body(patients[3], region="stockholm"))
+    set_status(ad, gone, OrderStatus.CANCELLED, stockholm(2020, 1, 13, 11, 0))
+    due_review = submit_at(ad, stockholm(2019, 1, 8, 10, 0), body(patients[4], region="stockholm"))
+    execute_at(ad, stockholm(2019, 1, 8, 12, 0), due_review)
+    later_review = submit_at(ad, stockholm(2019, 6, 4, 10, 0), body(patients[5], region="stockholm"))
+    execute_at(ad, stockholm(2019, 6, 4, 12, 0), later_review)
+    monitoring.flag_overdue(ad, NOW, references=[late1, late2, fresh, gone])
     return {"late": [late1, late2], "fresh": fresh, "gone": gone, "due_review": due_review,
             "later_review": later_review, "patients": patients}
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
+def bare_app(ad: Adapters) -> FastAPI:
+    """The monitoring router alone, with the adapters where the app keeps them (`create_app` does the same)."""
     app = FastAPI()
+    app.state.adapters = ad
     app.include_router(admin_routes.router)
-    app.dependency_overrides[admin_routes.now] = lambda: NOW
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(ad: Adapters) -> Iterator[TestClient]:
+    app = bare_app(ad)
     # The SSO proxy's address: X-Remote-User is trusted only from there (loopback by default).
     with TestClient(app, client=("127.0.0.1", 50000)) as c:
         yield c
@@ -103,14 +119,12 @@ def test_no_identity_is_401_and_a_non_admin_is_403(client: TestClient, path: str
     assert client.get(path, headers=ADMIN).status_code == 200
 
 
-def test_the_header_counts_only_from_the_trusted_proxy(data: dict[str, Any]) -> None:
-    app = FastAPI()
-    app.include_router(admin_routes.router)
-    with TestClient(app, client=("203.0.113.7", 40000)) as outsider:
+def test_the_header_counts_only_from_the_trusted_proxy(ad: Adapters, data: dict[str, Any]) -> None:
+    with TestClient(bare_app(ad), client=("203.0.113.7", 40000)) as outsider:
         assert outsider.get("/api/admin/overview", headers=ADMIN).status_code == 401
 
 
-def test_posts_need_identity_and_role(client: TestClient, data: dict[str, Any]) -> None:
+def test_posts_need_identity_and_role(ad: Adapters, client: TestClient, data: dict[str, Any]) -> None:
     ref = data["due_review"]
     assert client.post("/api/admin/patient-log", json={"personal_number": data["patients"][0]}).status_code == 401
     assert client.post("/api/admin/patient-log", json={"personal_number": data["patients"][0]},
@@ -118,7 +132,7 @@ def test_posts_need_identity_and_role(client: TestClient, data: dict[str, Any]) 
     assert client.post(f"/api/orders/{ref}/review", json={"outcome": "keep"}).status_code == 401
     for who in (CLINICIAN, ADMIN, {"X-Remote-User": "DEMO-KALMAR-HEAD"}):
         assert client.post(f"/api/orders/{ref}/review", json={"outcome": "keep"}, headers=who).status_code == 403
-    assert audit_rows(ref, "review_kept") == []
+    assert audit_rows(ad, ref, "review_kept") == []
 
 
 # --- overview, red list, deviations, reviews -------------------------------------------------------------
@@ -183,7 +197,8 @@ def test_deviations_and_reviews_due(client: TestClient, data: dict[str, Any]) ->
 
 # --- CSV -------------------------------------------------------------------------------------------------
 
-def test_csv_export_has_the_columns_and_no_personal_numbers(client: TestClient, data: dict[str, Any]) -> None:
+def test_csv_export_has_the_columns_and_no_personal_numbers(ad: Adapters, client: TestClient,
+                                                            data: dict[str, Any]) -> None:
     r = client.get("/api/admin/orders.csv", headers=ADMIN)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
@@ -198,13 +213,13 @@ def test_csv_export_has_the_columns_and_no_personal_numbers(client: TestClient, 
 
     only_late = client.get("/api/admin/orders.csv", params={"region": "stockholm", "overdue": "true"}, headers=ADMIN)
     assert sorted(row["reference"] for row in csv.DictReader(io.StringIO(only_late.text))) == sorted(data["late"])
-    with session() as s:
+    with ad.db.session() as s:
         exports = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "orders_exported",
                                                           AuditEvent.actor == "DEMO-ADMIN")))
     assert exports and exports[-1].detail["rows"] == 2 and exports[-1].patient_pnr is None
 
 
-def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(client: TestClient,
+def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(ad: Adapters, client: TestClient,
                                                                               data: dict[str, Any],
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """No limit any more, and `overdue` filters in SQL before anything is read: with a batch of 2 rows the
@@ -212,11 +227,11 @@ def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(cli
     from sqlalchemy import func
 
     from models.tables import Order
-    with session() as s:
+    with ad.db.session() as s:
         expected = set(s.scalars(select(Order.reference).where(Order.region == "stockholm")))
         total = int(s.scalar(select(func.count()).select_from(Order).where(Order.region == "stockholm")) or 0)
     assert total == len(expected) > 2 * 2
-    chunks = list(admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), None, batch=2))
+    chunks = list(admin_routes.orders_csv(ad, NOW, admin_routes.Filters(region="stockholm"), None, batch=2))
     assert len(chunks) == 1 + -(-total // 2)  # the header, then one chunk per batch of two
     rows = list(csv.DictReader(io.StringIO("".join(chunks))))
     assert {r["reference"] for r in rows} == expected and len(rows) == total
@@ -225,9 +240,9 @@ def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(cli
     no_numbers("".join(chunks), data["patients"])
 
     late = list(csv.DictReader(io.StringIO("".join(
-        admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), True, batch=1)))))
+        admin_routes.orders_csv(ad, NOW, admin_routes.Filters(region="stockholm"), True, batch=1)))))
     on_time = list(csv.DictReader(io.StringIO("".join(
-        admin_routes.orders_csv(NOW, admin_routes.Filters(region="stockholm"), False, batch=1)))))
+        admin_routes.orders_csv(ad, NOW, admin_routes.Filters(region="stockholm"), False, batch=1)))))
     assert sorted(r["reference"] for r in late) == sorted(data["late"])
     assert {r["overdue"] for r in late} == {"true"} and {r["overdue"] for r in on_time} == {"false"}
     assert len(late) + len(on_time) == total
@@ -237,7 +252,7 @@ def test_csv_export_streams_every_row_past_one_batch_with_the_filters_in_sql(cli
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert {row["reference"] for row in csv.DictReader(io.StringIO(r.text))} == expected
     no_numbers(r.text, data["patients"])
-    with session() as s:
+    with ad.db.session() as s:
         last = s.scalars(select(AuditEvent).where(AuditEvent.action == "orders_exported")
                          .order_by(AuditEvent.id.desc())).first()
     assert last is not None and last.detail["rows"] == total and last.detail["region"] == "stockholm"
@@ -250,7 +265,7 @@ def test_csv_cells_never_start_a_formula() -> None:
 
 # --- patient log extract ----------------------------------------------------------------------------------
 
-def test_the_patient_log_extract_logs_the_search(client: TestClient, data: dict[str, Any]) -> None:
+def test_the_patient_log_extract_logs_the_search(ad: Adapters, client: TestClient, data: dict[str, Any]) -> None:
     pnr = data["patients"][0]
     r = client.post("/api/admin/patient-log", json={"personal_number": pnr}, headers=ADMIN)
     assert r.status_code == 200
@@ -258,7 +273,7 @@ def test_the_patient_log_extract_logs_the_search(client: TestClient, data: dict[
     assert got["orders"] == [data["late"][0]]
     assert {e["order_reference"] for e in got["events"]} == {data["late"][0], None}
     assert got["patient"].endswith("-****") and pnr not in r.text and pnr.replace("-", "") not in r.text
-    with session() as s:
+    with ad.db.session() as s:
         searches = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "search_by_personal_number",
                                                            AuditEvent.patient_pnr == pnr.replace("-", ""))))
     assert [(e.actor, e.at) for e in searches] == [("DEMO-ADMIN", NOW)]
@@ -299,21 +314,16 @@ def test_the_sample_check_api(client: TestClient, data: dict[str, Any]) -> None:
 
 # --- review outcome ---------------------------------------------------------------------------------------
 
-@pytest.fixture()
-def no_prefect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    started: list[str] = []
-
-    async def start_run(reference: str, *, restart: int = 0) -> str | None:
-        started.append(reference)
-        return None
-
-    monkeypatch.setattr("tasks.steps.runs.start_run", start_run)
-    return started
+def started(ad: Adapters) -> list[str]:
+    """The orders whose runs this module's in-process engine started."""
+    from flows.inprocess import InProcessEngine
+    assert isinstance(ad.engine, InProcessEngine)
+    return [run.reference for run in ad.engine.runs.values()]
 
 
-def test_the_head_records_keep_and_restore(client: TestClient, no_prefect: list[str]) -> None:
-    keep = submit_at(stockholm(2019, 1, 15, 10, 0), body(patient(), region="stockholm"))
-    execute_at(stockholm(2019, 1, 15, 12, 0), keep)
+def test_the_head_records_keep_and_restore(ad: Adapters, client: TestClient) -> None:
+    keep = submit_at(ad, stockholm(2019, 1, 15, 10, 0), body(patient(), region="stockholm"))
+    execute_at(ad, stockholm(2019, 1, 15, 12, 0), keep)
     r = client.post(f"/api/orders/{keep}/review", json={"outcome": "keep"}, headers=HEAD)
     assert r.status_code == 200, r.text
     assert r.json()["outcome"] == "keep" and r.json()["restore_reference"] is None
@@ -321,21 +331,22 @@ def test_the_head_records_keep_and_restore(client: TestClient, no_prefect: list[
     again = client.post(f"/api/orders/{keep}/review", json={"outcome": "keep"}, headers=HEAD)
     assert again.status_code == 409 and again.json()["errors"][0]["code"] == "review_not_due"
 
-    restore = submit_at(stockholm(2019, 1, 15, 10, 0), body(patient(), region="stockholm"))
-    execute_at(stockholm(2019, 1, 15, 12, 0), restore)
+    restore = submit_at(ad, stockholm(2019, 1, 15, 10, 0), body(patient(), region="stockholm"))
+    execute_at(ad, stockholm(2019, 1, 15, 12, 0), restore)
     r = client.post(f"/api/orders/{restore.lower()}/review", json={"outcome": "restore"}, headers=HEAD)
     assert r.status_code == 200, r.text
     new = r.json()["restore_reference"]
-    assert order(new).order_type == "restore_access" and no_prefect == [new]
+    assert order(ad, new).order_type == "restore_access" and started(ad) == [new]
 
     assert client.post("/api/orders/RO-2019-999999/review", json={"outcome": "keep"}, headers=HEAD).status_code == 404
     assert client.post(f"/api/orders/{keep}/review", json={"outcome": "maybe"}, headers=HEAD).status_code == 422
     assert client.post(f"/api/orders/{keep}/review", data={"outcome": "keep"}, headers=HEAD).status_code in (415, 422)
 
 
-def test_the_head_review_page(client: TestClient, data: dict[str, Any], no_prefect: list[str]) -> None:
-    ref = submit_at(stockholm(2019, 1, 9, 10, 0), body(patient(), region="stockholm"))
-    execute_at(stockholm(2019, 1, 9, 12, 0), ref)
+def test_the_head_review_page(ad: Adapters, client: TestClient, data: dict[str, Any]) -> None:
+    runs_before = started(ad)
+    ref = submit_at(ad, stockholm(2019, 1, 9, 10, 0), body(patient(), region="stockholm"))
+    execute_at(ad, stockholm(2019, 1, 9, 12, 0), ref)
     page = client.get("/omprovningar", headers=HEAD)
     assert page.status_code == 200 and ref in page.text and '<html lang="sv">' in page.text
     assert client.get("/omprovningar", headers={"X-Remote-User": "DEMO-KALMAR-HEAD"}).text.count(ref) == 0
@@ -349,4 +360,5 @@ def test_the_head_review_page(client: TestClient, data: dict[str, Any], no_prefe
     assert done.status_code == 303 and done.headers["location"] == f"/omprovningar?klar={ref}&utfall=keep"
     after = client.get(done.headers["location"], headers=HEAD)
     assert "är registrerad" in after.text and f">{ref}</a>" not in after.text
-    assert [e.actor for e in audit_rows(ref, "review_kept")] == ["DEMO-STOCKHOLM-HEAD"]
+    assert [e.actor for e in audit_rows(ad, ref, "review_kept")] == ["DEMO-STOCKHOLM-HEAD"]
+    assert started(ad) == runs_before  # keep starts nothing

@@ -1,7 +1,9 @@
-"""The JSON API of the contract, over HTTP against the app served by uvicorn, with real Prefect runs behind it.
+"""The JSON API of the contract, over HTTP against the app served by uvicorn.
 
-Tests do not wait for `completed` (the end-to-end tests do); they poll an order only up to the waiting
-status a decision needs.
+The app has the in-process engine behind it (`api`, `live_app`): an order's run goes as far as it can
+within the request that starts or resumes it, so a test reads the status a decision needs at once. The few
+tests about the app with real Prefect behind it (its health check, a decision resuming a served flow) use
+`api_e2e`; one builds the app with the Prefect engine and no server, as when Prefect is down.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,8 +22,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from flows.inprocess import FakeRun, InProcessEngine
 from models.tables import AuditEvent, Decision, Order, RegistryPerson, Staff
-from tasks.adapters.database import session
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.settings import Settings
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
 from tests.webapp import (  # noqa: E402
@@ -37,7 +43,6 @@ from tests.webapp import (  # noqa: E402
 )
 
 pytest_plugins = ["tests.webapp"]
-pytestmark = pytest.mark.e2e
 
 CLINICIAN, CLINICIAN2 = staff("clinician"), staff("clinician2")
 ASSESSOR, HEAD, ONCALL, SUPPORT = staff("assessor"), staff("head"), staff("oncall"), staff("support")
@@ -61,14 +66,22 @@ def submit(api: Any, b: dict[str, Any] | None = None, user: str = CLINICIAN) -> 
     return str(r.json()["reference"])
 
 
-def count(model: Any, *where: Any) -> int:
-    with session() as s:
+def run_of(ad: Adapters, reference: str) -> FakeRun:
+    """The order's latest run in the in-process engine."""
+    assert isinstance(ad.engine, InProcessEngine)
+    run = ad.engine.run_of(reference)
+    assert run is not None, reference
+    return run
+
+
+def count(ad: Adapters, model: Any, *where: Any) -> int:
+    with ad.db.session() as s:
         return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
 @pytest.fixture(scope="module")
-def dual_role_person(flow_server: Any) -> str:
-    with session() as s:
+def dual_role_person(ad: Adapters) -> str:
+    with ad.db.session() as s:
         if s.get(Staff, DUAL) is None:
             s.add(Staff(hsa_id=DUAL, name="Dubbelrollen", email="dual@kalmar.invalid",
                         roles=["clinician", "assessor"], unit_hsa_id=UNIT, region="kalmar", active=True))
@@ -101,8 +114,11 @@ def test_openapi_describes_every_contract_path(api: Any) -> None:
     assert not [p for p in paths if not (p.startswith("/api/") or p == "/healthz")]  # pages stay out of the API
 
 
-def test_healthz_reports_database_prefect_and_smtp(api: Any) -> None:
-    r = api().get("/healthz")
+@pytest.mark.e2e
+def test_healthz_reports_database_prefect_and_smtp(api_e2e: Any) -> None:
+    """With a real Prefect server behind the app: the check asks Prefect's API (the in-process engine always
+    answers)."""
+    r = api_e2e().get("/healthz")
     assert r.status_code == 200
     data = r.json()
     assert data["status"] == "ok", data
@@ -159,8 +175,8 @@ def test_urgent_order_has_a_30_minute_callback_deadline(api: Any) -> None:
     assert timedelta(minutes=25) < callback - submitted <= timedelta(minutes=30)
 
 
-def _registry(pnr12: str, **state: Any) -> None:
-    with session() as s:
+def _registry(ad: Adapters, pnr12: str, **state: Any) -> None:
+    with ad.db.session() as s:
         s.merge(RegistryPerson(pnr=pnr12, blocked_guardians=[], minor_access=[], **state))
 
 
@@ -168,7 +184,7 @@ def _digits(p: str) -> str:
     return p.replace("-", "")
 
 
-def _case(code: str) -> tuple[dict[str, Any], str]:
+def _case(ad: Adapters, code: str) -> tuple[dict[str, Any], str]:
     """A body that triggers `code`, and the field it must be reported on."""
     child = pnr(born_years_ago(14))
     if code == "required":
@@ -192,7 +208,7 @@ def _case(code: str) -> tuple[dict[str, Any], str]:
         return body("block_guardian", initiative="patient"), "initiative"
     if code == "identity_check_required":
         p = pnr()
-        _registry(_digits(p), sealed_by_initiative="patient", sealed_by_region="kalmar", sealed_by_order="RO-2026-000000")
+        _registry(ad, _digits(p), sealed_by_initiative="patient", sealed_by_region="kalmar", sealed_by_order="RO-2026-000000")
         return body("restore_access", initiative="patient", actions=["seal_journal"], patient_personal_number=p), \
             "identity_checked_in_person"
     if code == "consent_required":
@@ -205,7 +221,7 @@ def _case(code: str) -> tuple[dict[str, Any], str]:
             "guardian_personal_number"
     if code == "care_initiated_restriction":
         p = pnr()
-        _registry(_digits(p), sealed_by_initiative="care", sealed_by_region="kalmar", sealed_by_order="RO-2026-000000")
+        _registry(ad, _digits(p), sealed_by_initiative="care", sealed_by_region="kalmar", sealed_by_order="RO-2026-000000")
         return body("restore_access", initiative="patient", actions=["seal_journal"], patient_personal_number=p,
                     identity_checked_in_person=True), "initiative"
     if code == "nothing_to_restore":
@@ -219,17 +235,18 @@ ERROR_CODES = ["required", "invalid_value", "invalid_personal_number", "not_aged
 
 
 @pytest.mark.parametrize("code", ERROR_CODES)
-def test_every_error_code_is_reachable_and_blocks_both_submit_and_validate(api: Any, code: str) -> None:
-    b, fieldname = _case(code)
+def test_every_error_code_is_reachable_and_blocks_both_submit_and_validate(ad: Adapters, api: Any,
+                                                                           code: str) -> None:
+    b, fieldname = _case(ad, code)
     c = api(CLINICIAN)
-    before = count(Order)
+    before = count(ad, Order)
     for path in ("/api/orders", "/api/orders/validate"):
         r = c.post(path, json=b)
         assert r.status_code == 422, (path, r.text)
         errors = r.json()["errors"]
         assert {"field": fieldname, "code": code} in [{"field": e["field"], "code": e["code"]} for e in errors], errors
         assert all(e["message"] for e in errors)
-    assert count(Order) == before
+    assert count(ad, Order) == before
 
 
 def test_every_problem_is_reported_at_once(api: Any) -> None:
@@ -241,14 +258,14 @@ def test_every_problem_is_reported_at_once(api: Any) -> None:
     assert {"invalid_personal_number", "reason_too_long", "unknown_care_unit", "consent_required"} <= codes(r)
 
 
-def test_validate_stores_nothing_and_returns_warnings(api: Any) -> None:
+def test_validate_stores_nothing_and_returns_warnings(ad: Adapters, api: Any) -> None:
     c = api(CLINICIAN)
-    before = count(Order)
+    before = count(ad, Order)
     r = c.post("/api/orders/validate", json=body(actions=["lock_login"], patient_protected_identity=True))
     assert r.status_code == 200, r.text
     assert r.json()["errors"] == []
     assert {"lock_without_seal", "protected_identity"} <= {w["code"] for w in r.json()["warnings"]}
-    assert count(Order) == before
+    assert count(ad, Order) == before
 
 
 @pytest.mark.parametrize(("content", "ctype", "status"), [
@@ -279,14 +296,14 @@ def test_oversized_bodies_are_refused_with_413(api: Any) -> None:
 
 # --- idempotency --------------------------------------------------------------------------------------
 
-def test_same_key_and_body_replays_the_first_answer(api: Any) -> None:
+def test_same_key_and_body_replays_the_first_answer(ad: Adapters, api: Any) -> None:
     c = api(CLINICIAN, **{"Idempotency-Key": f"test-{uuid.uuid4()}"})
     b = body()
     first = c.post("/api/orders", json=b)
     again = c.post("/api/orders", json=b)
     assert first.status_code == 201 and again.status_code == 200, again.text
     assert again.json() == first.json()
-    assert count(Order, Order.reference == first.json()["reference"]) == 1
+    assert count(ad, Order, Order.reference == first.json()["reference"]) == 1
     other = c.post("/api/orders", json={**b, "urgent": True})
     assert other.status_code == 409 and codes(other) == {"idempotency_conflict"}
 
@@ -300,7 +317,7 @@ def test_keys_are_per_person(api: Any) -> None:
     assert mine.json()["reference"] != theirs.json()["reference"]
 
 
-def test_concurrent_double_submit_makes_one_order(api: Any) -> None:
+def test_concurrent_double_submit_makes_one_order(ad: Adapters, api: Any) -> None:
     key = f"double-{uuid.uuid4()}"
     b = body()
     answers: list[httpx.Response] = []
@@ -316,12 +333,12 @@ def test_concurrent_double_submit_makes_one_order(api: Any) -> None:
         t.join()
     assert sorted(r.status_code for r in answers) == [200, 200, 200, 201], [r.text for r in answers]
     assert len({r.json()["reference"] for r in answers}) == 1
-    assert count(Order, Order.idempotency_key == f"{CLINICIAN}:{key}") == 1
+    assert count(ad, Order, Order.idempotency_key == f"{CLINICIAN}:{key}") == 1
 
 
 # --- reading ------------------------------------------------------------------------------------------
 
-def test_read_masks_the_number_shows_history_and_logs_every_read(api: Any) -> None:
+def test_read_masks_the_number_shows_history_and_logs_every_read(ad: Adapters, api: Any) -> None:
     ref = submit(api, body(patient_personal_number=PATIENT))
     c = api(CLINICIAN)
     r = c.get(f"/api/orders/{ref}")
@@ -332,12 +349,12 @@ def test_read_masks_the_number_shows_history_and_logs_every_read(api: Any) -> No
     assert data["reference"] == ref and data["order_type"] == "seal_or_lock"
     assert data["history"][0]["to"] == "submitted" and "from" in data["history"][0]
     c.get(f"/api/orders/{ref.lower()}")
-    assert count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read") == 2
+    assert count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read") == 2
 
 
 @pytest.fixture(scope="module")
 def shared_order(live_app: str) -> str:
-    """One order for the read-permission matrix (every order starts a run; fewer keep Prefect calm)."""
+    """One order for the read-permission matrix."""
     with httpx.Client(base_url=live_app, headers={"X-Remote-User": CLINICIAN}, timeout=60) as c:
         r = c.post("/api/orders", json=body())
         assert r.status_code == 201, r.text
@@ -347,14 +364,14 @@ def shared_order(live_app: str) -> str:
 @pytest.mark.parametrize(("reader", "allowed"), [
     (CLINICIAN, True), (CLINICIAN2, False), (ASSESSOR, True), (HEAD, True), (SUPPORT, True), (ONCALL, True),
     (ACCOUNTADMIN, True), (BAKJOUR, True), ("DEMO-ADMIN", True), (OTHER_HEAD, False), (OTHER_SUPPORT, False)])
-def test_who_may_read_an_order(api: Any, shared_order: str, reader: str, allowed: bool) -> None:
+def test_who_may_read_an_order(ad: Adapters, api: Any, shared_order: str, reader: str, allowed: bool) -> None:
     ref = shared_order
-    refused_before = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    refused_before = count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
     r = api(reader).get(f"/api/orders/{ref}")
     assert r.status_code == (200 if allowed else 403), r.text
     pdf = api(reader).get(f"/api/orders/{ref}/paper.pdf")
     assert pdf.status_code == (200 if allowed else 403)
-    refused = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    refused = count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
     assert refused - refused_before == (0 if allowed else 2)
 
 
@@ -371,7 +388,7 @@ def test_unknown_references_are_404(api: Any) -> None:
 
 # --- human steps --------------------------------------------------------------------------------------
 
-def test_assessment_and_approval_with_roles_four_eyes_and_statuses(api: Any) -> None:
+def test_assessment_and_approval_with_roles_four_eyes_and_statuses(ad: Adapters, api: Any) -> None:
     ref = submit(api)
     reader = api(CLINICIAN)
     wait_status(reader, ref, "awaiting_assessment")
@@ -384,7 +401,7 @@ def test_assessment_and_approval_with_roles_four_eyes_and_statuses(api: Any) -> 
     # An assessor of another region may not read this order, so may not assess it either.
     other = api(OTHER_ASSESSOR).post(f"/api/orders/{ref}/assessment", json=ASSESS)
     assert other.status_code == 403 and codes(other) == {"other_region"}, other.text
-    assert count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "decision_refused",
+    assert count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "decision_refused",
                  AuditEvent.actor == OTHER_ASSESSOR) == 1
     bad = api(ASSESSOR).post(f"/api/orders/{ref}/assessment", json={"harm_found": "maybe"})
     assert bad.status_code == 422 and {"required", "invalid_value"} <= codes(bad)
@@ -404,6 +421,32 @@ def test_assessment_and_approval_with_roles_four_eyes_and_statuses(api: Any) -> 
     assert final in ("executing", "completed")
     late = api(CLINICIAN).post(f"/api/orders/{ref}/cancel", json={"reason": "för sent"})
     assert late.status_code == 409
+    # The order's one run took each decision: it waited twice and went on to the end.
+    run = run_of(ad, ref)
+    assert run.state == "completed" and run.segments == 3, run
+
+
+@pytest.mark.e2e
+def test_a_decision_over_http_resumes_the_served_flow_and_a_cancel_ends_it(api_e2e: Any,
+                                                                          prefect_ad: Adapters) -> None:
+    """With real Prefect behind the app: the app starts the order's flow run, hands the decision it stored to
+    the suspended run (which moves the order on), and cancelling the order cancels the run."""
+    ref = submit(api_e2e)
+    reader = api_e2e(CLINICIAN)
+    wait_status(reader, ref, "awaiting_assessment")
+    r = api_e2e(ASSESSOR).post(f"/api/orders/{ref}/assessment", json=ASSESS)
+    assert r.status_code == 202 and r.json()["decision"] == "proposed", r.text
+    wait_status(reader, ref, "awaiting_approval")
+    done = api_e2e(CLINICIAN).post(f"/api/orders/{ref}/cancel", json={"reason": "Fel patient"})
+    assert done.status_code == 200 and done.json() == {"reference": ref, "status": "cancelled"}, done.text
+    with prefect_ad.db.session() as s:
+        run_id = s.scalar(select(Order.flow_run_id).where(Order.reference == ref))
+    assert run_id is not None
+    deadline, state = time.monotonic() + 30, ""
+    while time.monotonic() < deadline and state != "cancelled":  # it may be between two steps: it ends so
+        state = asyncio.run(prefect_ad.engine.read_run(run_id)).state
+        time.sleep(0.3)
+    assert state == "cancelled" and status_of(reader, ref) == "cancelled"
 
 
 def test_nobody_decides_on_their_own_order(api: Any, dual_role_person: str) -> None:
@@ -428,24 +471,24 @@ def test_callback_on_an_urgent_order(api: Any) -> None:
     wait_status(reader, ref, "awaiting_assessment")
 
 
-def _order_waiting_for_manual_execution() -> str:
-    """An order at `executing`: the served flows use the simulated registry, which executes without a
-    person, so a manual execution step can only be reached this way (tests.webapp.stored_order)."""
-    return stored_order("executing")
+def _order_waiting_for_manual_execution(ad: Adapters) -> str:
+    """An order at `executing`: the runs use the simulated registry, which executes without a person, so a
+    manual execution step can only be reached this way (tests.webapp.stored_order)."""
+    return stored_order(ad, "executing")
 
 
-def test_manual_execution_by_the_account_administrator(api: Any) -> None:
+def test_manual_execution_by_the_account_administrator(ad: Adapters, api: Any) -> None:
     waiting = submit(api)
     wait_status(api(CLINICIAN), waiting, "awaiting_assessment")
     assert api(ACCOUNTADMIN).post(f"/api/orders/{waiting}/execution",
                                   json={"system_reference": "ADM-1"}).status_code == 409
-    ref = _order_waiting_for_manual_execution()
+    ref = _order_waiting_for_manual_execution(ad)
     assert api(SUPPORT).post(f"/api/orders/{ref}/execution", json={"system_reference": "ADM-1"}).status_code == 403
     empty = api(ACCOUNTADMIN).post(f"/api/orders/{ref}/execution", json={"system_reference": ""})
     assert empty.status_code == 422
     r = api(ACCOUNTADMIN).post(f"/api/orders/{ref}/execution", json={"system_reference": "ADM-4711"})
     assert r.status_code == 202, r.text
-    with session() as s:
+    with ad.db.session() as s:
         d = s.scalar(select(Decision).join(Order).where(Order.reference == ref))
         assert d is not None and d.stage == "execution" and d.decided_by == ACCOUNTADMIN
         assert d.detail == {"system_reference": "ADM-4711"}
@@ -455,11 +498,11 @@ HEAD_ASSESSOR, FOUR_EYES_UNIT = "TEST-KALMAR-HEADASSESSOR", "TEST-KALMAR-FOUREYE
 
 
 @pytest.fixture(scope="module")
-def head_who_assesses(flow_server: Any) -> str:
+def head_who_assesses(ad: Adapters) -> str:
     """The head of a care unit who is also an assessor: four eyes must stop them approving what they
     assessed, since the role check alone would let them."""
     from models.tables import CareUnit
-    with session() as s:
+    with ad.db.session() as s:
         if s.get(CareUnit, FOUR_EYES_UNIT) is None:
             s.add(CareUnit(hsa_id=FOUR_EYES_UNIT, name="Fyra ögon-enheten", region="kalmar",
                            head_hsa_id=HEAD_ASSESSOR))
@@ -470,11 +513,11 @@ def head_who_assesses(flow_server: Any) -> str:
 
 
 def test_the_assessor_may_not_approve_and_other_units_heads_neither_see_nor_approve(
-        api: Any, head_who_assesses: str) -> None:
+        ad: Adapters, api: Any, head_who_assesses: str) -> None:
     # Waiting for approval after the head's own accepted harm assessment, as the run leaves it (the path
     # there through the run is test_assessment_and_approval_with_roles_four_eyes_and_statuses).
-    ref = stored_order("awaiting_approval", unit=FOUR_EYES_UNIT)
-    with session() as s:
+    ref = stored_order(ad, "awaiting_approval", unit=FOUR_EYES_UNIT)
+    with ad.db.session() as s:
         order = s.scalar(select(Order).where(Order.reference == ref))
         assert order is not None
         s.add(Decision(order_id=order.id, stage="harm_assessment", decided_by=head_who_assesses, outcome="restrict",
@@ -496,11 +539,11 @@ def test_the_assessor_may_not_approve_and_other_units_heads_neither_see_nor_appr
     assert done.status_code == 200 and done.json() == {"reference": ref, "status": "cancelled"}, done.text
 
 
-def test_an_administrator_may_cancel_anyones_order(api: Any) -> None:
+def test_an_administrator_may_cancel_anyones_order(ad: Adapters, api: Any) -> None:
     ref = submit(api)
     r = api("DEMO-ADMIN").post(f"/api/orders/{ref}/cancel", json={"reason": "Dubblett"})
     assert r.status_code == 200 and r.json() == {"reference": ref, "status": "cancelled"}, r.text
-    with session() as s:
+    with ad.db.session() as s:
         ev = s.scalar(select(AuditEvent).where(AuditEvent.order_reference == ref, AuditEvent.to_status == "cancelled"))
         assert ev is not None and ev.actor == "DEMO-ADMIN"
     assert api(CLINICIAN).get(f"/api/orders/{ref}").json()["status"] == "cancelled"
@@ -533,15 +576,16 @@ def test_paper_forms_filled_and_blank(api: Any) -> None:
     assert wrong.status_code == 422 and codes(wrong) == {"invalid_value"}
 
 
-def test_orders_and_paper_still_work_when_prefect_is_down(db: None) -> None:
-    """In-process, with the Prefect API pointed at a closed port: the order is stored (the reconciler
-    starts its run later), the paper form prints, and /healthz says what is down."""
+def test_orders_and_paper_still_work_when_prefect_is_down(settings: Settings, db: Database) -> None:
+    """The app with the Prefect engine and its API pointed at a closed port: the order is stored (the
+    reconciler starts its run later), the paper form prints, and /healthz says what is down."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.bootstrap import build
     from forms.app import create_app
 
     async def run() -> None:
-        transport = httpx.ASGITransport(app=create_app(), client=("127.0.0.1", 5555))
+        transport = httpx.ASGITransport(app=create_app(build(settings, db=db)), client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60,
                                      headers={"X-Remote-User": CLINICIAN}) as c:
             r = await c.post("/api/orders", json=body())
@@ -603,7 +647,7 @@ def test_free_text_is_escaped_and_pages_never_show_the_number(api: Any) -> None:
 # --- CSRF behind the SSO proxy and on every form ------------------------------------------------------
 
 def test_state_changing_api_calls_need_json_or_the_token_and_never_come_cross_site(
-        api: Any, live_app: str, shared_order: str) -> None:
+        ad: Adapters, api: Any, live_app: str, shared_order: str) -> None:
     """The SSO proxy adds X-Remote-User to whatever the browser sends, a cross-site form post too: the
     header alone must not make a post without a body (make urgent, resume digitally) go through."""
     ref = shared_order
@@ -620,7 +664,7 @@ def test_state_changing_api_calls_need_json_or_the_token_and_never_come_cross_si
     assert odd.status_code == 415, odd.text  # a token that is not ASCII is just a wrong token
     cross = c.post(f"/api/orders/{ref}/urgent", json={}, headers={"Sec-Fetch-Site": "cross-site"})
     assert cross.status_code == 403 and codes(cross) == {"csrf_failed"}, cross.text
-    with session() as s:
+    with ad.db.session() as s:
         order = s.scalar(select(Order).where(Order.reference == ref))
         assert order is not None and not order.urgent and order.callback_due_at is None
     # Same-site and same-origin fetches, and a post that carries the session's token, pass the guard
@@ -680,9 +724,9 @@ FORM_POSTS = _html_form_posts()
 
 
 @pytest.fixture(scope="module")
-def all_roles(flow_server: Any) -> str:
+def all_roles(ad: Adapters) -> str:
     """Someone with every role, so no form refuses before its CSRF check for a reason of its own."""
-    with session() as s:
+    with ad.db.session() as s:
         if s.get(Staff, ALL_ROLES) is None:
             s.add(Staff(hsa_id=ALL_ROLES, name="Allroll", email="allroles@kalmar.invalid",
                         roles=["clinician", "assessor", "head_of_department", "support", "account_admin", "on_call",
@@ -705,18 +749,19 @@ def test_every_html_form_route_is_listed() -> None:
 
 
 @pytest.mark.parametrize("path", FORM_POSTS)
-def test_every_html_form_refuses_a_post_without_its_token(live_app: str, all_roles: str, path: str) -> None:
+def test_every_html_form_refuses_a_post_without_its_token(ad: Adapters, live_app: str, all_roles: str,
+                                                          path: str) -> None:
     c, token = _logged_in(live_app, all_roles)
     try:
-        # Only this person's rows: the served flows write audit rows of other tests' orders meanwhile.
-        before = count(AuditEvent, AuditEvent.actor == all_roles)
+        # Only this person's rows: in a whole session, the served flows write audit rows of other tests' orders.
+        before = count(ad, AuditEvent, AuditEvent.actor == all_roles)
         for data in ({}, {"csrf_token": "forged"}, {"csrf_token": token + "x"}, {"csrf_token": token[:-1] + "å"}):
             r = c.post(path, data={**data, "hsa_id": all_roles, "personal_number": PATIENT})
             assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, data, r.status_code, r.text[:300])
         # The SSO proxy's header is no token either.
         r = httpx.post(live_app + path, data={"hsa_id": all_roles}, headers={"X-Remote-User": all_roles}, timeout=60)
         assert r.status_code == 403 and CSRF_REFUSED in r.text, (path, r.status_code)
-        assert count(AuditEvent, AuditEvent.actor == all_roles) == before, path  # nothing done, not even a search
+        assert count(ad, AuditEvent, AuditEvent.actor == all_roles) == before, path  # nothing done, not even a search
         # With the token the same post gets past the check (whatever the form then says), so the 403 was CSRF.
         ok = c.post(path, data={"csrf_token": token, "hsa_id": "DEMO-NOBODY", "days": "1", "size": "1"})
         assert CSRF_REFUSED not in ok.text, path
@@ -743,12 +788,12 @@ def test_a_forged_or_tampered_session_cookie_is_no_login(live_app: str) -> None:
             assert r.status_code == 401, cookie
 
 
-def test_a_refused_callback_clock_read_is_audited(api: Any, shared_order: str) -> None:
+def test_a_refused_callback_clock_read_is_audited(ad: Adapters, api: Any, shared_order: str) -> None:
     ref = shared_order
-    before = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    before = count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
     r = api(OTHER_ONCALL).get(f"/api/orders/{ref}/callback-clock")
     assert r.status_code == 403
-    after = count(AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
+    after = count(ad, AuditEvent, AuditEvent.order_reference == ref, AuditEvent.action == "order_read_refused")
     assert after == before + 1
     assert api(ONCALL).get(f"/api/orders/{ref}/callback-clock").status_code == 200
 
@@ -763,20 +808,13 @@ def test_the_app_refuses_to_start_behind_sso_without_a_real_session_secret() -> 
         with pytest.raises(InsecureSettings, match="RO_SESSION_SECRET"):
             check_session_settings(Settings(embedded_login=False, session_secret=secret))
     check_session_settings(Settings(embedded_login=False, session_secret="x" * 16 + "y" * 16))
-    # And as the app is made from the environment (`uvicorn forms.app:app` makes it on import): a clear
-    # error instead of an app, unless the secret is set.
+    # And as the app is made from the environment (`uvicorn forms.app:app` builds its adapters from it on
+    # first use): a clear error instead of an app, unless the secret is set.
     from forms.app import create_app
-    from tasks.adapters.settings import settings
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RO_SESSION_SECRET", raising=False)
         mp.setenv("RO_EMBEDDED_LOGIN", "false")
-        settings.cache_clear()
-        try:
-            with pytest.raises(InsecureSettings, match="RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET"):
-                create_app()
-            mp.setenv("RO_SESSION_SECRET", secrets.token_urlsafe(48))
-            settings.cache_clear()
+        with pytest.raises(InsecureSettings, match="RO_EMBEDDED_LOGIN=false needs RO_SESSION_SECRET"):
             create_app()
-        finally:
-            mp.undo()
-            settings.cache_clear()
+        mp.setenv("RO_SESSION_SECRET", secrets.token_urlsafe(48))
+        create_app()

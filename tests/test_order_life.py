@@ -1,16 +1,17 @@
 """An order's life against the orders database, with the clock pinned and no Prefect server: the routine's
-steps (tasks/stages.py) called as the flows call them. What is in force after manual and simulated execution,
-re-validation when the run receives the order, failures, the due time after a callback, review dates, emails
-for protected patients, and the audit of reads by personal number.
+steps (tasks/steps/stages.py) called as the order flow calls them, with adapters of each test's own (a
+FixedClock, the in-process events). What is in force after manual and simulated execution, re-validation
+when the run receives the order, failures, the due time after a callback, review dates, emails for
+protected patients, and the audit of reads by personal number.
 
-Orders are stored at times in 2022, far from any other test's, and detached from Prefect (tests/monitoring_support).
+Orders are stored at times in 2022, far from any other test's, and detached from any engine's runs
+(tests/monitoring_support).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -18,13 +19,15 @@ import pytest
 from sqlalchemy import select
 
 from flows import urgent
+from flows.bootstrap import in_process
 from models.access import Restriction
 from models.clock import FixedClock
 from models.status import OrderStatus
 from models.tables import AppliedEffect, AuditEvent, Deadline, OutboxMessage, RegistryPerson
-from tasks.adapters.database import session
-from tasks.adapters.gateway import access_state, known_access_state, record_effects
-from tasks.adapters.settings import settings
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.gateway import ConfiguredGateway, access_state, known_access_state, record_effects
+from tasks.adapters.settings import Settings
 from tasks.steps import monitoring, orders, stages
 from tests.e2e import personal_number
 from tests.monitoring_support import (
@@ -40,8 +43,6 @@ from tests.monitoring_support import (
     submit_at,
 )
 
-pytestmark = pytest.mark.usefixtures("db")
-
 ACCOUNTADMIN = "DEMO-KALMAR-ACCOUNTADMIN"
 ONCALL = "DEMO-KALMAR-ONCALL"
 TUESDAY = stockholm(2022, 5, 10, 10, 0)
@@ -50,127 +51,141 @@ PNR_SHAPE = re.compile(r"\b(?:\d{6}|\d{8})[-+]?\d{4}\b")
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FixedClock:
-    c = FixedClock(TUESDAY)
-    monkeypatch.setattr(stages, "clock", c)
-    return c
+def clock() -> FixedClock:
+    return FixedClock(TUESDAY)
 
 
 @pytest.fixture
-def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Stands in for Prefect's event sender; test_order_failed_event_reaches_prefect sends the real one."""
-    sent: list[str] = []
-    monkeypatch.setattr(stages, "emit_failed", sent.append)
-    return sent
+def ad(settings: Settings, db: Database, clock: FixedClock) -> Adapters:
+    """This module's adapters, one per test: the session's database, the test's clock, and the in-process
+    events (`ad.events.sent`), which stand in for Prefect's event sender (test_order_failed_event_reaches_prefect
+    sends the real one)."""
+    return in_process(settings, db=db, clock=clock)
+
+
+def failures(ad: Adapters) -> list[str]:
+    """The orders an `order.failed` event was emitted for, in order."""
+    return [e["resource"]["order.reference"] for e in ad.events.sent  # type: ignore[attr-defined]
+            if e["event"] == stages.FAILED_EVENT]
+
+
+def use_manual_gateway(ad: Adapters) -> None:
+    """Execution by an account administrator in the 1177 tool (RO_GATEWAY=manual), from now on."""
+    ad.gateway = ConfiguredGateway("manual", ad.settings.gateway_down_flag)
 
 
 @pytest.fixture
-def manual(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(settings(), "gateway", "manual")
-    yield
+def manual(ad: Adapters) -> None:
+    use_manual_gateway(ad)
 
 
 def digits(pnr: str) -> str:
     return pnr.replace("-", "")
 
 
-def to_executing(reference: str, at: datetime) -> None:
-    with session() as s:
+def to_executing(ad: Adapters, reference: str, at: datetime) -> None:
+    with ad.db.session() as s:
         o = orders.get(s, reference)
         for st in (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING):
             orders.transition(s, o, st, actor="system", at=at)
 
 
-def to_executing_from(reference: str, status: OrderStatus, at: datetime) -> None:
-    with session() as s:
+def to_executing_from(ad: Adapters, reference: str, status: OrderStatus, at: datetime) -> None:
+    with ad.db.session() as s:
         o = orders.get(s, reference)
         assert o.status == status
         for st in (OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING):
             orders.transition(s, o, st, actor="system", at=at)
 
 
-def effects(reference: str) -> list[tuple[str, str, str]]:
-    with session() as s:
+def effects(ad: Adapters, reference: str) -> list[tuple[str, str, str]]:
+    with ad.db.session() as s:
         return sorted((a.effect, a.target, a.system_reference) for a in s.scalars(
             select(AppliedEffect).where(AppliedEffect.order_reference == reference)))
 
 
-def state(pnr: str, manual: bool = False) -> Any:
-    with session() as s:
+def state(ad: Adapters, pnr: str, manual: bool = False) -> Any:
+    with ad.db.session() as s:
         return known_access_state(s, digits(pnr), manual=manual)
 
 
-def confirm_manually(reference: str, system_reference: str = "ADM-4711") -> str:
-    assert stages.execute.fn(reference) == "manual"
-    return stages.record_decision.fn(reference, "execution",
-                                     {"decided_by": ACCOUNTADMIN, "system_reference": system_reference}, "app")
+def decide(ad: Adapters, reference: str, stage: str, actor: str, decision: dict[str, Any]) -> str:
+    """A person's decision stored by the app, then taken by the order's run (the step the flow runs)."""
+    _, d = orders.propose(ad, reference, stage, actor, decision)
+    return stages.record_decision(ad, reference, stage, d.id)
 
 
-def codes(raw: dict[str, Any], at: datetime) -> set[str]:
-    return {e.code for e in orders.check(raw, at, CLINICIAN).errors}
+def confirm_manually(ad: Adapters, reference: str, system_reference: str = "ADM-4711") -> str:
+    assert stages.execute(ad, reference) == "manual"
+    return decide(ad, reference, "execution", ACCOUNTADMIN, {"system_reference": system_reference})
+
+
+def codes(ad: Adapters, raw: dict[str, Any], at: datetime) -> set[str]:
+    return {e.code for e in orders.check(ad, raw, at, CLINICIAN).errors}
 
 
 # --- item 1: manual execution keeps our record of what is in force -----------------------------------
 
-def test_manual_execution_records_the_effects_like_the_simulated_registry(clock: FixedClock, manual: None) -> None:
+def test_manual_execution_records_the_effects_like_the_simulated_registry(ad: Adapters, clock: FixedClock,
+                                                                          manual: None) -> None:
     pnr = patient()
-    ref = submit_at(clock.now(), body(pnr, actions=["lock_login"]))
-    to_executing(ref, clock.now())
-    assert state(pnr, manual=True) is None  # never recorded: unknown with the manual gateway
-    assert confirm_manually(ref) == "completed"
-    assert effects(ref) == [("lock_login", "", "ADM-4711")]
-    assert state(pnr, manual=True) == state(pnr) and state(pnr).lock == Restriction("care", "kalmar", ref)
-    with session() as s:  # a second confirmation (a re-run) records nothing twice
+    ref = submit_at(ad, clock.now(), body(pnr, actions=["lock_login"]))
+    to_executing(ad, ref, clock.now())
+    assert state(ad, pnr, manual=True) is None  # never recorded: unknown with the manual gateway
+    assert confirm_manually(ad, ref) == "completed"
+    assert effects(ad, ref) == [("lock_login", "", "ADM-4711")]
+    assert state(ad, pnr, manual=True) == state(ad, pnr) and state(ad, pnr).lock == Restriction("care", "kalmar", ref)
+    with ad.db.session() as s:  # a second confirmation (a re-run) records nothing twice
         record_effects(s, orders.get(s, ref), "ADM-4711", clock.now(), strict=False)
-    assert effects(ref) == [("lock_login", "", "ADM-4711")]
+    assert effects(ad, ref) == [("lock_login", "", "ADM-4711")]
     # The restore that used to be refused with nothing_to_restore now passes; the seal was never set.
-    assert codes(body(pnr, "restore_access", actions=["lock_login"]), clock.now()) == set()
-    assert codes(body(pnr, "restore_access", actions=["seal_journal"]), clock.now()) == {"nothing_to_restore"}
-    restore = submit_at(clock.advance(hours=1), body(pnr, "restore_access", actions=["lock_login"]))
-    assert stages.receive.fn(restore) == "awaiting_assessment"
-    to_executing_from(restore, OrderStatus.AWAITING_ASSESSMENT, clock.now())
-    assert confirm_manually(restore, "ADM-4712") == "completed"
-    assert state(pnr, manual=True).lock is None
+    assert codes(ad, body(pnr, "restore_access", actions=["lock_login"]), clock.now()) == set()
+    assert codes(ad, body(pnr, "restore_access", actions=["seal_journal"]), clock.now()) == {"nothing_to_restore"}
+    restore = submit_at(ad, clock.advance(hours=1), body(pnr, "restore_access", actions=["lock_login"]))
+    assert stages.receive(ad, restore) == "awaiting_assessment"
+    to_executing_from(ad, restore, OrderStatus.AWAITING_ASSESSMENT, clock.now())
+    assert confirm_manually(ad, restore, "ADM-4712") == "completed"
+    assert state(ad, pnr, manual=True).lock is None
 
 
-def test_a_person_never_recorded_has_unknown_access_with_the_manual_gateway(clock: FixedClock,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_person_never_recorded_has_unknown_access_with_the_manual_gateway(ad: Adapters,
+                                                                               clock: FixedClock) -> None:
     pnr = patient()
     restore = body(pnr, "restore_access", actions=["seal_journal", "lock_login"], initiative="patient",
                    identity_checked_in_person=True)
     # Simulated registry: it knows everybody, so no row means nothing in force.
-    assert codes(restore, clock.now()) == {"nothing_to_restore"}
-    monkeypatch.setattr(settings(), "gateway", "manual")
+    assert codes(ad, restore, clock.now()) == {"nothing_to_restore"}
+    use_manual_gateway(ad)
     # Manual: the seal may have been made before this system or in the 1177 tool; the administrator checks.
-    assert codes(restore, clock.now()) == set()
-    ref = submit_at(clock.now(), restore)
-    assert stages.receive.fn(ref) == "awaiting_approval"  # still valid when the run receives it
-    with session() as s:
+    assert codes(ad, restore, clock.now()) == set()
+    ref = submit_at(ad, clock.now(), restore)
+    assert stages.receive(ad, ref) == "awaiting_approval"  # still valid when the run receives it
+    with ad.db.session() as s:
         o = orders.get(s, ref)
         orders.transition(s, o, OrderStatus.EXECUTING, actor="system", at=clock.now())
     # The administrator lifted it in the 1177 tool; our record had nothing to lift and stays empty.
-    assert confirm_manually(ref) == "completed"
-    assert effects(ref) == [("lift_seal", "", "ADM-4711"), ("unlock_login", "", "ADM-4711")]
-    assert state(pnr, manual=True) == state(pnr) and state(pnr).seal is None and state(pnr).lock is None
+    assert confirm_manually(ad, ref) == "completed"
+    assert effects(ad, ref) == [("lift_seal", "", "ADM-4711"), ("unlock_login", "", "ADM-4711")]
+    assert state(ad, pnr, manual=True) == state(ad, pnr) and state(ad, pnr).seal is None and state(ad, pnr).lock is None
     # Now we have a row: the rules check it, as with the simulated registry.
-    assert codes(restore, clock.now()) == {"nothing_to_restore"}
+    assert codes(ad, restore, clock.now()) == {"nothing_to_restore"}
 
 
 # --- item 3: a refused order is failed, loudly ------------------------------------------------------
 
-def test_an_order_the_registry_refuses_fails_with_email_and_event(clock: FixedClock, failures: list[str]) -> None:
+def test_an_order_the_registry_refuses_fails_with_email_and_event(ad: Adapters, clock: FixedClock) -> None:
     pnr = patient()
-    execute_at(clock.now(), submit_at(clock.now(), body(pnr, actions=["lock_login"])))
-    first = submit_at(clock.advance(minutes=10), body(pnr, "restore_access", actions=["lock_login"]))
-    second = submit_at(clock.advance(minutes=1), body(pnr, "restore_access", actions=["lock_login"]))
-    execute_at(clock.advance(minutes=10), first)
-    to_executing(second, clock.now())  # passed its checks before the first restore lifted the lock
-    assert stages.execute.fn(second) == "failed"
-    assert failures == [second]
-    assert effects(second) == []
-    [row] = audit_rows(second, "execution_refused")
+    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=["lock_login"])))
+    first = submit_at(ad, clock.advance(minutes=10), body(pnr, "restore_access", actions=["lock_login"]))
+    second = submit_at(ad, clock.advance(minutes=1), body(pnr, "restore_access", actions=["lock_login"]))
+    execute_at(ad, clock.advance(minutes=10), first)
+    to_executing(ad, second, clock.now())  # passed its checks before the first restore lifted the lock
+    assert stages.execute(ad, second) == "failed"
+    assert failures(ad) == [second]
+    assert effects(ad, second) == []
+    [row] = audit_rows(ad, second, "execution_refused")
     assert (row.to_status, row.detail) == ("failed", {"why": "no login lock in force"})
-    mails = outbox(second, "failed")
+    mails = outbox(ad, second, "failed")
     assert sorted((m.recipient, m.message_id) for m in mails) == [
         ("demo-kalmar-clinician@kalmar.invalid", f"<{second}.failed.orderer@restriction-orders.invalid>"),
         ("supportcenter@kalmar.invalid", f"<{second}.failed.support@restriction-orders.invalid>")]
@@ -180,38 +195,37 @@ def test_an_order_the_registry_refuses_fails_with_email_and_event(clock: FixedCl
             assert "kunde inte verkställas" in text and "Misslyckad" in text and second in text
             assert "Hot mot patienten" not in text and "lock in force" not in text
     assert "supportkö" in next(m for m in mails if m.recipient.startswith("support")).body_text
-    assert stages.execute.fn(second) == "failed" and failures == [second]  # a re-run does nothing again
-    with session() as s:
+    assert stages.execute(ad, second) == "failed" and failures(ad) == [second]  # a re-run does nothing again
+    with ad.db.session() as s:
         assert orders.get(s, second).status == "failed"
-        from tasks.adapters import mail
-        assert mail.queue_confirmations(s, orders.get(s, second)) == 0
+        from tasks.steps import confirmations
+        assert confirmations.queue(ad, s, orders.get(s, second)) == 0
 
 
-def test_a_manual_confirmation_our_record_refuses_fails_too(clock: FixedClock, manual: None,
-                                                            failures: list[str]) -> None:
+def test_a_manual_confirmation_our_record_refuses_fails_too(ad: Adapters, clock: FixedClock, manual: None) -> None:
     # The lock is care's; a patient-initiated restore was made before we recorded it (the record changed
     # in between). The administrator's confirmation cannot make our record say a patient lifted it.
     pnr = patient()
-    restore = submit_at(clock.now(), body(pnr, "restore_access", actions=["lock_login"], initiative="patient"))
-    lock = submit_at(clock.advance(minutes=5), body(pnr, actions=["lock_login"]))
-    to_executing(lock, clock.now())
-    assert confirm_manually(lock, "ADM-1") == "completed"
-    with session() as s:
+    restore = submit_at(ad, clock.now(), body(pnr, "restore_access", actions=["lock_login"], initiative="patient"))
+    lock = submit_at(ad, clock.advance(minutes=5), body(pnr, actions=["lock_login"]))
+    to_executing(ad, lock, clock.now())
+    assert confirm_manually(ad, lock, "ADM-1") == "completed"
+    with ad.db.session() as s:
         orders.transition(s, orders.get(s, restore), OrderStatus.AWAITING_APPROVAL, actor="system", at=clock.now())
         orders.transition(s, orders.get(s, restore), OrderStatus.EXECUTING, actor="system", at=clock.now())
-    assert confirm_manually(restore, "ADM-2") == "failed"
-    assert failures == [restore] and effects(restore) == []
-    assert state(pnr).lock == Restriction("care", "kalmar", lock)
-    assert len(outbox(restore, "failed")) == 2
+    assert confirm_manually(ad, restore, "ADM-2") == "failed"
+    assert failures(ad) == [restore] and effects(ad, restore) == []
+    assert state(ad, pnr).lock == Restriction("care", "kalmar", lock)
+    assert len(outbox(ad, restore, "failed")) == 2
 
 
 @pytest.mark.e2e
-def test_order_failed_event_reaches_prefect(prefect_server: str) -> None:
+def test_order_failed_event_reaches_prefect(prefect_ad: Adapters, prefect_server: str) -> None:
     import time
 
     import httpx
     ref = "RO-2022-987654"
-    stages.emit_failed(ref)
+    stages.emit_failed(prefect_ad, ref)
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not found:
@@ -228,62 +242,62 @@ def test_order_failed_event_reaches_prefect(prefect_server: str) -> None:
 
 # --- item 4: protected identity: no masked number in any email ---------------------------------------
 
-def test_emails_about_a_protected_patient_carry_no_masked_number(clock: FixedClock, smtp: Any) -> None:
+def test_emails_about_a_protected_patient_carry_no_masked_number(ad: Adapters, clock: FixedClock, smtp: Any) -> None:
     from tasks.steps import paging
     pnr = patient()
-    protected = submit_at(clock.now(), body(pnr, patient_protected_identity=True, urgent=True))
-    plain = submit_at(clock.now(), body(patient()))
-    assert paging.page_order(protected, clock.now()) is not None  # the urgent page is an email too
+    protected = submit_at(ad, clock.now(), body(pnr, patient_protected_identity=True, urgent=True))
+    plain = submit_at(ad, clock.now(), body(patient()))
+    assert paging.page_order(ad, protected, clock.now()) is not None  # the urgent page is an email too
     for ref in (protected, plain):
-        execute_at(clock.now(), ref)
-    hidden = outbox(protected)
+        execute_at(ad, clock.now(), ref)
+    hidden = outbox(ad, protected)
     assert {m.event for m in hidden} >= {"completed"} and len(hidden) >= 3
     for m in hidden:
         for text in (m.body_text, m.body_html, m.subject):
             assert pnr[:8] not in text and "****" not in text and not PNR_SHAPE.search(text)
         assert "Skyddade personuppgifter – hanteras per telefon" in m.body_text
         assert "Skyddade personuppgifter – hanteras per telefon" in m.body_html
-    shown = outbox(plain, "completed")
+    shown = outbox(ad, plain, "completed")
     assert shown and all("-****" in m.body_text and "Skyddade" not in m.body_text for m in shown)
 
 
 # --- item 5: the run checks the order again when it receives it --------------------------------------
 
-def test_a_child_who_turned_16_before_the_run_started_is_rejected(clock: FixedClock) -> None:
+def test_a_child_who_turned_16_before_the_run_started_is_rejected(ad: Adapters, clock: FixedClock) -> None:
     sixteenth = (clock.now() + timedelta(days=2)).date()
     child = personal_number(date(sixteenth.year - 16, sixteenth.month, sixteenth.day), 482)
-    ref = submit_at(clock.now(), body(child, "minor_access", region="kalmar",
+    ref = submit_at(ad, clock.now(), body(child, "minor_access", region="kalmar",
                                       minor_access={"grant": True, "recipient": "minor"}))
     clock.advance(days=3)  # the run starts late (the reconciler); the child is 16 now
-    assert stages.receive.fn(ref) == "rejected"
-    [row] = audit_rows(ref, "validation_failed")
+    assert stages.receive(ad, ref) == "rejected"
+    [row] = audit_rows(ad, ref, "validation_failed")
     assert (row.actor, row.from_status, row.to_status, row.detail) == \
         ("system", "submitted", "rejected", {"codes": ["not_aged_13_to_15"]})
-    assert audit_rows(ref, "validated") == [] and audit_rows(ref, "stage_planned") == []
-    [m] = outbox(ref)
+    assert audit_rows(ad, ref, "validated") == [] and audit_rows(ad, ref, "stage_planned") == []
+    [m] = outbox(ad, ref)
     assert (m.event, m.recipient) == ("rejected", "demo-kalmar-clinician@kalmar.invalid")
     assert "kontrollerades på nytt" in m.body_text and "kontrollerades på nytt" in m.body_html
-    assert stages.receive.fn(ref) == "rejected"  # a re-run changes nothing
-    assert len(audit_rows(ref, "validation_failed")) == 1
-    assert stages.stage_state.fn(ref, "callback").state == "closed"
+    assert stages.receive(ad, ref) == "rejected"  # a re-run changes nothing
+    assert len(audit_rows(ad, ref, "validation_failed")) == 1
+    assert stages.stage_state(ad, ref, "callback").state == "closed"
 
 
-def test_a_restore_with_nothing_left_to_restore_is_rejected_when_received(clock: FixedClock) -> None:
+def test_a_restore_with_nothing_left_to_restore_is_rejected_when_received(ad: Adapters, clock: FixedClock) -> None:
     pnr = patient()
-    execute_at(clock.now(), submit_at(clock.now(), body(pnr, actions=["seal_journal"])))
-    first = submit_at(clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
-    second = submit_at(clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
-    execute_at(clock.advance(minutes=5), first)
-    assert stages.receive.fn(second) == "rejected"
-    assert audit_rows(second, "validation_failed")[0].detail == {"codes": ["nothing_to_restore"]}
+    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=["seal_journal"])))
+    first = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
+    second = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
+    execute_at(ad, clock.advance(minutes=5), first)
+    assert stages.receive(ad, second) == "rejected"
+    assert audit_rows(ad, second, "validation_failed")[0].detail == {"codes": ["nothing_to_restore"]}
 
 
-def test_every_valid_stored_order_passes_again(clock: FixedClock) -> None:
+def test_every_valid_stored_order_passes_again(ad: Adapters, clock: FixedClock) -> None:
     child = personal_number(date(2008, 1, 15), 344)   # 14 on TUESDAY
     small = personal_number(date(2016, 2, 20), 512)   # 6
     guardian = personal_number(date(1979, 8, 3), 617)
     pnr = patient()
-    execute_at(clock.now(), submit_at(clock.now(), body(pnr, initiative="patient", actions=["seal_journal"])))
+    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, initiative="patient", actions=["seal_journal"])))
     bodies = [
         body(patient(), patient_protected_identity=True, urgent=True, region="ostergotland"),
         body(pnr, "restore_access", actions=["seal_journal"], initiative="patient", identity_checked_in_person=True),
@@ -292,59 +306,59 @@ def test_every_valid_stored_order_passes_again(clock: FixedClock) -> None:
              minor_access={"grant": True, "recipient": "guardian", "child_consent": True}),
         body(child, "minor_access", minor_access={"grant": False, "recipient": "minor"}),
     ]
-    refs = [submit_at(clock.now(), b, actor=f"DEMO-{b['region'].upper()}-CLINICIAN") for b in bodies]
-    out = orders.submit(body(patient(), actions=["lock_login"]), CLINICIAN, clock.now(), channel="paper",
+    refs = [submit_at(ad, clock.now(), b, actor=f"DEMO-{b['region'].upper()}-CLINICIAN") for b in bodies]
+    out = orders.submit(ad, body(patient(), actions=["lock_login"]), CLINICIAN, clock.now(), channel="paper",
                         paper_received_on=clock.now() - timedelta(days=4), paper_registered_by="DEMO-KALMAR-SUPPORT")
     assert out.kind == "created" and out.order is not None
-    detach(out.order.reference)
+    detach(ad, out.order.reference)
     refs.append(out.order.reference)
     clock.advance(days=1)
     for ref in refs:
-        assert stages.receive.fn(ref) in ("awaiting_callback", "awaiting_assessment", "awaiting_approval"), ref
-        [row] = audit_rows(ref, "validated")
+        assert stages.receive(ad, ref) in ("awaiting_callback", "awaiting_assessment", "awaiting_approval"), ref
+        [row] = audit_rows(ad, ref, "validated")
         assert row.actor == "system" and set(row.detail) == {"warnings"}
-    assert "protected_identity" in audit_rows(refs[0], "validated")[0].detail["warnings"]
-    assert "lock_without_seal" in audit_rows(refs[-1], "validated")[0].detail["warnings"]
+    assert "protected_identity" in audit_rows(ad, refs[0], "validated")[0].detail["warnings"]
+    assert "lock_without_seal" in audit_rows(ad, refs[-1], "validated")[0].detail["warnings"]
 
 
 # --- item 6: an urgent order called back in time is due as usual ------------------------------------
 
-def test_a_callback_in_time_moves_the_due_time_off_the_callback_deadline(clock: FixedClock) -> None:
+def test_a_callback_in_time_moves_the_due_time_off_the_callback_deadline(ad: Adapters, clock: FixedClock) -> None:
     clock.set(SATURDAY)
-    ref = submit_at(clock.now(), body(patient(), urgent=True))
-    assert order(ref).due_at == SATURDAY + timedelta(minutes=30)
-    assert stages.receive.fn(ref) == "awaiting_callback"
+    ref = submit_at(ad, clock.now(), body(patient(), urgent=True))
+    assert order(ad, ref).due_at == SATURDAY + timedelta(minutes=30)
+    assert stages.receive(ad, ref) == "awaiting_callback"
     clock.advance(minutes=10)
-    assert stages.record_decision.fn(ref, "callback", {"decided_by": ONCALL}, "app") == "awaiting_assessment"
+    assert decide(ad, ref, "callback", ONCALL, {"note": ""}) == "awaiting_assessment"
     monday = stockholm(2022, 5, 16, 16, 30)  # a non-urgent order submitted Saturday: end of Monday's office hours
-    o = order(ref)
+    o = order(ad, ref)
     assert (o.due_at, o.callback_at) == (monday, clock.now())
-    [row] = audit_rows(ref, "due_rescheduled")
+    [row] = audit_rows(ad, ref, "due_rescheduled")
     assert (row.actor, row.detail) == (ONCALL, {"why": "callback_recorded", "from": "2022-05-14T09:30:00+00:00",
                                                "due_at": "2022-05-16T14:30:00+00:00"})
-    with session() as s:
+    with ad.db.session() as s:
         rows = {d.kind: d for d in s.scalars(select(Deadline).where(Deadline.order_reference == ref))}
     assert rows["callback"].met_at == clock.now() and rows["due"].due_at == monday and rows["due"].met_at is None
     for later in (timedelta(minutes=25), timedelta(hours=30)):  # past 30 minutes: not red, no reminder
         assert not orders.overdue(o, clock.now() + later)
-        assert monitoring.flag_overdue(clock.now() + later, references=[ref]) == []
-    assert [f.reference for f in monitoring.flag_overdue(monday + timedelta(minutes=1), references=[ref])] == [ref]
+        assert monitoring.flag_overdue(ad, clock.now() + later, references=[ref]) == []
+    assert [f.reference for f in monitoring.flag_overdue(ad, monday + timedelta(minutes=1), references=[ref])] == [ref]
 
 
-def test_a_callback_on_an_order_made_urgent_later_keeps_its_due_time(clock: FixedClock) -> None:
-    ref = submit_at(clock.now(), body(patient()))
-    due = order(ref).due_at
-    assert stages.receive.fn(ref) == "awaiting_assessment"
-    asyncio.run(urgent.start_urgent(ref, ONCALL, clock.advance(minutes=5), start_run=False))
-    out = asyncio.run(urgent.record_callback(ref, ONCALL, "", clock.advance(minutes=5)))
+def test_a_callback_on_an_order_made_urgent_later_keeps_its_due_time(ad: Adapters, clock: FixedClock) -> None:
+    ref = submit_at(ad, clock.now(), body(patient()))
+    due = order(ad, ref).due_at
+    assert stages.receive(ad, ref) == "awaiting_assessment"
+    asyncio.run(urgent.start_urgent(ad, ref, ONCALL, clock.advance(minutes=5), start_run=False))
+    out = asyncio.run(urgent.record_callback(ad, ref, ONCALL, "", clock.advance(minutes=5)))
     assert (out.via, out.on_time) == ("stored", True)
-    assert order(ref).due_at == due and order(ref).callback_at == clock.now()
-    assert audit_rows(ref, "due_rescheduled") == []
+    assert order(ad, ref).due_at == due and order(ad, ref).callback_at == clock.now()
+    assert audit_rows(ad, ref, "due_rescheduled") == []
 
 
 # --- item 7: review dates only for restrictions made on care's initiative ---------------------------
 
-def test_only_executed_care_restrictions_get_a_review_date(clock: FixedClock) -> None:
+def test_only_executed_care_restrictions_get_a_review_date(ad: Adapters, clock: FixedClock) -> None:
     pnr, child, guardian = patient(), personal_number(date(2008, 3, 1), 356), personal_number(date(1980, 4, 4), 628)
     cases = {
         "seal_or_lock care": (body(pnr, actions=["lock_login"]), True),
@@ -359,25 +373,25 @@ def test_only_executed_care_restrictions_get_a_review_date(clock: FixedClock) ->
         "seal_or_lock patient": (body(patient(), initiative="patient", actions=["seal_journal"]), False),
     }
     for name, (b, reviewed) in cases.items():
-        ref = submit_at(clock.advance(minutes=1), b)
-        execute_at(clock.now(), ref)
-        o = order(ref)
+        ref = submit_at(ad, clock.advance(minutes=1), b)
+        execute_at(ad, clock.now(), ref)
+        o = order(ad, ref)
         assert o.status == "completed", name
         assert (o.review_due_on == clock.now() + timedelta(days=365)) if reviewed else o.review_due_on is None, name
 
 
 # --- item 8: the registry stores who set each guardian block and minor grant -------------------------
 
-def test_guardian_blocks_and_grants_are_stored_with_their_origin(clock: FixedClock) -> None:
+def test_guardian_blocks_and_grants_are_stored_with_their_origin(ad: Adapters, clock: FixedClock) -> None:
     child = personal_number(date(2008, 6, 6), 372)  # 13
     blocked, granted = personal_number(date(1978, 7, 7), 646), personal_number(date(1977, 8, 8), 652)
-    block = submit_at(clock.now(), body(child, "block_guardian", guardian_personal_number=blocked, region="stockholm"),
+    block = submit_at(ad, clock.now(), body(child, "block_guardian", guardian_personal_number=blocked, region="stockholm"),
                       actor="DEMO-STOCKHOLM-CLINICIAN")
-    grant = submit_at(clock.now(), body(child, "minor_access", guardian_personal_number=granted,
+    grant = submit_at(ad, clock.now(), body(child, "minor_access", guardian_personal_number=granted,
                                         minor_access={"grant": True, "recipient": "guardian", "child_consent": True}))
     for ref in (block, grant):
-        execute_at(clock.now(), ref)
-    with session() as s:
+        execute_at(ad, clock.now(), ref)
+    with ad.db.session() as s:
         person = s.get(RegistryPerson, digits(child))
         assert person is not None
         assert person.blocked_guardians == [{"target": digits(blocked), "initiative": "care", "region": "stockholm",
@@ -392,22 +406,22 @@ def test_guardian_blocks_and_grants_are_stored_with_their_origin(clock: FixedClo
 
 # --- item 9: reading access state by personal number is audited --------------------------------------
 
-def test_reading_access_state_for_a_restore_is_an_audited_search(clock: FixedClock) -> None:
+def test_reading_access_state_for_a_restore_is_an_audited_search(ad: Adapters, clock: FixedClock) -> None:
     pnr = patient()
     raw = body(pnr, "restore_access", actions=["lock_login"])
 
     def searches() -> list[AuditEvent]:
-        with session() as s:
+        with ad.db.session() as s:
             return list(s.scalars(select(AuditEvent).where(AuditEvent.patient_pnr == digits(pnr),
                                                            AuditEvent.action == "search_by_personal_number")
                                   .order_by(AuditEvent.id)))
 
-    assert codes(raw, clock.now()) == {"nothing_to_restore"}
-    execute_at(clock.now(), submit_at(clock.now(), body(pnr, actions=["lock_login"])))  # no search: not a restore
+    assert codes(ad, raw, clock.now()) == {"nothing_to_restore"}
+    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=["lock_login"])))  # no search: not a restore
     assert len(searches()) == 1
-    assert orders.check(raw, clock.advance(minutes=1), "DEMO-KALMAR-CLINICIAN2").ok
-    ref = submit_at(clock.advance(minutes=1), raw)
-    assert stages.receive.fn(ref) == "awaiting_assessment"
+    assert orders.check(ad, raw, clock.advance(minutes=1), "DEMO-KALMAR-CLINICIAN2").ok
+    ref = submit_at(ad, clock.advance(minutes=1), raw)
+    assert stages.receive(ad, ref) == "awaiting_assessment"
     got = [(e.actor, e.order_reference, e.detail) for e in searches()]
     assert got == [(CLINICIAN, None, {"purpose": "validate", "known": True}),
                    ("DEMO-KALMAR-CLINICIAN2", None, {"purpose": "validate", "known": True}),
@@ -415,13 +429,13 @@ def test_reading_access_state_for_a_restore_is_an_audited_search(clock: FixedClo
                    ("system", None, {"purpose": "revalidate", "known": True})]
     # The patient's log extract shows them.
     from tasks.steps import audit_extract
-    extract = audit_extract.patient_extract("DEMO-ADMIN", pnr, clock.advance(minutes=1))
+    extract = audit_extract.patient_extract(ad.db, "DEMO-ADMIN", pnr, clock.advance(minutes=1))
     assert sum(r.action == "search_by_personal_number" for r in extract.rows) == 5  # four plus the extract itself
 
 
-def test_no_email_of_this_module_leaks(clock: FixedClock) -> None:
+def test_no_email_of_this_module_leaks(ad: Adapters, clock: FixedClock) -> None:
     # Everything the tests above queued: reference, type, unit, status and at most a masked number.
-    with session() as s:
+    with ad.db.session() as s:
         rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.created_at >= stockholm(2022, 1, 1),
                                                            OutboxMessage.created_at < stockholm(2023, 1, 1))))
     for m in rows:

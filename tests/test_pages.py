@@ -1,6 +1,9 @@
 """The pages in a real browser (Debian's /usr/bin/chromium via Playwright): log in, order each type, see
 the receipt, decide in the queues. axe-core checks every page against WCAG 2.0/2.1 A and AA, and a
 full-page screenshot of each lands in tests/artifacts/pages/<name>.png.
+
+The app runs on uvicorn with the in-process engine (`live_app`): an order's run goes as far as it can within
+the request that starts or resumes it, so a page shows the order's next stage as soon as the request returns.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from playwright.sync_api import expect
 from sqlalchemy import func, select
 
 from models.tables import Decision, Order, RegistryPerson, Staff
-from tasks.adapters.database import session
+from tasks.adapters import Adapters
+from tasks.adapters.settings import Settings
 
 pytest.register_assert_rewrite("tests.webapp")  # imported here and loaded as a plugin: rewrite its asserts
 from tests.webapp import PATIENT, born_years_ago, client, pnr, staff, stored_order, wait_status  # noqa: E402
 
 pytest_plugins = ["tests.webapp"]
-pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+pytestmark = [pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -126,13 +130,13 @@ def visit(browser: Any, live_app: str) -> Iterator[Any]:
         v.close()
 
 
-def orders_for(pnr12: str) -> int:
-    with session() as s:
+def orders_for(ad: Adapters, pnr12: str) -> int:
+    with ad.db.session() as s:
         return int(s.scalar(select(func.count()).select_from(Order).where(Order.patient_pnr == pnr12)) or 0)
 
 
-def patient_sealed_on_own_request(p: str) -> None:
-    with session() as s:
+def patient_sealed_on_own_request(ad: Adapters, p: str) -> None:
+    with ad.db.session() as s:
         s.merge(RegistryPerson(pnr=p.replace("-", ""), sealed_by_initiative="patient", sealed_by_region="kalmar",
                                sealed_by_order="RO-2026-000000", blocked_guardians=[], minor_access=[]))
 
@@ -209,12 +213,12 @@ def test_seal_or_lock_urgent_with_errors_kept_values_and_phone_receipt(visit: An
     assert page.locator(".urgent-box a[href^='tel:+46']").count() == 1
 
 
-def test_restore_access_shows_the_identity_check_only_when_it_applies(visit: Any) -> None:
+def test_restore_access_shows_the_identity_check_only_when_it_applies(visit: Any, ad: Adapters) -> None:
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
     _errors_then_fix(v, "restore_access")
     page = v.page
     patient = pnr()
-    patient_sealed_on_own_request(patient)
+    patient_sealed_on_own_request(ad, patient)
     identity = page.get_by_label("Patientens identitet är kontrollerad vid personligt besök")
     page.get_by_label("Vårdens initiativ").check()
     assert not identity.is_visible()
@@ -263,7 +267,7 @@ def test_minor_access_with_guardian_fields_shown_on_demand(visit: Any) -> None:
     _receipt(v, "minor_access")
 
 
-def test_without_javascript_every_field_shows_and_a_double_click_makes_one_order(visit: Any) -> None:
+def test_without_javascript_every_field_shows_and_a_double_click_makes_one_order(visit: Any, ad: Adapters) -> None:
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)", javascript=False)
     page = v.page
     v.goto("/bestall/minor_access")
@@ -276,7 +280,7 @@ def test_without_javascript_every_field_shows_and_a_double_click_makes_one_order
     page.wait_for_url(re.compile(r".*/kvitto.*"))
     assert page.get_by_role("heading", level=1).inner_text() == "Beställningen är skickad"
     page.screenshot(path=str(SHOTS / "receipt-no-javascript.png"), full_page=True)
-    assert orders_for(child.replace("-", "")) == 1
+    assert orders_for(ad, child.replace("-", "")) == 1
     # axe needs JavaScript, so the same page is checked in a browser that has it.
     checker = Visitor(v.context.browser, v.base)
     checker.context.add_cookies(v.context.cookies())
@@ -402,8 +406,8 @@ def test_start_page_for_someone_who_does_not_order(visit: Any) -> None:
     v.check("start-non-clinician")
 
 
-def test_a_new_clinician_has_no_orders_yet(visit: Any) -> None:
-    with session() as s:
+def test_a_new_clinician_has_no_orders_yet(visit: Any, ad: Adapters) -> None:
+    with ad.db.session() as s:
         if s.get(Staff, NEW_CLINICIAN) is None:
             s.add(Staff(hsa_id=NEW_CLINICIAN, name="Nya klinikern", email="new@kalmar.invalid", roles=["clinician"],
                         unit_hsa_id="DEMO-KALMAR-UNIT", region="kalmar", active=True))
@@ -472,23 +476,14 @@ def test_a_request_too_large_for_the_app(visit: Any) -> None:
     v.check("error-413")
 
 
-def _answer_of(app_env: dict[str, str], path: str, user: str) -> tuple[int, dict[str, str], str]:
-    """What the app answers with other settings (behind SSO, or its database gone): a second app object in
-    this process, asked once. The live app is idle meanwhile; the settings are put back at once."""
+def _answer_of(app_ad: Adapters, path: str, user: str) -> tuple[int, dict[str, str], str]:
+    """What the app answers with other adapters (behind SSO, or its database gone): a second app object in
+    this process, built on them, asked once. The live app is idle meanwhile."""
     from starlette.testclient import TestClient
 
     from forms.app import create_app
-    from tasks.adapters.settings import settings
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in app_env.items():
-            mp.setenv(k, v)
-        settings.cache_clear()
-        try:
-            with TestClient(create_app(), client=("127.0.0.1", 40002), raise_server_exceptions=False) as c:
-                r = c.get(path, headers={"X-Remote-User": user} if user else {})
-        finally:
-            mp.undo()
-            settings.cache_clear()
+    with TestClient(create_app(app_ad), client=("127.0.0.1", 40002), raise_server_exceptions=False) as c:
+        r = c.get(path, headers={"X-Remote-User": user} if user else {})
     return r.status_code, dict(r.headers), r.text
 
 
@@ -502,11 +497,17 @@ def _show(v: Visitor, name: str, answer: tuple[int, dict[str, str], str]) -> Non
     assert v.goto(path).status == status
 
 
-def test_error_pages_401_and_503(visit: Any) -> None:
-    sso = _answer_of({"RO_EMBEDDED_LOGIN": "false", "RO_SESSION_SECRET": "s" * 48}, "/bestallningar", "")
+def test_error_pages_401_and_503(visit: Any, ad: Adapters, settings: Settings) -> None:
+    from flows.bootstrap import in_process
+    from tasks.adapters.database import Database
+    behind_sso = settings.model_copy(update={"embedded_login": False, "session_secret": "s" * 48})
+    sso = _answer_of(in_process(behind_sso, db=ad.db), "/bestallningar", "")
     assert sso[0] == 401 and "SITHS" in sso[2]
-    down = _answer_of({"DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2"},
-                      "/bestallningar", CLINICIAN)
+    unreachable = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    try:
+        down = _answer_of(in_process(settings, db=unreachable), "/bestallningar", CLINICIAN)
+    finally:
+        unreachable.dispose()
     assert down[0] == 503 and down[1]["retry-after"] == "30"
     v = visit()
     _show(v, "error-401", sso)
@@ -517,8 +518,8 @@ def test_error_pages_401_and_503(visit: Any) -> None:
     v.check("error-503")
 
 
-def test_manual_execution_confirmed_in_the_queue(visit: Any) -> None:
-    ref = stored_order("executing")
+def test_manual_execution_confirmed_in_the_queue(visit: Any, ad: Adapters) -> None:
+    ref = stored_order(ad, "executing")
     v = _as(visit, "accountadmin")
     v.goto("/ko/verkstallande")
     item = v.page.locator(f"section[id='{ref}']")
@@ -532,15 +533,15 @@ def test_manual_execution_confirmed_in_the_queue(visit: Any) -> None:
     item.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
     v.page.wait_for_url(re.compile(r".*/ko/verkstallande\?klar=.*"))
     assert f"Beslutet för {ref} är registrerat." in v.page.locator(".notice").inner_text()
-    with session() as s:
+    with ad.db.session() as s:
         d = s.scalar(select(Decision).join(Order).where(Order.reference == ref, Decision.stage == "execution"))
         assert d is not None and d.decided_by == staff("accountadmin") and d.detail == {"system_reference": "ADM-4711"}
     v.check("queue-execution-confirmed")
 
 
-def test_head_of_department_reviews(visit: Any) -> None:
+def test_head_of_department_reviews(visit: Any, ad: Adapters) -> None:
     now = datetime.now(UTC)
-    ref = stored_order("completed", review_due_on=now - timedelta(days=1), review_after_days=365)
+    ref = stored_order(ad, "completed", review_due_on=now - timedelta(days=1), review_after_days=365)
     v = _as(visit, "head")
     v.goto("/omprovningar")
     assert v.page.locator(f"section[id='review-{ref}']").count() == 1
@@ -556,8 +557,8 @@ def test_head_of_department_reviews(visit: Any) -> None:
     assert ref in v.page.locator(".notice").inner_text()
 
 
-def test_the_administrator_s_pages(visit: Any) -> None:
-    stored_order("completed", review_due_on=datetime.now(UTC) - timedelta(days=2))  # a review due on its page
+def test_the_administrator_s_pages(visit: Any, ad: Adapters) -> None:
+    stored_order(ad, "completed", review_due_on=datetime.now(UTC) - timedelta(days=2))  # a review due on its page
     v = visit("DEMO-ADMIN", "Administratören")
     for path, name in (("/admin", "admin-overview"), ("/admin/avvikelser", "admin-deviations"),
                        ("/admin/omprovningar", "admin-reviews"), ("/admin/logg", "admin-log")):
@@ -598,8 +599,9 @@ def _decide_in_queue(v: Visitor, slug: str, ref: str, fill: Any, button: str) ->
     v.page.wait_for_url(re.compile(rf".*/ko/{slug}\?klar={ref}"))
 
 
-def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: Any, live_app: str) -> None:
-    with session() as s:
+def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: Any, live_app: str,
+                                                                      ad: Adapters) -> None:
+    with ad.db.session() as s:
         if s.get(Staff, FIRST_DAY) is None:
             s.add(Staff(hsa_id=FIRST_DAY, name="Första dagen", email="firstday@kalmar.invalid", roles=["clinician"],
                         unit_hsa_id="DEMO-KALMAR-UNIT", region="kalmar", active=True))
@@ -616,7 +618,7 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
 
     send("seal_or_lock", lambda: _fill_seal_or_lock(page, pnr()))
     sealed = pnr()
-    patient_sealed_on_own_request(sealed)
+    patient_sealed_on_own_request(ad, sealed)
 
     def restore() -> None:
         page.get_by_label("Patientens personnummer eller samordningsnummer").fill(sealed)

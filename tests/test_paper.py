@@ -326,8 +326,9 @@ def test_first_page_is_saved_as_png_for_review(order_type: str, filled: bool) ->
 
 
 def test_the_urgent_instruction_takes_the_on_call_window_and_callback_time_from_the_region_settings() -> None:
-    from forms.api import paper_region  # regions.toml, as the app and the fallback flow print it
-    kalmar = paper_region("kalmar")
+    from models.regions import load_regions  # regions.toml, as the composition root hands it to the app
+    from tasks.adapters.paper import paper_region  # as the app and the fallback step print it
+    kalmar = paper_region(load_regions()["kalmar"])
     assert (kalmar.on_call_window, kalmar.callback_minutes) == ("17:00–07:00", 30)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_html("seal_or_lock", kalmar)))
     assert URGENT_CALL in text

@@ -1,6 +1,7 @@
 """Registering received, signed paper orders (reservrutin): `POST /api/paper-orders` and
-`POST /api/orders/{reference}/resume-digital`, against the real app (in-process, with `forms.paper_routes`
-included as the lead will include it), the orders database and, where a run must start, the served flows.
+`POST /api/orders/{reference}/resume-digital`, against the real app (in-process ASGI, or on uvicorn for the
+browser) and the orders database, with the in-process engine (flows/inprocess.py): where a run must start,
+it starts, and goes as far as it can, inside the request.
 """
 
 from __future__ import annotations
@@ -9,29 +10,30 @@ import asyncio
 import io
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import httpx
 import pypdf
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prefect.client.orchestration import get_client
 from sqlalchemy import func, select
 
+from flows.bootstrap import build, in_process
+from flows.inprocess import FakeRun, InProcessEngine
 from models.clock import STOCKHOLM
 from models.tables import AuditEvent, Order, OutboxMessage, RegistryPerson
-from tasks.adapters.database import session
-from tasks.adapters.settings import settings
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.events import RecordedEvents
+from tasks.adapters.gateway import ConfiguredGateway
+from tasks.adapters.settings import Settings
 from tasks.steps import orders
-from tests.conftest import FlowServer
-from tests.e2e import PATIENT, aged, body, decide, submit, text_of, wait_mails, wait_status
+from tests.e2e import PATIENT, aged, body, decide, status, submit, text_of, wait_mails
 
 pytest.register_assert_rewrite("tests.webapp", "tests.test_pages")
 from tests.test_pages import browser, visit  # noqa: E402, F401  (the browser fixtures, with the axe check)
@@ -42,12 +44,9 @@ OTHER_SUPPORT = "DEMO-OSTERGOTLAND-SUPPORT"
 
 
 @pytest.fixture(scope="module")
-def app(db: None) -> FastAPI:
+def app(ad: Adapters) -> FastAPI:
     from forms.app import create_app
-    from forms.paper_routes import router
-    a = create_app()
-    a.include_router(router)
-    return a
+    return create_app(ad)
 
 
 def call(app: FastAPI, method: str, url: str, user: str | None, json: Any = None,
@@ -73,50 +72,51 @@ def codes(r: httpx.Response) -> dict[str, str]:
     return {e["field"]: e["code"] for e in r.json()["errors"]}
 
 
-def order_count() -> int:
-    with session() as s:
+def order_count(ad: Adapters) -> int:
+    with ad.db.session() as s:
         return int(s.scalar(select(func.count()).select_from(Order)) or 0)
 
 
-def row(reference: str) -> Order:
-    with session() as s:
+def row(ad: Adapters, reference: str) -> Order:
+    with ad.db.session() as s:
         return orders.get(s, reference)
 
 
-def audit_actions(reference: str) -> list[AuditEvent]:
-    with session() as s:
+def audit_actions(ad: Adapters, reference: str) -> list[AuditEvent]:
+    with ad.db.session() as s:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference)
                               .order_by(AuditEvent.id)))
 
 
-async def _run_of(run_id: str) -> Any:
-    async with get_client() as c:
-        return await c.read_flow_run(UUID(run_id))
+def run_of(ad: Adapters, run_id: str | None) -> FakeRun:
+    """The in-process engine's run by its id (the order's `flow_run_id`)."""
+    assert isinstance(ad.engine, InProcessEngine) and run_id is not None
+    return ad.engine.runs[run_id]
 
 
-@pytest.mark.e2e
-def test_new_paper_order_gets_channel_paper_and_its_run_starts(app: FastAPI, flow_server: FlowServer) -> None:
+def test_new_paper_order_gets_channel_paper_and_its_run_starts(app: FastAPI, ad: Adapters) -> None:
     r = call(app, "POST", "/api/paper-orders", SUPPORT,
              paper(body("seal_or_lock", patient_personal_number=aged(47, 318)), orderer_hsa_id=CLINICIAN))
     assert r.status_code == 201, r.text
     out = r.json()
     assert out["channel"] == "paper" and out["continued"] is False and out["status"] == "submitted"
     ref = out["reference"]
-    order = row(ref)
+    order = row(ad, ref)
     assert order.channel == "paper" and order.submitted_by == CLINICIAN and order.paper_registered_by == SUPPORT
     assert order.paper_received_on is not None
     assert order.paper_received_on.astimezone(STOCKHOLM).date().isoformat() == today()
-    registered = [e for e in audit_actions(ref) if e.action == "paper_registered"]
+    registered = [e for e in audit_actions(ad, ref) if e.action == "paper_registered"]
     assert len(registered) == 1 and registered[0].actor == SUPPORT
     assert registered[0].detail["signature_checked"] is True
     # Its run starts and the normal routine takes it from the beginning.
-    wait_status(ref, "awaiting_assessment")
-    run = asyncio.run(_run_of(str(row(ref).flow_run_id)))
-    assert "channel:paper" in run.tags and run.parameters == {"reference": ref}
+    assert order.status == "awaiting_assessment"
+    run = run_of(ad, order.flow_run_id)
+    assert "channel:paper" in run.tags and run.reference == ref and run.flow_name == "seal-or-lock"
+    assert (run.state, run.waiting_key) == ("paused", "harm-assessment-0")
 
 
-def test_signature_not_checked_is_refused_with_every_error(app: FastAPI) -> None:
-    before = order_count()
+def test_signature_not_checked_is_refused_with_every_error(app: FastAPI, ad: Adapters) -> None:
+    before = order_count(ad)
     future = (datetime.now(STOCKHOLM).date() + timedelta(days=3)).isoformat()
     r = call(app, "POST", "/api/paper-orders", SUPPORT,
              paper(body("seal_or_lock", patient_personal_number="19121212-1213"), signature_checked=False,
@@ -136,55 +136,51 @@ def test_signature_not_checked_is_refused_with_every_error(app: FastAPI) -> None
                           "reference": "invalid_reference", "orderer_hsa_id": "unknown_staff"}
     unknown = call(app, "POST", "/api/paper-orders", SUPPORT, paper(body(), reference="RO-2020-999999"))
     assert unknown.status_code == 422 and codes(unknown) == {"reference": "unknown_reference"}
-    assert order_count() == before
+    assert order_count(ad) == before
 
 
-@pytest.mark.e2e
-def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, flow_server: FlowServer,
-                                                                 smtp: Path) -> None:
+def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, ad: Adapters, smtp: Path) -> None:
     patient = aged(52, 436)
-    ref = submit(body("seal_or_lock", patient_personal_number=patient))
-    wait_status(ref, "awaiting_assessment")
-    old_run = str(row(ref).flow_run_id)
-    deadline = time.monotonic() + 30
-    while not asyncio.run(_run_of(old_run)).state.is_paused():  # suspended, waiting for the assessor
-        assert time.monotonic() < deadline, "the run did not suspend"
-        time.sleep(0.3)
+    ref = submit(ad, body("seal_or_lock", patient_personal_number=patient))
+    assert status(ad, ref) == "awaiting_assessment"
+    old_run = str(row(ad, ref).flow_run_id)
+    assert run_of(ad, old_run).state == "paused"  # suspended, waiting for the assessor
     # The order went to the paper routine while it waited for the harm assessment.
-    with session() as s:
+    with ad.db.session() as s:
         orders.transition(s, orders.get(s, ref), "paper_fallback", actor="system", action="gateway_unavailable")
-    count = order_count()
+    count = order_count(ad)
 
     wrong = call(app, "POST", "/api/paper-orders", SUPPORT,
                  paper({"patient_personal_number": aged(52, 437), "order_type": "seal_or_lock"}, reference=ref))
     assert wrong.status_code == 422 and codes(wrong) == {"patient_personal_number": "does_not_match_order"}
-    assert row(ref).status == "paper_fallback"
+    assert row(ad, ref).status == "paper_fallback"
 
     r = call(app, "POST", "/api/paper-orders", SUPPORT,
              paper({"patient_personal_number": patient, "order_type": "seal_or_lock"}, reference=ref.lower()))
     assert r.status_code == 201, r.text
     assert r.json()["reference"] == ref and r.json()["continued"] is True
     assert r.json()["status"] == "awaiting_assessment"  # the stage it was at, not the start
-    assert order_count() == count
-    order = row(ref)
+    assert order_count(ad) == count
+    order = row(ad, ref)
     assert order.paper_registered_by == SUPPORT and order.paper_received_on is not None
     assert order.channel == "paper"  # the signed paper form is now the order's record
     assert order.flow_run_id and order.flow_run_id != old_run
     # The run that waited at the assessment was cancelled, so only the new one continues.
-    assert asyncio.run(_run_of(old_run)).state.is_cancelled()
-    back = [e for e in audit_actions(ref) if e.action == "paper_registered"]
+    assert run_of(ad, old_run).state == "cancelled"
+    back = [e for e in audit_actions(ad, ref) if e.action == "paper_registered"]
     assert [(e.from_status, e.to_status, e.actor) for e in back] == [("paper_fallback", "awaiting_assessment", SUPPORT)]
     assert back[0].channel == "app" and back[0].detail == {
         "received_on": today(), "signature_checked": True, "continued": True, "previous_channel": "digital"}
-    assert "channel:paper" in asyncio.run(_run_of(str(order.flow_run_id))).tags
+    new_run = run_of(ad, order.flow_run_id)
+    assert "channel:paper" in new_run.tags and (new_run.state, new_run.waiting_key) == ("paused", "harm-assessment-0")
 
     again = call(app, "POST", "/api/paper-orders", SUPPORT, paper({}, reference=ref))
     assert again.status_code == 409 and codes(again) == {"": "wrong_status"}
 
-    decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
-    wait_status(ref, "awaiting_approval")
-    decide(ref, "approval", HEAD, {"approved": True})
-    wait_status(ref, "completed")
+    decide(ad, ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
+    assert status(ad, ref) == "awaiting_approval"
+    decide(ad, ref, "approval", HEAD, {"approved": True})
+    assert status(ad, ref) == "completed" and new_run.state == "completed"
     got = wait_mails(smtp, ref, 2)
     assert sorted(m["To"] for m in got) == ["demo-kalmar-clinician@kalmar.invalid", "demo-kalmar-head@kalmar.invalid"]
     # A completed order is no longer in the paper routine.
@@ -194,7 +190,7 @@ def test_paper_fallback_order_registered_by_reference_continues(app: FastAPI, fl
     assert other.status_code == 403 and codes(other) == {"": "other_region"}
 
 
-def test_identity_and_roles(app: FastAPI) -> None:
+def test_identity_and_roles(app: FastAPI, ad: Adapters) -> None:
     b = paper(body())
     assert call(app, "POST", "/api/paper-orders", None, b).status_code == 401
     assert call(app, "POST", "/api/paper-orders", "DEMO-NOBODY", b).status_code == 401
@@ -206,11 +202,11 @@ def test_identity_and_roles(app: FastAPI) -> None:
     other = call(app, "POST", "/api/paper-orders", OTHER_SUPPORT, b)
     assert other.status_code == 403 and codes(other) == {"": "other_region"}
 
-    before = order_count()
+    before = order_count(ad)
     assert call(app, "POST", "/api/orders/RO-2026-000001/resume-digital", CLINICIAN, json={}).status_code == 403
     assert call(app, "POST", "/api/orders/RO-2020-999999/resume-digital", SUPPORT, json={}).status_code == 404
     assert call(app, "POST", "/api/orders/not-a-ref/resume-digital", SUPPORT, json={}).status_code == 404
-    assert order_count() == before
+    assert order_count(ad) == before
 
 
 # --- "fill in digitally, print, sign": POST /api/paper-forms/{order_type}.pdf ------------------------
@@ -241,35 +237,38 @@ def login(web: TestClient, hsa_id: str) -> None:
 
 
 @pytest.fixture()
-def web(db: None) -> Iterator[TestClient]:
+def web(ad: Adapters) -> Iterator[TestClient]:
     from forms.app import create_app
-    with TestClient(create_app(), client=("127.0.0.1", 40001), raise_server_exceptions=False) as c:
+    with TestClient(create_app(ad), client=("127.0.0.1", 40001), raise_server_exceptions=False) as c:
         yield c
 
 
 @contextmanager
-def orders_database_unreachable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """As tests/test_faults.py: nothing listens on port 9, so every connection is refused at once."""
-    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
-    settings.cache_clear()
+def orders_database_unreachable(web: TestClient, settings: Settings) -> Iterator[None]:
+    """As tests/test_faults.py: nothing listens on port 9, so every connection is refused at once. The app
+    `web` talks to gets adapters with that database meanwhile (same settings: the session cookie holds)."""
+    app: Any = web.app
+    kept = app.state.adapters
+    unreachable = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    app.state.adapters = in_process(settings, db=unreachable)
     try:
         yield
     finally:
-        monkeypatch.undo()
-        settings.cache_clear()
+        app.state.adapters = kept
+        unreachable.dispose()
 
 
-def printed_audits() -> int:
-    with session() as s:
+def printed_audits(ad: Adapters) -> int:
+    with ad.db.session() as s:
         return int(s.scalar(select(func.count()).select_from(AuditEvent)
                             .where(AuditEvent.action == "paper_form_printed")) or 0)
 
 
-def test_a_filled_paper_form_prints_the_posted_values_and_stores_nothing(web: TestClient) -> None:
+def test_a_filled_paper_form_prints_the_posted_values_and_stores_nothing(web: TestClient, ad: Adapters) -> None:
     patient, guardian = aged(9, 552), aged(41, 553)
     b = body("block_guardian", patient_personal_number=patient.replace("-", ""), guardian_personal_number=guardian,
              urgent=True, reason="Orosanmälan <b>inlämnad</b>")
-    before, audits = order_count(), printed_audits()
+    before, audits = order_count(ad), printed_audits(ad)
     r = web.post("/api/paper-forms/block_guardian.pdf", json=b, headers={"X-Remote-User": CLINICIAN})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/pdf" and r.headers["X-Blank-Fields"] == ""
@@ -281,16 +280,16 @@ def test_a_filled_paper_form_prints_the_posted_values_and_stores_nothing(web: Te
     assert "RO-20" not in text  # no reference: nothing was stored
     title = pypdf.PdfReader(io.BytesIO(r.content)).metadata.title  # type: ignore[union-attr]
     assert title == "Borttagande av direktåtkomst för vårdnadshavare – ifylld reservblankett, Region Kalmar län"
-    assert order_count() == before
-    assert printed_audits() == audits + 1  # the database answered: the print is in the audit log
-    with session() as s:
+    assert order_count(ad) == before
+    assert printed_audits(ad) == audits + 1  # the database answered: the print is in the audit log
+    with ad.db.session() as s:
         ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "paper_form_printed")
                        .order_by(AuditEvent.id.desc())).first()
         assert ev is not None and ev.actor == CLINICIAN and ev.patient_pnr == patient.replace("-", "")
         assert ev.order_reference is None and patient.replace("-", "") not in str(ev.detail)
 
 
-def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web: TestClient) -> None:
+def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web: TestClient, ad: Adapters) -> None:
     clinician = {"X-Remote-User": CLINICIAN}
     r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", json={"reason": "Hot"}, headers=clinician)
     assert r.status_code == 200, r.text
@@ -301,14 +300,14 @@ def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web
                    patient_personal_number=aged(33, 564))
     r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
     assert r.status_code == 422 and codes(r) == {"actions": "nothing_to_restore"}  # the registry says so
-    with session() as s:
+    with ad.db.session() as s:
         s.merge(RegistryPerson(pnr=aged(33, 564).replace("-", ""), sealed_by_initiative="patient",
                                sealed_by_region="kalmar", sealed_by_order="RO-2026-000000",
                                blocked_guardians=[], minor_access=[]))
     r = web.post("/api/paper-forms/restore_access.pdf", json=restore, headers=clinician)
     assert r.status_code == 200, r.text
     assert r.headers["X-Blank-Fields"] == "identity_checked_in_person"  # a box the signer ticks by hand
-    before, audits = order_count(), printed_audits()
+    before, audits = order_count(ad), printed_audits(ad)
     wrong = web.post("/api/paper-forms/minor_access.pdf", headers=clinician, json=body(
         "minor_access", patient_personal_number="19121212-1213", care_unit_hsa_id="DEMO-NOWHERE",
         reason="x" * 2001, initiative="patient", minor_access={"grant": True, "recipient": "guardian"}))
@@ -323,7 +322,7 @@ def test_an_incomplete_form_prints_with_blanks_but_wrong_answers_are_refused(web
     assert codes(web.post("/api/paper-forms/seal_or_lock.pdf", json={}, headers=clinician)) == {"region": "required"}
     assert web.post("/api/paper-forms/seal.pdf", json={}, headers=clinician).status_code == 404
     assert web.post("/api/paper-forms/seal_or_lock.pdf", content="x", headers=clinician).status_code == 415
-    assert (order_count(), printed_audits()) == (before, audits)
+    assert (order_count(ad), printed_audits(ad)) == (before, audits)
 
 
 def test_printing_needs_an_identity_a_clinician_and_the_csrf_token(web: TestClient) -> None:
@@ -341,8 +340,8 @@ def test_printing_needs_an_identity_a_clinician_and_the_csrf_token(web: TestClie
     assert web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data=form).status_code == 403
 
 
-def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestClient,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestClient, ad: Adapters,
+                                                                     settings: Settings) -> None:
     # Logged in (embedded login) and the order form loaded while the database still answered.
     login(web, CLINICIAN)
     page = web.get("/bestall/seal_or_lock")
@@ -350,8 +349,8 @@ def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestCl
     assert "Skriv ut ifylld pappersblankett" in page.text
     token = _csrf(page.text)
     patient = aged(36, 561)
-    audits = printed_audits()
-    with orders_database_unreachable(monkeypatch):
+    audits = printed_audits(ad)
+    with orders_database_unreachable(web, settings):
         assert web.post("/api/orders", json=body(), headers={"X-Remote-User": CLINICIAN}).status_code == 503
         # The order form's own fields, as the button posts them.
         r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar", data={
@@ -376,7 +375,7 @@ def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestCl
         assert r.status_code == 422 and "Blanketten kan inte skrivas ut" in r.text
         assert "Ogiltigt personnummer" in r.text and "/api/paper-forms/seal_or_lock.pdf?region=kalmar" in r.text
         assert web.post("/api/paper-forms/seal_or_lock.pdf", json=body()).status_code == 403  # CSRF as ever
-    assert printed_audits() == audits  # nothing could be audited, and nothing was kept anywhere else
+    assert printed_audits(ad) == audits  # nothing could be audited, and nothing was kept anywhere else
     # With the database back, a wrong answer shows the order form again with the error and the values kept.
     r = web.post("/api/paper-forms/seal_or_lock.pdf?region=kalmar",
                  data={"csrf_token": token, "patient_personal_number": "19121212-1213", "reason": "Behåll mig"})
@@ -386,32 +385,29 @@ def test_the_filled_form_prints_with_the_orders_database_unreachable(web: TestCl
 
 # --- the gateway's probe and the sweep that resumes orders on paper ------------------------------------
 
-def test_gateway_probe_and_the_down_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.adapters.gateway import GatewayUnavailable, UnavailableGateway, gateway
-    assert gateway("simulated").available() and gateway("manual").available()
-    assert not gateway("down").available()
+def test_gateway_probe_and_the_down_flag(ad: Adapters, settings: Settings, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.adapters.gateway import GatewayUnavailable, UnavailableGateway
+    assert ConfiguredGateway("simulated").available() and ConfiguredGateway("manual").available()
+    assert not ConfiguredGateway("down").available()
     flag = tmp_path / "gateway-down"
-    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
-    settings.cache_clear()
-    try:
-        assert gateway().available()  # no file: the configured gateway
-        flag.touch()
-        down = gateway()
-        assert isinstance(down, UnavailableGateway) and not down.available()
-        with pytest.raises(GatewayUnavailable), session() as s:
-            down.apply(s, Order())
-        flag.unlink()
-        assert gateway().available()
-    finally:
-        monkeypatch.undo()
-        settings.cache_clear()
+    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))  # the setting, as production's drill sets it
+    gateway = in_process(Settings(), db=ad.db).gateway
+    assert gateway.down_flag == flag
+    assert gateway.available()  # no file: the configured gateway
+    flag.touch()
+    assert isinstance(gateway.current(), UnavailableGateway) and not gateway.available()
+    with pytest.raises(GatewayUnavailable), ad.db.session() as s:
+        gateway.apply(s, Order())
+    flag.unlink()
+    assert gateway.available()
 
 
-def _on_paper(at: datetime, at_stage: str = "executing", **paper_fields: Any) -> str:
+def _on_paper(ad: Adapters, at: datetime, at_stage: str = "executing", **paper_fields: Any) -> str:
     """An order stored without a run whose execution (or another stage) fell back to paper at `at`."""
-    out = orders.submit(body("seal_or_lock", patient_personal_number=aged(50, 571)), CLINICIAN, at)
+    out = orders.submit(ad, body("seal_or_lock", patient_personal_number=aged(50, 571)), CLINICIAN, at)
     assert out.order is not None
-    with session() as s:
+    with ad.db.session() as s:
         order = orders.get(s, out.order.reference)
         order.stage_plan = {st: {"required": False} for st in ("callback", "harm_assessment", "approval")}
         for name, value in paper_fields.items():
@@ -422,83 +418,90 @@ def _on_paper(at: datetime, at_stage: str = "executing", **paper_fields: Any) ->
         return order.reference
 
 
+class ScheduledOnly(InProcessEngine):
+    """Creates an order's run and leaves it scheduled, as Prefect does until a worker picks it up: what is
+    under test is the sweep; what the run does next is the routine's (tested elsewhere)."""
+
+    async def begin(self, run_id: str) -> None:
+        return None
+
+
 def test_the_sweep_resumes_orders_on_paper_when_the_system_answers_backing_off_while_it_does_not(
-        db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A run is started when Prefect answers; the reconciler starts it otherwise.
-    from forms.api import prefect_fails_fast
+        ad: Adapters, settings: Settings, tmp_path: Path) -> None:
     from tasks.steps import paper_orders
     flag = tmp_path / "gateway-down"
     flag.touch()
-    monkeypatch.setenv("RO_GATEWAY_DOWN_FLAG", str(flag))
-    monkeypatch.setenv("RO_PAPER_RESUME_SECONDS", "30")
-    settings.cache_clear()
-    paper_orders._probe = paper_orders._Probe()
+    engine = ScheduledOnly()
+    swept = build(settings.model_copy(update={"paper_resume_seconds": 30.0}), db=ad.db, engine=engine,
+                  events=RecordedEvents(), gateway=ConfiguredGateway(settings.gateway, flag))
+    engine.bind(swept)
+    probe = paper_orders.Probe()
     t = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own sweep leaves these be
-    ref = _on_paper(t)
-    signed = _on_paper(t, channel="paper", paper_received_on=t)  # its signed form is here: never resumed
-    earlier = _on_paper(t, at_stage="awaiting_approval")  # not at execution: the probe cannot vouch for it
+    ref = _on_paper(swept, t)
+    signed = _on_paper(swept, t, channel="paper", paper_received_on=t)  # its signed form is here: never resumed
+    earlier = _on_paper(swept, t, at_stage="awaiting_approval")  # not at execution: the probe cannot vouch for it
 
     def sweep(after_s: float) -> list[str]:
-        with prefect_fails_fast():
-            return [r for r in asyncio.run(paper_orders.resume_when_back(t + timedelta(seconds=after_s)))
-                    if r in (ref, signed, earlier)]
+        return [r for r in asyncio.run(paper_orders.resume_when_back(swept, t + timedelta(seconds=after_s), probe))
+                if r in (ref, signed, earlier)]
     try:
         assert sweep(10) == []                       # too soon after the fallback: nothing is probed
-        assert paper_orders._probe.after is None
+        assert probe.after is None
         delays = []
         for at in (31, 61, 121, 241, 481, 781, 1081):  # down: each probe fails and the next waits longer
             assert sweep(at) == []
-            delays.append(paper_orders._probe.delay)
+            delays.append(probe.delay)
         assert delays == [30, 60, 120, 240, 300, 300, 300]  # doubling, at most ten times the first wait
         flag.unlink()
         assert sweep(1100) == []                     # back, but the next probe is not due yet
-        assert row(ref).status == "paper_fallback"
+        assert row(ad, ref).status == "paper_fallback"
         assert sweep(1381) == [ref]
-        assert row(ref).status == "executing"
-        assert row(signed).status == row(earlier).status == "paper_fallback"
-        back = [e for e in audit_actions(ref) if e.action == "resumed_digital"]
+        assert row(ad, ref).status == "executing"
+        assert run_of(swept, row(ad, ref).flow_run_id).state == "scheduled"  # a run to execute it was started
+        assert row(ad, signed).status == row(ad, earlier).status == "paper_fallback"
+        assert row(ad, signed).flow_run_id is None and row(ad, earlier).flow_run_id is None
+        back = [e for e in audit_actions(ad, ref) if e.action == "resumed_digital"]
         assert [(e.actor, e.from_status, e.to_status, e.detail) for e in back] == [
             ("system", "paper_fallback", "executing", {"occasion": 1, "why": "gateway_available"})]
-        assert paper_orders._probe.after is None and sweep(1382) == []
+        assert probe.after is None and sweep(1382) == []
         # It fails again at execution: the next automatic try waits twice as long (a system that answers the
         # probe but fails the execution does not bounce the order every minute).
-        with session() as s:
+        with ad.db.session() as s:
             orders.transition(s, orders.get(s, ref), "paper_fallback", actor="system", action="gateway_unavailable",
                               at=t + timedelta(seconds=1400))
         assert sweep(1431) == [] and sweep(1459) == []
         assert sweep(1461) == [ref]
-        assert [e.actor for e in audit_actions(ref) if e.action == "resumed_digital"] == ["system", "system"]
+        assert [e.actor for e in audit_actions(ad, ref) if e.action == "resumed_digital"] == ["system", "system"]
+        assert len(engine.runs) == 2  # one run per resume, each under its own key
     finally:
-        monkeypatch.undo()
-        settings.cache_clear()
-        paper_orders._probe = paper_orders._Probe()
-        with session() as s:  # left on paper by the test: out of the way of the served flows' own sweep
+        with ad.db.session() as s:  # left on paper by the test: out of the way of the served flows' own sweep
             for r in (ref, signed, earlier):
                 if (o := orders.get(s, r)).status == "paper_fallback":
                     orders.transition(s, o, "cancelled", actor="system", action="cancelled")
 
 
-def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, smtp: Path) -> None:
-    from flows.fallback import REPAIR_AFTER_S, _tell_untold
+def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(ad: Adapters, smtp: Path) -> None:
+    from tasks.steps.paper_fallback import REPAIR_AFTER_S, Sweeper
+    sweeper = Sweeper()
     now = datetime.now(STOCKHOLM) + timedelta(days=1)  # a day ahead: the served flows' own repair leaves these be
-    old = _on_paper(now - timedelta(seconds=REPAIR_AFTER_S + 5), urgent=True)
-    fresh = _on_paper(now)  # its own run is about to tell the orderer: left to it
+    old = _on_paper(ad, now - timedelta(seconds=REPAIR_AFTER_S + 5), urgent=True)
+    fresh = _on_paper(ad, now)  # its own run is about to tell the orderer: left to it
     try:
-        told = _tell_untold(now)
+        told = sweeper.tell_untold(ad, now)
         assert old in told and fresh not in told
-        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_fallback_notified"] == [1]
-        assert [e.detail["occasion"] for e in audit_actions(old) if e.action == "paper_form_checked"] == [1]
-        assert old not in _tell_untold(now) and old not in _tell_untold(now + timedelta(minutes=5))
+        assert [e.detail["occasion"] for e in audit_actions(ad, old) if e.action == "paper_fallback_notified"] == [1]
+        assert [e.detail["occasion"] for e in audit_actions(ad, old) if e.action == "paper_form_checked"] == [1]
+        assert old not in sweeper.tell_untold(ad, now) and old not in sweeper.tell_untold(ad, now + timedelta(minutes=5))
         # The sweep resumed it and it fell back again: the orderer has the instructions already.
-        with session() as s:
+        with ad.db.session() as s:
             o = orders.get(s, old)
             orders.transition(s, o, "executing", actor="system", action="resumed_digital", at=now)
             orders.transition(s, o, "paper_fallback", actor="system", action="gateway_unavailable", at=now)
         later = now + timedelta(seconds=REPAIR_AFTER_S + 5)
-        assert old not in _tell_untold(later) and old not in _tell_untold(later)
-        assert [(e.detail["occasion"], e.detail["why"]) for e in audit_actions(old)
+        assert old not in sweeper.tell_untold(ad, later) and old not in sweeper.tell_untold(ad, later)
+        assert [(e.detail["occasion"], e.detail["why"]) for e in audit_actions(ad, old)
                 if e.action == "paper_fallback_unnotified"] == [(2, "told_before")]
-        with session() as s:
+        with ad.db.session() as s:
             assert int(s.scalar(select(func.count()).select_from(OutboxMessage)
                                 .where(OutboxMessage.order_reference == old)) or 0) == 1
         got = wait_mails(smtp, old, 1)
@@ -507,18 +510,18 @@ def test_the_repair_tells_an_orderer_whose_run_died_before_the_email(db: None, s
         assert ("ring också supporten på 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter under "
                 "beredskapstid 17:00–07:00. Skicka sedan blanketten.") in text
     finally:
-        with session() as s:
+        with ad.db.session() as s:
             for r in (old, fresh):
                 orders.transition(s, orders.get(s, r), "cancelled", actor="system", action="cancelled")
 
 
 # --- the support centre's page, in a real browser ------------------------------------------------------
 
-@pytest.mark.e2e
 @pytest.mark.browser
-def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browser(visit: Any, live_app: str) -> None:  # noqa: F811
+def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browser(visit: Any, live_app: str,  # noqa: F811
+                                                                                  ad: Adapters) -> None:
     # On paper while it waited for approval (not at execution, so the served flows' sweep leaves it to the person).
-    waiting = _on_paper(datetime.now(STOCKHOLM), at_stage="awaiting_approval")
+    waiting = _on_paper(ad, datetime.now(STOCKHOLM), at_stage="awaiting_approval")
 
     v = visit(SUPPORT, "Supporten (Region Kalmar län)")
     page = v.page
@@ -549,7 +552,7 @@ def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browse
     page.wait_for_url(re.compile(r".*registrerad=RO-\d{4}-\d+"))
     ref = page.url.rsplit("=", 1)[1]
     assert f"Pappersbeställningen {ref} är registrerad" in page.locator(".notice").inner_text()
-    order = row(ref)
+    order = row(ad, ref)
     assert (order.channel, order.submitted_by, order.paper_registered_by) == ("paper", CLINICIAN, SUPPORT)
     assert page.locator("tr", has_text=ref).get_by_role("cell", name="Nej, ny beställning").count() == 1
 
@@ -557,16 +560,16 @@ def test_support_registers_a_paper_order_and_resumes_one_digitally_in_the_browse
     page.get_by_role("button", name=f"Återuppta digitalt {waiting}").click()
     page.wait_for_url(re.compile(r".*aterupptagen=.*"))
     assert f"Beställningen {waiting} är återupptagen digitalt (väntar på godkännande)" in page.locator(".notice").inner_text()
-    assert [(e.actor, e.to_status) for e in audit_actions(waiting) if e.action == "resumed_digital"] == [
+    assert [(e.actor, e.to_status) for e in audit_actions(ad, waiting) if e.action == "resumed_digital"] == [
         (SUPPORT, "awaiting_approval")]
     assert page.locator(f"tr[id='{waiting}']").count() == 0
     v.check("paper-orders-resumed")
 
 
-@pytest.mark.e2e
 @pytest.mark.browser
-def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live_app: str) -> None:  # noqa: F811
-    before = order_count()
+def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live_app: str,  # noqa: F811
+                                                                 ad: Adapters) -> None:
+    before = order_count(ad)
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
     page = v.page
     v.goto("/bestall/seal_or_lock")
@@ -589,4 +592,4 @@ def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live
     assert "csrf_token=" in got["sent"]  # the form's own fields, with its CSRF token
     text = pdf_text(got["body"])
     assert patient in text and "Skrivs ut på papper" in text and "☒ Försegla 1177 journal" in text
-    assert order_count() == before  # printing stored nothing
+    assert order_count(ad) == before  # printing stored nothing

@@ -1,15 +1,17 @@
 """The SLA monitor with the time under test control: one reminder per breach, not one per run.
 
 Runs on SQLite, and on PostgreSQL when DATABASE_URL is set. The monitor's database logic is called with
-a FixedClock's time and a recording emitter; the last test runs the real `sla-monitor` flow against a
-Prefect server and reads the event and the `open-orders` artifact back.
+adapters of the test's own: a FixedClock, and the in-process events, which record what was emitted; the
+last tests run the real `sla-monitor` flow against a Prefect server and read the event and the
+`open-orders` artifact back.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,13 +19,16 @@ import pytest
 from models import sla
 from models.clock import FixedClock
 from models.status import OrderStatus
-from tasks.adapters.database import session
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.settings import Settings
 from tasks.steps import monitoring
 from tests.conftest import prefect_database_rows
 from tests.monitoring_support import (
     audit_rows,
     body,
     deviations,
+    fixed_adapters,
     order,
     outbox,
     patient,
@@ -32,144 +37,142 @@ from tests.monitoring_support import (
     submit_at,
 )
 
-pytestmark = pytest.mark.usefixtures("db")
-
 TUESDAY = stockholm(2021, 3, 9, 10, 0)       # office hours: due Wednesday 2021-03-10 10:00
 SATURDAY = stockholm(2021, 3, 13, 11, 0)     # on call: an urgent order's callback is due 11:30
+Clocked = Callable[[datetime], tuple[Adapters, FixedClock]]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, str], dict[str, Any], Any]] = []
-
-    def __call__(self, event: str, resource: dict[str, str], payload: dict[str, Any], event_id: Any) -> None:
-        self.events.append((event, resource, payload, event_id))
+@pytest.fixture
+def clocked(settings: Settings, db: Database) -> Clocked:
+    """`ad, clock = clocked(at)`: adapters of the test's own at a time the test moves."""
+    return lambda at: fixed_adapters(settings, db, at)
 
 
-def run(clock: FixedClock, refs: list[str], emit: Recorder | None = None) -> list[monitoring.OverdueFlag]:
-    return monitoring.flag_overdue(clock.now(), emit=emit, references=refs)
+def run(ad: Adapters, refs: list[str]) -> list[monitoring.OverdueFlag]:
+    return monitoring.flag_overdue(ad, ad.now(), references=refs)
 
 
-def test_one_reminder_per_breach_not_one_per_run() -> None:
-    clock = FixedClock(TUESDAY)
-    ref = submit_at(clock.now(), body(patient()))
-    assert order(ref).due_at == stockholm(2021, 3, 10, 10, 0)
-    emit = Recorder()
+def emitted(ad: Adapters) -> list[dict[str, Any]]:
+    return list(ad.events.sent)  # type: ignore[attr-defined]  # the in-process RecordedEvents
+
+
+def test_one_reminder_per_breach_not_one_per_run(clocked: Clocked) -> None:
+    ad, clock = clocked(TUESDAY)
+    ref = submit_at(ad, clock.now(), body(patient()))
+    assert order(ad, ref).due_at == stockholm(2021, 3, 10, 10, 0)
 
     clock.set(stockholm(2021, 3, 10, 9, 59))
-    assert run(clock, [ref], emit) == []
+    assert run(ad, [ref]) == []
     clock.advance(minutes=2)
-    [flag] = run(clock, [ref], emit)
+    [flag] = run(ad, [ref])
     assert (flag.reference, flag.breach, flag.minutes_late, flag.mails) == (ref, 1, 1, 2)
 
     for minutes in (3, 60, 60 * 24, 60 * 24 * 30):  # later runs: the same breach is never flagged again
         clock.advance(minutes=minutes)
-        assert run(clock, [ref], emit) == []
+        assert run(ad, [ref]) == []
 
-    [row] = audit_rows(ref, "overdue")
+    [row] = audit_rows(ad, ref, "overdue")
     assert (row.actor, row.from_status, row.detail["breach"], row.detail["due_at"]) == \
         ("system", "submitted", 1, "2021-03-10T09:00:00+00:00")
-    [dev] = deviations(ref)
+    [dev] = deviations(ad, ref)
     assert (dev.kind, dev.minutes_late) == ("overdue", 1)
-    mails = outbox(ref, "overdue")
+    mails = outbox(ad, ref, "overdue")
     assert sorted((m.event, m.recipient) for m in mails) == [
         ("overdue-1", "demo-kalmar-head@kalmar.invalid"), ("overdue-1", "supportcenter@kalmar.invalid")]
     assert all(ref in m.subject and "Försenad" in m.subject for m in mails)
     assert all("19" not in m.subject and f"/bestallningar/{ref}" in m.body_text for m in mails)
-    [(event, resource, payload, event_id)] = emit.events
+    [ev] = emitted(ad)
+    event, resource, payload, event_id = ev["event"], ev["resource"], ev["payload"], ev["id"]
     assert event == "order.overdue"
     assert resource["prefect.resource.id"] == f"order.{ref}"
     assert payload == {"breach": 1, "due_at": "2021-03-10T09:00:00+00:00", "minutes_late": 1}
     assert str(event_id) == row.detail["event_id"]
 
 
-def test_a_second_breach_of_a_new_due_time_reminds_again() -> None:
-    clock = FixedClock(stockholm(2021, 3, 16, 9, 0))   # Tuesday: due Wednesday 09:00
-    ref = submit_at(clock.now(), body(patient()))
-    emit = Recorder()
+def test_a_second_breach_of_a_new_due_time_reminds_again(clocked: Clocked) -> None:
+    ad, clock = clocked(stockholm(2021, 3, 16, 9, 0))   # Tuesday: due Wednesday 09:00
+    ref = submit_at(ad, clock.now(), body(patient()))
     clock.set(stockholm(2021, 3, 17, 9, 30))
-    assert [f.breach for f in run(clock, [ref], emit)] == [1]
+    assert [f.breach for f in run(ad, [ref])] == [1]
 
     # The order gets a new due time (e.g. a paper order registered back); it too passes.
-    with session() as s:
+    with ad.db.session() as s:
         from tasks.steps.orders import get
         get(s, ref).due_at = stockholm(2021, 3, 18, 12, 0)
     clock.set(stockholm(2021, 3, 18, 11, 0))
-    assert run(clock, [ref], emit) == []
+    assert run(ad, [ref]) == []
     clock.set(stockholm(2021, 3, 18, 12, 5))
-    [second] = run(clock, [ref], emit)
+    [second] = run(ad, [ref])
     assert (second.breach, second.minutes_late) == (2, 5)
     clock.advance(hours=5)
-    assert run(clock, [ref], emit) == []
+    assert run(ad, [ref]) == []
 
-    assert [r.detail["breach"] for r in audit_rows(ref, "overdue")] == [1, 2]
-    assert len(deviations(ref)) == 2
-    assert sorted(m.event for m in outbox(ref, "overdue")) == ["overdue-1", "overdue-1", "overdue-2", "overdue-2"]
-    assert len(emit.events) == 2 and emit.events[0][3] != emit.events[1][3]
+    assert [r.detail["breach"] for r in audit_rows(ad, ref, "overdue")] == [1, 2]
+    assert len(deviations(ad, ref)) == 2
+    assert sorted(m.event for m in outbox(ad, ref, "overdue")) == ["overdue-1", "overdue-1", "overdue-2", "overdue-2"]
+    events = emitted(ad)
+    assert len(events) == 2 and events[0]["id"] != events[1]["id"]
 
 
 @pytest.mark.parametrize("final", [OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED,
                                    OrderStatus.FAILED])
-def test_final_orders_are_never_flagged(final: OrderStatus) -> None:
-    clock = FixedClock(stockholm(2021, 4, 6, 10, 0))
-    ref = submit_at(clock.now(), body(patient()))
-    set_status(ref, final, clock.now())
-    emit = Recorder()
+def test_final_orders_are_never_flagged(clocked: Clocked, final: OrderStatus) -> None:
+    ad, clock = clocked(stockholm(2021, 4, 6, 10, 0))
+    ref = submit_at(ad, clock.now(), body(patient()))
+    set_status(ad, ref, final, clock.now())
     for days in (1, 2, 40, 400):
         clock.set(stockholm(2021, 4, 6, 10, 0) + timedelta(days=days))
-        assert run(clock, [ref], emit) == []
-    assert audit_rows(ref, "overdue") == [] and deviations(ref) == [] and outbox(ref, "overdue") == []
-    assert emit.events == []
+        assert run(ad, [ref]) == []
+    assert audit_rows(ad, ref, "overdue") == [] and deviations(ad, ref) == [] and outbox(ad, ref, "overdue") == []
+    assert emitted(ad) == []
 
 
-def test_an_order_that_ends_after_its_breach_is_not_flagged_again() -> None:
-    clock = FixedClock(stockholm(2021, 4, 13, 10, 0))
-    ref = submit_at(clock.now(), body(patient()))
+def test_an_order_that_ends_after_its_breach_is_not_flagged_again(clocked: Clocked) -> None:
+    ad, clock = clocked(stockholm(2021, 4, 13, 10, 0))
+    ref = submit_at(ad, clock.now(), body(patient()))
     clock.set(stockholm(2021, 4, 14, 11, 0))
-    assert len(run(clock, [ref])) == 1
-    set_status(ref, OrderStatus.CANCELLED, clock.now())
-    with session() as s:
+    assert len(run(ad, [ref])) == 1
+    set_status(ad, ref, OrderStatus.CANCELLED, clock.now())
+    with ad.db.session() as s:
         from tasks.steps.orders import get
         get(s, ref).due_at = stockholm(2021, 4, 15, 10, 0)   # even with a new due time that passes
     clock.set(stockholm(2021, 4, 20, 10, 0))
-    assert run(clock, [ref]) == []
-    assert len(audit_rows(ref, "overdue")) == 1
+    assert run(ad, [ref]) == []
+    assert len(audit_rows(ad, ref, "overdue")) == 1
 
 
-def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_as_usual(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.steps import stages
-    clock = FixedClock(SATURDAY)
-    monkeypatch.setattr(stages, "clock", clock)
-    ref = submit_at(clock.now(), body(patient(), urgent=True))
-    assert order(ref).due_at == stockholm(2021, 3, 13, 11, 30)
-    assert stages.receive.fn(ref) == "awaiting_callback"
+def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_as_usual(clocked: Clocked) -> None:
+    from tasks.steps import orders, stages
+    ad, clock = clocked(SATURDAY)
+    ref = submit_at(ad, clock.now(), body(patient(), urgent=True))
+    assert order(ad, ref).due_at == stockholm(2021, 3, 13, 11, 30)
+    assert stages.receive(ad, ref) == "awaiting_callback"
     clock.advance(minutes=31)
-    emit = Recorder()
     # Its only missed deadline is the callback: tasks/escalation.py escalates that, the monitor stays quiet.
-    assert run(clock, [ref], emit) == []
-    assert outbox(ref, "overdue") == [] and emit.events == [] and deviations(ref) == []
+    assert run(ad, [ref]) == []
+    assert outbox(ad, ref, "overdue") == [] and emitted(ad) == [] and deviations(ad, ref) == []
 
     clock.advance(minutes=14)  # called back late; from now on due as if submitted non-urgent on Saturday
-    assert stages.record_decision.fn(ref, "callback", {"decided_by": "DEMO-KALMAR-ONCALL"}, "app") \
-        == "awaiting_assessment"
-    assert order(ref).due_at == stockholm(2021, 3, 15, 16, 30)
+    _, callback = orders.propose(ad, ref, "callback", "DEMO-KALMAR-ONCALL", {"note": ""})
+    assert stages.record_decision(ad, ref, "callback", callback.id) == "awaiting_assessment"
+    assert order(ad, ref).due_at == stockholm(2021, 3, 15, 16, 30)
     clock.set(stockholm(2021, 3, 15, 16, 29))
-    assert run(clock, [ref], emit) == []
+    assert run(ad, [ref]) == []
     clock.advance(minutes=2)
-    [flag] = run(clock, [ref], emit)
+    [flag] = run(ad, [ref])
     assert flag.urgent and flag.mails == 1 and flag.minutes_late == 1
-    [m] = outbox(ref, "overdue")
+    [m] = outbox(ad, ref, "overdue")
     assert (m.recipient, m.event) == ("supportcenter@kalmar.invalid", "overdue-1")
     assert "brådskande" in m.subject
-    assert emit.events[0][1]["order.urgent"] == "true"
-    row = audit_rows(ref, "overdue")[0]
+    assert emitted(ad)[0]["resource"]["order.urgent"] == "true"
+    row = audit_rows(ad, ref, "overdue")[0]
     assert row.detail["responsible"] == "support" and row.detail["deviation"] is True
-    assert [d.kind for d in deviations(ref)] == ["overdue"]
+    assert [d.kind for d in deviations(ad, ref)] == ["overdue"]
 
 
-def test_the_breach_is_flagged_once_when_two_monitors_race() -> None:
-    clock = FixedClock(stockholm(2021, 4, 20, 10, 0))
-    refs = [submit_at(clock.now(), body(patient())) for _ in range(3)]
+def test_the_breach_is_flagged_once_when_two_monitors_race(clocked: Clocked) -> None:
+    ad, clock = clocked(stockholm(2021, 4, 20, 10, 0))
+    refs = [submit_at(ad, clock.now(), body(patient())) for _ in range(3)]
     clock.set(stockholm(2021, 4, 22, 10, 0))
     barrier = threading.Barrier(4)
     results: list[list[monitoring.OverdueFlag]] = []
@@ -178,7 +181,7 @@ def test_the_breach_is_flagged_once_when_two_monitors_race() -> None:
     def monitor() -> None:
         try:
             barrier.wait()
-            results.append(run(clock, refs))
+            results.append(run(ad, refs))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -190,16 +193,16 @@ def test_the_breach_is_flagged_once_when_two_monitors_race() -> None:
     assert not errors
     assert sorted(f.reference for r in results for f in r) == sorted(refs)
     for ref in refs:
-        assert len(audit_rows(ref, "overdue")) == 1
-        assert len(deviations(ref)) == 1
-        assert len(outbox(ref, "overdue")) == 2
+        assert len(audit_rows(ad, ref, "overdue")) == 1
+        assert len(deviations(ad, ref)) == 1
+        assert len(outbox(ad, ref, "overdue")) == 2
 
 
-def test_a_capped_run_leaves_the_rest_for_the_next_run() -> None:
-    clock = FixedClock(stockholm(2021, 5, 11, 10, 0))
-    refs = [submit_at(clock.advance(minutes=1), body(patient())) for _ in range(3)]
+def test_a_capped_run_leaves_the_rest_for_the_next_run(clocked: Clocked) -> None:
+    ad, clock = clocked(stockholm(2021, 5, 11, 10, 0))
+    refs = [submit_at(ad, clock.advance(minutes=1), body(patient())) for _ in range(3)]
     clock.set(stockholm(2021, 5, 13, 10, 0))
-    got = [[f.reference for f in monitoring.flag_overdue(clock.now(), references=refs, max_flags=2)]
+    got = [[f.reference for f in monitoring.flag_overdue(ad, clock.now(), references=refs, max_flags=2)]
            for _ in range(3)]
     assert got == [refs[:2], refs[2:], []]
 
@@ -226,7 +229,8 @@ def test_open_counts_table_has_no_references_or_numbers() -> None:
 
 
 @pytest.mark.e2e
-def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server: str, smtp: Any) -> None:
+def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(ad: Adapters, prefect_server: str,
+                                                                   smtp: Any) -> None:
     import time
 
     import httpx
@@ -237,7 +241,7 @@ def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server
 
     clock = FixedClock(stockholm(2019, 11, 5, 10, 0))   # earlier than any other test's order
     pnr = patient()
-    ref = submit_at(clock.now(), body(pnr))
+    ref = submit_at(ad, clock.now(), body(pnr))
     clock.set(stockholm(2019, 11, 6, 10, 30))
     first = sla_monitor(now=clock.now())
     clock.advance(minutes=5)
@@ -276,7 +280,7 @@ def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server
 
 
 @pytest.mark.e2e
-def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, smtp: Any) -> None:
+def test_the_shipped_automations_are_idempotent_and_fire(ad: Adapters, prefect_server: str, smtp: Any) -> None:
     import time
 
     import httpx
@@ -297,7 +301,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
     assert len(ours) == 2 and all(a["enabled"] and TAG in a["tags"] for a in ours)
 
     clock = FixedClock(stockholm(2019, 11, 12, 10, 0))
-    ref = submit_at(clock.now(), body(patient()))
+    ref = submit_at(ad, clock.now(), body(patient()))
     time.sleep(2)  # let the server's trigger cache load the automations
     assert sla_monitor(now=clock.advance(days=2))["flagged"] >= 1
 

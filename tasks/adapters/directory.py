@@ -10,8 +10,20 @@ from models.tables import CareUnit, Staff
 ROLES = ("clinician", "assessor", "head_of_department", "support", "account_admin", "on_call", "bakjour", "admin")
 
 
+def _storable(hsa_id: str) -> bool:
+    """Nobody's id holds a NUL or a lone surrogate, and the databases refuse a query with one (PostgreSQL
+    refuses NUL; neither can encode a lone surrogate as UTF-8)."""
+    if "\x00" in hsa_id:
+        return False
+    try:
+        hsa_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def staff(s: Session, hsa_id: str | None) -> Staff | None:
-    if not hsa_id or "\x00" in hsa_id:  # nobody's id has one, and PostgreSQL refuses the query
+    if not hsa_id or not _storable(hsa_id):
         return None
     person = s.get(Staff, hsa_id.strip().upper())
     return person if person and person.active else None
@@ -22,7 +34,7 @@ def care_units(s: Session) -> dict[str, str]:
 
 
 def unit(s: Session, hsa_id: str) -> CareUnit | None:
-    return s.get(CareUnit, hsa_id) if "\x00" not in hsa_id else None
+    return s.get(CareUnit, hsa_id) if _storable(hsa_id) else None
 
 
 def has_role(person: Staff | None, *roles: str) -> bool:
