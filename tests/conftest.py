@@ -322,9 +322,10 @@ def prefect_server() -> Iterator[str]:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                  "--port", port], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_http(f"{api}/health", 90)
+        _wait_http(f"{api}/health", 180)
         yield api
     finally:
+        _drain_prefect_workers()
         proc.terminate()
         try:
             proc.wait(15)
@@ -332,6 +333,16 @@ def prefect_server() -> Iterator[str]:
             proc.kill()
         if pg:
             _drop_prefect_pg_database(pg)
+
+
+def _drain_prefect_workers() -> None:
+    """Send what this process still queues for the server (run logs, events) while it is up: stopped first,
+    Prefect's workers retry a dead server for over a minute when the process exits."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=30)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
