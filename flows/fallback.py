@@ -36,10 +36,11 @@ from prefect.runtime import flow_run
 from sqlalchemy import func, select
 
 from models.calendar import local
+from models.contacts import postal_lines, urgent_call_instruction
 from models.regions import load_regions
 from models.status import OrderStatus
 from models.tables import AuditEvent, Order, OutboxMessage
-from tasks import audit, directory, mail
+from tasks import audit, directory, mail, mailboxes
 from tasks.database import session
 from tasks.orders import get
 from tasks.paper_orders import continue_digitally, fallback_occasions, resume_when_back
@@ -109,7 +110,7 @@ def _recipients(s: Any, order: Order) -> list[mail.Recipient]:
     if orderer is not None:
         return [mail.Recipient("orderer", orderer.email)]
     # The orderer has left the directory: the region's support queue takes the paper routine instead.
-    queue = load_regions()[order.region].support_queue_email
+    queue = mailboxes.optional(load_regions()[order.region], "support_queue_email")
     return [mail.Recipient("support", queue)] if queue else []
 
 
@@ -147,12 +148,10 @@ def _notify_orderer(reference: str, occasion: int) -> int:
         region_cfg = load_regions()[order.region]
         base = settings().app_base_url
         extra = {
-            "postal_route": ", ".join(region_cfg.postal_route),
-            "support_phone": f"{region_cfg.support_phone} {region_cfg.support_option or ''}".strip(),
+            # As on the paper form: the region's sourced route, number and callback promise, or "Ej inställt".
+            "postal_route": ", ".join(postal_lines(region_cfg)),
+            "urgent_call": urgent_call_instruction(region_cfg),
             "urgent": "ja" if order.urgent else "",
-            # As on the paper form (seed 001): when the 30-minute callback promise holds.
-            "callback": f"inom {region_cfg.callback_minutes} minuter under beredskapstid "
-                        f"{region_cfg.hours.on_call_start:%H:%M}–{region_cfg.hours.on_call_end:%H:%M}",
             "needs_head_signature": "ja" if (order.stage_plan or {}).get("approval", {}).get("required", True) else "",
             "pdf_link": f"{base}/api/orders/{order.reference}/paper.pdf",
             "fallback_at": f"{local(datetime.now(UTC)):%Y-%m-%d %H:%M}",

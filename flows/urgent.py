@@ -108,7 +108,7 @@ def _make_urgent(ref: str, actor: str, now: datetime, check_actor: bool) -> Made
         if order.urgent and order.callback_due_at is not None:
             return MadeUrgent(ref, False, order.status, order.callback_due_at)
         region = load_regions()[order.region]
-        due = callback_deadline(now, region.callback_minutes)
+        due = callback_deadline(now, region.callback_deadline_minutes)
         order.urgent = True
         order.callback_due_at = due
         order.updated_at = now

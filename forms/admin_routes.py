@@ -66,6 +66,7 @@ from models.status import LABELS_SV, OrderStatus
 from models.tables import CareUnit, Order
 from tasks import audit, audit_extract, monitoring, orders
 from tasks.database import session
+from tasks.settings import settings
 
 router = APIRouter(tags=["monitoring"])
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -383,7 +384,8 @@ def _env() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=_when, when_iso=_when_iso, late=_late)
     env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
-                       action_label=audit_extract.action_label, outcome_labels=OUTCOME_LABELS)
+                       action_label=audit_extract.action_label, outcome_labels=OUTCOME_LABELS,
+                       demo=lambda: settings().demo)  # base.html.j2 (pages) marks the embedded demo
     return env
 
 

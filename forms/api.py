@@ -23,7 +23,7 @@ from flows import commands, urgent
 from forms import paper
 from forms.auth import NotAllowed, User, check_api_csrf, may_read, require_roles, require_user
 from forms.now import now
-from models import personnummer
+from models import contacts, personnummer
 from models.authority import STAGE_ROLES
 from models.calendar import local
 from models.reference import REFERENCE
@@ -343,10 +343,10 @@ PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}}
 
 def paper_region(code: str) -> paper.PaperRegion:
     r = load_regions()[code]
-    return paper.PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone,
-                             support_option=r.support_option, postal_route=list(r.postal_route),
-                             on_call_window=f"{r.hours.on_call_start:%H:%M}–{r.hours.on_call_end:%H:%M}",
-                             callback_minutes=r.callback_minutes)
+    return paper.PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone.shown,
+                             support_option=r.support_option.shown, postal_route=list(r.postal_route.shown or []),
+                             on_call_window=r.on_call_hours, callback_minutes=contacts.promise(r),
+                             demo=settings().demo)
 
 
 def paper_order(order: Order) -> paper.PaperOrder:

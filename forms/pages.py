@@ -42,10 +42,10 @@ from forms.auth import (
     set_session,
 )
 from forms.now import now as current_time
-from models import personnummer, sla
+from models import contacts, personnummer, sla
 from models.authority import refusal
 from models.calendar import local
-from models.regions import load_regions
+from models.regions import UNSET_SV, load_regions
 from models.rules import WARNINGS
 from models.schemas import (
     INITIATIVE_LABELS_SV,
@@ -149,12 +149,16 @@ def tel_href(phone: str) -> str:
     return "tel:" + ("+46" + digits[1:] if digits.startswith("0") else digits)
 
 
-def phone_line(region_code: str) -> tuple[str, str]:
+def phone_line(region_code: str) -> tuple[str, str | None]:
+    """The support number as people read it, and its tel: link (None when the number is not set)."""
     r = load_regions()[region_code]
-    option = (r.support_option or "").strip()
-    if option.isdigit():
-        option = f"knappval {option}"
-    return (f"{r.support_phone}, {option}" if option else r.support_phone), tel_href(r.support_phone)
+    phone = r.support_phone.shown
+    return contacts.support_phone_text(r, sep=", "), tel_href(phone) if phone else None
+
+
+def demo_mode() -> bool:
+    """The embedded demo (RO_DEMO=true): base.html.j2 marks every page with it."""
+    return settings().demo
 
 
 def _env() -> Environment:
@@ -163,7 +167,8 @@ def _env() -> Environment:
     env.filters.update(when=when, short_when=short_when)
     env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
                        initiative_label=INITIATIVE_LABELS_SV.get, action_label=SEAL_LABELS.get,
-                       restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get)
+                       restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get, demo=demo_mode,
+                       unset_text=UNSET_SV)
     return env
 
 
@@ -421,7 +426,8 @@ def receipt(request: Request, reference: str, varningar: str = "") -> Response:
     region = load_regions()[order.region]
     return render(request, "receipt.html.j2", {
         "user": user, "title": f"Kvitto {order.reference}", "order": order, "warnings": warnings,
-        "phone": phone, "tel": href, "region": region, "urgent_line_always_open": region.hours.urgent_line_always_open})
+        "phone": phone, "tel": href, "region": region, "promise": contacts.promise(region),
+        "urgent_line_always_open": region.urgent_line_always_open})
 
 
 @router.get("/bestallningar", response_class=HTMLResponse)
@@ -468,6 +474,7 @@ def order_page(request: Request, reference: str) -> Response:
         "timeline": timeline, "unit": unit, "can_cancel": can_cancel,
         "overdue": sla.is_overdue(order.due_at, order.status, now),
         "stages": [(k, v) for k, v in (order.stage_plan or {}).items()], "clock": clock,
+        "urgent_summary": contacts.staff_urgent_summary(load_regions()[order.region]),
         "can_make_urgent": on_call_here and open_order and clock is None,
         "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
                                and clock.state in ("running", "missed") and open_order,

@@ -28,6 +28,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 
+from models.contacts import callback_clause, phone_text
+from models.regions import UNSET_SV
 from models.schemas import ORDER_TYPE_LABELS_SV
 
 ORDER_TYPES = ("seal_or_lock", "restore_access", "block_guardian", "minor_access")
@@ -35,6 +37,7 @@ INITIATIVES = ("patient", "care")
 ACTIONS = ("seal_journal", "lock_login")
 RECIPIENTS = ("minor", "guardian")
 PDF_VARIANT = "pdf/ua-1"
+DEMO_TEXT = "DEMO – exempeluppgifter, inte för verklig användning"
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "paper"
 # Debian's fonts-dejavu-core; a file:// URL so WeasyPrint embeds exactly this font whatever fontconfig says.
@@ -43,15 +46,19 @@ FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
 @dataclass(frozen=True)
 class PaperRegion:
+    """What the form prints about the region. A value the region's settings do not give (no source) is
+    None or empty here and printed as "Ej inställt – kontakta regionens 1177-förvaltning"."""
     code: str
     name: str
-    support_phone: str
+    support_phone: str | None
     support_option: str | None  # menu choice, "2" or "knappval 2"
     postal_route: list[str]     # internal-mail address, one line each
-    # When support calls an urgent order back, as the region's settings give it ("17:00–07:00"); the seed
-    # routine prints it beside the phone number, so people know when the 30-minute promise holds.
+    # The on-call hours the callback promise holds in ("17:00–07:00", "dygnet runt"); the seed routine
+    # prints them beside the phone number.
     on_call_window: str | None = None
-    callback_minutes: int = 30
+    # Minutes; "none" when the region promises no callback (its urgent line answers at once); None: not set.
+    callback_minutes: int | str | None = None
+    demo: bool = False          # the embedded demo: every page says so
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,7 @@ def _stylesheet() -> tuple[CSS, FontConfiguration]:
 
 
 def _phone_line(region: PaperRegion) -> str:
-    option = (region.support_option or "").strip()
-    if option.isdigit():  # settings may hold just the digit; the seed's wording is "knappval 2"
-        option = f"knappval {option}"
-    return f"{region.support_phone} {option}".strip()
+    return phone_text(region.support_phone, region.support_option)
 
 
 def _check(order_type: str, order: PaperOrder | None) -> None:
@@ -144,6 +148,8 @@ def _context(order_type: str, region: PaperRegion, order: PaperOrder | None, emb
     return {
         "order_type": order_type, "label": label, "title": title, "region": region, "order": order,
         "phone_line": _phone_line(region), "font_dir": FONT_DIR.as_uri(), "embed_css": embed_css,
+        "callback_clause": callback_clause(region.callback_minutes, region.on_call_window),
+        "postal_lines": region.postal_route or [UNSET_SV], "demo": region.demo, "demo_text": DEMO_TEXT,
     }
 
 

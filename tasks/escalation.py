@@ -35,7 +35,7 @@ from models.clock import Clock, SystemClock
 from models.regions import load_regions
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Decision, Deviation, Order
-from tasks import audit, mail
+from tasks import audit, mail, mailboxes
 from tasks.database import session
 from tasks.paging import when_local
 
@@ -136,7 +136,8 @@ def _fire(deadline_id: int, now: datetime) -> MissedCallback | None:
                      detail={"deadline_id": dl.id, "deviation_id": dev.id, "minutes_late": late,
                              "callback_due_at": dl.due_at.isoformat()})
         region = load_regions()[order.region]
-        mail.enqueue(s, order, f"escalated-{dl.id}", [mail.Recipient("escalation", region.escalation_email)],
+        to = mailboxes.required(region, "escalation_email")
+        mail.enqueue(s, order, f"escalated-{dl.id}", [mail.Recipient("escalation", to)],
                      now=now, template="escalated",
                      subject=f"ESKALERING {order.reference}: återuppringningen missades ({late} min sen)",
                      extra={"callback_due_local": when_local(dl.due_at), "escalated_local": when_local(now),

@@ -23,7 +23,7 @@ from models.regions import load_regions
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from models.tables import Order, OutboxMessage
-from tasks import directory, failpoints
+from tasks import directory, failpoints, mailboxes
 from tasks.database import session
 from tasks.settings import ROOT, settings
 
@@ -107,8 +107,9 @@ def queue_confirmations(s: Session, order: Order, extra: dict[str, str] | None =
     if status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
         return enqueue(s, order, status.value, orderer, extra=extra)
     if status == OrderStatus.FAILED:
-        support = Recipient("support", load_regions()[order.region].support_queue_email)
-        return enqueue(s, order, "failed", [*orderer, support], extra=extra)
+        queue = mailboxes.optional(load_regions()[order.region], "support_queue_email")
+        support = [Recipient("support", queue)] if queue else []
+        return enqueue(s, order, "failed", [*orderer, *support], extra=extra)
     return 0
 
 

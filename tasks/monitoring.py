@@ -32,7 +32,7 @@ from models.calendar import local
 from models.regions import load_regions
 from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Deadline, Deviation, Order, Staff
-from tasks import audit, directory, mail
+from tasks import audit, directory, mail, mailboxes
 from tasks.database import session
 from tasks.gateway import access_state
 from tasks.orders import NotFound, get
@@ -119,14 +119,14 @@ def flagged_keys(s: Session, references: Iterable[str]) -> dict[str, list[str]]:
 def overdue_recipients(s: Session, order: Order) -> list[mail.Recipient]:
     """The responsible person (head of department; for urgent orders the region's support queue) and the
     region's support queue, each once."""
-    queue = load_regions()[order.region].support_queue_email
+    queue = mailboxes.optional(load_regions()[order.region], "support_queue_email")
     out: list[mail.Recipient] = []
     if sla.responsible_role(order.urgent) == "head":
         unit = directory.unit(s, order.care_unit_hsa_id)
         head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
         if head is not None:
             out.append(mail.Recipient("head", head.email))
-    if queue not in {r.address for r in out}:
+    if queue and queue not in {r.address for r in out}:
         out.append(mail.Recipient("support", queue))
     return out
 
@@ -376,7 +376,8 @@ def review_recipients(s: Session, order: Order) -> list[mail.Recipient]:
     head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
     if head is not None:
         return [mail.Recipient("head", head.email)]
-    return [mail.Recipient("support", load_regions()[order.region].support_queue_email)]
+    queue = mailboxes.optional(load_regions()[order.region], "support_queue_email")
+    return [mail.Recipient("support", queue)] if queue else []
 
 
 def send_review_reminders(now: datetime, *, references: Collection[str] | None = None) -> list[str]:

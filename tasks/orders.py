@@ -145,7 +145,7 @@ def submit(raw: Any, actor: str, now: datetime, *, idempotency_key: str | None =
         req = result.order
         region = load_regions()[req.region]
         hours = region.hours
-        callback = callback_deadline(now, region.callback_minutes)
+        callback = callback_deadline(now, region.callback_deadline_minutes)
         ref = reference or _next_reference(s, local(now).year)
         order = Order(
             reference=ref, order_type=req.order_type, initiative=req.initiative, actions=list(req.actions),
