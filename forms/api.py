@@ -360,7 +360,7 @@ def paper_order(order: Order) -> paper.PaperOrder:
         patient_personal_number=personnummer.PersonalNumber(order.patient_pnr).formatted(), patient_name=None,
         patient_protected_identity=order.patient_protected,
         guardian_personal_number=personnummer.PersonalNumber(order.guardian_pnr).formatted()
-        if order.guardian_pnr else None,
+        if order.guardian_pnr else None, guardian_protected_identity=order.guardian_protected,
         minor_access_grant=order.minor_grant, minor_access_recipient=order.minor_recipient,
         child_consent=order.child_consent if order.minor_recipient else None,
         identity_checked_in_person=order.identity_checked, urgent=order.urgent, reason=order.reason or "",

@@ -88,6 +88,7 @@ class PaperOrder:
     orderer_hsa_id: str | None
     created_at: str | None
     needs_head_signature: bool
+    guardian_protected_identity: bool = False
 
 
 @lru_cache(maxsize=1)

@@ -279,6 +279,7 @@ def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: 
         orderer_name=who.person.name if who.person else None, orderer_hsa_id=who.hsa_id,
         created_at=f"{local(now):%Y-%m-%d %H:%M}",
         needs_head_signature=True,  # every order type is approved (models/rules.py::plan_stages)
+        guardian_protected_identity=to_guardian and bool(raw.get("guardian_protected_identity")),
     )
 
 

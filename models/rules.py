@@ -37,13 +37,15 @@ MESSAGES: dict[str, str] = {
     "care_only": "Denna beställning kan bara göras på vårdens initiativ.",
     "identity_check_required": "Patientens egen försegling kan bara hävas efter identitetskontroll vid personligt besök.",
     "consent_required": "Barnets samtycke krävs för att ge vårdnadshavare tillgång.",
-    "protected_identity": "Vårdnadshavare kan inte få tillgång när patienten har skyddade personuppgifter.",
+    "protected_identity": "Vårdnadshavare kan inte få tillgång när barnet eller vårdnadshavaren har skyddade "
+                          "personuppgifter.",
     "care_initiated_restriction": "En begränsning gjord på vårdens initiativ kan inte hävas på patientens begäran.",
     "nothing_to_restore": "Det finns ingen sådan begränsning att häva för patienten.",
 }
 WARNINGS: dict[str, str] = {
     "lock_without_seal": "En låst inloggning hindrar inte att 1177 journal nås via direktlänk. Försegla journalen också för att ta bort all åtkomst.",
-    "protected_identity": "Patienten har skyddade personuppgifter: hantera per telefon, aldrig via e-post eller ärende.",
+    "protected_identity": "Patienten eller vårdnadshavaren har skyddade personuppgifter: hantera per telefon, "
+                          "aldrig via e-post eller ärende.",
     "outside_office_hours": "Beställningen kom utanför kontorstid och handläggs nästa arbetsdag.",
 }
 
@@ -168,6 +170,7 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
     region = _choice(raw, "region", tuple(ctx.region_hours), r)
     patient = _person(raw, "patient_personal_number", ctx, r)
     protected = _flag(raw, "patient_protected_identity", r)
+    guardian_protected = _flag(raw, "guardian_protected_identity", r)
     identity_checked = _flag(raw, "identity_checked_in_person", r)
     urgent = _flag(raw, "urgent", r)
 
@@ -220,7 +223,7 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
     if order_type == "minor_access" and to_guardian and isinstance(raw_minor, Mapping) and raw_minor.get("grant") is not False:
         if raw_minor.get("child_consent") is not True:
             _err(r, "minor_access.child_consent", "consent_required")
-        if protected:
+        if protected or guardian_protected:  # SEED-2: the child *or* the guardian
             _err(r, "guardian_personal_number", "protected_identity")
 
     if order_type == "restore_access" and actions:
@@ -230,6 +233,9 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
         _warn(r, "lock_without_seal", "actions")
     if protected:
         _warn(r, "protected_identity", "patient_protected_identity")
+    guardian_protected = guardian_protected and needs_guardian  # meaningless without a guardian on the order
+    if guardian_protected and not any(e.code == "protected_identity" for e in r.errors):
+        _warn(r, "protected_identity", "guardian_protected_identity")
     if region and not urgent and not is_office_hours(ctx.now, ctx.region_hours[region]):
         _warn(r, "outside_office_hours")
 
@@ -242,6 +248,7 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
             patient_personal_number=patient.digits,
             patient_protected_identity=protected,
             guardian_personal_number=guardian.digits if guardian else None,
+            guardian_protected_identity=guardian_protected,
             minor_access=minor,
             identity_checked_in_person=identity_checked,
             urgent=urgent,
