@@ -18,7 +18,8 @@
         regions who are not in it are deactivated (never deleted), every change is audited
 
 Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
-only, never personal data. Exit status: 0 done, 1 refused (unknown order, wrong status, not allowed), 2 usage.
+only, never a patient's personal data (`directory import` prints the staff rows it changes). Exit status:
+0 done, 1 refused (unknown order, wrong status, not allowed, an invalid directory file), 2 usage.
 """
 
 from __future__ import annotations
