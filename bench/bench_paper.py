@@ -26,7 +26,8 @@ GUARDIAN = f"19800101-123{luhn_check_digit('800101123')}"
 N = 100
 TARGET_P95_MS = 250.0
 REGION = PaperRegion(code="kalmar", name="Region Kalmar län", support_phone="0480-840 38", support_option="2",
-                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"])
+                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"], on_call_window="17:00–07:00",
+                     callback_minutes=30)
 BASE = PaperOrder(
     reference="RO-2026-000000", order_type="seal_or_lock", initiative="care", actions=["seal_journal"],
     patient_personal_number="19121212-1212", patient_name="Tolvan Tolvansson", patient_protected_identity=False,

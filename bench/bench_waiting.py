@@ -46,11 +46,11 @@ def _store_waiting() -> str:
 
 
 async def make_waiting(n: int) -> float:
-    from flows.order import SUSPEND_TIMEOUT_S
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Suspended
 
+    from flows.order import SUSPEND_TIMEOUT_S
     from tasks.adapters.database import session
     from tasks.steps.orders import get
     t0 = time.monotonic()

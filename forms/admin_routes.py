@@ -408,7 +408,8 @@ def render(request: Request, user: User, name: str, ctx: dict[str, Any], status:
             "errors": {}, "summary": [], "notice": None,
             "regions": [(code, r.name) for code, r in regions.items()],
             "region_name": lambda c: regions[c].name if c in regions else c,
-            "statuses": [(s.value, LABELS_SV[s]) for s in OrderStatus]}
+            "statuses": [(s.value, LABELS_SV[s]) for s in OrderStatus],
+            "demo": adapters(request).settings.demo}
     response = templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
     response.headers["Cache-Control"] = "no-store"  # also outside the app's middleware: names, log rows
     if data.fresh:  # so the forms can echo the CSRF token

@@ -138,7 +138,7 @@ def _order_pdf(ad: Adapters, user: User, reference: str) -> tuple[bytes, str]:
     order = read_order_row(ad, user, reference, "paper_pdf")
     with ad.db.session() as s:
         filled = paper_order(s, orders.get(s, order.reference))
-    return render_pdf(order.order_type, paper_region(ad.region(order.region)), filled), order.reference
+    return render_pdf(order.order_type, paper_region(ad.region(order.region), demo=ad.settings.demo), filled), order.reference
 
 
 @router.get("/orders/{reference}/paper.pdf", response_class=Response, responses=PDF,
@@ -150,9 +150,9 @@ async def order_paper(reference: str, user: User = Depends(require_user), ad: Ad
 
 
 @lru_cache(maxsize=64)
-def _blank_pdf(order_type: str, region_json: str) -> bytes:
+def _blank_pdf(order_type: str, region_json: str, demo: bool) -> bytes:
     # Keyed by the region's settings as they are (a blank form changes only when they do).
-    return render_pdf(order_type, paper_region(RegionSettings.model_validate_json(region_json)), None)
+    return render_pdf(order_type, paper_region(RegionSettings.model_validate_json(region_json), demo=demo), None)
 
 
 @router.get("/paper-forms/{order_type}.pdf", response_class=Response,
@@ -167,5 +167,5 @@ async def blank_paper(order_type: str, region: str | None = Query(default=None, 
     if code not in ad.regions:
         raise ApiError(422, "invalid_value", f"Okänd region. Tillåtna värden: {', '.join(ad.regions)}.",
                        field="region")
-    data = await run_in_threadpool(_blank_pdf, order_type, ad.region(code).model_dump_json())
+    data = await run_in_threadpool(_blank_pdf, order_type, ad.region(code).model_dump_json(), ad.settings.demo)
     return pdf_response(data, f"{order_type}-{code}.pdf")

@@ -84,8 +84,8 @@ class SecurityHeaders:
 class BodyLimit:
     """Refuse bodies over `limit` bytes with 413, by Content-Length up front or by counting a chunked stream."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, demo: bool = False) -> None:
+        self.app, self.limit, self.demo = app, limit, demo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,7 +126,7 @@ class BodyLimit:
                               ensure_ascii=False).encode()
             ctype = b"application/json"
         else:
-            body = render_plain_error(413, "För stor förfrågan", TOO_LARGE).encode()
+            body = render_plain_error(413, "För stor förfrågan", TOO_LARGE, demo=self.demo).encode()
             ctype = b"text/html; charset=utf-8"
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", ctype), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
@@ -276,7 +276,7 @@ def create_app(ad: Adapters | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit, limit=MAX_BODY)  # outermost of ours: nothing reads a body before it
+    app.add_middleware(BodyLimit, limit=MAX_BODY, demo=ad.settings.demo)  # outermost of ours: nothing reads a body before it
     return app
 
 

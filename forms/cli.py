@@ -12,9 +12,14 @@
     restriction-orders automations [--print]
         create or update every Prefect automation the project ships, the urgent/run ones and the
         monitoring ones (or print them all for `prefect automation create`)
+    restriction-orders directory import --staff STAFF.csv [--units UNITS.csv] [--dry-run] [--by HSA-ID]
+        load the region's staff and care units from its HSA catalogue export (README: "Staff directory");
+        every row is checked first, nothing is written unless both files are valid, people of the file's
+        regions who are not in it are deactivated (never deleted), every change is audited
 
 Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
-only, never personal data. Exit status: 0 done, 1 refused (unknown order, wrong status, not allowed), 2 usage.
+only, never a patient's personal data (`directory import` prints the staff rows it changes). Exit status:
+0 done, 1 refused (unknown order, wrong status, not allowed, an invalid directory file), 2 usage.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.calendar import local
@@ -53,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="bara denna beställning (kan upprepas); utan: alla, och missade sökningar skickas")
     a = sub.add_parser("automations", help="skapa/uppdatera Prefect-automationerna")
     a.add_argument("--print", action="store_true", dest="print_only", help="skriv ut dem som JSON i stället")
+    d = sub.add_parser("directory", help="personalkatalogen")
+    dsub = d.add_subparsers(dest="directory_command", required=True)
+    i = dsub.add_parser("import", help="läs in personal och vårdenheter från regionens HSA-export (CSV)")
+    i.add_argument("--staff", required=True, type=Path,
+                   help="personal: hsa_id,name,email,phone,roles,care_unit_hsa_id,region,active (roller med ;)")
+    i.add_argument("--units", type=Path, help="vårdenheter: hsa_id,name,region,head_hsa_id")
+    i.add_argument("--dry-run", action="store_true", help="visa vad som skulle ändras, skriv ingenting")
+    i.add_argument("--by", default="", help="ditt HSA-id, för granskningsloggen")
     return p
 
 
@@ -119,6 +133,27 @@ def _automations(ad: Adapters, print_only: bool) -> int:
     return 0
 
 
+def _directory_import(ad: Adapters, staff: Path, units: Path | None, dry_run: bool, by: str) -> int:
+    from tasks.steps.directory_import import ACTOR, import_directory
+    result = import_directory(ad, staff, units, dry_run=dry_run, actor=by.strip().upper() or ACTOR)
+    if result.problems:
+        print(f"Inget har skrivits: {len(result.problems)} fel.", file=sys.stderr)
+        for p in result.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    for c in result.changes:
+        print(c.describe())
+    counts = {k: sum(c.kind == k for c in result.changes) for k in ("add", "update", "deactivate")}
+    summary = (f"nya: {counts['add']}, ändrade: {counts['update']}, avaktiverade: {counts['deactivate']}, "
+               f"oförändrade: {result.unchanged}")
+    if dry_run:
+        print(f"Provkörning, inget skrevs ({summary}).")
+    else:
+        print(f"Inläst ({summary}); varje ändring finns i granskningsloggen." if result.applied
+              else f"Inget att ändra ({summary}).")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
     """The command line; `ad` are the adapters to use (tests), else the composition root builds them."""
     args = _parser().parse_args(argv)
@@ -134,6 +169,8 @@ def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
             return _clock(ad, args.reference)
         if args.command == "escalate":
             return _escalate(ad, args.reference)
+        if args.command == "directory":
+            return _directory_import(ad, args.staff, args.units, args.dry_run, args.by)
         return _automations(ad, args.print_only)
     except NotFound:
         print("Beställningen finns inte.", file=sys.stderr)

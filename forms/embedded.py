@@ -34,6 +34,8 @@ def _env() -> dict[str, str]:
         # Runners poll every 10 s by default; a resumed order should not wait that long.
         "PREFECT_RUNNER_POLL_FREQUENCY": env.get("PREFECT_RUNNER_POLL_FREQUENCY", "1"),
         "PYTHONPATH": str(ROOT),
+        # The embedded default is the demo: every page and PDF says so (tasks/settings.py `demo`).
+        "RO_DEMO": env.get("RO_DEMO", "true"),
     })
     return env
 

@@ -279,6 +279,7 @@ def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: 
         orderer_name=who.person.name if who.person else None, orderer_hsa_id=who.hsa_id,
         created_at=f"{local(now):%Y-%m-%d %H:%M}",
         needs_head_signature=True,  # every order type is approved (models/rules.py::plan_stages)
+        guardian_protected_identity=to_guardian and bool(raw.get("guardian_protected_identity")),
     )
 
 
@@ -352,7 +353,7 @@ async def print_filled(order_type: str, request: Request,
     assert isinstance(raw, Mapping)
     order = printable_order(order_type, raw, who, now)
     code = str(raw["region"])
-    data = await run_in_threadpool(render_pdf, order_type, paper_region(who.ad.region(code)), order)
+    data = await run_in_threadpool(render_pdf, order_type, paper_region(who.ad.region(code), demo=who.ad.settings.demo), order)
     await run_in_threadpool(_audit_print, who, order_type, code, raw, gaps, now)
     return Response(data, media_type="application/pdf", headers={
         "Content-Disposition": f'inline; filename="{order_type}-{code}-ifylld.pdf"', "Cache-Control": "no-store",

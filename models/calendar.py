@@ -1,4 +1,4 @@
-"""Time rules: Europe/Stockholm, working days, office hours, on-call windows, due times.
+"""Time rules: Europe/Stockholm, working days, office hours, due times.
 
 Pure functions, no I/O. Every function takes timezone-aware datetimes and judges them by Stockholm wall-clock
 time; naive datetimes are refused rather than guessed.
@@ -20,27 +20,18 @@ _HOLIDAY_CATEGORIES = ("public", "de_facto")
 
 
 class WorkingHours(BaseModel):
-    """A region's office hours and on-call window (Stockholm local time)."""
+    """A region's office hours for non-urgent handling (Stockholm local time). Who takes urgent orders at
+    which minute is the region's urgent coverage (models/coverage.py), not these hours."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     office_start: time = time(8, 0)
     office_end: time = time(16, 30)
-    on_call_start: time = time(17, 0)
-    on_call_end: time = time(7, 0)
-    # Östergötland takes urgent calls around the clock, so its whole day counts as on call.
-    urgent_line_always_open: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkingHours:
         if not self.office_start < self.office_end:
             raise ValueError(f"office_start {self.office_start} must be before office_end {self.office_end}")
-        # On call runs overnight, so it must end before office hours begin and start after they end.
-        if not (self.on_call_end <= self.office_start and self.office_end <= self.on_call_start):
-            raise ValueError(
-                f"on call {self.on_call_start}–{self.on_call_end} (overnight) overlaps office hours "
-                f"{self.office_start}–{self.office_end}"
-            )
         return self
 
 
@@ -75,21 +66,6 @@ def next_working_day(d: date) -> date:
 def is_office_hours(at: datetime, hours: WorkingHours) -> bool:
     t = local(at)
     return is_working_day(t.date()) and hours.office_start <= t.time() < hours.office_end
-
-
-def is_on_call(at: datetime, hours: WorkingHours) -> bool:
-    """All day on non-working days; on working days from on_call_start until on_call_end the next morning.
-
-    The gap between office_end and on_call_start belongs to neither, unless the urgent line is always open.
-    """
-    if hours.urgent_line_always_open:
-        return True
-    t = local(at)
-    if not is_working_day(t.date()):
-        return True
-    # The early morning of a working day is on call whatever the day before was: the previous evening's
-    # shift if that was a working day, otherwise the tail of a non-working day (Friday 17:00 → Monday 07:00).
-    return t.time() >= hours.on_call_start or t.time() < hours.on_call_end
 
 
 def due_at(submitted: datetime, hours: WorkingHours) -> datetime:

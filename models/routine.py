@@ -198,6 +198,8 @@ class StagePlan:
 
 
 def callback_promise_sv(callback_minutes: int | None) -> str:
+    """When the orderer is called back, in the region's own promise; without one (the region's urgent line is
+    answered at once, or no promise is set) no time is promised."""
     return f"inom {callback_minutes} minuter" if callback_minutes else "snarast"
 
 

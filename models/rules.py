@@ -37,13 +37,15 @@ MESSAGES: dict[str, str] = {
     "care_only": "Denna beställning kan bara göras på vårdens initiativ.",
     "identity_check_required": "Patientens egen försegling kan bara hävas efter identitetskontroll vid personligt besök.",
     "consent_required": "Barnets samtycke krävs för att ge vårdnadshavare tillgång.",
-    "protected_identity": "Vårdnadshavare kan inte få tillgång när patienten har skyddade personuppgifter.",
+    "protected_identity": "Vårdnadshavare kan inte få tillgång när barnet eller vårdnadshavaren har skyddade "
+                          "personuppgifter.",
     "care_initiated_restriction": "En begränsning gjord på vårdens initiativ kan inte hävas på patientens begäran.",
     "nothing_to_restore": "Det finns ingen sådan begränsning att häva för patienten.",
 }
 WARNINGS: dict[str, str] = {
     "lock_without_seal": "En låst inloggning hindrar inte att 1177 journal nås via direktlänk. Försegla journalen också för att ta bort all åtkomst.",
-    "protected_identity": "Patienten har skyddade personuppgifter: hantera per telefon, aldrig via e-post eller ärende.",
+    "protected_identity": "Patienten eller vårdnadshavaren har skyddade personuppgifter: hantera per telefon, "
+                          "aldrig via e-post eller ärende.",
     "outside_office_hours": "Beställningen kom utanför kontorstid och handläggs nästa arbetsdag.",
 }
 
@@ -164,6 +166,7 @@ class _Fields:
     region: str | None = None
     patient: personnummer.PersonalNumber | None = None
     protected: bool = False
+    guardian_protected: bool = False
     identity_checked: bool = False
     urgent: bool = False
     reason: str = ""
@@ -195,6 +198,7 @@ def _common_fields(raw: Mapping[str, Any], ctx: RuleContext, r: CheckResult) -> 
                 region=_choice(raw, "region", tuple(ctx.region_hours), r),
                 patient=_person(raw, "patient_personal_number", ctx, r),
                 protected=_flag(raw, "patient_protected_identity", r),
+                guardian_protected=_flag(raw, "guardian_protected_identity", r),
                 identity_checked=_flag(raw, "identity_checked_in_person", r),
                 urgent=_flag(raw, "urgent", r))
     f.reason = _reason(raw, r)
@@ -245,6 +249,8 @@ def _type_fields(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckR
         f.guardian = _person(raw, "guardian_personal_number", ctx, r)
         if f.guardian and f.patient and f.guardian.digits == f.patient.digits:
             _err(r, "guardian_personal_number", "guardian_is_patient")
+    else:
+        f.guardian_protected = False  # meaningless without a guardian on the order
 
 
 def _cross_field_rules(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
@@ -262,7 +268,7 @@ def _minor_rules(raw_minor: Any, ctx: RuleContext, f: _Fields, r: CheckResult) -
     if f.to_guardian and isinstance(raw_minor, Mapping) and raw_minor.get("grant") is not False:
         if raw_minor.get("child_consent") is not True:
             _err(r, "minor_access.child_consent", "consent_required")
-        if f.protected:
+        if f.protected or f.guardian_protected:  # SEED-2: the child *or* the guardian
             _err(r, "guardian_personal_number", "protected_identity")
 
 
@@ -271,6 +277,8 @@ def _warnings(ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
         _warn(r, "lock_without_seal", "actions")
     if f.protected:
         _warn(r, "protected_identity", "patient_protected_identity")
+    if f.guardian_protected and not any(e.code == "protected_identity" for e in r.errors):
+        _warn(r, "protected_identity", "guardian_protected_identity")
     if f.region and not f.urgent and not is_office_hours(ctx.now, ctx.region_hours[f.region]):
         _warn(r, "outside_office_hours")
 
@@ -284,6 +292,7 @@ def _request(f: _Fields) -> OrderRequest:
         patient_personal_number=f.patient.digits,
         patient_protected_identity=f.protected,
         guardian_personal_number=f.guardian.digits if f.guardian else None,
+        guardian_protected_identity=f.guardian_protected,
         minor_access=f.minor,
         identity_checked_in_person=f.identity_checked,
         urgent=f.urgent,

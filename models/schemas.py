@@ -52,6 +52,7 @@ class OrderRequest(BaseModel):
     patient_personal_number: str
     patient_protected_identity: bool = False
     guardian_personal_number: str | None = None
+    guardian_protected_identity: bool = False
     minor_access: MinorAccess | None = None
     identity_checked_in_person: bool = False
     urgent: bool = False

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -56,6 +57,7 @@ class Staff(Base):
     hsa_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(40))  # from the region's HSA export (migration 0003r)
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     unit_hsa_id: Mapped[str | None] = mapped_column(String(64))
     region: Mapped[str | None] = mapped_column(String(40))
@@ -79,6 +81,8 @@ class Order(Base):
     patient_pnr: Mapped[str] = mapped_column(String(12), index=True)
     patient_protected: Mapped[bool] = mapped_column(Boolean, default=False)
     guardian_pnr: Mapped[str | None] = mapped_column(String(12))
+    # The named guardian has protected identity (skyddade personuppgifter): handled by phone (migration 0003r).
+    guardian_protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     minor_grant: Mapped[bool | None] = mapped_column(Boolean)
     minor_recipient: Mapped[str | None] = mapped_column(String(10))
     child_consent: Mapped[bool] = mapped_column(Boolean, default=False)

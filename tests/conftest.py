@@ -56,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["DATABASE_URL"] = _pg_schema_url(os.environ["DATABASE_URL"])
     os.environ["RO_SMTP_PORT"] = str(free_port())
     os.environ["RO_APP_BASE_URL"] = "http://127.0.0.1:8000"
+    # The embedded demo, as `make run`: the Demo marker, and the regions' demo mailboxes (.invalid).
+    os.environ.setdefault("RO_DEMO", "true")
     # The execution gateway is down while this file exists (tests/test_fallback_e2e.py creates it).
     os.environ["RO_GATEWAY_DOWN_FLAG"] = str(_TMP / "gateway-down")
     os.environ["PREFECT_HOME"] = str(_TMP / "prefect")

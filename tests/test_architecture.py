@@ -84,11 +84,27 @@ def test_the_routine_is_written_once(what: str) -> None:
     assert not copies, f"{what} outside models/routine.py:\n" + "\n".join(copies)
 
 
+def _texts(path: Path) -> Iterator[tuple[int, str]]:
+    """What a file can show people: a template's lines, or a module's string literals other than docstrings
+    (a docstring may quote a source's wording as an example)."""
+    if path.suffix == ".j2":
+        yield from enumerate(path.read_text().splitlines(), 1)
+        return
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
 def test_no_callback_time_is_written_into_a_text() -> None:
     """The callback window is a region setting: no page, email, PDF or message may promise a fixed one."""
     pattern = re.compile(r"\b\d+\s*minuter\b")
     found = [f"{path.relative_to(ROOT)}:{n}: {text.strip()[:80]}"
              for package in LAYERS for path in sorted((ROOT / package).rglob("*"))
              if path.suffix in (".py", ".j2") and path.is_file()
-             for n, text in enumerate(path.read_text().splitlines(), 1) if pattern.search(text)]
+             for n, text in _texts(path) if pattern.search(text)]
     assert not found, "\n".join(found)

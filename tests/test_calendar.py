@@ -1,4 +1,4 @@
-"""Time rules in Stockholm: working days, office hours, on call, due times, DST."""
+"""Time rules in Stockholm: working days, office hours, on call (Kalmar's urgent coverage), due times, DST."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from models.calendar import (
     callback_deadline,
     due_at,
     is_office_hours,
-    is_on_call,
     is_working_day,
     local,
     next_working_day,
 )
 from models.clock import STOCKHOLM, FixedClock, SystemClock
+from models.coverage import CoverageWindow, receiver_at
+from models.regions import load_regions
 
 HOURS = WorkingHours()
-ALWAYS_OPEN = WorkingHours(urgent_line_always_open=True)
+KALMAR = load_regions()["kalmar"].urgent_coverage
+ALWAYS_OPEN = [CoverageWindow(receiver="on_call", days="every", start=time(0, 0), end=time(0, 0))]
+
+
+def is_on_call(at: datetime, coverage: list[CoverageWindow] = KALMAR) -> bool:
+    return receiver_at(at, coverage) == "on_call"
 
 
 def sthlm(text: str, fold: int = 0) -> datetime:
@@ -83,10 +89,10 @@ def test_next_working_day(day: str, expected: str) -> None:
 # --- office hours and on call -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("at", "office", "on_call"), [
-    ("2026-11-02 07:59", False, False),  # Monday morning gap before office hours
+    ("2026-11-02 07:59", False, False),  # support, before office hours
     ("2026-11-02 08:00", True, False),
     ("2026-11-02 16:29", True, False),
-    ("2026-11-02 16:30", False, False),  # gap between office hours and on call
+    ("2026-11-02 16:30", False, False),  # support, between office hours and on call
     ("2026-11-02 16:59", False, False),
     ("2026-11-02 17:00", False, True),
     ("2026-11-02 23:59", False, True),
@@ -113,7 +119,7 @@ def test_next_working_day(day: str, expected: str) -> None:
 ])
 def test_office_hours_and_on_call(at: str, office: bool, on_call: bool) -> None:
     assert is_office_hours(sthlm(at), HOURS) is office
-    assert is_on_call(sthlm(at), HOURS) is on_call
+    assert is_on_call(sthlm(at)) is on_call
 
 
 @pytest.mark.parametrize("instant", [
@@ -123,14 +129,14 @@ def test_office_hours_and_on_call(at: str, office: bool, on_call: bool) -> None:
     "2026-10-25T01:30:00",  # 02:30 CET, second pass
 ])
 def test_on_call_through_the_night_of_a_dst_change(instant: str) -> None:
-    assert is_on_call(utc(instant), HOURS)
+    assert is_on_call(utc(instant))
     assert not is_office_hours(utc(instant), HOURS)
 
 
 def test_judged_by_stockholm_time_whatever_the_input_zone() -> None:
     assert is_office_hours(utc("2026-11-02T07:00:00"), HOURS)   # 08:00 CET
     assert not is_office_hours(utc("2026-06-01T15:00:00"), HOURS)  # 17:00 CEST
-    assert is_on_call(utc("2026-06-01T15:00:00"), HOURS)
+    assert is_on_call(utc("2026-06-01T15:00:00"))
 
 
 @pytest.mark.parametrize("at", ["2026-11-02 12:00", "2026-11-02 16:45", "2026-11-03 07:30", "2026-11-07 12:00"])
@@ -138,19 +144,19 @@ def test_urgent_line_always_open_is_always_on_call(at: str) -> None:
     assert is_on_call(sthlm(at), ALWAYS_OPEN)
 
 
-def test_on_call_follows_the_region_hours() -> None:
-    early = WorkingHours(office_start=time(7, 30), office_end=time(16, 0), on_call_start=time(16, 0),
-                         on_call_end=time(7, 30))
+def test_on_call_follows_the_region_coverage() -> None:
+    early = [CoverageWindow(receiver="support", days="working", start=time(7, 30), end=time(16, 0)),
+             CoverageWindow(receiver="on_call", days="working", start=time(16, 0), end=time(7, 30)),
+             CoverageWindow(receiver="on_call", days="non_working", start=time(0, 0), end=time(0, 0))]
     assert is_on_call(sthlm("2026-11-02 16:00"), early)
     assert is_on_call(sthlm("2026-11-03 07:29"), early)
-    assert is_office_hours(sthlm("2026-11-03 07:30"), early)
+    assert not is_on_call(sthlm("2026-11-03 07:30"), early)
 
 
 @pytest.mark.parametrize("fields", [
     {"office_start": time(16, 30), "office_end": time(8, 0)},
     {"office_start": time(8, 0), "office_end": time(8, 0)},
-    {"on_call_start": time(16, 0)},  # starts before office hours end
-    {"on_call_end": time(9, 0)},     # ends after office hours start
+    {"on_call_start": time(17, 0)},  # on call is urgent coverage now, not part of the office hours
 ])
 def test_inconsistent_working_hours_are_refused(fields: dict[str, time]) -> None:
     with pytest.raises(ValidationError):
@@ -247,7 +253,7 @@ def test_local_converts_to_stockholm() -> None:
 @pytest.mark.parametrize("call", [
     lambda at: local(at),
     lambda at: is_office_hours(at, HOURS),
-    lambda at: is_on_call(at, HOURS),
+    lambda at: receiver_at(at, KALMAR),
     lambda at: due_at(at, HOURS),
     lambda at: callback_deadline(at),
     lambda at: FixedClock(at),
@@ -262,7 +268,7 @@ def test_naive_datetimes_are_refused(call: Callable[[datetime], object]) -> None
 def test_fixed_clock_drives_the_rules_across_the_spring_dst_change() -> None:
     clock = FixedClock(sthlm("2026-03-29 01:45"))
     deadline = callback_deadline(clock.now())
-    assert is_on_call(clock.now(), HOURS)
+    assert is_on_call(clock.now())
 
     assert clock.advance(minutes=29) < deadline
     assert clock.advance(minutes=1) == deadline
@@ -271,12 +277,12 @@ def test_fixed_clock_drives_the_rules_across_the_spring_dst_change() -> None:
 
 def test_fixed_clock_crosses_from_the_gap_into_on_call() -> None:
     clock = FixedClock(sthlm("2026-11-06 16:59"))
-    assert not is_on_call(clock.now(), HOURS)
+    assert not is_on_call(clock.now())
     clock.advance(minutes=1)
-    assert is_on_call(clock.now(), HOURS)
+    assert is_on_call(clock.now())
     clock.set(utc("2026-11-09T06:00:00"))  # Monday 07:00 in Stockholm
     assert clock.now() == sthlm("2026-11-09 07:00")
-    assert not is_on_call(clock.now(), HOURS)
+    assert not is_on_call(clock.now())
 
 
 def test_fixed_clock_reports_stockholm_time() -> None:

@@ -109,6 +109,9 @@ class Visitor:
         assert not violations, f"{name}: {axe_report(violations)}"
         assert page.locator("html").get_attribute("lang") == "sv"
         assert page.locator("main#main").count() == 1 and page.locator("a.skip-link[href='#main']").count() == 1
+        # The embedded demo (RO_DEMO=true, as the tests run) says so on every page, visibly.
+        demo = page.locator(".demo-banner")
+        assert demo.count() == 1 and demo.is_visible() and demo.inner_text().startswith("Demo"), name
         assert not PNR_SHAPE.search(page.title()) and not PNR_SHAPE.search(page.url), (page.title(), page.url)
 
     def close(self) -> None:
@@ -748,3 +751,81 @@ def test_keyboard_only_through_a_form_and_its_error_summary(visit: Any) -> None:
         if label.count():
             assert label.is_visible()
     v.check("form-keyboard-errors")
+
+
+# --- region settings on the pages: sourced values, unset ones, no promised callback ------------------------
+
+UNSET = "Ej inställt – kontakta regionens 1177-förvaltning"
+
+
+def _urgent_seal(v: Visitor) -> None:
+    v.goto("/bestall/seal_or_lock")
+    _fill_seal_or_lock(v.page, pnr())
+    v.page.get_by_label("Beställningen är brådskande").check()
+    v.page.get_by_role("button", name="Skicka beställningen").click()
+
+
+def test_ostergotlands_receipt_gives_its_24_7_number_and_promises_no_callback(visit: Any) -> None:
+    v = visit(staff("clinician", "ostergotland"), "Klinikern (Region Östergötland)")
+    _urgent_seal(v)
+    _receipt(v, "seal_or_lock-ostergotland")
+    urgent = v.page.locator(".urgent-box").inner_text()
+    assert "010-103 6000" in urgent and "Linjen svarar dygnet runt." in urgent
+    assert "uppringd" not in urgent and "minuter" not in urgent and "meddelande" not in urgent
+    assert v.page.locator(".urgent-box a[href='tel:+46101036000']").count() == 1
+
+
+def test_a_region_whose_values_are_not_set_says_so_instead_of_a_number(visit: Any) -> None:
+    v = visit(staff("clinician", "jonkoping"), "Klinikern (Region Jönköpings län)")
+    _urgent_seal(v)
+    _receipt(v, "seal_or_lock-unset-region")
+    urgent = v.page.locator(".urgent-box").inner_text()
+    assert f"{UNSET}" in urgent and f"Tid för uppringning: {UNSET}." in urgent
+    assert v.page.locator(".urgent-box .phone").inner_text() == UNSET  # not a number
+    assert v.page.locator(".urgent-box a[href^='tel:']").count() == 0
+
+
+def test_a_protected_guardian_on_the_forms(visit: Any) -> None:
+    v = visit(CLINICIAN, NAMES["clinician"])
+    page = v.page
+    v.goto("/bestall/minor_access")
+    protected = page.get_by_label("Vårdnadshavaren har skyddade personuppgifter")
+    page.get_by_label("Barnet självt").check()
+    assert not protected.is_visible()  # only where a guardian is named
+    page.get_by_label("Ge tillgång", exact=True).check()
+    page.get_by_label("Vårdnadshavare", exact=True).check()
+    page.get_by_label("Barnets personnummer eller samordningsnummer").fill(pnr(born_years_ago(14)))
+    page.get_by_label("Vårdnadshavarens personnummer").fill(pnr(born_years_ago(44)))
+    page.get_by_label("Barnet har samtyckt till att vårdnadshavaren får tillgång").check()
+    protected.check()
+    page.get_by_label("Skäl till beställningen").fill("Särskilda skäl")
+    page.get_by_role("button", name="Skicka beställningen").click()
+    page.locator(".error-summary").wait_for()
+    assert "barnet eller vårdnadshavaren har skyddade personuppgifter" in page.locator(".error-summary").inner_text()
+    assert page.get_by_label("Vårdnadshavaren har skyddade personuppgifter").is_checked()  # kept
+    v.check("form-minor_access-protected-guardian")
+
+    v.goto("/bestall/block_guardian")
+    page.get_by_label("Barnets personnummer eller samordningsnummer").fill(pnr(born_years_ago(9)))
+    page.get_by_label("Vårdnadshavarens personnummer (den vars direktåtkomst tas bort)").fill(pnr(born_years_ago(40)))
+    page.get_by_label("Vårdnadshavaren har skyddade personuppgifter").check()
+    page.get_by_label("Skäl till beställningen").fill("Orosanmälan")
+    page.get_by_role("button", name="Skicka beställningen").click()
+    ref = _receipt(v, "block_guardian-protected-guardian")
+    assert "Patienten eller vårdnadshavaren har skyddade personuppgifter" in page.locator(".warnings").inner_text()
+    v.goto(f"/bestallningar/{ref}")
+    assert "Skyddade personuppgifter – endast telefon" in page.locator(".summary-list").inner_text()
+
+
+def test_outside_the_demo_no_page_says_demo(live_app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.settings import settings
+    with client(live_app) as c:
+        assert "demo-banner" in c.get("/login").text
+        monkeypatch.setenv("RO_DEMO", "false")
+        settings.cache_clear()
+        try:
+            page = c.get("/login").text
+        finally:
+            monkeypatch.setenv("RO_DEMO", "true")
+            settings.cache_clear()
+    assert "demo-banner" not in page and "inte för verklig användning" not in page

@@ -19,13 +19,16 @@ from typing import Any
 import pypdf
 import pytest
 
+from models.regions import load_regions
 from models.schemas import ORDER_TYPES as API_ORDER_TYPES
 from tasks.adapters.paper import ORDER_TYPES, PaperOrder, PaperRegion, render_html, render_pdf
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "paper"
 
 KALMAR = PaperRegion(code="kalmar", name="Region Kalmar län", support_phone="0480-840 38", support_option="2",
-                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"], on_call_window="17:00–07:00")
+                     postal_route=["Regionstab Kansli", "Strömgatan", "Kalmar"], on_call_window="17:00–07:00",
+                     callback_minutes=30)
+UNSET = "Ej inställt – kontakta regionens 1177-förvaltning"
 # Seed 001, Kalmar's routine: "... knappval 2 (tala in ett meddelande och invänta uppringning inom 30 minuter
 # under beredskapstid 17:00-07:00)".
 URGENT_CALL = ("Vid akut beställning: ring även 0480-840 38 knappval 2 och invänta uppringning inom 30 minuter "
@@ -277,11 +280,45 @@ def test_support_option_is_printed_once_in_the_seed_wording(option: str | None, 
 
 
 def test_other_regions_postal_route_is_used() -> None:
-    region = PaperRegion(code="ostergotland", name="Region Östergötland", support_phone="010-103 60 00",
-                         support_option=None, postal_route=["Stöd och service", "Box 1", "Linköping"])
+    region = PaperRegion(code="uppsala", name="Region Uppsala", support_phone="018-611 00 00",
+                         support_option=None, postal_route=["Servicedesk", "Box 1", "Uppsala"])
     html = render_html("block_guardian", region)
-    for line in ["Region Östergötland", "010-103 60 00", "Stöd och service", "Box 1", "Linköping"]:
+    for line in ["Region Uppsala", "018-611 00 00", "Servicedesk", "Box 1", "Uppsala"]:
         assert line in html
+
+
+def flat(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_ostergotland_prints_its_24_7_number_and_no_callback_promise() -> None:
+    from tasks.adapters.paper import paper_region
+    region = paper_region(load_regions()["ostergotland"])
+    assert (region.support_phone, region.callback_minutes, region.on_call_window) == ("010-103 6000", "none",
+                                                                                       "dygnet runt")
+    for order_type in ORDER_TYPES:
+        text = flat(render_html(order_type, region))
+        assert "Vid akut beställning: ring även 010-103 6000 (dygnet runt)." in text
+        assert "invänta uppringning" not in text and "minuter" not in text
+        # The seeds give Östergötland no internal-mail route: the form says so instead of inventing one.
+        assert f"Internpost till {UNSET}" in text
+
+
+@pytest.mark.parametrize("code", ["jonkoping", "stockholm"])
+def test_unset_values_are_printed_as_not_set_never_as_a_number(code: str) -> None:
+    from tasks.adapters.paper import paper_region
+    text = flat(render_html("seal_or_lock", paper_region(load_regions()[code])))
+    assert f"Vid akut beställning: ring även {UNSET} och invänta uppringning (tid för uppringning: {UNSET})." in text
+    assert f"Support: {UNSET}" in text and f"Internpost till {UNSET}" in text
+    assert not re.search(r"\d{3}-\d", text.split("1. ")[0])  # no phone number before the form's fields
+
+
+def test_the_demo_marks_every_page_of_the_pdf() -> None:
+    order = replace(order_for("minor_access"), reason=("Lång motivering med många ord. " * 70)[:2000])
+    demo = "DEMO – exempeluppgifter, inte för verklig användning"
+    pages = pypdf.PdfReader(io.BytesIO(render_pdf("minor_access", replace(KALMAR, demo=True), order))).pages
+    assert len(pages) == 2 and all(demo in p.extract_text() for p in pages)
+    assert demo not in pypdf.PdfReader(io.BytesIO(render_pdf("minor_access", KALMAR, order))).pages[0].extract_text()
 
 
 def test_invalid_input_is_refused() -> None:
@@ -334,4 +371,6 @@ def test_the_urgent_instruction_takes_the_on_call_window_and_callback_time_from_
     assert URGENT_CALL in text
     other = replace(kalmar, on_call_window="16:30–08:00", callback_minutes=20)
     assert "inom 20 minuter under beredskapstid 16:30–08:00." in render_html("block_guardian", other)
-    assert "under beredskapstid" not in render_html("block_guardian", replace(kalmar, on_call_window=None))
+    # On-call hours without a source are not printed as hours.
+    unset_hours = flat(render_html("block_guardian", replace(kalmar, on_call_window=None)))
+    assert f"inom 30 minuter (beredskapstid: {UNSET})." in unset_hours

@@ -548,3 +548,50 @@ def test_warnings_reported_alongside_errors() -> None:
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError):
         check_order(body(), ctx(datetime(2026, 11, 24, 10, 0)))
+
+
+# --- a guardian's protected identity (SEED-2: the child *or* the guardian) ----------------------------------
+
+def test_a_protected_guardian_cannot_be_given_access_to_the_childs_journal() -> None:
+    r = check_order(body("minor_access", guardian_protected_identity=True), ctx())
+    assert pairs(r) == {("guardian_personal_number", "protected_identity")} and r.order is None
+    assert "eller vårdnadshavaren" in r.errors[0].message
+
+
+def test_a_protected_child_or_guardian_both_refuse_the_grant_once() -> None:
+    r = check_order(body("minor_access", patient_protected_identity=True, guardian_protected_identity=True), ctx())
+    assert [(p.field, p.code) for p in r.errors] == [("guardian_personal_number", "protected_identity")]
+
+
+@pytest.mark.parametrize(("kind", "extra"), [
+    ("block_guardian", {}),
+    ("minor_access", {"minor_access": {"grant": False, "recipient": "guardian"}}),  # taking access away
+])
+def test_other_orders_naming_a_protected_guardian_are_warned_and_stored(kind: str, extra: dict[str, Any]) -> None:
+    r = check_order(body(kind, guardian_protected_identity=True, **extra), ctx())
+    assert r.ok and r.order is not None and r.order.guardian_protected_identity
+    assert [(w.field, w.code) for w in r.warnings] == [("guardian_protected_identity", "protected_identity")]
+    assert "hantera per telefon" in r.warnings[0].message
+
+
+@pytest.mark.parametrize("raw", [
+    body("seal_or_lock", guardian_protected_identity=True),  # no guardian on the order: nothing to flag
+    body("minor_access", guardian_protected_identity=True, guardian_personal_number=...,
+         minor_access={"grant": True, "recipient": "minor"}),
+])
+def test_the_flag_means_nothing_without_a_guardian_on_the_order(raw: dict[str, Any]) -> None:
+    r = check_order(raw, ctx())
+    assert r.ok and r.order is not None and not r.order.guardian_protected_identity
+    assert "protected_identity" not in warning_codes(r)
+
+
+@pytest.mark.parametrize("value", ["ja", 1, [True]])
+def test_the_guardian_flag_must_be_a_boolean(value: Any) -> None:
+    r = check_order(body("block_guardian", guardian_protected_identity=value), ctx())
+    assert ("guardian_protected_identity", "invalid_value") in pairs(r)
+
+
+def test_the_guardian_flag_defaults_to_false() -> None:
+    for raw in (body("block_guardian"), body("block_guardian", guardian_protected_identity=None)):
+        r = check_order(raw, ctx())
+        assert r.order is not None and not r.order.guardian_protected_identity and not r.warnings

@@ -149,8 +149,7 @@ def test_approval_is_required_for_patient_initiative_too() -> None:
 
 
 def test_region_hours_decide_office_hours() -> None:
-    late = WorkingHours(office_start=datetime(2000, 1, 1, 9).time(), office_end=datetime(2000, 1, 1, 18).time(),
-                        on_call_start=datetime(2000, 1, 1, 18).time(), on_call_end=datetime(2000, 1, 1, 7).time())
+    late = WorkingHours(office_start=datetime(2000, 1, 1, 9).time(), office_end=datetime(2000, 1, 1, 18).time())
     at = sthlm("2026-11-24 17:30")
     assert plan_of(order(urgent=True), at, KALMAR).approval.role == "bakjour"
     assert plan_of(order(urgent=True), at, late).approval.role == "head_of_department"

@@ -509,6 +509,60 @@ def test_dst_nights_keep_30_elapsed_minutes(ad: Adapters, clock: FixedClock, smt
     assert missed_refs(ad) == [ref]
 
 
+@pytest.mark.parametrize(("due", "started"), [
+    # Spring forward: due 03:15 CEST, so the clock started at 01:45 CET (wall clock: 90 minutes earlier).
+    (datetime(2026, 3, 29, 3, 15, tzinfo=STOCKHOLM), datetime(2026, 3, 29, 0, 45, tzinfo=UTC)),
+    # Fall back: due at the second 02:15 (CET), so started at the first 02:45 (CEST): wall clock 30 minutes *later*.
+    (datetime(2026, 10, 25, 2, 15, fold=1, tzinfo=STOCKHOLM), datetime(2026, 10, 25, 0, 45, tzinfo=UTC)),
+    # The hour after: due 03:15 CET, started at the second 02:45 (CET).
+    (datetime(2026, 10, 25, 3, 15, tzinfo=STOCKHOLM), datetime(2026, 10, 25, 1, 45, tzinfo=UTC)),
+], ids=["spring-forward", "fall-back-into-the-repeated-hour", "fall-back-after-it"])
+def test_clock_started_from_a_stockholm_time_value_on_dst_nights(due: datetime, started: datetime) -> None:
+    """tasks/paging.py used to subtract the 30 minutes in wall-clock time: right for the UTC values the database
+    gives, an hour off for a Stockholm-time value on a DST night."""
+    from models.regions import load_regions
+    from models.tables import Order
+    kalmar = load_regions()["kalmar"]
+    for value in (due, due.astimezone(UTC)):
+        got = paging.clock_started(Order(callback_due_at=value), kalmar)
+        # In UTC: Python never calls a time in the repeated hour equal to one in another zone (PEP 495).
+        assert got.astimezone(UTC) == started and got.tzinfo is value.tzinfo  # the caller's zone
+        assert value.astimezone(UTC) - got.astimezone(UTC) == timedelta(minutes=30)
+
+
+def test_ostergotlands_page_asks_for_no_callback(ad: Adapters, smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 10, 0)
+    ref = submit_at(ad, at, "ostergotland")
+    assert paging.page_order(ad, ref, at, notifiers=[]) is not None
+    [m] = mails(smtp, ref)
+    text = text_of(m)
+    assert "registrera kontakten med beställaren senast kl. 10.30" in str(m["Subject"])
+    assert "Regionen lovar ingen uppringning" in text and "2026-11-24 kl. 10.30 CET (30 minuter från" in text
+    assert "väntar på kontakt" in text and "väntar på återuppringning" not in text
+
+
+def test_a_region_without_a_callback_promise_set_says_so_in_the_page(ad: Adapters, smtp: Path) -> None:
+    at = sthlm(2026, 11, 24, 10, 0)
+    ref = submit_at(ad, at, "jonkoping")
+    assert paging.page_order(ad, ref, at, notifiers=[]) is not None
+    text = text_of(mails(smtp, ref)[0])
+    assert "Ring upp beställaren senast 2026-11-24 kl. 10.30 CET" in text
+    assert "Utlovad tid för uppringning: Ej inställt – kontakta regionens 1177-förvaltning." in text
+
+
+def test_without_the_demo_an_unset_mailbox_pages_nobody_and_the_sweep_keeps_trying(
+        ad: Adapters, smtp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    at = sthlm(2026, 11, 24, 22, 0)
+    ref = submit_at(ad, at)
+    production = in_process(ad.settings.model_copy(update={"demo": False}), db=ad.db, clock=ad.clock)
+    assert paging.page_safely(production, ref, at) is None  # not queued: the mailbox has no sourced address
+    assert ref not in paging.page_unpaged(production, at + timedelta(minutes=1))
+    assert "on_call_email is not set" in caplog.text or "MailboxUnset" in caplog.text
+    assert mails(smtp, ref) == []
+    assert ref in paging.page_unpaged(ad, at + timedelta(minutes=2))  # once the mailbox resolves, it goes out
+    assert [m["To"] for m in mails(smtp, ref)] == ["beredskap@kalmar.invalid"]
+
+
 def _deviations(ad: Adapters, ref: str) -> list[Deviation]:
     with ad.db.session() as s:
         return list(s.scalars(select(Deviation).where(Deviation.order_reference == ref)))

@@ -28,8 +28,8 @@ from forms.auth import (
     session_data,
     set_session,
 )
-from models import personnummer, swedish
-from models.regions import RegionSettings
+from models import contacts, personnummer, swedish
+from models.regions import UNSET_SV, RegionSettings
 from models.routine import STAGES, Stage, StageDef, callback_promise_sv
 from models.schemas import INITIATIVE_LABELS_SV, ORDER_TYPE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
@@ -53,11 +53,10 @@ def tel_href(phone: str) -> str:
     return "tel:" + ("+46" + digits[1:] if digits.startswith("0") else digits)
 
 
-def phone_line(region: RegionSettings) -> tuple[str, str]:
-    option = (region.support_option or "").strip()
-    if option.isdigit():
-        option = f"knappval {option}"
-    return (f"{region.support_phone}, {option}" if option else region.support_phone), tel_href(region.support_phone)
+def phone_line(region: RegionSettings) -> tuple[str, str | None]:
+    """The support number as people read it, and its tel: link (None when the number is not set)."""
+    phone = region.support_phone.shown
+    return contacts.support_phone_text(region, sep=", "), tel_href(phone) if phone else None
 
 
 def masked(pnr: str) -> str:
@@ -70,7 +69,8 @@ def _env() -> Environment:
     env.filters.update(when=when, short_when=short_when)
     env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
                        initiative_label=INITIATIVE_LABELS_SV.get, action_label=SEAL_LABELS.get,
-                       restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get, masked=masked)
+                       restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get, masked=masked,
+                       unset_text=UNSET_SV)
     return env
 
 
@@ -89,7 +89,7 @@ INTROS: dict[Stage, str] = {
 def intro(sd: StageDef, ad: Adapters, user: User) -> str:
     """A queue's introduction, in the words of the person's region (its callback promise)."""
     region = ad.regions.get(user.region or "")
-    minutes = region.callback_minutes if region else None
+    minutes = region.promised_callback_minutes if region else None
     return INTROS[sd.stage].format(promise=callback_promise_sv(minutes))
 
 
@@ -113,7 +113,8 @@ def render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) 
     user = ctx.get("user")
     data = session_data(request)
     base: dict[str, Any] = {"user": user, "nav": nav(user), "path": request.url.path, "csrf": data.csrf,
-                            "csrf_field": CSRF_FIELD, "errors": {}, "summary": [], "notice": None}
+                            "csrf_field": CSRF_FIELD, "errors": {}, "summary": [], "notice": None,
+                            "demo": request.app.state.adapters.settings.demo}
     response = templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
     if data.fresh:  # so a later form post can echo the token (also for SSO users without a login session)
         set_session(request, response, data)
@@ -131,11 +132,11 @@ def error_page(request: Request, status: int, message: str) -> Response:
                                              "status": status}, status)
 
 
-def render_plain_error(status: int, title: str, message: str) -> str:
+def render_plain_error(status: int, title: str, message: str, *, demo: bool) -> str:
     """For the body-size guard, which answers before any request object exists."""
     return templates.env.get_template("error.html.j2").render(
         user=None, nav=[], path="", csrf="", csrf_field=CSRF_FIELD, errors={}, summary=[], notice=None,
-        title=title, message=message, status=status)
+        title=title, message=message, status=status, demo=demo)
 
 
 def summary_links(problems: list[tuple[str, str, str]]) -> list[dict[str, str]]:

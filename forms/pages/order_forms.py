@@ -31,9 +31,10 @@ FORM_FIELDS: dict[str, tuple[str, ...]] = {
     "restore_access": ("patient_personal_number", "patient_protected_identity", "initiative", "actions",
                        "identity_checked_in_person", "urgent", "reason", "care_unit_hsa_id"),
     "block_guardian": ("patient_personal_number", "patient_protected_identity", "guardian_personal_number",
-                       "urgent", "reason", "care_unit_hsa_id"),
+                       "guardian_protected_identity", "urgent", "reason", "care_unit_hsa_id"),
     "minor_access": ("patient_personal_number", "patient_protected_identity", "minor_grant", "minor_recipient",
-                     "guardian_personal_number", "child_consent", "urgent", "reason", "care_unit_hsa_id"),
+                     "guardian_personal_number", "guardian_protected_identity", "child_consent", "urgent", "reason",
+                     "care_unit_hsa_id"),
 }
 # Rule-engine field names -> the form group that shows the message.
 GROUP_OF = {"minor_access": "minor_grant", "minor_access.grant": "minor_grant",
@@ -52,7 +53,8 @@ def _units(ad: Adapters) -> list[CareUnit]:
 def form_values(order_type: str, form: FormData | None, user: User) -> dict[str, Any]:
     if form is None:
         return {"initiative": "care" if order_type in CARE_ONLY else "", "actions": [], "patient_personal_number": "",
-                "patient_protected_identity": False, "guardian_personal_number": "", "minor_grant": "",
+                "patient_protected_identity": False, "guardian_personal_number": "",
+                "guardian_protected_identity": False, "minor_grant": "",
                 "minor_recipient": "", "child_consent": False, "identity_checked_in_person": False, "urgent": False,
                 "reason": "", "care_unit_hsa_id": user.unit_hsa_id or "", "idempotency_key": uuid4().hex}
     return {
@@ -61,6 +63,7 @@ def form_values(order_type: str, form: FormData | None, user: User) -> dict[str,
         "patient_personal_number": form_str(form, "patient_personal_number"),
         "patient_protected_identity": "patient_protected_identity" in form,
         "guardian_personal_number": form_str(form, "guardian_personal_number"),
+        "guardian_protected_identity": "guardian_protected_identity" in form,
         "minor_grant": form_str(form, "minor_grant"), "minor_recipient": form_str(form, "minor_recipient"),
         "child_consent": "child_consent" in form, "identity_checked_in_person": "identity_checked_in_person" in form,
         "urgent": "urgent" in form, "reason": form_str(form, "reason"),
@@ -86,6 +89,7 @@ def to_raw(order_type: str, v: dict[str, Any], user: User, units: list[CareUnit]
         raw["identity_checked_in_person"] = v["identity_checked_in_person"]
     if order_type == "block_guardian" or (order_type == "minor_access" and v["minor_recipient"] == "guardian"):
         raw["guardian_personal_number"] = v["guardian_personal_number"]
+        raw["guardian_protected_identity"] = v["guardian_protected_identity"]
     if order_type == "minor_access":
         raw["minor_access"] = {"grant": {"grant": True, "revoke": False}.get(v["minor_grant"]),
                                "recipient": v["minor_recipient"] or None, "child_consent": v["child_consent"]}
@@ -100,6 +104,7 @@ def field_labels(order_type: str) -> dict[str, str]:
         "initiative": "Initiativ", "actions": "Vad ska hävas?" if order_type == "restore_access" else "Åtgärd",
         "identity_checked_in_person": "Identitetskontroll",
         "guardian_personal_number": "Vårdnadshavarens personnummer",
+        "guardian_protected_identity": "Vårdnadshavarens skyddade personuppgifter",
         "minor_grant": "Ge eller ta bort tillgång", "minor_recipient": "Tillgång för",
         "child_consent": "Barnets samtycke", "urgent": "Brådskande", "reason": "Skäl till beställningen",
         "care_unit_hsa_id": "Beställande vårdenhet",

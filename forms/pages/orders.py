@@ -15,7 +15,7 @@ from forms.auth import User, require_user
 from forms.deps import adapters, now
 from forms.pages.common import form_str, phone_line, posted_form, render
 from forms.urgent_routes import start_urgent_for
-from models import sla
+from models import contacts, sla
 from models.routine import StagePlan, callback_promise_sv
 from models.rules import WARNINGS
 from models.status import CANCELLABLE, FINAL, LABELS_SV, OrderStatus
@@ -37,12 +37,13 @@ def receipt(request: Request, reference: str, varningar: str = "") -> Response:
     user = require_user(request)
     ad = adapters(request)
     order = read_order_row(ad, user, reference, "receipt")
-    warnings = [WARNINGS[c] for c in varningar.split(",") if c in WARNINGS]
+    warnings = [WARNINGS[c] for c in dict.fromkeys(varningar.split(",")) if c in WARNINGS]
     region = ad.region(order.region)
     phone, href = phone_line(region)
     return render(request, "receipt.html.j2", {
         "user": user, "title": f"Kvitto {order.reference}", "order": order, "warnings": warnings,
-        "phone": phone, "tel": href, "region": region, "urgent_line_always_open": region.hours.urgent_line_always_open})
+        "phone": phone, "tel": href, "region": region, "promise": contacts.promise(region),
+        "urgent_line_always_open": region.urgent_line_always_open})
 
 
 @router.get("/bestallningar", response_class=HTMLResponse)
@@ -89,11 +90,11 @@ def order_page(request: Request, reference: str) -> Response:
         "timeline": timeline, "unit": unit, "can_cancel": can_cancel,
         "overdue": sla.is_overdue(order.due_at, order.status, at),
         "stages": [(k.value, p.as_json()) for k, p in StagePlan.from_json(order.stage_plan).stages.items()],
-        "clock": clock,
+        "clock": clock, "urgent_summary": contacts.staff_urgent_summary(ad.region(order.region)),
         "can_make_urgent": on_call_here and open_order and clock is None,
         "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
                                and clock.state in ("running", "missed") and open_order,
-        "notice": _notice(request, ad.region(order.region).callback_minutes)})
+        "notice": _notice(request, ad.region(order.region).promised_callback_minutes)})
 
 
 def _notice(request: Request, callback_minutes: int | None) -> str | None:

@@ -41,6 +41,7 @@
     var recipient = f.get("minor_recipient");
     if (type === "block_guardian" || (type === "minor_access" && recipient === "guardian")) {
       raw.guardian_personal_number = f.get("guardian_personal_number") || "";
+      raw.guardian_protected_identity = f.has("guardian_protected_identity");
     }
     if (type === "minor_access") {
       var g = f.get("minor_grant");

@@ -47,3 +47,15 @@ class Adapters:
     def now(self) -> datetime:
         """The clock's now, in UTC (as the database stores times)."""
         return self.clock.now().astimezone(UTC)
+
+    def mailbox(self, region: str, name: str) -> str | None:
+        """A region's mailbox (on_call_email, escalation_email, support_queue_email): its sourced address, in the
+        embedded demo its `.invalid` stand-in; None when it is not set (a copy beside a person is left out)."""
+        from tasks.adapters import mailboxes
+        return mailboxes.optional(self.region(region), name, demo=self.settings.demo)
+
+    def required_mailbox(self, region: str, name: str) -> str:
+        """The same where the message is the point (a page, an escalation): MailboxUnset when it is not set, so
+        the caller's retry keeps trying until the region's settings are filled in."""
+        from tasks.adapters import mailboxes
+        return mailboxes.required(self.region(region), name, demo=self.settings.demo)

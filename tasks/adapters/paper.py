@@ -29,9 +29,10 @@ from sqlalchemy.orm import Session
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 
-from models import personnummer
+from models import contacts, personnummer
 from models.calendar import local
-from models.regions import RegionSettings
+from models.contacts import callback_clause, phone_text
+from models.regions import UNSET_SV, RegionSettings
 from models.routine import StagePlan
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.tables import Order
@@ -42,6 +43,7 @@ INITIATIVES = ("patient", "care")
 ACTIONS = ("seal_journal", "lock_login")
 RECIPIENTS = ("minor", "guardian")
 PDF_VARIANT = "pdf/ua-1"
+DEMO_TEXT = "DEMO – exempeluppgifter, inte för verklig användning"
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "paper"
 # Debian's fonts-dejavu-core; a file:// URL so WeasyPrint embeds exactly this font whatever fontconfig says.
@@ -50,15 +52,19 @@ FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
 @dataclass(frozen=True)
 class PaperRegion:
+    """What the form prints about the region. A value the region's settings do not give (no source) is
+    None or empty here and printed as "Ej inställt – kontakta regionens 1177-förvaltning"."""
     code: str
     name: str
-    support_phone: str
+    support_phone: str | None
     support_option: str | None  # menu choice, "2" or "knappval 2"
     postal_route: list[str]     # internal-mail address, one line each
-    # When support calls an urgent order back, as the region's settings give it ("17:00–07:00"); the seed
-    # routine prints it beside the phone number, so people know when the 30-minute promise holds.
+    # The on-call hours the callback promise holds in ("17:00–07:00", "dygnet runt"); the seed routine
+    # prints them beside the phone number.
     on_call_window: str | None = None
-    callback_minutes: int = 30
+    # Minutes; "none" when the region promises no callback (its urgent line answers at once); None: not set.
+    callback_minutes: int | str | None = None
+    demo: bool = False          # the embedded demo: every page says so
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class PaperOrder:
     orderer_hsa_id: str | None
     created_at: str | None
     needs_head_signature: bool
+    guardian_protected_identity: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -117,10 +124,7 @@ def _stylesheet() -> tuple[CSS, FontConfiguration]:
 
 
 def _phone_line(region: PaperRegion) -> str:
-    option = (region.support_option or "").strip()
-    if option.isdigit():  # settings may hold just the digit; the seed's wording is "knappval 2"
-        option = f"knappval {option}"
-    return f"{region.support_phone} {option}".strip()
+    return phone_text(region.support_phone, region.support_option)
 
 
 def _check(order_type: str, order: PaperOrder | None) -> None:
@@ -151,6 +155,8 @@ def _context(order_type: str, region: PaperRegion, order: PaperOrder | None, emb
     return {
         "order_type": order_type, "label": label, "title": title, "region": region, "order": order,
         "phone_line": _phone_line(region), "font_dir": FONT_DIR.as_uri(), "embed_css": embed_css,
+        "callback_clause": callback_clause(region.callback_minutes, region.on_call_window),
+        "postal_lines": region.postal_route or [UNSET_SV], "demo": region.demo, "demo_text": DEMO_TEXT,
     }
 
 
@@ -179,11 +185,11 @@ def render_pdf(order_type: str, region: PaperRegion, order: PaperOrder | None = 
 __all__ = ["ORDER_TYPES", "PaperOrder", "PaperRegion", "render_html", "render_pdf"]
 
 
-def paper_region(r: RegionSettings) -> PaperRegion:
-    return PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone,
-                       support_option=r.support_option, postal_route=list(r.postal_route),
-                       on_call_window=f"{r.hours.on_call_start:%H:%M}–{r.hours.on_call_end:%H:%M}",
-                       callback_minutes=r.callback_minutes)
+def paper_region(r: RegionSettings, *, demo: bool = False) -> PaperRegion:
+    """What the form prints about the region: its sourced values only (an unset one prints as UNSET_SV)."""
+    return PaperRegion(code=r.code, name=r.name, support_phone=r.support_phone.shown,
+                       support_option=r.support_option.shown, postal_route=list(r.postal_route.shown or []),
+                       on_call_window=r.on_call_hours, callback_minutes=contacts.promise(r), demo=demo)
 
 
 def paper_order(s: Session, order: Order) -> PaperOrder:
@@ -197,7 +203,7 @@ def paper_order(s: Session, order: Order) -> PaperOrder:
         patient_personal_number=personnummer.PersonalNumber(order.patient_pnr).formatted(), patient_name=None,
         patient_protected_identity=order.patient_protected,
         guardian_personal_number=personnummer.PersonalNumber(order.guardian_pnr).formatted()
-        if order.guardian_pnr else None,
+        if order.guardian_pnr else None, guardian_protected_identity=order.guardian_protected,
         minor_access_grant=order.minor_grant, minor_access_recipient=order.minor_recipient,
         child_consent=order.child_consent if order.minor_recipient else None,
         identity_checked_in_person=order.identity_checked, urgent=order.urgent, reason=order.reason or "",

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = "127.0.0.1,::1"
     session_secret: str = DEFAULT_SESSION_SECRET
     embedded_login: bool = True
+    # The embedded demo (`make run`, the tests): every page and PDF says "Demo", and a region's mailbox that is
+    # not set falls back to its `.invalid` demo stand-in. Off unless set: production never sees either.
+    demo: bool = False
     # An outbox message waiting longer than this makes /healthz say "degraded" (it is still retried).
     outbox_alarm_minutes: int = 15
     # The reconciler's restart policy (models/runs.py): an order whose runs keep failing gets at most this

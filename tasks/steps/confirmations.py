@@ -27,7 +27,7 @@ def recipients(ad: Adapters, s: Session, order: Order) -> dict[str, Recipient]:
     orderer = directory.staff(s, order.submitted_by)
     if orderer:
         out["orderer"] = Recipient("orderer", orderer.email)
-    queue = ad.region(order.region).support_queue_email
+    queue = ad.mailbox(order.region, "support_queue_email")
     if queue:
         out["support"] = Recipient("support", queue)
     return out

@@ -123,7 +123,8 @@ def _fire(ad: Adapters, deadline_id: int, now: datetime) -> MissedCallback | Non
                      detail={"deadline_id": dl.id, "deviation_id": dev.id, "minutes_late": late,
                              "callback_due_at": dl.due_at.isoformat()})
         region = ad.region(order.region)
-        ad.mail.enqueue(s, order, f"escalated-{dl.id}", [Recipient("escalation", region.escalation_email)],
+        to = ad.required_mailbox(order.region, "escalation_email")
+        ad.mail.enqueue(s, order, f"escalated-{dl.id}", [Recipient("escalation", to)],
                      now=now, template="escalated",
                      subject=f"ESKALERING {order.reference}: återuppringningen missades ({late} min sen)",
                      extra={"callback_due_local": when_local(dl.due_at), "escalated_local": when_local(now),

@@ -87,14 +87,14 @@ def flagged_keys(s: Session, references: Iterable[str]) -> dict[str, list[str]]:
 def overdue_recipients(ad: Adapters, s: Session, order: Order) -> list[Recipient]:
     """The responsible person (head of department; for urgent orders the region's support queue) and the
     region's support queue, each once."""
-    queue = ad.region(order.region).support_queue_email
+    queue = ad.mailbox(order.region, "support_queue_email")
     out: list[Recipient] = []
     if sla.responsible_role(order.urgent) == "head":
         unit = directory.unit(s, order.care_unit_hsa_id)
         head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
         if head is not None:
             out.append(Recipient("head", head.email))
-    if queue not in {r.address for r in out}:
+    if queue and queue not in {r.address for r in out}:
         out.append(Recipient("support", queue))
     return out
 
@@ -344,7 +344,8 @@ def review_recipients(ad: Adapters, s: Session, order: Order) -> list[Recipient]
     head = directory.staff(s, unit.head_hsa_id) if unit and unit.head_hsa_id else None
     if head is not None:
         return [Recipient("head", head.email)]
-    return [Recipient("support", ad.region(order.region).support_queue_email)]
+    queue = ad.mailbox(order.region, "support_queue_email")
+    return [Recipient("support", queue)] if queue else []
 
 
 def send_review_reminders(ad: Adapters, now: datetime, *, references: Collection[str] | None = None) -> list[str]:

@@ -85,7 +85,8 @@ def stored_request(order: Order) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "order_type": order.order_type, "initiative": order.initiative, "actions": list(order.actions or []),
         "patient_personal_number": order.patient_pnr, "patient_protected_identity": order.patient_protected,
-        "guardian_personal_number": order.guardian_pnr, "identity_checked_in_person": order.identity_checked,
+        "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": order.guardian_protected,
+        "identity_checked_in_person": order.identity_checked,
         "urgent": order.urgent, "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
         "region": order.region}
     if order.order_type == "minor_access":
@@ -131,12 +132,12 @@ def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key
         req = result.order
         region = ad.region(req.region)
         hours = region.hours
-        callback = callback_deadline(now, region.callback_minutes)
+        callback = callback_deadline(now, region.callback_deadline_minutes)
         ref = reference or _next_reference(s, local(now).year)
         order = Order(
             reference=ref, order_type=req.order_type, initiative=req.initiative, actions=list(req.actions),
             patient_pnr=req.patient_personal_number, patient_protected=req.patient_protected_identity,
-            guardian_pnr=req.guardian_personal_number,
+            guardian_pnr=req.guardian_personal_number, guardian_protected=req.guardian_protected_identity,
             minor_grant=req.minor_access.grant if req.minor_access else None,
             minor_recipient=req.minor_access.recipient if req.minor_access else None,
             child_consent=bool(req.minor_access and req.minor_access.child_consent),

@@ -8,9 +8,10 @@ the housekeeping loop retries it; should the process die before the page was eve
 `page_unpaged(now)` (housekeeping) queues it.
 
 Who gets it is decided by the time the callback clock started (submission, or the moment the order was
-made urgent), with `is_on_call` of the order's region: on call (17:00–07:00 on working days, all day on
-non-working days, always for a region whose urgent line is always open) → the region's on-call address;
-otherwise → the top of the region's support queue, with the same 30-minute target.
+made urgent), with the urgent coverage of the order's region (models/coverage.py): every minute of the week
+has one receiver, on-call (Kalmar 17:00–07:00 on working days, all day on non-working days; Östergötland
+always) → the region's on-call address, or office-hours support (Kalmar 07:00–17:00 on working days) → the
+top of the region's support queue, with the same deadline.
 
 Beside the email there can be more notifiers (SMS gateway, chat, pager: `ad.notifiers`, see
 tasks/adapters/notifiers.py). They are called once per page, after the email, and their failure never
@@ -25,15 +26,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.calendar import is_on_call, local
-from models.regions import RegionSettings
+from models.calendar import local
+from models.contacts import promise, staff_callback_line
+from models.coverage import receiver_at
+from models.regions import NO_PROMISE, RegionSettings
 from models.schemas import ORDER_TYPE_LABELS_SV
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Order, OutboxMessage
@@ -53,6 +56,11 @@ ROUTES: dict[str, tuple[str, str, str]] = {
 SUBJECTS = {
     "on_call": "BRÅDSKANDE {ref}: ring upp beställaren senast kl. {hhmm}",
     "support_queue": "BRÅDSKANDE {ref} överst i supportkön: ring upp senast kl. {hhmm}",
+}
+# A region that promises no callback (its urgent line answers at once): nobody is asked to call back.
+SUBJECTS_NO_PROMISE = {
+    "on_call": "BRÅDSKANDE {ref}: registrera kontakten med beställaren senast kl. {hhmm}",
+    "support_queue": "BRÅDSKANDE {ref} överst i supportkön: registrera kontakten senast kl. {hhmm}",
 }
 
 
@@ -79,12 +87,15 @@ class Page:
     callback_due_at: datetime
     callback_minutes: int
     now: datetime
+    callback_line: str = ""      # the instruction in the region's own terms (models/contacts.py)
+    no_promise: bool = False     # the region promises no callback
 
     def public(self) -> dict[str, Any]:
         """The JSON a webhook gets."""
         d = asdict(self)
         d.pop("now")
         d.pop("address")
+        d.pop("callback_line")
         for k in ("clock_started_at", "callback_due_at"):
             d[k] = local(d[k]).isoformat()
         return {"event": "order.urgent.paged", **d}
@@ -93,10 +104,12 @@ class Page:
 def _enqueue_email(ad: Adapters, s: Session, order: Order, page: Page) -> bool:
     """Queue the page in the caller's transaction; False when it was queued before (same Message-ID)."""
     event, role, template = ROUTES[page.target]
-    subject = SUBJECTS[page.target].format(ref=page.reference, hhmm=f"{local(page.callback_due_at):%H.%M}")
+    subjects = SUBJECTS_NO_PROMISE if page.no_promise else SUBJECTS
+    subject = subjects[page.target].format(ref=page.reference, hhmm=f"{local(page.callback_due_at):%H.%M}")
     extra = {"callback_due_local": when_local(page.callback_due_at),
              "clock_started_local": when_local(page.clock_started_at),
-             "callback_minutes": str(page.callback_minutes), "region_name": page.region_name}
+             "callback_minutes": str(page.callback_minutes), "region_name": page.region_name,
+             "callback_line": page.callback_line, "waits_for": "kontakt" if page.no_promise else "återuppringning"}
     return ad.mail.enqueue(s, order, event, [Recipient(role, page.address)], now=page.now,
                            template=template, extra=extra, subject=subject) > 0
 
@@ -121,13 +134,17 @@ class PageResult:
 
 
 def target_for(started: datetime, region: RegionSettings) -> Target:
-    return "on_call" if is_on_call(started, region.hours) else "support_queue"
+    """Who receives the page: the region's urgent coverage at the minute the callback clock started."""
+    return "on_call" if receiver_at(started, region.urgent_coverage) == "on_call" else "support_queue"
 
 
 def clock_started(order: Order, region: RegionSettings) -> datetime:
     """When the callback clock started: submission, or the moment the order was made urgent."""
     assert order.callback_due_at is not None
-    return order.callback_due_at - timedelta(minutes=region.callback_minutes)
+    # Elapsed minutes, so in UTC: in Stockholm wall-clock time the subtraction is an hour off when the
+    # deadline falls just after a DST change (the database gives UTC, a caller may give Stockholm time).
+    due = order.callback_due_at
+    return (due.astimezone(UTC) - timedelta(minutes=region.callback_deadline_minutes)).astimezone(due.tzinfo)
 
 
 def build_page(ad: Adapters, s: Session, order: Order, now: datetime) -> Page:
@@ -137,12 +154,15 @@ def build_page(ad: Adapters, s: Session, order: Order, now: datetime) -> Page:
     unit = directory.unit(s, order.care_unit_hsa_id)
     assert order.callback_due_at is not None
     return Page(reference=order.reference, region=order.region, region_name=region.name, target=target,
-                address=region.on_call_email if target == "on_call" else region.support_queue_email,
+                address=ad.required_mailbox(order.region, "on_call_email" if target == "on_call"
+                                            else "support_queue_email"),
                 order_type=order.order_type,
                 order_type_label=ORDER_TYPE_LABELS_SV.get(order.order_type, order.order_type),
                 unit_hsa_id=order.care_unit_hsa_id, unit_name=unit.name if unit else "", status=order.status,
                 clock_started_at=started, callback_due_at=order.callback_due_at,
-                callback_minutes=region.callback_minutes, now=now)
+                callback_minutes=region.callback_deadline_minutes, now=now,
+                callback_line=staff_callback_line(region, when_local(order.callback_due_at), when_local(started)),
+                no_promise=promise(region) == NO_PROMISE)
 
 
 def _needs_page(order: Order) -> bool:

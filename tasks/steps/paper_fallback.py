@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.calendar import local
+from models.contacts import postal_lines, urgent_call_instruction
 from models.routine import StagePlan
 from models.status import OrderStatus
 from models.tables import AuditEvent, Order, OutboxMessage
@@ -66,7 +67,7 @@ def check_paper_form(ad: Adapters, reference: str) -> int:
         filled = paper_order(s, order)
     if _already(ad, reference, "paper_form_checked", occasion):
         return occasion
-    pdf = render_pdf(order.order_type, paper_region(ad.region(order.region)), filled)
+    pdf = render_pdf(order.order_type, paper_region(ad.region(order.region), demo=ad.settings.demo), filled)
     if not (pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]):
         raise RuntimeError(f"paper form for {reference} is not a complete PDF")
     with ad.db.session() as s:
@@ -81,7 +82,7 @@ def _recipients(ad: Adapters, s: Session, order: Order) -> list[Recipient]:
     if orderer is not None:
         return [Recipient("orderer", orderer.email)]
     # The orderer has left the directory: the region's support queue takes the paper routine instead.
-    queue = ad.region(order.region).support_queue_email
+    queue = ad.mailbox(order.region, "support_queue_email")
     return [Recipient("support", queue)] if queue else []
 
 
@@ -100,12 +101,10 @@ def _told_before(s: Session, reference: str) -> bool:
 def _mail_context(ad: Adapters, order: Order) -> dict[str, str]:
     region = ad.region(order.region)
     return {
-        "postal_route": ", ".join(region.postal_route),
-        "support_phone": f"{region.support_phone} {region.support_option or ''}".strip(),
+        # As on the paper form: the region's sourced route, number and callback promise, or "Ej inställt".
+        "postal_route": ", ".join(postal_lines(region)),
+        "urgent_call": urgent_call_instruction(region),
         "urgent": "ja" if order.urgent else "",
-        # As on the paper form (seed 001): when the callback promise holds.
-        "callback": f"inom {region.callback_minutes} minuter under beredskapstid "
-                    f"{region.hours.on_call_start:%H:%M}–{region.hours.on_call_end:%H:%M}",
         "needs_head_signature": "ja" if StagePlan.from_json(order.stage_plan).required("approval")
         or not order.stage_plan else "",
         "pdf_link": f"{ad.mail.base_url}/api/orders/{order.reference}/paper.pdf",

@@ -68,7 +68,7 @@ def receive(ad: Adapters, reference: str) -> str:
         if not order.stage_plan:
             region = ad.region(order.region)
             planned = plan(PlanFacts(order.order_type, order.initiative, order.urgent), at=order.created_at,
-                           hours=region.hours, callback_minutes=region.callback_minutes)
+                           hours=region.hours, callback_minutes=region.promised_callback_minutes)
             order.stage_plan = planned.as_json()
             for stage, p in planned.stages.items():
                 audit.record(s, actor=SYSTEM, action="stage_planned", order=order, at=now,

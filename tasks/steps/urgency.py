@@ -90,7 +90,7 @@ def _make_urgent(ad: Adapters, ref: str, actor: str, now: datetime, check_actor:
         if order.urgent and order.callback_due_at is not None:
             return MadeUrgent(ref, False, order.status, order.callback_due_at)
         region = ad.region(order.region)
-        due = callback_deadline(now, region.callback_minutes)
+        due = callback_deadline(now, region.callback_deadline_minutes)
         order.urgent = True
         order.callback_due_at = due
         order.updated_at = now
@@ -98,7 +98,7 @@ def _make_urgent(ad: Adapters, ref: str, actor: str, now: datetime, check_actor:
         detail: dict[str, Any] = {"callback_due_at": due.isoformat(), "status": order.status}
         pending_approval = any(d.stage == "approval" and d.state == "proposed" for d in order.decisions)
         re = replan_urgent(StagePlan.from_json(order.stage_plan), OrderStatus(order.status), at=now,
-                           hours=region.hours, callback_minutes=region.callback_minutes,
+                           hours=region.hours, callback_minutes=region.promised_callback_minutes,
                            approval_pending=pending_approval)
         if re.changed:
             order.stage_plan = {**order.stage_plan, **re.plan.as_json()}
