@@ -39,7 +39,7 @@ class ExecutionRefused(RuntimeError):
 class ExecutionGateway(Protocol):
     manual: bool
 
-    def apply(self, s: Session, order: Order, at: datetime) -> str:
+    def apply(self, s: Session, order: Order, at: datetime | None = None) -> str:
         """Apply the order's effects at `at`; return the system's reference. Must be idempotent per order."""
         ...
 
@@ -158,7 +158,7 @@ class ManualGateway:
     def available(self) -> bool:
         return True  # an account administrator with the 1177 administration tool
 
-    def apply(self, s: Session, order: Order, at: datetime) -> str:  # pragma: no cover - the flow waits for a person instead
+    def apply(self, s: Session, order: Order, at: datetime | None = None) -> str:  # pragma: no cover - the flow waits for a person instead
         raise RuntimeError("manual execution is confirmed by an account administrator")
 
 
@@ -168,7 +168,7 @@ class UnavailableGateway:
     def available(self) -> bool:
         return False
 
-    def apply(self, s: Session, order: Order, at: datetime) -> str:
+    def apply(self, s: Session, order: Order, at: datetime | None = None) -> str:
         raise GatewayUnavailable("1177 administration system unreachable")
 
 
@@ -195,7 +195,7 @@ class ConfiguredGateway:
     def available(self) -> bool:
         return self.current().available()
 
-    def apply(self, s: Session, order: Order, at: datetime) -> str:
+    def apply(self, s: Session, order: Order, at: datetime | None = None) -> str:
         return self.current().apply(s, order, at)
 
 
