@@ -817,15 +817,14 @@ def test_a_protected_guardian_on_the_forms(visit: Any) -> None:
     assert "Skyddade personuppgifter – endast telefon" in page.locator(".summary-list").inner_text()
 
 
-def test_outside_the_demo_no_page_says_demo(live_app: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.settings import settings
+def test_outside_the_demo_no_page_says_demo(live_app: str, ad: Adapters) -> None:
+    from fastapi.testclient import TestClient
+
+    from flows.bootstrap import in_process
+    from forms.app import create_app
     with client(live_app) as c:
         assert "demo-banner" in c.get("/login").text
-        monkeypatch.setenv("RO_DEMO", "false")
-        settings.cache_clear()
-        try:
-            page = c.get("/login").text
-        finally:
-            monkeypatch.setenv("RO_DEMO", "true")
-            settings.cache_clear()
+    production = create_app(in_process(ad.settings.model_copy(update={"demo": False}), db=ad.db))
+    with TestClient(production, client=("127.0.0.1", 5000)) as c:
+        page = c.get("/login").text
     assert "demo-banner" not in page and "inte för verklig användning" not in page
