@@ -110,6 +110,8 @@ async def crash_orphaned_runs() -> int:
 
 
 def main() -> None:
+    from tasks.prefect_auth import use_embedded_secret
+    use_embedded_secret()  # started by hand on the embedded default: its Prefect API is locked (before Prefect loads)
     if os.environ.get("RO_SOLE_SERVER", "1") == "1":
         try:
             asyncio.run(crash_orphaned_runs())

@@ -421,12 +421,20 @@ def _database() -> ComponentHealth:
 
 async def _prefect() -> ComponentHealth:
     from prefect.settings import get_current_settings
-    url = get_current_settings().api.url
+
+    from tasks.prefect_auth import basic_auth_header
+    api = get_current_settings().api
+    url = api.url
     if not url:
         return ComponentHealth(ok=False, detail="PREFECT_API_URL saknas")
+    # /health answers without authentication; /admin/version needs the auth string, so a wrong or missing
+    # PREFECT_API_AUTH_STRING shows here (HTTP 401) and not first when an order's run cannot start.
+    secret = api.auth_string.get_secret_value() if api.auth_string else ""
     try:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            r = await client.get(f"{url.rstrip('/')}/health")
+        async with httpx.AsyncClient(timeout=2.0, headers=basic_auth_header(secret) if secret else {}) as client:
+            r = await client.get(f"{url.rstrip('/')}/admin/version")
+        if r.status_code == 401:
+            return ComponentHealth(ok=False, detail="HTTP 401: PREFECT_API_AUTH_STRING saknas eller är fel")
         return ComponentHealth(ok=r.status_code == 200, detail=f"HTTP {r.status_code}")
     except httpx.HTTPError as exc:
         return ComponentHealth(ok=False, detail=type(exc).__name__)

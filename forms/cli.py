@@ -13,7 +13,8 @@
         create or update every Prefect automation the project ships, the urgent/run ones and the
         monitoring ones (or print them all for `prefect automation create`)
 
-Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
+Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL, PREFECT_API_AUTH_STRING; on the
+embedded default the auth string is read from RO_DATA_DIR/prefect-api-auth when not set). Prints references and times
 only, never personal data. Exit status: 0 done, 1 refused (unknown order, wrong status, not allowed), 2 usage.
 """
 
@@ -117,6 +118,8 @@ def _automations(print_only: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from tasks.prefect_auth import use_embedded_secret
+    use_embedded_secret()  # on the embedded default the Prefect API is locked: its secret, before Prefect loads
     from tasks.orders import Conflict, Forbidden, NotFound
     try:
         if args.command == "urgent":

@@ -26,6 +26,7 @@ from tasks import monitoring, orders, stages
 from tasks.database import session
 from tasks.gateway import access_state, known_access_state, record_effects
 from tasks.settings import settings
+from tests.conftest import prefect_headers
 from tests.e2e import personal_number
 from tests.monitoring_support import (
     CLINICIAN,
@@ -215,7 +216,7 @@ def test_order_failed_event_reaches_prefect(prefect_server: str) -> None:
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not found:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["order.failed"]}, "resource": {"id": [f"order.{ref}"]}}, "limit": 5})
         r.raise_for_status()
         found = list(r.json()["events"])

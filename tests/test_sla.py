@@ -19,7 +19,7 @@ from models.clock import FixedClock
 from models.status import OrderStatus
 from tasks import monitoring
 from tasks.database import session
-from tests.conftest import prefect_database_rows
+from tests.conftest import prefect_database_rows, prefect_headers
 from tests.monitoring_support import (
     audit_rows,
     body,
@@ -249,7 +249,7 @@ def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(prefect_server
     assert sorted(str(m["To"]) for m in got) == ["demo-kalmar-head@kalmar.invalid", "supportcenter@kalmar.invalid"]
 
     def events() -> list[dict[str, Any]]:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["order.overdue"]}, "resource": {"id": [f"order.{ref}"]}}, "limit": 50})
         r.raise_for_status()
         return list(r.json()["events"])
@@ -292,7 +292,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
     first = ensure_monitoring_automations(strict=True)
     second = ensure_monitoring_automations(strict=True)
     assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED}
-    listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10).json()
+    listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10, headers=prefect_headers()).json()
     ours = [a for a in listed if a["name"] in first]
     assert len(ours) == 2 and all(a["enabled"] and TAG in a["tags"] for a in ours)
 
@@ -305,7 +305,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
     fired = False
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline and not fired:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["prefect.automation.triggered"]},
                        "resource": {"id": [f"prefect.automation.{wanted}"]}}, "limit": 50})
         r.raise_for_status()
