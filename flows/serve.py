@@ -66,6 +66,7 @@ def monitoring_deployments() -> list[RunnerDeployment]:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.schedules import Cron, Interval
 
+    from flows.audit_verify import audit_verify
     from flows.review import review_reminders
     from flows.sla import sla_monitor
     scheduled = os.environ.get("RO_SERVE_SCHEDULES", "1") != "0"
@@ -77,6 +78,9 @@ def monitoring_deployments() -> list[RunnerDeployment]:
         cast(RunnerDeployment, review_reminders.to_deployment(
             name="review-reminders", tags=["restriction-orders", "ops"],
             schedules=[Cron("0 6 * * *", timezone="Europe/Stockholm")] if scheduled else [])),
+        cast(RunnerDeployment, audit_verify.to_deployment(
+            name="audit-verify", tags=["restriction-orders", "ops"],
+            schedules=[Cron("17 * * * *", timezone="Europe/Stockholm")] if scheduled else [])),
     ]
 
 

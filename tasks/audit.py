@@ -1,4 +1,8 @@
-"""The append-only audit log: who did what to which order, when, from which state."""
+"""The append-only audit log: who did what to which order, when, from which state.
+
+Every row is hash-chained to the one before it when its session flushes (tasks/audit_chain.py, installed
+here), so a row changed, removed or slipped in afterwards shows in `restriction-orders audit verify`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.tables import AuditEvent, Order
+from tasks import audit_chain
+
+audit_chain.install()
 
 
 def record(s: Session, *, actor: str, action: str, order: Order | None = None, from_status: str | None = None,

@@ -283,6 +283,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
 
     from flows.sla import sla_monitor
     from tasks.automations_monitoring import (
+        AUDIT_CHAIN_BROKEN,
         MONITORING_FAILED,
         OVERDUE_ORDERS,
         TAG,
@@ -291,10 +292,10 @@ def test_the_shipped_automations_are_idempotent_and_fire(prefect_server: str, sm
 
     first = ensure_monitoring_automations(strict=True)
     second = ensure_monitoring_automations(strict=True)
-    assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED}
+    assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED, AUDIT_CHAIN_BROKEN}
     listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10, headers=prefect_headers()).json()
     ours = [a for a in listed if a["name"] in first]
-    assert len(ours) == 2 and all(a["enabled"] and TAG in a["tags"] for a in ours)
+    assert len(ours) == 3 and all(a["enabled"] and TAG in a["tags"] for a in ours)
 
     clock = FixedClock(stockholm(2019, 11, 12, 10, 0))
     ref = submit_at(clock.now(), body(patient()))

@@ -1,0 +1,79 @@
+"""The audit log's hash chain, as pure functions: what a row's hash is made of.
+
+Every row of `audit_log` carries three chain columns besides its content:
+
+- `seq`: its position in the chain, 1, 2, 3, … without gaps, in the order the rows were written;
+- `prev_hash`: the `row_hash` of the row at position `seq - 1` (for position 1: GENESIS, 64 zeros);
+- `row_hash`: SHA-256 over the previous hash and the row's content in a canonical form, as 64 lowercase
+  hexadecimal characters:
+
+      row_hash = sha256(prev_hash + "\\n" + canonical(row)).hexdigest()
+
+  where `prev_hash` is the 64 ASCII characters and `canonical(row)` is ASCII too (below).
+
+`canonical(row)` is a JSON array of these eleven fields, in this order:
+
+      [id, seq, at, actor, action, order_reference, patient_pnr, from_status, to_status, channel, detail]
+
+serialised with `json.dumps(..., ensure_ascii=True, sort_keys=True, separators=(",", ":"))`:
+
+- `id`, `seq`: JSON integers (the id is the row's primary key, given before the insert: see
+  tasks/audit_chain.py);
+- `at`: a string, the instant in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (four-digit year, always six fraction
+  digits: both databases keep microseconds); a naive datetime is refused;
+- `actor`, `action`, `order_reference`, `patient_pnr`, `from_status`, `to_status`, `channel`: JSON strings
+  (their plain text value; a `str` enum counts as its value), or `null` for None;
+- `detail`: the JSON value as the database gives it back: the value is first put through
+  `json.loads(json.dumps(value))` (what the JSON column does on the way in and out: tuples become lists,
+  non-string keys become strings), then serialised with the rest, so object keys are sorted at every depth.
+  Non-ASCII characters are written as `\\uXXXX` escapes; floats as Python's shortest round-trip repr.
+
+So any change to any column of a row after it was written changes its hash, and any change to an earlier row
+changes what every later row was chained to. Writing (locks, ids) and walking the chain live in
+tasks/audit_chain.py; the database triggers that keep the chain linear, in migrations/versions/0003_a_audit_chain.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS = "0" * 64
+# The scheduled verification's Prefect events (flows/audit_verify.py) and the automation on the first.
+EVENT_BROKEN = "audit.chain.broken"
+EVENT_VERIFIED = "audit.chain.verified"
+RESOURCE_ID = "restriction-orders.audit-chain"
+FIELDS = ("id", "seq", "at", "actor", "action", "order_reference", "patient_pnr", "from_status", "to_status",
+          "channel", "detail")
+STRING_FIELDS = ("actor", "action", "order_reference", "patient_pnr", "from_status", "to_status", "channel")
+
+
+def instant(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("naive datetime")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def plain(value: str | None) -> str | None:
+    """A string's plain text (an enum member's value), as the database stores it."""
+    return None if value is None else str.__str__(value)
+
+
+def stored_json(value: Any) -> Any:
+    """The JSON value as it comes back from the database."""
+    return json.loads(json.dumps(value))
+
+
+def canonical(row: Mapping[str, Any]) -> str:
+    """The row's content (a mapping with the eleven FIELDS) in the canonical form above."""
+    values: list[Any] = [int(row["id"]), int(row["seq"]), instant(row["at"])]
+    values += [plain(row[f]) for f in STRING_FIELDS]
+    values.append(stored_json(row["detail"]))
+    return json.dumps(values, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+
+
+def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{canonical(row)}".encode("ascii")).hexdigest()

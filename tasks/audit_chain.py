@@ -1,0 +1,273 @@
+"""The audit log's hash chain: chaining every new audit row, and walking the chain to verify it.
+
+The format (which fields, in which order, how they are serialised and hashed) is in models/audit_chain.py.
+
+**Writing.** `chain_new_events` runs before every flush of a session (tasks/audit.py registers it), so every
+audit row, whoever writes it, gets its place before it is inserted, in the flush's own transaction:
+1. lock the chain head: on PostgreSQL a transaction-level advisory lock (taken by every writer, needs no
+   privilege; the app role cannot update the head), on SQLite an update of the head that changes nothing, which
+   takes the database's write lock at once (a read first could see a head that another writer then moves);
+2. read the head (`audit_chain`: last position and hash);
+3. give each new row, in insert order, its id (PostgreSQL: the id sequence; SQLite: the largest id + 1, as
+   SQLite itself would), the next position, the head's hash as `prev_hash`, and its own `row_hash`.
+The lock is held until the transaction ends, so writers in several processes (the app, flow runs,
+dispatchers) append one after another and the chain stays one line. The database checks it as well: an insert
+that does not extend the head is refused, and the head is advanced by a trigger (the migration 0003a).
+
+**Verifying.** `verify()` walks every row in chain order in one snapshot (one statement, with the head read
+in it) and reports, first broken row first:
+
+- `content_changed`: the row's content no longer gives its stored hash (e.g. DROP TRIGGER, then UPDATE);
+- `rewritten`: the row gives its stored hash, but the next row (or the head) was chained to another one: the
+  row was changed and its hash recomputed;
+- `row_missing`: positions are missing before this row, or at the end (deleted rows);
+- `row_inserted`: a row that is not in the chain (no position, a position another row holds, beyond the
+  head, or an id lower than the row before it): written around `tasks.audit.record`, e.g. a back-dated row
+  inserted with SQL;
+- `anchor_mismatch`: the row a previous successful verification saw as the head has another hash now: the
+  history up to there was rewritten (and re-chained) since.
+
+A row dated more than BACK_DATED before the row chained before it is a warning (`back_dated`), not a
+break. What no walk can tell: a row appended at the end, with a correct hash, by someone who can write to
+the database as the app does (on PostgreSQL, the app role): that is what the app role is for. Keep its
+credentials to the app and the workers.
+
+Each walk is recorded in `audit_verifications` (when, outcome, first broken row, the head it saw); the admin
+overview and `/healthz` show the latest. Messages carry ids, positions and codes only, never row content.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, event, inspect, select, text
+from sqlalchemy.orm import Session
+
+from models.audit_chain import FIELDS, GENESIS, STRING_FIELDS, plain, row_hash
+from models.tables import AuditChainHead, AuditEvent, AuditVerification
+
+MAX_LISTED = 50  # problems kept in a report; the count goes on
+# A row dated this much before the row chained before it is reported as a warning (`back_dated`): writers
+# date a row just before they take the lock, so legitimate rows are out of order by seconds, not hours.
+# A warning, not a break: tests and reruns with an injected clock write such rows on purpose.
+BACK_DATED = timedelta(hours=1)
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+def _lock_head(conn: Connection) -> tuple[int, str]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.audit_chain'))"))
+    else:
+        conn.execute(text("UPDATE audit_chain SET last_seq = last_seq WHERE id = 1"))
+    row = conn.execute(text("SELECT last_seq, last_hash FROM audit_chain WHERE id = 1")).one()
+    return int(row[0]), str(row[1])
+
+
+def _next_ids(conn: Connection, n: int) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        ids = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) "
+                                "FROM generate_series(1, :n)"), {"n": n}).scalars().all()
+        return sorted(int(i) for i in ids)
+    top = int(conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM audit_log")).scalar_one())
+    return list(range(top + 1, top + n + 1))
+
+
+def chain_new_events(session: Session, flush_context: Any = None, instances: Any = None) -> None:
+    """Session `before_flush`: chain the new audit rows of this flush (see the module's docstring)."""
+    new = [o for o in session.new if isinstance(o, AuditEvent) and o.seq is None]
+    if not new:
+        return
+    if any(not isinstance(e.at, datetime) or e.at.tzinfo is None for e in new):
+        return  # the column type refuses a naive or missing time with its own error; nothing to chain
+    new.sort(key=lambda o: inspect(o).insert_order or 0)  # the order the unit of work inserts them in
+    conn = session.connection()
+    seq, prev = _lock_head(conn)
+    for ev, new_id in zip(new, _next_ids(conn, len(new)), strict=True):
+        for name in STRING_FIELDS:  # what is stored is the plain text (an enum's value): hash that
+            setattr(ev, name, plain(getattr(ev, name)))
+        if ev.id is None:
+            ev.id = new_id
+        seq += 1
+        ev.seq, ev.prev_hash = seq, prev
+        ev.row_hash = prev = row_hash(prev, {f: getattr(ev, f) for f in FIELDS})
+
+
+def install() -> None:
+    """Chain audit rows in every session of this process (idempotent)."""
+    if not event.contains(Session, "before_flush", chain_new_events):
+        event.listen(Session, "before_flush", chain_new_events)
+
+
+# --- verifying ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    row_id: int | None
+    seq: int | None
+    message: str  # Swedish, ids and positions only
+
+    def line(self) -> str:
+        where = f"rad id {self.row_id}" if self.row_id is not None else "slutet"
+        pos = f" (position {self.seq})" if self.seq is not None else ""
+        return f"{where}{pos}: {self.code}: {self.message}"
+
+
+@dataclass
+class Report:
+    at: datetime
+    rows: int = 0                 # chained rows walked
+    head_seq: int = 0             # the head the database names (audit_chain)
+    head_hash: str = GENESIS
+    last_seq: int = 0             # the last chained row walked
+    last_hash: str = GENESIS
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    anchor: tuple[int, str] | None = None
+    warnings: list[Problem] = field(default_factory=list)  # back-dated rows: see BACK_DATED
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    @property
+    def first(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+    def add(self, p: Problem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(p)
+
+
+def _walk_rows(s: Session) -> Any:
+    head_seq = select(AuditChainHead.last_seq).where(AuditChainHead.id == 1).scalar_subquery()
+    head_hash = select(AuditChainHead.last_hash).where(AuditChainHead.id == 1).scalar_subquery()
+    cols = [getattr(AuditEvent, f) for f in FIELDS] + [AuditEvent.prev_hash, AuditEvent.row_hash]
+    # One statement, so the rows and the head come from one snapshot while writers go on appending.
+    stmt = (select(*cols, head_seq.label("head_seq"), head_hash.label("head_hash"))
+            .order_by(AuditEvent.seq, AuditEvent.id).execution_options(yield_per=2000))
+    return s.execute(stmt)
+
+
+def walk(s: Session, anchor: tuple[int, str] | None = None, now: datetime | None = None) -> Report:
+    """Walk the chain in `s` (read only). `anchor`: (position, hash) a previous good walk saw as the head."""
+    report = Report(at=now or datetime.now(UTC), anchor=anchor)
+    found: list[Problem] = []
+    head: tuple[int, str] | None = None
+    expected, prev_hash = 1, GENESIS
+    prev: Any = None          # the previous chained row
+    beyond_head: Any = None   # the first row past the head
+    anchor_row: Any = None
+    for r in _walk_rows(s):
+        if head is None:
+            head = (int(r.head_seq), str(r.head_hash))
+        if r.seq is None or r.prev_hash is None or r.row_hash is None:
+            found.append(Problem("row_inserted", r.id, None, "raden saknar plats i kedjan (skriven förbi granskningsloggen)"))
+            continue
+        if r.seq < expected:
+            found.append(Problem("row_inserted", r.id, r.seq,
+                                 f"raden gör anspråk på position {r.seq}, som rad id {prev.id} har"))
+            continue
+        report.rows += 1
+        if prev is not None and r.id <= prev.id:
+            # Writers take ids in chain order under the lock: a lower id is a row slipped in with one chosen
+            # to sort it among older rows (timelines list by id).
+            found.append(Problem("row_inserted", r.id, r.seq,
+                                 f"raden har lägre id än rad id {prev.id} före den i kedjan (infogad bakåt)"))
+        elif prev is not None and r.at < prev.at - BACK_DATED:
+            report.warnings.append(Problem("back_dated", r.id, r.seq,
+                                           f"raden är daterad {prev.at - r.at} före raden före den i kedjan"))
+        if r.seq > expected:
+            missing = r.seq - expected
+            found.append(Problem("row_missing", r.id, r.seq,
+                                 f"{missing} rad(er) saknas före raden (position {expected}–{r.seq - 1})"))
+        elif r.prev_hash != prev_hash:
+            if prev is None:
+                found.append(Problem("content_changed", r.id, r.seq, "första raden börjar inte från kedjans början"))
+            else:
+                found.append(Problem("rewritten", prev.id, prev.seq,
+                                     f"raden ändrades och fick ny hash: rad id {r.id} kedjades till en annan"))
+        if row_hash(r.prev_hash, {f: getattr(r, f) for f in FIELDS}) != r.row_hash:
+            found.append(Problem("content_changed", r.id, r.seq, "radens innehåll ger inte längre dess lagrade hash"))
+        if head is not None and r.seq > head[0] and beyond_head is None:
+            beyond_head = r
+        if anchor is not None and r.seq == anchor[0]:
+            anchor_row = r
+        prev, prev_hash, expected = r, r.row_hash, r.seq + 1
+    if head is None:  # no rows at all
+        row = s.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash).where(AuditChainHead.id == 1)).one()
+        head = (int(row[0]), str(row[1]))
+    report.head_seq, report.head_hash = head
+    report.last_seq, report.last_hash = (prev.seq, prev.row_hash) if prev is not None else (0, GENESIS)
+    if beyond_head is not None:
+        found.append(Problem("row_inserted", beyond_head.id, beyond_head.seq,
+                             f"raden ligger efter kedjans huvud (position {head[0]})"))
+    elif report.head_seq > report.last_seq:
+        found.append(Problem("row_missing", prev.id if prev is not None else None, report.last_seq or None,
+                             f"{report.head_seq - report.last_seq} rad(er) saknas i slutet "
+                             f"(position {report.last_seq + 1}–{report.head_seq})"))
+    elif report.head_hash != report.last_hash and prev is not None:
+        found.append(Problem("rewritten", prev.id, prev.seq,
+                             "sista raden ändrades och fick ny hash: huvudet kedjades till en annan"))
+    if anchor is not None:
+        if anchor[0] > report.last_seq:
+            found.append(Problem("row_missing", prev.id if prev is not None else None, report.last_seq or None,
+                                 f"en tidigare verifiering såg {anchor[0]} rader, nu finns {report.last_seq}"))
+        elif anchor[0] > 0 and (anchor_row is None or anchor_row.row_hash != anchor[1]):
+            found.append(Problem("anchor_mismatch", anchor_row.id if anchor_row is not None else None, anchor[0],
+                                 "raden har en annan hash än när kedjan senast verifierades: historiken är omskriven"))
+    for p in sorted(found, key=lambda p: (p.seq if p.seq is not None else math.inf, p.row_id or 0)):
+        report.add(p)
+    return report
+
+
+def last_verification(s: Session) -> AuditVerification | None:
+    return s.scalars(select(AuditVerification).order_by(AuditVerification.id.desc()).limit(1)).first()
+
+
+def last_anchor(s: Session) -> tuple[int, str] | None:
+    v = s.scalars(select(AuditVerification).where(AuditVerification.ok.is_(True))
+                  .order_by(AuditVerification.id.desc()).limit(1)).first()
+    return (v.head_seq, v.head_hash) if v is not None else None
+
+
+def _record(s: Session, report: Report, by: str) -> AuditVerification:
+    first = report.first
+    v = AuditVerification(at=report.at, ok=report.ok, rows=report.rows, head_seq=report.last_seq,
+                          head_hash=report.last_hash, problems=report.problem_count,
+                          problem=first.code if first else None, row_id=first.row_id if first else None,
+                          row_seq=first.seq if first else None, detail=first.line()[:500] if first else None, by=by)
+    s.add(v)
+    return v
+
+
+def save(report: Report, url: str | None = None, by: str = "cli") -> None:
+    """Store the walk's outcome in `audit_verifications` of the orders database (or `url`'s)."""
+    from tasks.database import engine
+    from tasks.settings import settings
+    with Session(engine(url or settings().orders_db_url)) as s, s.begin():
+        _record(s, report, by)
+
+
+def verify(url: str | None = None, *, by: str = "cli", record: bool = True, now: datetime | None = None) -> Report:
+    """Walk the chain of the orders database (or `url`'s) and, with `record`, store the outcome there."""
+    from tasks.database import engine
+    from tasks.settings import settings
+    with Session(engine(url or settings().orders_db_url)) as s:
+        report = walk(s, last_anchor(s), now)
+    if record:
+        save(report, url, by)
+    return report
+
+
+def latest(url: str | None = None) -> AuditVerification | None:
+    """The latest verification, for the admin overview and /healthz."""
+    from tasks.database import engine
+    from tasks.settings import settings
+    with Session(engine(url or settings().orders_db_url), expire_on_commit=False) as s:
+        return last_verification(s)
