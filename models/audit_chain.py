@@ -67,13 +67,14 @@ def stored_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def canonical(row: Mapping[str, Any]) -> str:
-    """The row's content (a mapping with the eleven FIELDS) in the canonical form above."""
+def canonical(row: Mapping[str, Any], *, read_back: bool = False) -> str:
+    """The row's content (a mapping with the eleven FIELDS) in the canonical form above. `read_back`: the
+    values were read from the database, so `detail` is in its stored form already (saves a JSON round trip)."""
     values: list[Any] = [int(row["id"]), int(row["seq"]), instant(row["at"])]
     values += [plain(row[f]) for f in STRING_FIELDS]
-    values.append(stored_json(row["detail"]))
+    values.append(row["detail"] if read_back else stored_json(row["detail"]))
     return json.dumps(values, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
 
 
-def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{canonical(row)}".encode("ascii")).hexdigest()
+def row_hash(prev_hash: str, row: Mapping[str, Any], *, read_back: bool = False) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{canonical(row, read_back=read_back)}".encode("ascii")).hexdigest()

@@ -1,7 +1,8 @@
 """The append-only audit log: who did what to which order, when, from which state.
 
-Every row is hash-chained to the one before it when its session flushes (tasks/audit_chain.py, installed
-here), so a row changed, removed or slipped in afterwards shows in `restriction-orders audit verify`.
+Every row is hash-chained to the one before it when its transaction commits (tasks/audit_chain.py,
+installed here), so a row changed, removed or slipped in afterwards shows in `restriction-orders audit
+verify`.
 """
 
 from __future__ import annotations
@@ -26,5 +27,5 @@ def record(s: Session, *, actor: str, action: str, order: Order | None = None, f
         patient_pnr=patient_pnr or (order.patient_pnr if order else None),
         from_status=from_status, to_status=to_status, channel=channel, detail=detail or {},
     )
-    s.add(ev)
+    audit_chain.add(s, ev)  # inserted and hash-chained when `s` commits
     return ev

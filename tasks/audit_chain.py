@@ -2,8 +2,16 @@
 
 The format (which fields, in which order, how they are serialised and hashed) is in models/audit_chain.py.
 
-**Writing.** `chain_new_events` runs before every flush of a session (tasks/audit.py registers it), so every
-audit row, whoever writes it, gets its place before it is inserted, in the flush's own transaction:
+**Writing.** `tasks.audit.record` hands its row to `add`, which keeps it with the session until the
+transaction commits: then everything else is flushed first, and only then is the chain locked and the audit
+rows inserted. So the chain's lock is the last lock a transaction takes, held for its last statements and
+COMMIT only: never while the transaction goes on to lock other rows (one that another transaction holds
+while it waits for the chain would be a deadlock), waits for Prefect or sends mail. A transaction that reads the audit log
+after recording (an idempotency check) gets its rows inserted just before that read, so it sees them. Inside
+a savepoint a row is added at once, so a rolled-back savepoint takes it along.
+
+`chain_new_events` runs before every flush of a session (`install`, from tasks/audit.py), so every audit row,
+whoever adds it, gets its place before it is inserted, in the flush's own transaction:
 1. lock the chain head: on PostgreSQL a transaction-level advisory lock (taken by every writer, needs no
    privilege; the app role cannot update the head), on SQLite an update of the head that changes nothing, which
    takes the database's write lock at once (a read first could see a head that another writer then moves);
@@ -44,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, event, inspect, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from models.audit_chain import FIELDS, GENESIS, STRING_FIELDS, plain, row_hash
 from models.tables import AuditChainHead, AuditEvent, AuditVerification
@@ -78,7 +86,8 @@ def _next_ids(conn: Connection, n: int) -> list[int]:
 
 def chain_new_events(session: Session, flush_context: Any = None, instances: Any = None) -> None:
     """Session `before_flush`: chain the new audit rows of this flush (see the module's docstring)."""
-    new = [o for o in session.new if isinstance(o, AuditEvent) and o.seq is None]
+    # Every pending row, each flush: a row whose earlier flush was rolled back gets a fresh place.
+    new = [o for o in session.new if isinstance(o, AuditEvent)]
     if not new:
         return
     if any(not isinstance(e.at, datetime) or e.at.tzinfo is None for e in new):
@@ -88,18 +97,58 @@ def chain_new_events(session: Session, flush_context: Any = None, instances: Any
     seq, prev = _lock_head(conn)
     for ev, new_id in zip(new, _next_ids(conn, len(new)), strict=True):
         for name in STRING_FIELDS:  # what is stored is the plain text (an enum's value): hash that
-            setattr(ev, name, plain(getattr(ev, name)))
-        if ev.id is None:
-            ev.id = new_id
+            value = getattr(ev, name)
+            if value is not None and type(value) is not str:
+                setattr(ev, name, plain(value))
+        ev.id = new_id
         seq += 1
         ev.seq, ev.prev_hash = seq, prev
         ev.row_hash = prev = row_hash(prev, {f: getattr(ev, f) for f in FIELDS})
 
 
+PENDING = "audit_chain.pending"
+
+
+def add(session: Session, ev: AuditEvent) -> None:
+    """Add an audit row to the session's transaction: inserted, chained, when it commits (see above)."""
+    if session.in_nested_transaction():
+        session.add(ev)
+        return
+    if not session.in_transaction():
+        session.begin()  # so the row belongs to a transaction, and goes when it is rolled back
+    session.info.setdefault(PENDING, []).append(ev)
+
+
+def _insert_pending(session: Session) -> None:
+    pending = session.info.pop(PENDING, None)
+    if pending:
+        session.add_all(pending)
+        session.flush()
+
+
+def _before_commit(session: Session) -> None:
+    if session.info.get(PENDING):
+        session.flush()  # the transaction's other writes (their row locks, version checks) before the chain's lock
+        _insert_pending(session)
+
+
+def _before_reading_the_log(state: ORMExecuteState) -> None:
+    if (state.session.info.get(PENDING) and state.is_select
+            and any(m.class_ is AuditEvent for m in state.all_mappers)):
+        _insert_pending(state.session)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (nothing left) or rolled back (the rows go with it)
+        session.info.pop(PENDING, None)
+
+
 def install() -> None:
     """Chain audit rows in every session of this process (idempotent)."""
-    if not event.contains(Session, "before_flush", chain_new_events):
-        event.listen(Session, "before_flush", chain_new_events)
+    for name, fn in (("before_flush", chain_new_events), ("before_commit", _before_commit),
+                     ("do_orm_execute", _before_reading_the_log), ("after_transaction_end", _after_transaction_end)):
+        if not event.contains(Session, name, fn):
+            event.listen(Session, name, fn)
 
 
 # --- verifying ----------------------------------------------------------------------------------------
@@ -138,11 +187,6 @@ class Report:
     def first(self) -> Problem | None:
         return self.problems[0] if self.problems else None
 
-    def add(self, p: Problem) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_LISTED:
-            self.problems.append(p)
-
 
 def _walk_rows(s: Session) -> Any:
     head_seq = select(AuditChainHead.last_seq).where(AuditChainHead.id == 1).scalar_subquery()
@@ -154,10 +198,28 @@ def _walk_rows(s: Session) -> Any:
     return s.execute(stmt)
 
 
+class _Problems:
+    """Problems as the walk finds them: all counted, the first few hundred kept (walk order is nearly chain
+    order; sorted at the end)."""
+
+    def __init__(self) -> None:
+        self.found: list[Problem] = []
+        self.count = 0
+
+    def note(self, code: str, row_id: int | None, seq: int | None, message: str) -> None:
+        self.count += 1
+        if len(self.found) < 4 * MAX_LISTED:
+            self.found.append(Problem(code, row_id, seq, message))
+
+    def first(self) -> list[Problem]:
+        return sorted(self.found, key=lambda p: (p.seq if p.seq is not None else math.inf, p.row_id or 0))[:MAX_LISTED]
+
+
 def walk(s: Session, anchor: tuple[int, str] | None = None, now: datetime | None = None) -> Report:
     """Walk the chain in `s` (read only). `anchor`: (position, hash) a previous good walk saw as the head."""
     report = Report(at=now or datetime.now(UTC), anchor=anchor)
-    found: list[Problem] = []
+    problems = _Problems()
+    note = problems.note
     head: tuple[int, str] | None = None
     expected, prev_hash = 1, GENESIS
     prev: Any = None          # the previous chained row
@@ -167,34 +229,29 @@ def walk(s: Session, anchor: tuple[int, str] | None = None, now: datetime | None
         if head is None:
             head = (int(r.head_seq), str(r.head_hash))
         if r.seq is None or r.prev_hash is None or r.row_hash is None:
-            found.append(Problem("row_inserted", r.id, None, "raden saknar plats i kedjan (skriven förbi granskningsloggen)"))
+            note("row_inserted", r.id, None, "raden saknar plats i kedjan (skriven förbi granskningsloggen)")
             continue
         if r.seq < expected:
-            found.append(Problem("row_inserted", r.id, r.seq,
-                                 f"raden gör anspråk på position {r.seq}, som rad id {prev.id} har"))
+            note("row_inserted", r.id, r.seq, f"raden gör anspråk på position {r.seq}, som rad id {prev.id} har")
             continue
         report.rows += 1
         if prev is not None and r.id <= prev.id:
             # Writers take ids in chain order under the lock: a lower id is a row slipped in with one chosen
             # to sort it among older rows (timelines list by id).
-            found.append(Problem("row_inserted", r.id, r.seq,
-                                 f"raden har lägre id än rad id {prev.id} före den i kedjan (infogad bakåt)"))
-        elif prev is not None and r.at < prev.at - BACK_DATED:
+            note("row_inserted", r.id, r.seq, f"raden har lägre id än rad id {prev.id} före den i kedjan (infogad bakåt)")
+        elif prev is not None and r.at < prev.at - BACK_DATED and len(report.warnings) < MAX_LISTED:
             report.warnings.append(Problem("back_dated", r.id, r.seq,
                                            f"raden är daterad {prev.at - r.at} före raden före den i kedjan"))
         if r.seq > expected:
-            missing = r.seq - expected
-            found.append(Problem("row_missing", r.id, r.seq,
-                                 f"{missing} rad(er) saknas före raden (position {expected}–{r.seq - 1})"))
+            note("row_missing", r.id, r.seq,
+                 f"{r.seq - expected} rad(er) saknas före raden (position {expected}–{r.seq - 1})")
+        elif r.prev_hash != prev_hash and prev is None:
+            note("content_changed", r.id, r.seq, "första raden börjar inte från kedjans början")
         elif r.prev_hash != prev_hash:
-            if prev is None:
-                found.append(Problem("content_changed", r.id, r.seq, "första raden börjar inte från kedjans början"))
-            else:
-                found.append(Problem("rewritten", prev.id, prev.seq,
-                                     f"raden ändrades och fick ny hash: rad id {r.id} kedjades till en annan"))
-        if row_hash(r.prev_hash, {f: getattr(r, f) for f in FIELDS}) != r.row_hash:
-            found.append(Problem("content_changed", r.id, r.seq, "radens innehåll ger inte längre dess lagrade hash"))
-        if head is not None and r.seq > head[0] and beyond_head is None:
+            note("rewritten", prev.id, prev.seq, f"raden ändrades och fick ny hash: rad id {r.id} kedjades till en annan")
+        if row_hash(r.prev_hash, r._mapping, read_back=True) != r.row_hash:
+            note("content_changed", r.id, r.seq, "radens innehåll ger inte längre dess lagrade hash")
+        if r.seq > head[0] and beyond_head is None:
             beyond_head = r
         if anchor is not None and r.seq == anchor[0]:
             anchor_row = r
@@ -204,26 +261,33 @@ def walk(s: Session, anchor: tuple[int, str] | None = None, now: datetime | None
         head = (int(row[0]), str(row[1]))
     report.head_seq, report.head_hash = head
     report.last_seq, report.last_hash = (prev.seq, prev.row_hash) if prev is not None else (0, GENESIS)
-    if beyond_head is not None:
-        found.append(Problem("row_inserted", beyond_head.id, beyond_head.seq,
-                             f"raden ligger efter kedjans huvud (position {head[0]})"))
-    elif report.head_seq > report.last_seq:
-        found.append(Problem("row_missing", prev.id if prev is not None else None, report.last_seq or None,
-                             f"{report.head_seq - report.last_seq} rad(er) saknas i slutet "
-                             f"(position {report.last_seq + 1}–{report.head_seq})"))
-    elif report.head_hash != report.last_hash and prev is not None:
-        found.append(Problem("rewritten", prev.id, prev.seq,
-                             "sista raden ändrades och fick ny hash: huvudet kedjades till en annan"))
-    if anchor is not None:
-        if anchor[0] > report.last_seq:
-            found.append(Problem("row_missing", prev.id if prev is not None else None, report.last_seq or None,
-                                 f"en tidigare verifiering såg {anchor[0]} rader, nu finns {report.last_seq}"))
-        elif anchor[0] > 0 and (anchor_row is None or anchor_row.row_hash != anchor[1]):
-            found.append(Problem("anchor_mismatch", anchor_row.id if anchor_row is not None else None, anchor[0],
-                                 "raden har en annan hash än när kedjan senast verifierades: historiken är omskriven"))
-    for p in sorted(found, key=lambda p: (p.seq if p.seq is not None else math.inf, p.row_id or 0)):
-        report.add(p)
+    _check_the_end(report, problems, prev, beyond_head, anchor_row)
+    report.problems, report.problem_count = problems.first(), problems.count
     return report
+
+
+def _check_the_end(report: Report, problems: _Problems, last: Any, beyond_head: Any, anchor_row: Any) -> None:
+    """The head against the last row, and the anchor (the head a previous good walk saw) against its row."""
+    last_id = last.id if last is not None else None
+    if beyond_head is not None:
+        problems.note("row_inserted", beyond_head.id, beyond_head.seq,
+                      f"raden ligger efter kedjans huvud (position {report.head_seq})")
+    elif report.head_seq > report.last_seq:
+        problems.note("row_missing", last_id, report.last_seq or None,
+                      f"{report.head_seq - report.last_seq} rad(er) saknas i slutet "
+                      f"(position {report.last_seq + 1}–{report.head_seq})")
+    elif report.head_hash != report.last_hash and last is not None:
+        problems.note("rewritten", last.id, last.seq,
+                      "sista raden ändrades och fick ny hash: huvudet kedjades till en annan")
+    anchor = report.anchor
+    if anchor is None or anchor[0] == 0:
+        return
+    if anchor[0] > report.last_seq:
+        problems.note("row_missing", last_id, report.last_seq or None,
+                      f"en tidigare verifiering såg {anchor[0]} rader, nu finns {report.last_seq}")
+    elif anchor_row is None or anchor_row.row_hash != anchor[1]:
+        problems.note("anchor_mismatch", anchor_row.id if anchor_row is not None else None, anchor[0],
+                      "raden har en annan hash än när kedjan senast verifierades: historiken är omskriven")
 
 
 def last_verification(s: Session) -> AuditVerification | None:

@@ -22,15 +22,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from forms import cli
 from models import audit_chain as fmt
 from models.clock import STOCKHOLM
 from models.status import OrderStatus
-from models.tables import AuditEvent, UTCDateTime
+from models.tables import AuditEvent, Order, UTCDateTime
 from tasks import audit, audit_chain
-from tasks.database import session
+from tasks.database import engine, session
 from tasks.settings import settings
 from tests.audit_writer import write_rows
 from tests.conftest import own_database, prefect_headers
@@ -150,6 +151,16 @@ def test_the_canonical_form_is_pinned() -> None:
 def test_record_chains_every_row_in_one_line(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(rows())
     write(3)
+    with session() as s:  # a savepoint rolled back after its row was flushed: the next row takes its place
+        try:
+            with s.begin_nested():
+                audit.record(s, actor="system", action="rolled_back", at=T0)
+                s.flush()
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    got = rows()
+    assert [r.seq for r in got] == list(range(1, before + 4)) and "rolled_back" not in {r.action for r in got}
     with session() as s:  # several rows in one transaction, in the order they were recorded
         for action in ("submitted", "validated", "stage_planned"):
             audit.record(s, actor="system", action=action, to_status=OrderStatus.SUBMITTED, at=T0)
@@ -166,6 +177,30 @@ def test_record_chains_every_row_in_one_line(fresh_db: str, capsys: pytest.Captu
     assert code == 0 and f"{len(got)} rader verifierade" in out, out
     latest = audit_chain.latest()
     assert latest is not None and latest.ok and latest.rows == len(got) and latest.head_hash == prev
+
+
+def test_rows_are_chained_at_commit_and_seen_before_it(fresh_db: str) -> None:
+    """The chain's lock is taken at commit: a transaction that recorded a row and goes on working holds no
+    lock on the chain, so another transaction records and commits meanwhile (in a thread: it would wait
+    for the lock, and this test with it, if the first held it). Reading the audit log inside the transaction
+    sees its own rows."""
+    import threading
+    first = Session(engine(settings().orders_db_url), expire_on_commit=False)  # open across the other one
+    try:
+        audit.record(first, actor="A", action="order_read", at=T0)
+        first.scalars(sa.select(Order).limit(1)).all()  # other work (an autoflush): not a read of the log
+        other = threading.Thread(target=write, args=(1, "B"))
+        other.start()
+        other.join(20)
+        assert not other.is_alive(), "the second transaction waited for the first one's chain lock"
+        mine = first.scalars(sa.select(AuditEvent).where(AuditEvent.actor == "A")).all()
+        assert len(mine) == 1 and mine[0].seq is not None  # inserted, chained, for this read
+    finally:
+        first.commit()
+        first.close()
+    got = rows()
+    assert [r.actor for r in got[-2:]] == ["B", "A"]  # the chain's order is the order of commits
+    assert audit_chain.verify(record=False).ok
 
 
 def test_concurrent_writers_in_several_processes_keep_one_chain(fresh_db: str) -> None:
