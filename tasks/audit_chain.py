@@ -58,30 +58,28 @@ from models.audit_chain import FIELDS, GENESIS, STRING_FIELDS, plain, row_hash
 from models.tables import AuditChainHead, AuditEvent, AuditVerification
 
 MAX_LISTED = 50  # problems kept in a report; the count goes on
-# A row dated this much before the row chained before it is reported as a warning (`back_dated`): writers
-# date a row just before they take the lock, so legitimate rows are out of order by seconds, not hours.
+# A row dated this much before the row chained before it is reported as a warning (`back_dated`): a row is
+# dated when it is recorded and chained when its transaction commits, so legitimate rows are out of order
+# by a transaction's length (seconds), not hours.
 # A warning, not a break: tests and reruns with an injected clock write such rows on purpose.
 BACK_DATED = timedelta(hours=1)
 
 
 # --- writing ------------------------------------------------------------------------------------------
 
-def _lock_head(conn: Connection) -> tuple[int, str]:
+def _take_head(conn: Connection, n: int) -> tuple[int, str, list[int]]:
+    """Lock the chain, then read its head and take `n` ids for the new rows (in the order they get them)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.audit_chain'))"))
-    else:
-        conn.execute(text("UPDATE audit_chain SET last_seq = last_seq WHERE id = 1"))
-    row = conn.execute(text("SELECT last_seq, last_hash FROM audit_chain WHERE id = 1")).one()
-    return int(row[0]), str(row[1])
-
-
-def _next_ids(conn: Connection, n: int) -> list[int]:
-    if conn.dialect.name == "postgresql":
-        ids = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) "
-                                "FROM generate_series(1, :n)"), {"n": n}).scalars().all()
-        return sorted(int(i) for i in ids)
-    top = int(conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM audit_log")).scalar_one())
-    return list(range(top + 1, top + n + 1))
+        # After the lock, in a statement of its own: its snapshot sees the last writer's commit.
+        row = conn.execute(text(
+            "SELECT last_seq, last_hash, ARRAY(SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) "
+            "FROM generate_series(1, :n)) FROM audit_chain WHERE id = 1"), {"n": n}).one()
+        return int(row[0]), str(row[1]), sorted(int(i) for i in row[2])
+    conn.execute(text("UPDATE audit_chain SET last_seq = last_seq WHERE id = 1"))
+    row = conn.execute(text("SELECT last_seq, last_hash, (SELECT COALESCE(MAX(id), 0) FROM audit_log) "
+                            "FROM audit_chain WHERE id = 1")).one()
+    return int(row[0]), str(row[1]), list(range(int(row[2]) + 1, int(row[2]) + n + 1))
 
 
 def chain_new_events(session: Session, flush_context: Any = None, instances: Any = None) -> None:
@@ -94,8 +92,8 @@ def chain_new_events(session: Session, flush_context: Any = None, instances: Any
         return  # the column type refuses a naive or missing time with its own error; nothing to chain
     new.sort(key=lambda o: inspect(o).insert_order or 0)  # the order the unit of work inserts them in
     conn = session.connection()
-    seq, prev = _lock_head(conn)
-    for ev, new_id in zip(new, _next_ids(conn, len(new)), strict=True):
+    seq, prev, ids = _take_head(conn, len(new))
+    for ev, new_id in zip(new, ids, strict=True):
         for name in STRING_FIELDS:  # what is stored is the plain text (an enum's value): hash that
             value = getattr(ev, name)
             if value is not None and type(value) is not str:

@@ -24,6 +24,7 @@ from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import PrefectException
 from prefect.flow_runs import aresume_flow_run
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from models.runs import RestartPolicy, RestartVerdict, history_from_audit
 from models.status import FINAL, OrderStatus
@@ -142,17 +143,24 @@ async def start_run(reference: str, *, restart: int = 0, reason: str = "") -> st
     except Exception as exc:  # network errors, API errors: the reconciler will try again
         log.warning("could not start run for %s: %s", reference, type(exc).__name__)
         return None
-    with session() as s:
-        order = s.scalar(select(Order).where(Order.reference == reference))
-        assert order is not None
-        if order.flow_run_id != str(fr.id):
-            order.flow_run_id = str(fr.id)
-            detail: dict[str, Any] = {"flow_run_id": str(fr.id), "restart": restart}
-            if reason:
-                detail["reason"] = reason
-            if queue:
-                detail["work_queue"] = queue
-            audit.record(s, actor="system", action="run_started", order=order, detail=detail)
+    try:
+        with session() as s:
+            order = s.scalar(select(Order).where(Order.reference == reference))
+            assert order is not None
+            if order.flow_run_id != str(fr.id):
+                order.flow_run_id = str(fr.id)
+                detail: dict[str, Any] = {"flow_run_id": str(fr.id), "restart": restart}
+                if reason:
+                    detail["reason"] = reason
+                if queue:
+                    detail["work_queue"] = queue
+                audit.record(s, actor="system", action="run_started", order=order, detail=detail)
+    except StaleDataError:
+        # The order changed between our read and our write. The reconciler beside a submit starts the same
+        # run (same idempotency key) and may store it first: then there is nothing left to do.
+        with session() as s:
+            if s.scalar(select(Order.flow_run_id).where(Order.reference == reference)) != str(fr.id):
+                raise
     return str(fr.id)
 
 
