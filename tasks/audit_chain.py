@@ -6,21 +6,24 @@ The format (which fields, in which order, how they are serialised and hashed) is
 transaction commits: then everything else is flushed first, and only then is the chain locked and the audit
 rows inserted. So the chain's lock is the last lock a transaction takes, held for its last statements and
 COMMIT only: never while the transaction goes on to lock other rows (one that another transaction holds
-while it waits for the chain would be a deadlock), waits for Prefect or sends mail. A transaction that reads the audit log
-after recording (an idempotency check) gets its rows inserted just before that read, so it sees them. Inside
-a savepoint a row is added at once, so a rolled-back savepoint takes it along.
+while it waits for the chain would be a deadlock), waits for Prefect or sends mail. A transaction that reads
+the audit log after recording (an idempotency check) gets its rows inserted just before that read, so it
+sees them. Inside a savepoint a row is added at once, so a rolled-back savepoint takes it along.
 
 `chain_new_events` runs before every flush of a session (`install`, from tasks/audit.py), so every audit row,
-whoever adds it, gets its place before it is inserted, in the flush's own transaction:
-1. lock the chain head: on PostgreSQL a transaction-level advisory lock (taken by every writer, needs no
-   privilege; the app role cannot update the head), on SQLite an update of the head that changes nothing, which
-   takes the database's write lock at once (a read first could see a head that another writer then moves);
-2. read the head (`audit_chain`: last position and hash);
-3. give each new row, in insert order, its id (PostgreSQL: the id sequence; SQLite: the largest id + 1, as
-   SQLite itself would), the next position, the head's hash as `prev_hash`, and its own `row_hash`.
-The lock is held until the transaction ends, so writers in several processes (the app, flow runs,
-dispatchers) append one after another and the chain stays one line. The database checks it as well: an insert
-that does not extend the head is refused, and the head is advanced by a trigger (the migration 0003a).
+whoever adds it, is chained in the flush's own transaction:
+
+- PostgreSQL: the writer sends the row's content hash as `row_hash`; the insert trigger (SECURITY DEFINER,
+  migration 0003a) locks the head row, gives the row the next id and position, the head's hash as
+  `prev_hash` and its `row_hash`, and advances the head. The lock is taken inside the INSERT and held to
+  COMMIT: nothing of ours runs in between but the rest of the flush.
+- SQLite: an update of the head that changes nothing takes the database's write lock at once (a read first
+  could see a head that another writer then moves); the writer reads the head, gives each row, in insert
+  order, its id (largest + 1, as SQLite would), position, `prev_hash` and `row_hash`. Triggers refuse an
+  insert that does not extend the head and advance it.
+
+Either way the lock is held until the transaction ends, so writers in several processes (the app, flow runs,
+dispatchers) append one after another and the chain stays one line.
 
 **Verifying.** `verify()` walks every row in chain order in one snapshot (one statement, with the head read
 in it) and reports, first broken row first:
@@ -54,7 +57,7 @@ from typing import Any
 from sqlalchemy import Connection, event, inspect, select, text
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from models.audit_chain import FIELDS, GENESIS, STRING_FIELDS, plain, row_hash
+from models.audit_chain import CONTENT_FIELDS, FIELDS, GENESIS, STRING_FIELDS, content_hash, plain, row_hash
 from models.tables import AuditChainHead, AuditEvent, AuditVerification
 
 MAX_LISTED = 50  # problems kept in a report; the count goes on
@@ -68,14 +71,8 @@ BACK_DATED = timedelta(hours=1)
 # --- writing ------------------------------------------------------------------------------------------
 
 def _take_head(conn: Connection, n: int) -> tuple[int, str, list[int]]:
-    """Lock the chain, then read its head and take `n` ids for the new rows (in the order they get them)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.audit_chain'))"))
-        # After the lock, in a statement of its own: its snapshot sees the last writer's commit.
-        row = conn.execute(text(
-            "SELECT last_seq, last_hash, ARRAY(SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) "
-            "FROM generate_series(1, :n)) FROM audit_chain WHERE id = 1"), {"n": n}).one()
-        return int(row[0]), str(row[1]), sorted(int(i) for i in row[2])
+    """SQLite: take the database's write lock (an update of the head that changes nothing: a read first could
+    see a head another writer then moves), then read the head and the next `n` ids (largest + 1, as SQLite)."""
     conn.execute(text("UPDATE audit_chain SET last_seq = last_seq WHERE id = 1"))
     row = conn.execute(text("SELECT last_seq, last_hash, (SELECT COALESCE(MAX(id), 0) FROM audit_log) "
                             "FROM audit_chain WHERE id = 1")).one()
@@ -90,18 +87,37 @@ def chain_new_events(session: Session, flush_context: Any = None, instances: Any
         return
     if any(not isinstance(e.at, datetime) or e.at.tzinfo is None for e in new):
         return  # the column type refuses a naive or missing time with its own error; nothing to chain
-    new.sort(key=lambda o: inspect(o).insert_order or 0)  # the order the unit of work inserts them in
-    conn = session.connection()
-    seq, prev, ids = _take_head(conn, len(new))
-    for ev, new_id in zip(new, ids, strict=True):
+    for ev in new:
         for name in STRING_FIELDS:  # what is stored is the plain text (an enum's value): hash that
             value = getattr(ev, name)
             if value is not None and type(value) is not str:
                 setattr(ev, name, plain(value))
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        # The insert trigger gives each row its id, place and hash, from the content hash sent as row_hash,
+        # under the head's row lock: no statement of ours runs while the chain is locked but the insert.
+        for ev in new:
+            ev.id, ev.seq, ev.prev_hash = None, None, None  # type: ignore[assignment]
+            ev.row_hash = content_hash({f: getattr(ev, f) for f in CONTENT_FIELDS})
+        session.info.setdefault(INSERTED, []).extend(new)
+        return
+    new.sort(key=lambda o: inspect(o).insert_order or 0)  # the order the unit of work inserts them in
+    seq, prev, ids = _take_head(conn, len(new))
+    for ev, new_id in zip(new, ids, strict=True):
         ev.id = new_id
         seq += 1
         ev.seq, ev.prev_hash = seq, prev
         ev.row_hash = prev = row_hash(prev, {f: getattr(ev, f) for f in FIELDS})
+
+
+INSERTED = "audit_chain.inserted"
+
+
+def _refresh_chained(session: Session, flush_context: Any) -> None:
+    """After a flush on PostgreSQL: the trigger changed what the objects say (position, hashes)."""
+    for ev in session.info.pop(INSERTED, []):
+        if ev in session:
+            session.expire(ev, ["seq", "prev_hash", "row_hash"])
 
 
 PENDING = "audit_chain.pending"
@@ -139,12 +155,14 @@ def _before_reading_the_log(state: ORMExecuteState) -> None:
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # committed (nothing left) or rolled back (the rows go with it)
         session.info.pop(PENDING, None)
+        session.info.pop(INSERTED, None)
 
 
 def install() -> None:
     """Chain audit rows in every session of this process (idempotent)."""
-    for name, fn in (("before_flush", chain_new_events), ("before_commit", _before_commit),
-                     ("do_orm_execute", _before_reading_the_log), ("after_transaction_end", _after_transaction_end)):
+    for name, fn in (("before_flush", chain_new_events), ("after_flush_postexec", _refresh_chained),
+                     ("before_commit", _before_commit), ("do_orm_execute", _before_reading_the_log),
+                     ("after_transaction_end", _after_transaction_end)):
         if not event.contains(Session, name, fn):
             event.listen(Session, name, fn)
 

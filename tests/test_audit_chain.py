@@ -130,10 +130,11 @@ def test_the_canonical_form_is_pinned() -> None:
            "from_status": OrderStatus.AWAITING_APPROVAL, "to_status": "executing", "channel": "app",
            "detail": {"b": [1, (2, 3)], "a": {"z": None, "y": "Överförd"}, 5: 1.5}}
     assert fmt.canonical(row) == (
-        '[7,3,"2026-03-02T10:00:00.000005Z","DEMO-KALMAR-HEAD","status:approved","RO-2026-000001","191212121212",'
+        '["2026-03-02T10:00:00.000005Z","DEMO-KALMAR-HEAD","status:approved","RO-2026-000001","191212121212",'
         '"awaiting_approval","executing","app",{"5":1.5,"a":{"y":"\\u00d6verf\\u00f6rd","z":null},"b":[1,[2,3]]}]')
-    expected = hashlib.sha256(("0" * 64 + "\n" + fmt.canonical(row)).encode()).hexdigest()
-    assert fmt.row_hash(fmt.GENESIS, row) == expected
+    content = hashlib.sha256(fmt.canonical(row).encode()).hexdigest()
+    assert fmt.content_hash(row) == content
+    assert fmt.row_hash(fmt.GENESIS, row) == hashlib.sha256(f"{'0' * 64}\n3\n7\n{content}".encode()).hexdigest()
     # The same instant in another zone, the same detail in another key order: the same row.
     other = row | {"at": row["at"].astimezone(STOCKHOLM),
                    "detail": {5: 1.5, "b": [1, [2, 3]], "a": {"y": "Överförd", "z": None}}}
@@ -247,37 +248,53 @@ def test_insert_or_replace_of_an_existing_row_is_refused(fresh_db: str) -> None:
     before = [(r.id, r.actor, r.row_hash) for r in rows()]
     row = _extending_row(id=victim.id)
     if postgres():
-        message = refused(INSERT + " ON CONFLICT (id) DO UPDATE SET actor = EXCLUDED.actor", **row)
-        assert "hash chain" in message or "append-only" in message
-    else:
-        replace = INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
-        for sql in (replace, INSERT.replace("INSERT", "REPLACE", 1)):
-            assert refused(sql, **row)  # the id is not above every other: it does not extend the chain
-        # Through the app's own connection too (recursive_triggers on: REPLACE's delete hits the DELETE trigger).
-        with pytest.raises(DBAPIError), session() as s:
-            s.execute(_stmt(replace), row)
-        # And with the chain's check gone, the REPLACE guard alone: an id, or a position, another row holds.
-        run_sql("DROP TRIGGER audit_log_chain_link")
-        for taken in (row, _extending_row(seq=victim.seq)):
-            assert "append-only" in refused(replace, **taken)
+        # The trigger gives every insert the next id: nothing conflicts, nothing is replaced; the row is
+        # appended at the end of the chain (with a made-up content hash, which verify reports).
+        run_sql(INSERT + " ON CONFLICT (id) DO UPDATE SET actor = EXCLUDED.actor", **row)
+        assert [(r.id, r.actor, r.row_hash) for r in rows()][:len(before)] == before
+        assert rows()[-1].id > victim.id and rows()[-1].seq == len(before) + 1
+        return
+    replace = INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
+    for sql in (replace, INSERT.replace("INSERT", "REPLACE", 1)):
+        assert refused(sql, **row)  # the id is not above every other: it does not extend the chain
+    # Through the app's own connection too (recursive_triggers on: REPLACE's delete hits the DELETE trigger).
+    with pytest.raises(DBAPIError), session() as s:
+        s.execute(_stmt(replace), row)
+    # And with the chain's check gone, the REPLACE guard alone: an id, or a position, another row holds.
+    run_sql("DROP TRIGGER audit_log_chain_link")
+    for taken in (row, _extending_row(seq=victim.seq)):
+        assert "append-only" in refused(replace, **taken)
     assert [(r.id, r.actor, r.row_hash) for r in rows()] == before
 
 
-def test_a_row_that_does_not_extend_the_chain_is_refused(fresh_db: str) -> None:
+def test_a_row_that_does_not_extend_the_chain_is_refused_or_put_at_the_end(fresh_db: str) -> None:
     write(2)
-    before = len(rows())
-    for bad in ({"seq": rows()[-1].seq + 2}, {"prev_hash": "0" * 64}, {"row_hash": None},
-                {"seq": None, "prev_hash": None, "row_hash": None}):
-        message = refused(INSERT, **_extending_row(**bad))
-        assert "hash chain" in message or "null" in message.lower(), (bad, message)
+    before = rows()
+    bad_place = ({"seq": before[-1].seq + 2}, {"prev_hash": "0" * 64}, {"id": 0}, {"seq": 1, "id": before[0].id})
+    if postgres():
+        # The database chains each row itself: whatever id, position or previous hash is sent, it lands at the
+        # end, in order. Without a content hash it is refused.
+        for i, bad in enumerate(bad_place):
+            run_sql(INSERT, **_extending_row(**bad))
+            last = rows()[-1]
+            assert (last.seq, last.prev_hash) == (len(before) + i + 1, rows()[-2].row_hash)
+            assert last.id > rows()[-2].id
+        assert "content hash" in refused(INSERT, **_extending_row(row_hash=None))
+        assert "content hash" in refused(INSERT, **_extending_row(row_hash="not a hash"))
+    else:
+        for bad in (*bad_place, {"row_hash": None}, {"seq": None, "prev_hash": None, "row_hash": None}):
+            message = refused(INSERT, **_extending_row(**bad))
+            assert "hash chain" in message or "append-only" in message or "null" in message.lower(), (bad, message)
+        assert len(rows()) == len(before)
     # Nor can the head be moved back, re-hashed or removed.
+    count = len(rows())
     assert "forward" in refused("UPDATE audit_chain SET last_seq = last_seq - 1")
     assert "forward" in refused("UPDATE audit_chain SET last_hash = :h", h="a" * 64)
     assert refused("DELETE FROM audit_chain")
     audit_chain.verify()
     assert refused("DELETE FROM audit_verifications")
     assert refused("UPDATE audit_verifications SET ok = NOT ok")
-    assert len(rows()) == before
+    assert len(rows()) == count
 
 
 # --- what verify finds ---------------------------------------------------------------------------------------
@@ -315,21 +332,40 @@ def test_deleted_rows_are_found(fresh_db: str, capsys: pytest.CaptureFixture[str
     assert f"position {last.seq}–{last.seq}" in out  # and the one missing at the end
 
 
+def _forged(**overrides: Any) -> dict[str, Any]:
+    """A raw INSERT's values for a row a forger made right, as far as they can: on SQLite the whole chain
+    (position, previous hash, row hash over its id), on PostgreSQL, whose trigger chains it, the content hash."""
+    row = _extending_row(detail={}, **overrides)
+    row["row_hash"] = fmt.content_hash(row) if postgres() else fmt.row_hash(row["prev_hash"], row)
+    return row | {"detail": "{}"}
+
+
 def test_a_back_dated_insert_is_refused_or_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A row dated a month back, with an id that sorts it among the first rows (timelines list by id)."""
     write(5, at=datetime.now(UTC) - timedelta(minutes=10))
     got = rows()
     early = got[0].at - timedelta(days=30)
-    # The database refuses it without the chain's columns, in a place another row holds, and even extending
-    # the chain with a correct hash: its id is not above every other.
-    correct = _extending_row(id=0, at=early, detail={})
-    correct["row_hash"] = fmt.row_hash(correct["prev_hash"], correct)
-    correct["detail"] = "{}"
-    for forged in (_extending_row(id=0, at=early, seq=None, prev_hash=None, row_hash=None),
-                   _extending_row(id=0, at=early, seq=got[1].seq, prev_hash=got[0].row_hash), correct):
-        assert refused(INSERT, **forged)
-    assert len(rows()) == len(got)
-    # The owner drops the guards first and slips it in: verify names it, by its id.
+    correct = _forged(id=0, at=early)
+    if postgres():
+        # Without a content hash it is refused; with one, the database puts it at the end of the chain, with
+        # the next id: not among the old rows. Its date alone gives it away (a warning).
+        assert refused(INSERT, **_extending_row(id=0, at=early, row_hash=None))
+        run_sql(INSERT, **correct)
+        last = rows()[-1]
+        assert (last.id > got[-1].id, last.seq) == (True, len(got) + 1)
+        code, out = verify_cli(capsys)
+        assert code == 0 and f"varning: rad id {last.id} (position {last.seq}): back_dated" in out, out
+        # With the trigger switched off by the owner, an id among the old rows: found, by that id.
+        correct = _extending_row(id=0, at=early, detail={}, seq=last.seq + 1, prev_hash=last.row_hash)
+        correct["row_hash"] = fmt.row_hash(last.row_hash, correct)
+        correct["detail"] = "{}"
+    else:
+        # Refused without the chain's columns, in a place another row holds, and even extending the chain
+        # with a correct hash: its id is not above every other.
+        for forged in (_extending_row(id=0, at=early, seq=None, prev_hash=None, row_hash=None),
+                       _extending_row(id=0, at=early, seq=got[1].seq, prev_hash=got[0].row_hash), correct):
+            assert refused(INSERT, **forged)
+        assert len(rows()) == len(got)
     run_sql(*DROP_CHAIN_GUARDS[dialect()], INSERT, **correct)
     code, out = verify_cli(capsys)
     assert code == 1 and f"Första brutna rad: rad id 0 (position {correct['seq']}): row_inserted" in out, out
@@ -337,24 +373,21 @@ def test_a_back_dated_insert_is_refused_or_found(fresh_db: str, capsys: pytest.C
 
 
 def test_a_row_with_a_made_up_hash_is_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """At the end, with the right position and previous hash, the database cannot check the hash itself."""
+    """At the end, in its right place: no database can check the content hash itself."""
     write(3)
-    forged = _extending_row(at=T0 - timedelta(days=3))
-    run_sql(INSERT, **forged)
+    run_sql(INSERT, **_extending_row(at=T0 - timedelta(days=3)))
+    last = rows()[-1]
     code, out = verify_cli(capsys)
-    assert code == 1 and f"rad id {forged['id']} (position {forged['seq']}): content_changed" in out, out
+    assert code == 1 and f"rad id {last.id} (position {last.seq}): content_changed" in out, out
 
 
 def test_a_back_dated_row_at_the_end_is_a_warning(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     write(3, at=datetime.now(UTC))
+    run_sql(INSERT, **_forged(at=rows()[-1].at - timedelta(days=2)))
     last = rows()[-1]
-    forged = _extending_row(at=last.at - timedelta(days=2), detail={})
-    forged["row_hash"] = fmt.row_hash(last.row_hash, forged)
-    forged["detail"] = "{}"
-    run_sql(INSERT, **forged)
     code, out = verify_cli(capsys)
     # Indistinguishable from a row the app wrote, except by its date: a warning that names it.
-    assert code == 0 and f"varning: rad id {forged['id']} (position {forged['seq']}): back_dated" in out, out
+    assert code == 0 and f"varning: rad id {last.id} (position {last.seq}): back_dated" in out, out
 
 
 def test_a_rewritten_history_is_found_by_the_last_verification(fresh_db: str,

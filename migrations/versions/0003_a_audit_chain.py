@@ -15,8 +15,10 @@ SQLite
 
 PostgreSQL (the migration runs as the owner; the app role has INSERT and SELECT only: tasks/db_roles.py)
 - UPDATE, DELETE and TRUNCATE on audit_log refused (from 0001);
-- a BEFORE INSERT trigger (SECURITY DEFINER, so the app role needs no UPDATE on the head) locks the head,
-  refuses a row that does not extend it (position, previous hash, an id above every other) and advances it;
+- a BEFORE INSERT trigger (SECURITY DEFINER, so the app role needs no UPDATE on the head) chains every row
+  itself: it locks the head, gives the row the next id, its position and previous hash, makes its hash from
+  the content hash the writer sent, and advances the head. Whatever id, position or hash a writer sends, the
+  row lands at the end of the chain (no back-dated row among the old ones);
 - the head cannot be deleted, truncated, rewound or re-hashed in place; audit_verifications is append-only.
 
 Nothing here can stop the owner of the database or of the SQLite file; `restriction-orders audit verify`
@@ -31,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from models.audit_chain import FIELDS, GENESIS, row_hash
+from models.audit_chain import GENESIS, STRING_FIELDS, row_hash
 from models.tables import UTCDateTime
 
 revision = '0003a'
@@ -40,7 +42,7 @@ branch_labels = None
 depends_on = None
 
 log = sa.table('audit_log', sa.column('id', sa.BigInteger), sa.column('at', UTCDateTime()),
-               *(sa.column(f, sa.String) for f in FIELDS[3:10]), sa.column('detail', sa.JSON),
+               *(sa.column(f, sa.String) for f in STRING_FIELDS), sa.column('detail', sa.JSON),
                sa.column('seq', sa.BigInteger), sa.column('prev_hash', sa.String), sa.column('row_hash', sa.String))
 head = sa.table('audit_chain', sa.column('id', sa.Integer), sa.column('last_seq', sa.BigInteger),
                 sa.column('last_hash', sa.String))
@@ -85,12 +87,20 @@ PG_FUNCTIONS = [
     SET search_path FROM CURRENT AS $$
     DECLARE head_seq bigint; head_hash varchar(64);
     BEGIN
-      SELECT last_seq, last_hash INTO head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE;
-      IF NOT FOUND OR NEW.seq IS DISTINCT FROM head_seq + 1 OR NEW.prev_hash IS DISTINCT FROM head_hash
-         OR NEW.row_hash IS NULL OR length(NEW.row_hash) <> 64
-         OR NEW.id <= (SELECT COALESCE(max(id), 0) FROM audit_log) THEN
-        RAISE EXCEPTION 'audit_log: the row does not extend the hash chain (position %, head %)', NEW.seq, head_seq;
+      -- The writer sends the row's content hash as row_hash (models/audit_chain.py); the database gives the
+      -- row its place: the head's row lock, held to COMMIT, makes concurrent writers one line.
+      IF NEW.row_hash IS NULL OR NEW.row_hash !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'audit_log: the row has no content hash';
       END IF;
+      SELECT last_seq, last_hash INTO head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'audit_log: no chain head';
+      END IF;
+      NEW.id := nextval(pg_get_serial_sequence('audit_log', 'id'));  -- ids in chain order, whatever was sent
+      NEW.seq := head_seq + 1;
+      NEW.prev_hash := head_hash;
+      NEW.row_hash := encode(sha256(convert_to(head_hash || E'\\n' || NEW.seq || E'\\n' || NEW.id || E'\\n'
+                                               || NEW.row_hash, 'UTF8')), 'hex');
       UPDATE audit_chain SET last_seq = NEW.seq, last_hash = NEW.row_hash WHERE id = 1;
       RETURN NEW;
     END $$""",
@@ -121,7 +131,8 @@ PG_TRIGGERS = [
 def _chain_existing_rows(conn: sa.Connection) -> tuple[int, str]:
     """Give every existing row its place and hash, in id order; returns the head."""
     seq, prev = 0, GENESIS
-    rows = conn.execute(sa.select(log.c.id, log.c.at, *(log.c[f] for f in FIELDS[3:])).order_by(log.c.id)).all()
+    rows = conn.execute(sa.select(log.c.id, log.c.at, *(log.c[f] for f in STRING_FIELDS), log.c.detail)
+                        .order_by(log.c.id)).all()
     updates: list[dict[str, Any]] = []
     for r in rows:
         seq += 1
