@@ -2,11 +2,13 @@
 
 1. an audited transaction: one `tasks.audit.record` row per transaction, the chain's lock, id and hash
    included, p50/p95 over 500 transactions (one writer);
-2. `restriction-orders audit verify` on a log of N rows (default 50,000; filled 500 rows per transaction):
+2. 16 writers at once (threads), each an audited transaction after another for 10 s: transactions per
+   second and p50/p95. Every audited commit holds the chain's lock through COMMIT, so they queue there;
+3. `restriction-orders audit verify` on a log of N rows (default 50,000; filled 500 rows per transaction):
    the whole walk, and rows per second. The target: an hourly verification of a year's log (a few million
    rows) well within the hour, so at least 10,000 rows/s.
 
-    .venv/bin/python bench/bench_audit_chain.py [--rows N] [--postgres]
+    .venv/bin/python bench/bench_audit_chain.py [--rows N] [--writers 16] [--postgres]
 
 SQLite by default (a temporary file); `--postgres` makes a throwaway database on RO_BENCH_PG (production's
 layout). Prints its figures; exits 1 when the verify rate misses the target.
@@ -32,6 +34,7 @@ TARGET_ROWS_PER_S = 10_000
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--postgres", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ro-bench-audit-"))
@@ -45,7 +48,7 @@ def main() -> int:
             c.execute(sa.text(f"CREATE DATABASE {name}"))
         os.environ["DATABASE_URL"] = f"{PG_ADMIN}/{name}"
     try:
-        return run(args.rows, "PostgreSQL" if args.postgres else "SQLite")
+        return run(args.rows, args.writers, "PostgreSQL" if args.postgres else "SQLite")
     finally:
         if args.postgres:
             from tasks.database import engine
@@ -54,7 +57,30 @@ def main() -> int:
                 c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-def run(n: int, db: str) -> int:
+def concurrent(writers: int, seconds: float = 10.0) -> None:
+    import threading
+
+    from tasks import audit
+    from tasks.database import session
+    times: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def writer(name: str) -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            with session() as s:
+                audit.record(s, actor=name, action="order_read", detail={"via": "bench"})
+            times.append((time.perf_counter() - t0) * 1000)
+    threads = [threading.Thread(target=writer, args=(f"W{i}",)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"  {writers} writers at once, {seconds:.0f} s: {len(times) / seconds:,.0f} audited transactions/s, "
+          f"p50 {percentile(times, 50):.1f} ms  p95 {percentile(times, 95):.1f} ms")
+
+
+def run(n: int, writers: int, db: str) -> int:
     from tasks import audit, audit_chain
     from tasks.database import migrate, session
     migrate()
@@ -70,8 +96,15 @@ def run(n: int, db: str) -> int:
     print(f"  audited transaction (one row): p50 {percentile(times, 50):.1f} ms  p95 {percentile(times, 95):.1f} ms"
           f"  max {max(times):.1f} ms")
 
+    concurrent(writers)
+
     t0 = time.perf_counter()
-    written = len(times)
+    with session() as s:
+        from sqlalchemy import func, select
+
+        from models.tables import AuditEvent
+        already = int(s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+    written = already
     while written < n:
         with session() as s:
             for i in range(min(500, n - written)):
@@ -79,7 +112,7 @@ def run(n: int, db: str) -> int:
                              detail={"via": "bench", "i": written + i, "reference": f"RO-2026-{i:06d}"})
         written = min(n, written + 500)
     fill = time.perf_counter() - t0
-    print(f"  filled to {n:,} rows, 500 per transaction: {fill:.1f} s ({(n - len(times)) / fill:,.0f} rows/s)")
+    print(f"  filled to {n:,} rows, 500 per transaction: {fill:.1f} s ({(n - already) / fill:,.0f} rows/s)")
 
     t0 = time.perf_counter()
     report = audit_chain.verify(by="bench")
