@@ -74,11 +74,15 @@ class TimingHandler:
 
 def start_prefect(tmp: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     import httpx
+
+    from tasks.adapters import prefect_auth
     port = env["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0]
     procs = []
     with open(tmp / "prefect-server.log", "ab") as log:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                       "--port", port], env=env, stdout=log, stderr=log))
+                                       "--port", port], stdout=log, stderr=log, env={
+                                           **env, **prefect_auth.server_env(env["PREFECT_API_AUTH_STRING"],
+                                                                            "http://127.0.0.1:8000")}))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -133,6 +137,8 @@ def main() -> int:
                               else f"http://127.0.0.1:{free_port()}/api")
     if args.no_prefect:
         env["PREFECT_CLIENT_MAX_RETRIES"] = "0"
+    from tasks.adapters import prefect_auth  # Prefect's API locked as on the embedded default
+    env.update(prefect_auth.client_env(prefect_auth.ensure_secret(prefect_auth.secret_file(tmp / "data"))))
     os.environ.clear()
     os.environ.update(env)
 

@@ -102,6 +102,10 @@ def embedded(extra_env: dict[str, str] | None = None, serve: bool = True, app: b
         "PREFECT_UI_ENABLED": "false", "PYTHONPATH": str(ROOT),
         "RO_HOUSEKEEPING_SECONDS": "1", "RO_SERVE_SCHEDULES": "0", **(extra_env or {}),
     }
+    # Prefect's API locked as on the embedded default (tasks/adapters/prefect_auth.py): every process here uses it.
+    from tasks.adapters import prefect_auth
+    secret = prefect_auth.ensure_secret(prefect_auth.secret_file(tmp / "data"))
+    env.update(prefect_auth.client_env(secret))
     dropped: list[str] = []
     if postgres:
         pg_env, dropped = _pg_databases(tmp)
@@ -115,9 +119,10 @@ def embedded(extra_env: dict[str, str] | None = None, serve: bool = True, app: b
     sink = start_sink(tmp / "mail", port=int(env["RO_SMTP_PORT"]))
     port = env["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0]
     procs: list[subprocess.Popen[bytes]] = []
+    server_env = {**os.environ, **prefect_auth.server_env(secret, os.environ.get("RO_APP_BASE_URL", "http://127.0.0.1:8000"))}
     with open(tmp / "server.log", "ab") as log:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                       "--port", port], env=os.environ.copy(), stdout=log, stderr=log))
+                                       "--port", port], env=server_env, stdout=log, stderr=log))
     _wait(f"{env['PREFECT_API_URL']}/health", 120)
     serve_proc = app_proc = None
     if serve:

@@ -65,6 +65,7 @@ def monitoring_deployments() -> list[RunnerDeployment]:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.schedules import Cron, Interval
 
+    from flows.audit_verify import audit_verify
     from flows.review import review_reminders
     from flows.sla import sla_monitor
     scheduled = os.environ.get("RO_SERVE_SCHEDULES", "1") != "0"
@@ -76,6 +77,9 @@ def monitoring_deployments() -> list[RunnerDeployment]:
         cast(RunnerDeployment, review_reminders.to_deployment(
             name="review-reminders", tags=["restriction-orders", "ops"],
             schedules=[Cron("0 6 * * *", timezone="Europe/Stockholm")] if scheduled else [])),
+        cast(RunnerDeployment, audit_verify.to_deployment(
+            name="audit-verify", tags=["restriction-orders", "ops"],
+            schedules=[Cron("17 * * * *", timezone="Europe/Stockholm")] if scheduled else [])),
     ]
 
 
@@ -111,6 +115,9 @@ async def crash_orphaned_runs() -> int:
 
 
 def main() -> None:
+    from tasks.adapters.prefect_auth import use_embedded_secret
+    from tasks.adapters.settings import Settings
+    use_embedded_secret(Settings().data_dir)  # started by hand on the embedded default: its Prefect API is locked (before Prefect loads)
     if os.environ.get("RO_SOLE_SERVER", "1") == "1":
         try:
             asyncio.run(crash_orphaned_runs())

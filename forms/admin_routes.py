@@ -421,6 +421,25 @@ def _filter_page_error(request: Request, user: User, exc: BadFilter) -> HTMLResp
     return render(request, user, "admin_error.html.j2", {"title": "Fel i filtret", "message": exc.message}, 422)
 
 
+AUDIT_PROBLEMS_SV = {
+    "content_changed": "radens innehåll har ändrats",
+    "rewritten": "raden har skrivits om med ny hash",
+    "row_missing": "rader har tagits bort",
+    "row_inserted": "en rad har lagts in vid sidan av appen",
+    "anchor_mismatch": "historiken har skrivits om sedan förra verifieringen",
+}
+
+
+def audit_chain_status(ad: Adapters) -> dict[str, Any] | None:
+    """The latest verification of the audit log's hash chain, for the overview (tasks/adapters/audit_chain.py)."""
+    from tasks.adapters.audit_chain import latest
+    v = latest(ad.db)
+    if v is None:
+        return None
+    return {"ok": v.ok, "when": _when(v.at), "rows": v.rows, "row_id": v.row_id, "row_seq": v.row_seq,
+            "problems": v.problems, "problem": AUDIT_PROBLEMS_SV.get(v.problem or "", v.problem)}
+
+
 @router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
 def overview_page(request: Request, region: str | None = None, status: str | None = None,
                   user: User = Depends(admin_user), at: datetime = Depends(now)) -> Response:
@@ -435,7 +454,8 @@ def overview_page(request: Request, region: str | None = None, status: str | Non
     cells = {(c["status"], c["region"]): c for c in data["counts"]}
     return render(request, user, "overview.html.j2", {
         "title": "Översikt för administratörer", "data": data, "f": f, "matrix_regions": regions,
-        "matrix_statuses": statuses, "cells": cells, "csv_query": f.query(), "now_text": _when(at)})
+        "matrix_statuses": statuses, "cells": cells, "csv_query": f.query(), "now_text": _when(at),
+        "audit_chain": audit_chain_status(ad)})
 
 
 @router.get("/admin/avvikelser", response_class=HTMLResponse, include_in_schema=False)

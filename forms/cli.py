@@ -16,10 +16,19 @@
         load the region's staff and care units from its HSA catalogue export (README: "Staff directory");
         every row is checked first, nothing is written unless both files are valid, people of the file's
         regions who are not in it are deactivated (never deleted), every change is audited
+    restriction-orders audit verify [--database-url URL] [--no-record]
+        walk the audit log's hash chain (tasks/adapters/audit_chain.py); exit 1 naming the first broken row (id,
+        position, what is wrong), 3 when the database cannot be read. The outcome is stored in the database
+        (the admin overview and /healthz show it) unless --no-record
+    restriction-orders app-role NAME [--database-url OWNER_URL] [--password-env VAR]
+        PostgreSQL, run as the schema's owner after every migration: create or update the role the app and
+        the workers connect as: SELECT and INSERT only on the audit log (tasks/adapters/db_roles.py)
 
-Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL). Prints references and times
-only, never a patient's personal data (`directory import` prints the staff rows it changes). Exit status:
-0 done, 1 refused (unknown order, wrong status, not allowed, an invalid directory file), 2 usage.
+Uses the same settings as the app (DATABASE_URL / RO_*, PREFECT_API_URL, PREFECT_API_AUTH_STRING; on the
+embedded default the auth string is read from RO_DATA_DIR/prefect-api-auth when not set). Prints references and
+times only, never a patient's personal data (`directory import` prints the staff rows it changes). Exit status:
+0 done, 1 refused (unknown order, wrong status, not allowed, an invalid directory file; for `audit verify`: the
+chain is broken), 2 usage, 3 the database could not be read.
 """
 
 from __future__ import annotations
@@ -67,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--units", type=Path, help="vårdenheter: hsa_id,name,region,head_hsa_id")
     i.add_argument("--dry-run", action="store_true", help="visa vad som skulle ändras, skriv ingenting")
     i.add_argument("--by", default="", help="ditt HSA-id, för granskningsloggen")
+    g = sub.add_parser("audit", help="granskningsloggen")
+    gsub = g.add_subparsers(dest="audit_command", required=True)
+    v = gsub.add_parser("verify", help="verifiera hashkedjan; avslutas med 1 och första brutna raden")
+    v.add_argument("--database-url", default=None, help="en annan databas än DATABASE_URL")
+    v.add_argument("--no-record", action="store_true", help="spara inte utfallet (t.ex. med en läsroll)")
+    r = sub.add_parser("app-role", help="PostgreSQL: rollen som appen och arbetarna ansluter som")
+    r.add_argument("role")
+    r.add_argument("--database-url", default=None, help="ägarens anslutning (standard: DATABASE_URL)")
+    r.add_argument("--password-env", default="", help="miljövariabel med rollens lösenord")
     return p
 
 
@@ -154,10 +172,63 @@ def _directory_import(ad: Adapters, staff: Path, units: Path | None, dry_run: bo
     return 0
 
 
+def _db_url(url: str | None) -> str | None:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1) if url else None
+
+
+def _audit_verify(ad: Adapters, url: str | None, record: bool) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tasks.adapters import audit_chain
+    from tasks.adapters.database import Database
+    db = Database(_db_url(url) or "") if url else ad.db
+    try:
+        report = audit_chain.verify(db, by="cli", record=False)
+    except SQLAlchemyError as exc:
+        print(f"Kunde inte läsa granskningsloggen: {type(exc).__name__}", file=sys.stderr)
+        return 3
+    if report.ok:
+        print(f"Granskningsloggens kedja är hel: {report.rows} rader verifierade "
+              f"(position 1–{report.last_seq}, huvud {report.last_hash[:16]}…).")
+    else:
+        assert report.first is not None
+        print(f"Granskningsloggens kedja är BRUTEN. Första brutna rad: {report.first.line()}")
+        print(f"{report.problem_count} fel; {report.rows} rader i kedjan genomgångna.")
+        for problem in report.problems[1:10]:
+            print(f"  {problem.line()}")
+    for warning in report.warnings[:10]:
+        print(f"  varning: {warning.line()}")
+    if record:
+        try:
+            audit_chain.save(db, report, by="cli")
+        except SQLAlchemyError as exc:
+            print(f"Utfallet kunde inte sparas: {type(exc).__name__}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _app_role(ad: Adapters, role: str, url: str | None, password_env: str) -> int:
+    import os
+
+    from tasks.adapters.db_roles import grant_app_role
+    password = os.environ.get(password_env) if password_env else None
+    if password_env and not password:
+        print(f"Fel: {password_env} är inte satt.", file=sys.stderr)
+        return 2
+    for table, granted in grant_app_role(_db_url(url) or ad.settings.orders_db_url, role, password).items():
+        print(f"{table}: {granted}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
     """The command line; `ad` are the adapters to use (tests), else the composition root builds them."""
     args = _parser().parse_args(argv)
+    from tasks.adapters.prefect_auth import use_embedded_secret
+    from tasks.adapters.settings import Settings
+    if ad is None:
+        # On the embedded default the Prefect API is locked: its secret, before Prefect loads.
+        use_embedded_secret(Settings().data_dir)
     from flows.bootstrap import build
+    from tasks.adapters.db_roles import RoleError
     from tasks.steps.orders import Conflict, Forbidden, NotFound
     ad = ad or build()
     try:
@@ -171,6 +242,10 @@ def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
             return _escalate(ad, args.reference)
         if args.command == "directory":
             return _directory_import(ad, args.staff, args.units, args.dry_run, args.by)
+        if args.command == "audit":
+            return _audit_verify(ad, args.database_url, not args.no_record)
+        if args.command == "app-role":
+            return _app_role(ad, args.role, args.database_url, args.password_env)
         return _automations(ad, args.print_only)
     except NotFound:
         print("Beställningen finns inte.", file=sys.stderr)
@@ -178,7 +253,7 @@ def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
         print(f"Går inte nu: {exc}", file=sys.stderr)
     except Forbidden as exc:
         print(f"Nekas: {exc.refusal.message}", file=sys.stderr)
-    except ValueError as exc:
+    except (ValueError, RoleError) as exc:
         print(f"Fel: {exc}", file=sys.stderr)
     return 1
 

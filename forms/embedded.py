@@ -2,6 +2,10 @@
 
 Starts a local Prefect server (SQLite under .data/prefect), the SMTP sink (.data/mail), the flow-serving
 process and the web app; migrates the orders database and seeds the demo directory first.
+
+The Prefect API is locked with basic authentication (tasks/adapters/prefect_auth.py): the secret is made at first
+start in .data/prefect-api-auth (owner-only) and given to the server and to every process started here;
+CORS answers the app's origin only. The dashboard asks for the secret once: paste the file's content.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tasks.adapters import prefect_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RO_DATA_DIR", ROOT / ".data")).resolve()
@@ -61,6 +67,10 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     env = _env()
+    secret_path = prefect_auth.secret_file(DATA)
+    secret = prefect_auth.ensure_secret(secret_path)
+    env.update(prefect_auth.client_env(secret))  # before Prefect is imported here, and for every child
+    server_env = {**env, **prefect_auth.server_env(secret, env["RO_APP_BASE_URL"])}
     os.environ.update(env)
     logs = DATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -76,9 +86,9 @@ def main() -> int:
     db.dispose()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(name: str, args: list[str], child_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            p = subprocess.Popen(args, cwd=ROOT, env=child_env or env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         procs.append(p)
         return p
@@ -86,7 +96,7 @@ def main() -> int:
     sink = start_sink(DATA / "mail", port=SMTP_PORT)
     try:
         server = spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start",
-                                          "--host", "127.0.0.1", "--port", str(PREFECT_PORT)])
+                                          "--host", "127.0.0.1", "--port", str(PREFECT_PORT)], server_env)
         print(f"starting the Prefect server on http://127.0.0.1:{PREFECT_PORT} …", flush=True)
         _wait(f"http://127.0.0.1:{PREFECT_PORT}/api/health", 120, server)
         from tasks.adapters.automations import ensure_automations
@@ -104,6 +114,8 @@ def main() -> int:
             "\nrestriction-orders is running (embedded default)\n"
             f"  app (forms, queues):   http://127.0.0.1:{APP_PORT}\n"
             f"  Prefect dashboard:     http://127.0.0.1:{PREFECT_PORT}\n"
+            f"    it asks for the API auth string: paste the content of {secret_path}\n"
+            f"    (readable by you only; `cat {secret_path}`)\n"
             f"  outgoing mail:         {DATA / 'mail'} (SMTP sink on 127.0.0.1:{SMTP_PORT})\n"
             f"  logs:                  {logs}\n"
             "Log in as any demo user on the app's login page. Ctrl-C stops everything.\n", flush=True)

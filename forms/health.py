@@ -24,6 +24,9 @@ class HealthResponse(BaseModel):
     prefect: ComponentHealth
     smtp: ComponentHealth
     outbox: ComponentHealth  # emails not yet accepted by the SMTP server (they are retried until they are)
+    # The audit log's hash chain as last verified (`audit verify`, the hourly `audit-verify` flow): not ok
+    # when that verification found the chain broken.
+    audit: ComponentHealth
 
 
 router = APIRouter(tags=["health"])
@@ -66,9 +69,26 @@ def _outbox(ad: Adapters) -> ComponentHealth:
                            detail=f"{waiting} väntar, äldsta {oldest:.0f} min")
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Databas, Prefect API, SMTP och e-postkö")
+def _audit_chain(ad: Adapters) -> ComponentHealth:
+    from tasks.adapters.audit_chain import latest
+    try:
+        v = latest(ad.db)
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+    if v is None:
+        return ComponentHealth(ok=True, detail="inte verifierad än")
+    when = v.at.isoformat(timespec="seconds")
+    if v.ok:
+        return ComponentHealth(ok=True, detail=f"hel, {v.rows} rader, verifierad {when}")
+    return ComponentHealth(ok=False, detail=f"BRUTEN vid rad id {v.row_id} ({v.problem}), verifierad {when}")
+
+
+@router.get("/healthz", response_model=HealthResponse,
+            summary="Databas, Prefect API, SMTP, e-postkö och granskningsloggens kedja")
 async def healthz(ad: Adapters = Depends(adapters)) -> HealthResponse:
-    db, pf, mail, queue = await asyncio.gather(run_in_threadpool(_database, ad), _engine(ad), _smtp(ad),
-                                               run_in_threadpool(_outbox, ad))
-    ok = db.ok and pf.ok and mail.ok and queue.ok
-    return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail, outbox=queue)
+    db, pf, mail, queue, chain = await asyncio.gather(run_in_threadpool(_database, ad), _engine(ad), _smtp(ad),
+                                                      run_in_threadpool(_outbox, ad),
+                                                      run_in_threadpool(_audit_chain, ad))
+    ok = db.ok and pf.ok and mail.ok and queue.ok and chain.ok
+    return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail, outbox=queue,
+                          audit=chain)

@@ -133,8 +133,10 @@ class Decision(Base):
 
 
 class AuditEvent(Base):
-    """Append-only: UPDATE and DELETE are refused by database triggers (see the migration)."""
+    """Append-only: UPDATE and DELETE are refused by database triggers (see the migrations), and every row is
+    hash-chained to the one before it (`seq`, `prev_hash`, `row_hash`: models/audit_chain.py)."""
     __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("seq", name="uq_audit_log_seq"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(64))
@@ -145,6 +147,37 @@ class AuditEvent(Base):
     to_status: Mapped[str | None] = mapped_column(String(30))
     channel: Mapped[str] = mapped_column(String(20), default="app")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The audit chain's head: one row (id 1) naming the last audit row's position and hash. A database trigger
+    advances it with every audit insert and refuses an insert that does not extend it; writers lock it first
+    (tasks/adapters/audit_chain.py), so concurrent writers make one line, never a fork."""
+    __tablename__ = "audit_chain"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditVerification(Base):
+    """One walk of the audit chain (`restriction-orders audit verify`, the `audit-verify` flow): when, the
+    outcome, and the head it saw, which the next walk checks is still there. Append-only like the log."""
+    __tablename__ = "audit_verifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    head_seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    problems: Mapped[int] = mapped_column(Integer, default=0)
+    problem: Mapped[str | None] = mapped_column(String(30))  # the first problem's code
+    row_id: Mapped[int | None] = mapped_column(BigInteger)   # the first broken row
+    row_seq: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str | None] = mapped_column(String(500))  # the first problem in words: ids and positions only
+    by: Mapped[str] = mapped_column(String(64))
 
 
 class OutboxMessage(Base):

@@ -64,6 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
+    # The test Prefect server is locked as the embedded default's is (tasks/adapters/prefect_auth.py): every client of
+    # the session (this process, the served flows, their runs, the CLI) sends the secret, so every end-to-end
+    # test goes through the locked API. The server gets it, and CORS for the app's origin, in prefect_server.
+    from tasks.adapters import prefect_auth
+    os.environ.update(prefect_auth.client_env(prefect_auth.ensure_secret(prefect_auth.secret_file(_TMP / "data"))))
     # INFO, as production logs: the leak scan must see what flow runs and our own code write at INFO, in
     # Prefect's database (run logs) and in every process's log file. The server's access log stays quiet.
     os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
@@ -282,6 +287,12 @@ def _drop_prefect_pg_database(url: str) -> None:
 PREFECT_DB: dict[str, str] = {}  # "url" of the PostgreSQL database the test Prefect server uses, if any
 
 
+def prefect_headers() -> dict[str, str]:
+    """For raw HTTP calls to the test Prefect server's API, which is locked (basic authentication)."""
+    from tasks.adapters.prefect_auth import CLIENT_VAR, basic_auth_header
+    return basic_auth_header(os.environ[CLIENT_VAR])
+
+
 def prefect_database_rows() -> Iterator[tuple[str, str]]:
     """(table, the row as text) for every row of the test Prefect server's own database, for the leak scans."""
     import sqlite3
@@ -315,7 +326,8 @@ def prefect_database_rows() -> Iterator[tuple[str, str]]:
 def prefect_server() -> Iterator[str]:
     api = os.environ["PREFECT_API_URL"]
     port = api.rsplit(":", 1)[1].split("/")[0]
-    env = os.environ.copy()
+    from tasks.adapters import prefect_auth
+    env = {**os.environ, **prefect_auth.server_env(os.environ[prefect_auth.CLIENT_VAR], os.environ["RO_APP_BASE_URL"])}
     pg = _prefect_pg_database()
     if pg:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = pg

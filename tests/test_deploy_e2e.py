@@ -69,7 +69,7 @@ def _flow_name(entrypoint: str) -> str:
 
 def test_prefect_yaml_has_one_deployment_per_flow_and_serve_serves_the_same() -> None:
     entrypoints = [d["entrypoint"] for d in PREFECT_YAML["deployments"]]
-    assert len(entrypoints) == len(set(entrypoints)) == 9
+    assert len(entrypoints) == len(set(entrypoints)) == 10
     assert set(entrypoints) == _flows_in_code()
     from flows.serve import ORDER_FLOW_NAMES, monitoring_deployments, served_flows
     from tasks.steps.orders import FLOW_NAMES

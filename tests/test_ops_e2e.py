@@ -14,17 +14,17 @@ import pytest
 from flows import commands
 from forms import cli
 from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
-from tasks.adapters.automations_monitoring import MONITORING_FAILED, OVERDUE_ORDERS
-from tests.conftest import FlowServer
+from tasks.adapters.automations_monitoring import AUDIT_CHAIN_BROKEN, MONITORING_FAILED, OVERDUE_ORDERS
+from tests.conftest import FlowServer, prefect_headers
 from tests.e2e import body, decide, submit, wait_status
 
 pytestmark = pytest.mark.e2e
-SHIPPED = {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, OVERDUE_ORDERS, MONITORING_FAILED}
+SHIPPED = {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, OVERDUE_ORDERS, MONITORING_FAILED, AUDIT_CHAIN_BROKEN}
 
 
 def _listed(api: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for a in httpx.post(f"{api}/automations/filter", json={}, timeout=10).json():
+    for a in httpx.post(f"{api}/automations/filter", json={}, timeout=10, headers=prefect_headers()).json():
         out.setdefault(a["name"], []).append(a["id"])
     return out
 

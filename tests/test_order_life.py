@@ -29,6 +29,7 @@ from tasks.adapters.database import Database
 from tasks.adapters.gateway import ConfiguredGateway, access_state, known_access_state, record_effects
 from tasks.adapters.settings import Settings
 from tasks.steps import monitoring, orders, stages
+from tests.conftest import prefect_headers
 from tests.e2e import personal_number
 from tests.monitoring_support import (
     CLINICIAN,
@@ -229,7 +230,7 @@ def test_order_failed_event_reaches_prefect(prefect_ad: Adapters, prefect_server
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not found:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["order.failed"]}, "resource": {"id": [f"order.{ref}"]}}, "limit": 5})
         r.raise_for_status()
         found = list(r.json()["events"])

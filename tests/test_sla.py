@@ -23,7 +23,7 @@ from tasks.adapters import Adapters
 from tasks.adapters.database import Database
 from tasks.adapters.settings import Settings
 from tasks.steps import monitoring
-from tests.conftest import prefect_database_rows
+from tests.conftest import prefect_database_rows, prefect_headers
 from tests.monitoring_support import (
     audit_rows,
     body,
@@ -253,7 +253,7 @@ def test_the_flow_emits_the_event_once_and_refreshes_the_artifact(ad: Adapters, 
     assert sorted(str(m["To"]) for m in got) == ["demo-kalmar-head@kalmar.invalid", "supportcenter@kalmar.invalid"]
 
     def events() -> list[dict[str, Any]]:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["order.overdue"]}, "resource": {"id": [f"order.{ref}"]}}, "limit": 50})
         r.raise_for_status()
         return list(r.json()["events"])
@@ -287,6 +287,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(ad: Adapters, prefect_s
 
     from flows.sla import sla_monitor
     from tasks.adapters.automations_monitoring import (
+        AUDIT_CHAIN_BROKEN,
         MONITORING_FAILED,
         OVERDUE_ORDERS,
         TAG,
@@ -295,10 +296,10 @@ def test_the_shipped_automations_are_idempotent_and_fire(ad: Adapters, prefect_s
 
     first = ensure_monitoring_automations(strict=True)
     second = ensure_monitoring_automations(strict=True)
-    assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED}
-    listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10).json()
+    assert first == second and set(first) == {OVERDUE_ORDERS, MONITORING_FAILED, AUDIT_CHAIN_BROKEN}
+    listed = httpx.post(f"{prefect_server}/automations/filter", json={}, timeout=10, headers=prefect_headers()).json()
     ours = [a for a in listed if a["name"] in first]
-    assert len(ours) == 2 and all(a["enabled"] and TAG in a["tags"] for a in ours)
+    assert len(ours) == 3 and all(a["enabled"] and TAG in a["tags"] for a in ours)
 
     clock = FixedClock(stockholm(2019, 11, 12, 10, 0))
     ref = submit_at(ad, clock.now(), body(patient()))
@@ -309,7 +310,7 @@ def test_the_shipped_automations_are_idempotent_and_fire(ad: Adapters, prefect_s
     fired = False
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline and not fired:
-        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, json={
+        r = httpx.post(f"{prefect_server}/events/filter", timeout=10, headers=prefect_headers(), json={
             "filter": {"event": {"name": ["prefect.automation.triggered"]},
                        "resource": {"id": [f"prefect.automation.{wanted}"]}}, "limit": 50})
         r.raise_for_status()

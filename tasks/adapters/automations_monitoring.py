@@ -4,8 +4,10 @@
 definition, so calling it on every start is safe. The automations:
 
 - overdue orders: the SLA monitor's `order.overdue` event (once per breach);
-- failed monitoring runs: `sla-monitor`, `review-reminders` or `housekeeping` failed or crashed (nobody is
-  reminded while they fail).
+- failed monitoring runs: `sla-monitor`, `review-reminders`, `housekeeping` or `audit-verify` failed or
+  crashed (nobody is reminded, or the audit log is not verified, while they fail);
+- the audit log's hash chain broken: the `audit-verify` flow's `audit.chain.broken` event (first broken row's
+  id and position, the problem's code).
 
 Failed order runs and missed urgent callbacks are already covered by `tasks/automations.py`
 ("Order run failed", "Missed urgent callback" on `order.callback.missed`); they are not repeated here, so
@@ -30,15 +32,17 @@ from prefect.client.orchestration import get_client
 from prefect.events.actions import DoNothing, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+from models.audit_chain import EVENT_BROKEN, RESOURCE_ID
 from models.sla import EVENT_OVERDUE
 
 log = logging.getLogger(__name__)
 
-MONITORING_FLOWS = ("sla-monitor", "review-reminders", "housekeeping")
+MONITORING_FLOWS = ("sla-monitor", "review-reminders", "housekeeping", "audit-verify")
 FAILED_RUN_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
 TAG = "restriction-orders"
 OVERDUE_ORDERS = "Overdue order"
 MONITORING_FAILED = "Monitoring run failed"
+AUDIT_CHAIN_BROKEN = "Audit chain broken"
 
 
 def _actions(notify_block_id: UUID | None, subject: str, body: str) -> list[Any]:
@@ -70,6 +74,16 @@ def definitions(notify_block_id: UUID | None = None) -> list[AutomationCore]:
                 for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1, within=timedelta(0)),
             actions=_actions(notify, "Bevakningen misslyckades: {{ event.resource.name }}",
                              "Körningen {{ event.resource.name }} slutade med {{ event.event }}.")),
+        AutomationCore(
+            name=AUDIT_CHAIN_BROKEN, enabled=True, tags=[TAG],
+            description="Granskningsloggens hashkedja är bruten: en rad har ändrats, tagits bort eller lagts in "
+                        "vid sidan av appen. Kör `restriction-orders audit verify` för alla fel; "
+                        "administratörsöversikten visar den första brutna raden.",
+            trigger=EventTrigger(expect={EVENT_BROKEN}, match={"prefect.resource.id": RESOURCE_ID},
+                                 posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            actions=_actions(notify, "Granskningsloggens kedja är bruten",
+                             "Första brutna rad: id {{ event.payload.row_id }} ({{ event.payload.problem }}). "
+                             "Kör restriction-orders audit verify.")),
     ]
 
 

@@ -35,6 +35,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # A REPLACE's delete fires delete triggers only with this on (the audit log's refuse it).
+            cur.execute("PRAGMA recursive_triggers=ON")
             cur.close()
 
         return eng

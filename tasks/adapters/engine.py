@@ -247,15 +247,22 @@ class PrefectEngine:
     async def health(self) -> tuple[bool, str]:
         import httpx
         from prefect.settings import get_current_settings
-        url = get_current_settings().api.url
-        if not url:
+
+        from tasks.adapters.prefect_auth import basic_auth_header
+        api = get_current_settings().api
+        if not api.url:
             return False, "PREFECT_API_URL saknas"
+        # /health answers without authentication; /admin/version needs the auth string, so a wrong or missing
+        # PREFECT_API_AUTH_STRING shows here (HTTP 401) and not first when an order's run cannot start.
+        secret = api.auth_string.get_secret_value() if api.auth_string else ""
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                r = await client.get(f"{url.rstrip('/')}/health")
-            return r.status_code == 200, f"HTTP {r.status_code}"
+            async with httpx.AsyncClient(timeout=2.0, headers=basic_auth_header(secret) if secret else {}) as client:
+                r = await client.get(f"{api.url.rstrip('/')}/admin/version")
         except httpx.HTTPError as exc:
             return False, type(exc).__name__
+        if r.status_code == 401:
+            return False, "HTTP 401: PREFECT_API_AUTH_STRING saknas eller är fel"
+        return r.status_code == 200, f"HTTP {r.status_code}"
 
     def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
         """A markdown artifact; inside a run it belongs to the current task run, outside one (the cancel
