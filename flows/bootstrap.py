@@ -51,9 +51,11 @@ def in_process(settings: Settings | None = None, **replace: object) -> Adapters:
     resumed (flows/inprocess.py), and events are recorded in a list. For unit tests of the routine."""
     from flows.inprocess import InProcessEngine
     from tasks.adapters.events import RecordedEvents
-    engine = InProcessEngine()
-    ad = build(settings, engine=engine, events=RecordedEvents(), **replace)  # type: ignore[arg-type]
-    engine.bind(ad)
+    engine = replace.pop("engine", None) or InProcessEngine()
+    events = replace.pop("events", None) or RecordedEvents()
+    ad = build(settings, engine=engine, events=events, **replace)  # type: ignore[arg-type]
+    if isinstance(engine, InProcessEngine):
+        engine.bind(ad)
     return ad
 
 

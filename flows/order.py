@@ -28,6 +28,7 @@ from prefect.exceptions import MissingContextError
 from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
 from prefect.states import Cancelled
+from pydantic import ConfigDict
 
 from flows.bootstrap import passed, process_adapters
 from models.routine import HUMAN_STAGES, ORDER_TYPES, STAGES, OrderType, Stage, suspend_key
@@ -46,7 +47,11 @@ CONFIRM_RETRY_DELAYS = (2.0, 2.0)
 
 
 class DecisionInput(RunInput):
-    """What a suspended run is handed: the id of a decision stored by the app, nothing else."""
+    """What a suspended run is handed: the id of a decision stored by the app, nothing else. Anything else a
+    resume carries (a decider, an outcome typed into Prefect's UI or API) is accepted by the schema and then
+    ignored, so the run itself can refuse and audit the attempt instead of Prefect rejecting it unseen."""
+    model_config = ConfigDict(extra="ignore")
+
     decision_id: int | None = None
 
 

@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from models.routine import ORDER_FLOW_NAMES
 from models.status import FINAL, OrderStatus
 from models.tables import AppliedEffect, AuditEvent, OutboxMessage
-from tasks.adapters.database import session
+from tasks.adapters import Adapters
 from tasks.steps import orders
 from tests.conftest import FlowServer, SmtpSink
 from tests.e2e import aged, body, decide, mails, status, submit, wait_mails, wait_status
@@ -40,27 +41,27 @@ DECIDER = {"awaiting_callback": ("callback", "DEMO-KALMAR-ONCALL"),
            "awaiting_approval": ("approval", "DEMO-KALMAR-HEAD")}
 
 
-def _audit(reference: str) -> list[AuditEvent]:
-    with session() as s:
+def _audit(ad: Adapters, reference: str) -> list[AuditEvent]:
+    with ad.db.session() as s:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference)
                               .order_by(AuditEvent.id)))
 
 
-def _actions(reference: str, action: str) -> int:
-    return sum(1 for e in _audit(reference) if e.action == action)
+def _actions(ad: Adapters, reference: str, action: str) -> int:
+    return sum(1 for e in _audit(ad, reference) if e.action == action)
 
 
-def _decide_what_waits(reference: str, st: str) -> None:
+def _decide_what_waits(ad: Adapters, reference: str, st: str) -> None:
     stage, actor = DECIDER[st]
     decision: dict[str, Any] = {"note": ""}
     if stage == "harm_assessment":
         decision = {"harm_found": True, "decision": "restrict"}
     elif stage == "approval":
-        with session() as s:
+        with ad.db.session() as s:
             role = (orders.get(s, reference).stage_plan.get("approval") or {}).get("role")
         actor = "DEMO-KALMAR-BAKJOUR" if role == "bakjour" else actor
         decision = {"approved": True}
-    decide(reference, stage, actor, decision)
+    decide(ad, reference, stage, actor, decision)
 
 
 def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
@@ -76,8 +77,6 @@ def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
     )
     from prefect.client.schemas.objects import StateType
 
-    from flows.serve import ORDER_FLOW_NAMES
-
     async def busy() -> int:
         async with get_client() as client:
             return len(await client.read_flow_runs(
@@ -90,8 +89,8 @@ def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowServer, smtp: Path,
-                                                               tmp_path: Path) -> None:
+def test_sigkill_at_every_stage_boundary_each_order_ends_once(prefect_ad: Adapters, flow_server: FlowServer,
+                                                               smtp: Path, tmp_path: Path) -> None:
     """Two orders in flight together, each armed for its own boundaries (six crashes in all, one per
     boundary): whichever reaches an armed point first takes the whole group down, the other dies wherever
     it is, and the operator starts the server again."""
@@ -99,8 +98,9 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowS
     flow_server.kill()
     crashing = FlowServer({**flow_server.env, "RO_FAILPOINTS": "after-receive,after-decision,after-execute,after-confirm",
                            "RO_FAILPOINT_DIR": str(tmp_path)})
-    routine = submit(body("seal_or_lock", patient_personal_number=aged(47, 613)))  # nobody serves them yet
-    urgent = submit(body("seal_or_lock", patient_personal_number=aged(33, 614), urgent=True))
+    ad = prefect_ad
+    routine = submit(ad, body("seal_or_lock", patient_personal_number=aged(47, 613)))  # nobody serves them yet
+    urgent = submit(ad, body("seal_or_lock", patient_personal_number=aged(33, 614), urgent=True))
     armed = {routine: ["after-receive", "after-decision:harm_assessment", "after-decision:approval", "after-execute"],
              urgent: ["after-decision:callback", "after-confirm"]}
     for ref, points in armed.items():
@@ -117,14 +117,14 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowS
                 crashes += 1
                 crashing.proc = None
                 crashing.start()
-            states = {ref: status(ref) for ref in armed}
+            states = {ref: status(ad, ref) for ref in armed}
             if all(OrderStatus(st) in FINAL for st in states.values()) and \
                     all((tmp_path / f"{p}-{ref}").exists() for ref, points in armed.items() for p in points):
                 break
             for ref, st in states.items():
                 if st in DECIDER and (ref, st) not in decided:
                     decided.add((ref, st))
-                    _decide_what_waits(ref, st)
+                    _decide_what_waits(ad, ref, st)
             time.sleep(0.5)
         assert crashing.proc is not None
         with contextlib.suppress(subprocess.TimeoutExpired):  # the last point may have fired as the loop ended
@@ -136,7 +136,7 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowS
     assert fired == armed, fired
     assert crashes == sum(len(p) for p in armed.values()), crashes
     for ref, end in wanted_end.items():
-        wait_status(ref, end)
+        wait_status(ad, ref, end)
 
     expected_mails = {routine: 2, urgent: 3}  # the head and the orderer; the urgent one paged on-call too
     for ref, n in expected_mails.items():
@@ -144,43 +144,44 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(flow_server: FlowS
     time.sleep(3)  # time for a doubled email to show up
     for ref, n in expected_mails.items():
         ids = [m["Message-ID"] for m in mails(smtp, ref)]
-        with session() as s:
+        with ad.db.session() as s:
             queued = {m.message_id for m in s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference == ref))}
         assert len(ids) == n and sorted(ids) == sorted(queued), (ref, ids, queued)  # each one, exactly once
-    with session() as s:
+    with ad.db.session() as s:
         effects = {ref: sorted(e.effect for e in s.scalars(select(AppliedEffect)
                                                             .where(AppliedEffect.order_reference == ref)))
                    for ref in armed}
     assert effects == {routine: ["lock_login", "seal_journal"], urgent: ["lock_login", "seal_journal"]}
     for ref in armed:
-        events = _audit(ref)
+        events = _audit(ad, ref)
         transitions = Counter((e.from_status, e.to_status) for e in events if e.to_status)
         assert all(n == 1 for n in transitions.values()), (ref, transitions)
         planned = Counter(str(e.detail.get("stage")) for e in events if e.action == "stage_planned")
         assert all(n == 1 for n in planned.values()), (ref, planned)
-        assert _actions(ref, "run_started") >= 2  # the crashed runs were replaced, each with a restart key
-    assert _actions(routine, "executed") == 1 and _actions(routine, "assessed") == 1
-    assert _actions(routine, "approved") == 1 and _actions(urgent, "callback_recorded") == 1
-    assert {ref: status(ref) for ref in armed} == wanted_end
+        assert _actions(ad, ref, "run_started") >= 2  # the crashed runs were replaced, each with a restart key
+    assert _actions(ad, routine, "executed") == 1 and _actions(ad, routine, "assessed") == 1
+    assert _actions(ad, routine, "approved") == 1 and _actions(ad, urgent, "callback_recorded") == 1
+    assert {ref: status(ad, ref) for ref in armed} == wanted_end
 
 
-def test_smtp_down_then_back_delivers_every_email_exactly_once(flow_server: FlowServer, smtp_sink: SmtpSink,
-                                                               smtp: Path) -> None:
-    refs = [submit(body("seal_or_lock", patient_personal_number=aged(52, 400 + i))) for i in range(2)]
+def test_smtp_down_then_back_delivers_every_email_exactly_once(prefect_ad: Adapters, flow_server: FlowServer,
+                                                               smtp_sink: SmtpSink, smtp: Path) -> None:
+    ad = prefect_ad
+    refs = [submit(ad, body("seal_or_lock", patient_personal_number=aged(52, 400 + i))) for i in range(2)]
     for ref in refs:
-        wait_status(ref, "awaiting_assessment")
-        decide(ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
+        wait_status(ad, ref, "awaiting_assessment")
+        decide(ad, ref, "harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"})
     for ref in refs:
-        wait_status(ref, "awaiting_approval")
+        wait_status(ad, ref, "awaiting_approval")
     smtp_sink.stop()
     try:
         for ref in refs:
-            decide(ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
+            decide(ad, ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
         for ref in refs:
-            wait_status(ref, "completed")
+            wait_status(ad, ref, "completed")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the run tried to send, and the housekeeping loop after it
-            with session() as s:
+            with ad.db.session() as s:
                 tried = list(s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference.in_(refs))))
             if len(tried) == 4 and all(m.attempts >= 1 for m in tried):
                 break
@@ -194,7 +195,7 @@ def test_smtp_down_then_back_delivers_every_email_exactly_once(flow_server: Flow
         wait_mails(smtp, ref, 2, timeout=90)  # the next retry after the backoff
     time.sleep(3)
     assert [len(mails(smtp, ref)) for ref in refs] == [2, 2]
-    with session() as s:
+    with ad.db.session() as s:
         sent = list(s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference.in_(refs))))
     assert all(m.status == "sent" for m in sent)
 
@@ -214,7 +215,7 @@ def _automation_events(automation_id: str, since: datetime) -> list[str]:
 
 
 def test_a_failed_order_run_fires_the_shipped_automation(flow_server: FlowServer) -> None:
-    """"Order run failed" (tasks/automations.py) reacts to a real failed run of an order flow. Its action in
+    """"Order run failed" (tasks/adapters/automations.py) reacts to a real failed run of an order flow. Its action in
     the shipped configuration is "do nothing": the effect is the automation's own record in the dashboard
     (`prefect.automation.triggered` and `prefect.automation.action.executed`, related to the run)."""
     from prefect.client.orchestration import get_client

@@ -13,6 +13,7 @@ import pytest
 
 from flows import commands
 from forms import cli
+from tasks.adapters import Adapters
 from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
 from tasks.adapters.automations_monitoring import AUDIT_CHAIN_BROKEN, MONITORING_FAILED, OVERDUE_ORDERS
 from tests.conftest import FlowServer, prefect_headers
@@ -77,26 +78,27 @@ def _no_personal_data(text: str) -> None:
         assert free_text not in text
 
 
-def test_each_order_has_its_card_waiting_completed_and_cancelled(flow_server: FlowServer) -> None:
+def test_each_order_has_its_card_waiting_completed_and_cancelled(prefect_ad: Adapters, flow_server: FlowServer) -> None:
+    ad = prefect_ad
     # A patient's own request: one human step (approval), so the test costs one resumed run, not two.
-    ref = submit(body("seal_or_lock", initiative="patient", actions=["seal_journal"], region="ostergotland"),
+    ref = submit(ad, body("seal_or_lock", initiative="patient", actions=["seal_journal"], region="ostergotland"),
                  actor="DEMO-OSTERGOTLAND-CLINICIAN")
-    wait_status(ref, "awaiting_approval")
+    wait_status(ad, ref, "awaiting_approval")
     waiting, _ = _wait_card(ref, "awaiting_approval")
     assert "| harm_assessment | nej | patient_own_request |" in waiting
     assert "| approval | ja | head_of_department_approves |" in waiting
     assert "| received |" in waiting
     _no_personal_data(waiting)
-    decide(ref, "approval", "DEMO-OSTERGOTLAND-HEAD", {"approved": True, "comment": "Risk för hot"})
-    wait_status(ref, "completed")
+    decide(ad, ref, "approval", "DEMO-OSTERGOTLAND-HEAD", {"approved": True, "comment": "Risk för hot"})
+    wait_status(ad, ref, "completed")
     done, versions = _wait_card(ref, "completed")
     assert versions == 2  # waiting for approval, completed: one per step
     assert "executed" in done and "DEMO-OSTERGOTLAND-HEAD" in done
     _no_personal_data(done)
 
-    other = submit(body("seal_or_lock"))
-    wait_status(other, "awaiting_assessment")
+    other = submit(ad, body("seal_or_lock"))
+    wait_status(ad, other, "awaiting_assessment")
     _wait_card(other, "awaiting_assessment")
-    asyncio.run(commands.cancel(other, "DEMO-KALMAR-CLINICIAN", "Fel patient"))
+    asyncio.run(commands.cancel(ad, other, "DEMO-KALMAR-CLINICIAN", "Fel patient"))
     cancelled, _ = _wait_card(other, "cancelled", timeout=10)  # published by the command, not a run
     _no_personal_data(cancelled)

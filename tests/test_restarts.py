@@ -1,36 +1,41 @@
 """A run that always fails: the reconciler restarts it with backoff, at most five times, then sets the
-order to failed and tells people. Prefect is replaced by a recorder whose runs all end at once (the real
-server is in the end-to-end tests); the orders database is this module's own."""
+order to failed and tells people. The engine is a recorder whose runs of the order all end at once
+(tasks/adapters/engine.py's `Engine`, passed to the composition root; the real server is in the
+end-to-end tests); the clock is pinned and moved by the test; the orders database is this module's own."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from flows.bootstrap import build
 from models.clock import FixedClock
 from models.runs import RestartPolicy, RestartVerdict, RunHistory, history_from_audit
-from models.tables import AuditEvent, Order
-from tasks.adapters import audit
-from tasks.adapters.database import session
-from tasks.steps import runs as launch
+from models.tables import AuditEvent, Order, OutboxMessage
+from tasks.adapters import Adapters
+from tasks.adapters.database import Database
+from tasks.adapters.engine import RunInfo
+from tasks.adapters.events import RecordedEvents
+from tasks.adapters.settings import Settings
 from tasks.steps.orders import transition
+from tasks.steps.runs import EXHAUSTED_EVENT, LivenessWindow, reconcile, start_run
 from tests.conftest import own_database
 from tests.webapp import pnr
 
 
-@pytest.fixture(scope="module", autouse=True)
-def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+@pytest.fixture(scope="module")
+def restarts_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     yield from own_database(tmp_path_factory, "restarts", first_reference=760000)
 
 
-def _order(ref: str) -> Order:
-    now = datetime.now(UTC)
+def _order(ref: str, now: datetime) -> Order:
     return Order(reference=ref, order_type="seal_or_lock", initiative="care", actions=["seal_journal"],
                  patient_pnr=pnr().replace("-", ""), care_unit_hsa_id="DEMO-KALMAR-UNIT", region="kalmar",
                  status="awaiting_assessment", submitted_by="DEMO-KALMAR-CLINICIAN", created_at=now,
@@ -54,65 +59,82 @@ def test_the_policy_waits_longer_each_time_and_gives_up_after_five() -> None:
 # --- a run that always fails ------------------------------------------------------------------------------
 
 class AlwaysFailing:
-    """Prefect where every run of the order has failed: it records when the reconciler starts new ones."""
+    """An engine where every run of the order fails as soon as it starts: it records, by the pinned clock,
+    when the reconciler starts new ones (each with its own idempotency key)."""
 
     def __init__(self, clock: FixedClock) -> None:
         self.clock = clock
         self.restarts: dict[str, list[datetime]] = {}
-        self.events: list[tuple[str, int]] = []
+        self.keys: list[str] = []
         self.runs: set[str] = set()
 
-    async def start_run(self, reference: str, *, restart: int = 0) -> str:
+    async def create_run(self, flow_name: str, reference: str, *, key: str, tags: list[str],
+                         work_queue: str | None) -> str:
+        assert key not in self.keys, f"the same idempotency key twice: {key}"
+        self.keys.append(key)
         run_id = str(uuid.uuid4())
-        with session() as s:  # what the real start_run records
-            order = s.query(Order).filter_by(reference=reference).one()
-            order.flow_run_id = run_id
-            audit.record(s, actor="system", action="run_started", order=order, at=self.clock.now(),
-                         detail={"flow_run_id": run_id, "restart": restart})
         self.restarts.setdefault(reference, []).append(self.clock.now())
         self.runs.add(run_id)
         return run_id
 
-    def get_client(self) -> Any:
-        runs = self.runs
+    async def begin(self, run_id: str) -> None:
+        return None
 
-        class Client:
-            async def __aenter__(self) -> Client:
-                return self
+    async def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        await coro
 
-            async def __aexit__(self, *exc: object) -> None:
-                return None
+    async def work_queue_for(self, flow_name: str, urgent: bool) -> str | None:
+        return None
 
-            async def read_flow_runs(self, flow_run_filter: Any, limit: int) -> list[Any]:
-                # Only this test's runs fail; the other orders in the module's database are waiting.
-                crashed = type("State", (), {"is_paused": lambda self: False, "is_final": lambda self: True})()
-                waiting = type("State", (), {"is_paused": lambda self: True, "is_final": lambda self: False})()
-                return [type("Run", (), {"id": i, "state": crashed if str(i) in runs else waiting})()
-                        for i in flow_run_filter.id.any_]
-        return Client()
+    async def resume(self, run_id: str, run_input: dict[str, Any]) -> bool:
+        return False
+
+    async def set_state(self, run_id: str, state: str, message: str) -> None:
+        return None
+
+    async def read_run(self, run_id: str) -> RunInfo:
+        return (await self.read_runs([run_id]))[run_id]
+
+    async def read_runs(self, run_ids: list[str]) -> dict[str, RunInfo]:
+        # Only this engine's runs fail; any other order in the module's database waits in a human step.
+        return {r: RunInfo(r, "failed", "Failed") if r in self.runs else RunInfo(r, "paused", "Suspended")
+                for r in run_ids}
+
+    async def add_tag(self, run_id: str, tag: str) -> None:
+        return None
+
+    def fails_fast(self, timeout: float = 10.0) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
+        return None
+
+    async def health(self) -> tuple[bool, str]:
+        return True, "always failing"
+
+
+def _adapters(settings: Settings, database: Database, clock: FixedClock, engine: AlwaysFailing) -> Adapters:
+    # The liveness check every round (not every run_liveness_seconds): the tests count rounds.
+    return build(settings.model_copy(update={"run_liveness_seconds": 0.0}), db=database, engine=engine,
+                 clock=clock, events=RecordedEvents())
 
 
 def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, restarts_db: Database) -> None:
     clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
     fake = AlwaysFailing(clock)
-    monkeypatch.setattr(launch, "start_run", fake.start_run)
-    monkeypatch.setattr(launch, "prefect_client", fake.get_client)
-    monkeypatch.setattr(launch, "emit_exhausted", lambda ref, run, n, now: fake.events.append((ref, n)))
-    monkeypatch.setattr(launch, "_window_after", 0)
-    monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
+    ad = _adapters(settings, restarts_db, clock, fake)
     ref = "RO-2026-769990"
-    with session() as s:
-        order = _order(ref)
-        order.created_at = order.updated_at = clock.now()
-        s.add(order)
-    asyncio.run(fake.start_run(ref))  # its first run, which fails like every later one
+    with ad.db.session() as s:
+        s.add(_order(ref, clock.now()))
+    assert asyncio.run(start_run(ad, ref))  # its first run, which fails like every later one
     fake.restarts.clear()
     started = fake.restarts.setdefault(ref, [])
 
+    window = LivenessWindow()
     rounds = 0
-    while _status(ref) != "failed":
-        asyncio.run(launch.reconcile(now=clock.now()))
+    while _status(ad, ref) != "failed":
+        asyncio.run(reconcile(ad, window=window))
         clock.advance(seconds=2)  # the embedded default's housekeeping round
         rounds += 1
         assert rounds < 200, started
@@ -121,38 +143,44 @@ def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
     gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
     assert gaps == sorted(gaps) and len(set(gaps)) == len(gaps)  # each later than the one before
     assert [g >= want for g, want in zip(gaps, (10, 20, 40, 80), strict=True)] == [True] * 4
-    with session() as s:
+    assert fake.keys == [ref] + [f"{ref}/restart-{n}" for n in range(1, 6)]  # each restart its own key
+    with ad.db.session() as s:
         rows = list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == ref,
                                                         AuditEvent.action == "run_restarts_exhausted")))
+        queued = sorted(m.event for m in s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference == ref)))
     assert len(rows) == 1 and rows[0].from_status == "awaiting_assessment" and rows[0].to_status == "failed"
     assert rows[0].detail["restarts"] == 5
-    assert fake.events == [(ref, 5)]
-    asyncio.run(launch.reconcile(now=clock.advance(hours=1)))  # a failed order is left alone
+    assert queued == ["failed", "failed"]  # the orderer and the region's support queue are told
+    exhausted = [e for e in ad.events.sent if e["event"] == EXHAUSTED_EVENT]  # type: ignore[attr-defined]
+    assert [(e["resource"]["prefect.resource.id"], e["payload"]) for e in exhausted] == \
+        [(f"order.{ref}", {"restarts": 5})]
+    asyncio.run(reconcile(ad, now=clock.advance(hours=1), window=window))  # a failed order is left alone
     assert len(started) == 5
 
 
-def test_a_restarted_run_that_gets_further_starts_the_count_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restarted_run_that_gets_further_starts_the_count_again(settings: Settings,
+                                                                   restarts_db: Database) -> None:
     clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
     fake = AlwaysFailing(clock)
-    monkeypatch.setattr(launch, "start_run", fake.start_run)
-    monkeypatch.setattr(launch, "prefect_client", fake.get_client)
-    monkeypatch.setattr(launch, "_window_after", 0)
-    monkeypatch.setattr(launch, "liveness_every", lambda: 0.0)  # every round, as the tests count rounds
+    ad = _adapters(settings, restarts_db, clock, fake)
     ref = "RO-2026-769991"
-    with session() as s:
-        s.add(_order(ref))
-    asyncio.run(fake.start_run(ref))
+    with ad.db.session() as s:
+        s.add(_order(ref, clock.now()))
+    asyncio.run(start_run(ad, ref))
+    window = LivenessWindow()
     for _ in range(4):  # four restarts, the last one 80 s after the one before
-        asyncio.run(launch.reconcile(now=clock.advance(seconds=80)))
+        clock.advance(seconds=80)
+        asyncio.run(reconcile(ad, window=window))
     assert len(fake.restarts[ref]) == 5  # the first run and four restarts
-    with session() as s:  # the fourth restarted run moved the order on before it failed
+    with ad.db.session() as s:  # the fourth restarted run moved the order on before it failed
         order = s.query(Order).filter_by(reference=ref).one()
         transition(s, order, "awaiting_approval", actor="DEMO-KALMAR-ASSESSOR", action="assessed",
                    at=clock.now())
-    asyncio.run(launch.reconcile(now=clock.advance(seconds=1)))
-    assert len(fake.restarts[ref]) == 6 and _status(ref) == "awaiting_approval"  # at once: a new failure
+    clock.advance(seconds=1)
+    asyncio.run(reconcile(ad, window=window))
+    assert len(fake.restarts[ref]) == 6 and _status(ad, ref) == "awaiting_approval"  # at once: a new failure
 
 
-def _status(reference: str) -> str:
-    with session() as s:
+def _status(ad: Adapters, reference: str) -> str:
+    with ad.db.session() as s:
         return str(s.query(Order).filter_by(reference=reference).one().status)

@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from flows import urgent
 from models.tables import Deadline, Deviation
+from tasks.adapters import Adapters
 from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE, ensure_automations
-from tasks.adapters.database import session
-from tasks.steps import escalation, orders
+from tasks.steps import escalation, orders, urgency
 from tests.conftest import FlowServer
 from tests.e2e import body, mails, status, submit, text_of, wait_mails, wait_status
 
@@ -60,8 +60,8 @@ def _assert_clean(messages: list[Any]) -> None:
         assert "Hot mot patienten" not in text
 
 
-async def _run_tags(reference: str) -> list[str]:
-    with session() as s:
+async def _run_tags(ad: Adapters, reference: str) -> list[str]:
+    with ad.db.session() as s:
         run_id = orders.get(s, reference).flow_run_id
     assert run_id
     async with get_client() as c:
@@ -69,9 +69,10 @@ async def _run_tags(reference: str) -> list[str]:
 
 
 def test_submit_urgent_pages_on_call_before_the_run_and_the_callback_lets_it_continue(
-        flow_server: FlowServer, smtp: Path) -> None:
+        prefect_ad: Adapters, flow_server: FlowServer, smtp: Path) -> None:
+    ad = prefect_ad
     started = time.monotonic()
-    ref = submit(body("seal_or_lock", region=REGION, urgent=True), actor=CLINICIAN)
+    ref = submit(ad, body("seal_or_lock", region=REGION, urgent=True), actor=CLINICIAN)
     # The page is at the SMTP server when submit returns: no worker poll, no Prefect run involved. (A
     # housekeeping round may have taken the send over a moment before; then it is a moment behind.)
     returned = time.monotonic() - started
@@ -81,30 +82,30 @@ def test_submit_urgent_pages_on_call_before_the_run_and_the_callback_lets_it_con
     assert ref in text and "BRÅDSKANDE" in str(got[0]["Subject"]) and "Demoenheten" in text
     _assert_clean(got)
 
-    wait_status(ref, "awaiting_callback")
-    assert "urgent" in asyncio.run(_run_tags(ref))
-    out = asyncio.run(urgent.record_callback(ref, ONCALL, "Uppringd, ärendet klart att gå vidare"))
+    wait_status(ad, ref, "awaiting_callback")
+    assert "urgent" in asyncio.run(_run_tags(ad, ref))
+    out = asyncio.run(urgent.record_callback(ad, ref, ONCALL, "Uppringd, ärendet klart att gå vidare"))
     assert out.on_time and out.via == "run"
-    wait_status(ref, "awaiting_assessment")
-    with session() as s:
+    wait_status(ad, ref, "awaiting_assessment")
+    with ad.db.session() as s:
         [dl] = s.scalars(select(Deadline).where(Deadline.order_reference == ref, Deadline.kind == "callback"))
         assert dl.met_at is not None and dl.fired_at is None
         assert orders.get(s, ref).stage_plan["callback"]["rule"] == "urgent_callback"
-    assert urgent.callback_clock(ref, datetime.now(UTC)).state == "met"
-    assert escalation.escalate_due(datetime.now(UTC) + timedelta(hours=1), emit=lambda m: None,
-                                   references=[ref]) == []
+    assert urgency.callback_clock(ad, ref, datetime.now(UTC)).state == "met"
+    assert escalation.escalate_due(ad, datetime.now(UTC) + timedelta(hours=1), references=[ref]) == []
 
 
-def test_urgent_deployment_makes_a_non_urgent_order_urgent(flow_server: FlowServer, urgent_server: None,
-                                                            smtp: Path) -> None:
-    ref = submit(body("seal_or_lock", region=REGION), actor=CLINICIAN)
-    wait_status(ref, "awaiting_assessment")
+def test_urgent_deployment_makes_a_non_urgent_order_urgent(prefect_ad: Adapters, flow_server: FlowServer,
+                                                            urgent_server: None, smtp: Path) -> None:
+    ad = prefect_ad
+    ref = submit(ad, body("seal_or_lock", region=REGION), actor=CLINICIAN)
+    wait_status(ad, ref, "awaiting_assessment")
     assert mails(smtp, ref) == []
     before = datetime.now(UTC)
     fr = asyncio.run(arun_deployment(DEPLOYMENT, parameters={"reference": ref}, timeout=120, poll_interval=1))
     assert fr.state is not None and fr.state.is_completed(), fr.state
     assert fr.name == f"urgent-{ref}"
-    with session() as s:
+    with ad.db.session() as s:
         order = orders.get(s, ref)
         assert order.urgent and order.callback_due_at is not None
         assert before + timedelta(minutes=29) < order.callback_due_at < datetime.now(UTC) + timedelta(minutes=31)
@@ -112,20 +113,20 @@ def test_urgent_deployment_makes_a_non_urgent_order_urgent(flow_server: FlowServ
     got = wait_mails(smtp, ref, 1, timeout=10)
     assert [m["To"] for m in got] == [ON_CALL_ADDRESS]
     _assert_clean(got)
-    assert "urgent" in asyncio.run(_run_tags(ref))
+    assert "urgent" in asyncio.run(_run_tags(ad, ref))
 
     # Started again from the dashboard: nothing changes, nobody is paged twice.
     again = asyncio.run(arun_deployment(DEPLOYMENT, parameters={"reference": ref}, timeout=120, poll_interval=1))
     assert again.state is not None and again.state.is_completed()
     time.sleep(1)
     assert len(mails(smtp, ref)) == 1
-    with session() as s:
+    with ad.db.session() as s:
         assert len(list(s.scalars(select(Deadline).where(Deadline.order_reference == ref,
                                                          Deadline.kind == "callback")))) == 1
     # On-call calls back: the clock stops, the order goes on where it was.
-    assert asyncio.run(urgent.record_callback(ref, ONCALL, "Uppringd")).via == "stored"
-    assert urgent.callback_clock(ref, datetime.now(UTC)).state == "met"
-    assert status(ref) == "awaiting_assessment"
+    assert asyncio.run(urgent.record_callback(ad, ref, ONCALL, "Uppringd")).via == "stored"
+    assert urgency.callback_clock(ad, ref, datetime.now(UTC)).state == "met"
+    assert status(ad, ref) == "awaiting_assessment"
 
 
 def test_urgent_deployment_refuses_what_is_not_a_reference(flow_server: FlowServer, urgent_server: None) -> None:
@@ -158,21 +159,22 @@ def _wait_events(name: str, resource_id: str | None = None, prefix: str | None =
     raise AssertionError(f"no {name or prefix} event for {resource_id}")
 
 
-def test_missed_callback_escalates_emits_an_event_and_fires_the_automation(prefect_server: str, db: None,
+def test_missed_callback_escalates_emits_an_event_and_fires_the_automation(prefect_ad: Adapters,
                                                                            smtp: Path) -> None:
+    ad = prefect_ad
     ids = ensure_automations()
     assert set(ids) == {MISSED_CALLBACK, RUN_FAILED, ZOMBIE}
     assert ensure_automations() == ids  # idempotent by name
     since = datetime.now(UTC) - timedelta(seconds=5)
-    out = orders.submit(body("seal_or_lock", urgent=True), "DEMO-KALMAR-CLINICIAN",
+    out = orders.submit(ad, body("seal_or_lock", urgent=True), "DEMO-KALMAR-CLINICIAN",
                         datetime.now(UTC) - timedelta(minutes=31))
     assert out.order is not None
     ref = out.order.reference
     # Prefect's own event sender. (The served flows' housekeeping may run the dispatcher too: whoever comes
     # first fires it, exactly once.)
-    assert escalation.escalate_due(datetime.now(UTC), references=[ref]) in ([ref], [])
-    assert escalation.escalate_due(datetime.now(UTC), references=[ref]) == []
-    with session() as s:
+    assert escalation.escalate_due(ad, datetime.now(UTC), references=[ref]) in ([ref], [])
+    assert escalation.escalate_due(ad, datetime.now(UTC), references=[ref]) == []
+    with ad.db.session() as s:
         assert len(list(s.scalars(select(Deviation).where(Deviation.order_reference == ref)))) == 1
     [ev] = _wait_events(escalation.EVENT, f"order.{ref}")
     assert ev.payload["minutes_late"] in (1, 2)

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
 from email import policy
@@ -30,13 +31,18 @@ from pathlib import Path
 
 import pytest
 
+from flows import urgent
+from tasks.adapters import Adapters
 from tests.conftest import _TMP, PROCESS_LOG, FlowServer, prefect_database_rows
-from tests.e2e import aged, body, luhn, personal_number, submit, wait_status
+from tests.e2e import aged, body, luhn, personal_number, submit, wait_mails, wait_status
 
 # 10 or 12 digits, with or without - or +, not inside a longer run of digits, and not the first groups of a
 # UUID (8-4-4-4-12). Letters on both sides (a hex id, base64) are checked in is_personal_number_shaped.
 CANDIDATE = re.compile(r"(?<![0-9])(?P<century>\d{2})?(?P<date>\d{6})(?P<sep>[-+]?)(?P<serial>\d{3})(?P<check>\d)"
                        r"(?![0-9])(?!-[0-9A-Fa-f]{4}-)")
+# The tables of Prefect's database where what a run handles ends up (Prefect 3).
+PREFECT_PLACES = frozenset({"flow_run", "flow_run_state", "flow_run_input", "task_run", "task_run_state", "log",
+                            "events", "event_resources", "artifact"})
 BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{24,}={0,2}")
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 HEX_OR_DASH = frozenset("0123456789abcdefABCDEF-")
@@ -138,20 +144,34 @@ def artifact_texts() -> list[tuple[str, str]]:
 
 
 @pytest.mark.e2e
-def test_no_personal_numbers_outside_the_orders_database(flow_server: FlowServer, smtp: Path,
+def test_no_personal_numbers_outside_the_orders_database(prefect_ad: Adapters, flow_server: FlowServer, smtp: Path,
                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
-    # At least one order with a guardian and a protected patient in this session, through every step to the
-    # first human one, and a line from our own code in this process's log.
-    ref = submit(body("block_guardian", patient_personal_number=aged(9, 118), guardian_personal_number=aged(39, 224),
-                      patient_protected_identity=True))
-    wait_status(ref, "awaiting_assessment")
+    # Whatever else ran in this session: an order with a guardian and a protected patient through every step
+    # to its first human one, and an urgent order that pages on-call (an email) and whose run is resumed with
+    # the callback, its note naming a patient (free text stays in the orders database), and a line from our
+    # own code in this process's log.
+    ad = prefect_ad
+    ref = submit(ad, body("block_guardian", patient_personal_number=aged(9, 118),
+                          guardian_personal_number=aged(39, 224), patient_protected_identity=True))
+    paged = submit(ad, body("seal_or_lock", patient_personal_number=aged(51, 336), urgent=True))
+    wait_mails(smtp, paged, 1)
+    wait_status(ad, paged, "awaiting_callback")
+    asyncio.run(urgent.record_callback(ad, paged, "DEMO-KALMAR-ONCALL", f"Uppringd om {aged(51, 336)}"))
+    wait_status(ad, paged, "awaiting_assessment")
+    wait_status(ad, ref, "awaiting_assessment")
     logging.getLogger("restriction_orders.leak_scan").info("leak scan of %s starts", ref)
     leaks: list[str] = []
-    rows = 0
+    rows: Counter[str] = Counter()
+    mentions: set[str] = set()
     for table, text in prefect_database_rows():
-        rows += 1
+        rows[table] += 1
+        if ref in text or ref.lower() in text:
+            mentions.add(table)
         leaks += findings(text, f"prefect-db/{table}")
-    assert rows > 1000, rows  # the scan saw the session's runs, states, logs and events
+    # The scan read every place where a run keeps data (runs, their states and inputs, task runs, logs, events,
+    # artifacts), and in the runs, logs, events and artifacts it saw this test's own order.
+    assert {t for t in PREFECT_PLACES if rows[t]} == PREFECT_PLACES, rows
+    assert {"flow_run", "log", "events", "artifact"} <= mentions, (mentions, rows)
 
     artifacts = artifact_texts()
     assert artifacts, "no artifacts read"  # the timelines of the session's finished orders

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from models.routine import STAGE_STATUS, Stage
 from models.runs import RestartPolicy, RestartVerdict, RunHistory, history_from_audit
@@ -54,19 +54,28 @@ async def start_run(ad: Adapters, reference: str, *, restart: int = 0, reason: s
     except Exception as exc:  # network errors, API errors: the reconciler will try again
         log.warning("could not start run for %s: %s", reference, type(exc).__name__)
         return None
+    _record_run(ad, reference, run_id, restart, reason, queue)
+    await ad.engine.begin(run_id)
+    return run_id
+
+
+def _record_run(ad: Adapters, reference: str, run_id: str, restart: int, reason: str, queue: str | None) -> None:
+    """The order's run id, with one conditional UPDATE rather than through the order's version counter: the
+    run's first step, or the reconciler starting the same run (same idempotency key), may change the order
+    between our read and our write, and neither is a conflict with this. Audited once, by whoever set it."""
     with ad.db.session() as s:
-        row = s.scalar(select(Order).where(Order.reference == reference))
-        assert row is not None
-        if row.flow_run_id != run_id:
-            row.flow_run_id = run_id
+        changed = s.execute(update(Order).where(
+            Order.reference == reference, or_(Order.flow_run_id.is_(None), Order.flow_run_id != run_id))
+            .values(flow_run_id=run_id).execution_options(synchronize_session=False))
+        if getattr(changed, "rowcount", 0) == 1:
+            row = s.scalar(select(Order).where(Order.reference == reference))
+            assert row is not None
             detail: dict[str, Any] = {"flow_run_id": run_id, "restart": restart}
             if reason:
                 detail["reason"] = reason
             if queue:
                 detail["work_queue"] = queue
             audit.record(s, actor="system", action="run_started", order=row, detail=detail, at=ad.now())
-    await ad.engine.begin(run_id)
-    return run_id
 
 
 def decision_input(d: Decision) -> dict[str, Any]:
