@@ -1,0 +1,572 @@
+"""A Prefect worker that executes its flow runs inside its own long-lived process.
+
+Prefect's process worker starts a new Python for every flow run, and a suspended order resumes as a new
+flow-run segment: each decision paid a process start (importing Prefect and the flow: about 1.4 s of CPU)
+plus the wait for the next poll (10 s by default). This worker keeps Prefect's model and only changes where
+a claimed run executes:
+
+- It is a `BaseWorker` (Prefect's extension point for new worker types): it polls its work pool, and claims
+  a run by proposing Pending, so any number of these workers, on any number of machines, against one Prefect
+  server never run the same run twice (the server refuses a second Pending). States, logs, task runs and
+  suspensions are the engine's own, so the UI shows them as with the process worker.
+- A claimed run executes in this process, on a thread of its own with its own event loop (an order flow is
+  async, and its sync tasks would block a shared loop), at most `limit` at once. Flows are imported once per
+  deployment entrypoint and kept, so a resumed segment starts in milliseconds.
+- It listens to Prefect's event stream for runs of its pool that become Scheduled (new, resumed, retried)
+  and claims them at once; the ordinary poll stays as the fallback while the stream is down.
+- A run that raises ends Failed (the engine's doing); one whose execution breaks outside the engine ends
+  Crashed (`BaseWorker` proposes Crashed when `run` reports a non-zero status). A run whose worker dies
+  with it is found by `tasks.adapters.stuck_runs.crash_stuck_runs` from the worker's missing heartbeats,
+  and by the next worker of the same name when it starts.
+
+Start it with `python -m tasks.adapters.warm_worker --pool restriction-orders` (see `main`). The code of the
+deployments must be installed where the worker runs: entrypoints are imported from `code_dir` (the working
+directory by default), and a deployment's pull steps are not run (they would change this whole process).
+Job variables that configure a process (env, working_dir, command) do not apply either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+from prefect.exceptions import Abort, Pause
+from prefect.flows import Flow
+from prefect.states import Cancelled
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+from pydantic import PrivateAttr
+
+from tasks.adapters import quiet_suspensions
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import Flow as APIFlow
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
+    from prefect.events.schemas.events import Event
+
+WORKER_TYPE = "warm"
+# State-change events that make a run claimable: created, resumed from a suspension, retried, rescheduled.
+WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.Resuming", "prefect.flow-run.AwaitingRetry",
+               "prefect.flow-run.Late")
+CANCELLING_EVENT = "prefect.flow-run.Cancelling"
+SUSPENDED_EVENT = "prefect.flow-run.Suspended"
+log = logging.getLogger("restriction_orders.warm_worker")
+
+
+class WarmJobConfiguration(BaseJobConfiguration):
+    """The pool's job template has nothing to configure for an in-process run; what this worker needs from
+    the claim is the deployment's entrypoint, which `BaseWorker` has already read when it prepares the job."""
+
+    _entrypoint: str | None = PrivateAttr(default=None)
+
+    def prepare_for_flow_run(self, flow_run: FlowRun, deployment: DeploymentResponse | None = None,
+                             flow: APIFlow | None = None, work_pool: WorkPool | None = None,
+                             worker_name: str | None = None, worker_id: UUID | None = None) -> None:
+        super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
+        self._entrypoint = deployment.entrypoint if deployment is not None else None
+
+
+class WarmVariables(BaseVariables):
+    pass
+
+
+class WarmWorkerResult(BaseWorkerResult):
+    pass
+
+
+class FlowCache:
+    """Flows by deployment entrypoint, each imported once for the life of the process.
+
+    `flows/order.py:order` under `code_dir` is imported as the module `flows.order`, the same module object
+    the rest of the code imports, not as a second copy of the file (Prefect's own loader executes the file
+    under a private module name, and is not thread-safe)."""
+
+    def __init__(self, code_dir: Path) -> None:
+        self.code_dir = code_dir.resolve()
+        self._flows: dict[str, Flow[..., Any]] = {}
+        self._lock = threading.Lock()
+        if str(self.code_dir) not in sys.path:
+            sys.path.insert(0, str(self.code_dir))
+
+    def load(self, entrypoint: str) -> Flow[..., Any]:
+        cached = self._flows.get(entrypoint)
+        if cached is not None:
+            return cached
+        with self._lock:
+            if entrypoint not in self._flows:
+                self._flows[entrypoint] = self._import(entrypoint)
+            return self._flows[entrypoint]
+
+    def _import(self, entrypoint: str) -> Flow[..., Any]:
+        if ":" in entrypoint:
+            path, name = entrypoint.rsplit(":", 1)
+            file = (self.code_dir / path).resolve()
+            if file.suffix == ".py" and file.is_relative_to(self.code_dir):
+                module = ".".join(file.relative_to(self.code_dir).with_suffix("").parts)
+            else:
+                module = path
+        else:
+            module, name = entrypoint.rsplit(".", 1)
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, Flow):
+            raise TypeError(f"{entrypoint} is not a Prefect flow")
+        return obj
+
+    def __contains__(self, entrypoint: str) -> bool:
+        return entrypoint in self._flows
+
+
+@dataclass
+class _Execution:
+    """A flow run executing on one of the worker's threads."""
+
+    flow_run_id: UUID
+    started: float = field(default_factory=time.monotonic)
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[Any] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def cancel(self) -> bool:
+        """Interrupt the run's task, telling its engine that this is a cancellation (not a crash)."""
+        if self.loop is None or self.task is None:
+            return False
+        task = self.task
+
+        def in_the_runs_thread() -> None:
+            _this_thread.cancelling = True
+            task.cancel()
+
+        self.cancelled = True
+        self.loop.call_soon_threadsafe(in_the_runs_thread)
+        return True
+
+
+# Per flow-run thread: whether the worker is cancelling the run executing on it.
+_this_thread = threading.local()
+_PATCHED: set[str] = set()
+
+
+def _cancellation_per_thread() -> None:
+    """The engine tells a cancellation from a crash by the "termination intent" that Prefect's runner sets
+    for its child process before it interrupts it: one per process. Here a process runs many flow runs, so
+    the intent is answered per thread: "cancel" on the thread of a run this worker is cancelling, the
+    process-wide answer otherwise. The engine then records Cancelling and Cancelled itself, as when a
+    process worker cancels a run. Prefect-internal, hence checked: left alone if it has moved."""
+    import prefect.flow_engine
+    if "intent" in _PATCHED or not hasattr(prefect.flow_engine, "_termination_intent"):
+        return
+    process_wide = prefect.flow_engine._termination_intent
+
+    def termination_intent() -> Any:
+        return "cancel" if getattr(_this_thread, "cancelling", False) else process_wide()
+
+    prefect.flow_engine._termination_intent = termination_intent
+    _PATCHED.add("intent")
+
+
+_SHARED_OBSERVER = False
+
+
+def _share_suspension_observer() -> None:
+    """Prefect's engine gives every flow run of a deployment its own observer of external suspension (the
+    UI's Suspend on a running run): a thread, an event loop, a client and a websocket subscription to the
+    events stream that replays the last minute of suspension events, set up before the flow starts and torn
+    down after it. In a process that executes many short segments that is most of a segment's own cost, and
+    one more subscriber per running run for the server to feed. This worker already follows its pool's
+    events, so it observes suspensions for all its runs (`WarmWorker._suspend_run`) and the engine's own
+    observer is turned off in this process. Prefect-internal, hence checked: left alone if it has moved."""
+    global _SHARED_OBSERVER
+    import prefect.flow_engine
+    if not hasattr(prefect.flow_engine, "observe_flow_run_suspension"):
+        log.warning("Prefect's per-run suspension observer not found; left as it is")
+        return
+
+    @contextlib.contextmanager
+    def _observed_by_the_worker(*_: Any, **__: Any) -> Iterator[None]:
+        yield
+
+    prefect.flow_engine.observe_flow_run_suspension = _observed_by_the_worker  # type: ignore[assignment]
+    _SHARED_OBSERVER = True
+
+
+class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
+    type = WORKER_TYPE
+    job_configuration = WarmJobConfiguration
+    job_configuration_variables = WarmVariables
+    _description = "Executes flow runs in the worker's own long-lived process, one thread per running flow run."
+    _display_name = "Warm (in-process)"
+
+    def __init__(self, work_pool_name: str, *, code_dir: Path | str | None = None, wake_on_events: bool = True,
+                 preload: bool = True, limit: int = 16, heartbeat_interval_seconds: int = 10,
+                 prefetch_seconds: float = 0, share_suspension_observer: bool = True, **kwargs: Any) -> None:
+        """`limit` bounds the flow runs executing at once (threads); `heartbeat_interval_seconds` is how often
+        the worker tells Prefect it is alive, which is what finds the runs of a dead worker (stuck_runs.py).
+        No prefetch by default: a run claimed before its time would hold a thread while the engine waits.
+        `share_suspension_observer` (with `wake_on_events`): see `_share_suspension_observer`."""
+        super().__init__(work_pool_name, limit=limit, heartbeat_interval_seconds=heartbeat_interval_seconds,
+                         prefetch_seconds=prefetch_seconds, **kwargs)
+        self.flows = FlowCache(Path(code_dir) if code_dir else Path.cwd())
+        self.wake_on_events = wake_on_events
+        self.share_suspension_observer = share_suspension_observer
+        self.preload = preload
+        self.events_connected = False
+        self.identifier = f"{socket.gethostname()}:{os.getpid()}"
+        self._executor: ThreadPoolExecutor | None = None
+        self._executing: dict[UUID, _Execution] = {}
+        self._claim_lock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
+        self._limit_reached = False
+        self._in_run: set[UUID] = set()
+        self._deferred: set[UUID] = set()
+        self._hints: dict[UUID, int] = {}  # runs an event said are claimable -> claim rounds that missed them
+        self._services: anyio.abc.TaskGroup | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        if self.wake_on_events and self.share_suspension_observer:
+            _share_suspension_observer()
+        _cancellation_per_thread()
+        quiet_suspensions.install()  # this process executes flow runs: their suspensions log at INFO
+        await super().setup()
+        self._executor = ThreadPoolExecutor(max_workers=self._limit or 16, thread_name_prefix="flow-run")
+        self._claim_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._services = anyio.create_task_group()
+        await self._services.__aenter__()
+        self._services.start_soon(self._claim_when_woken)
+        self._services.start_soon(self._start_up_chores)
+        if self.wake_on_events:
+            self._services.start_soon(self._listen_for_events)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self._services is not None:
+            self._services.cancel_scope.cancel()
+            with contextlib.suppress(BaseException):
+                await self._services.__aexit__(None, None, None)
+            self._services = None
+        await super().teardown(*exc_info)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Segments in flight finish (they are short); nothing new starts.
+            await anyio.to_thread.run_sync(lambda: executor.shutdown(wait=True, cancel_futures=True))
+
+    async def _start_up_chores(self) -> None:
+        while not self._has_successfully_synced:
+            await anyio.sleep(0.2)
+        await self._crash_own_orphans()
+        if self.preload:
+            await self._preload_flows()
+
+    async def _preload_flows(self) -> None:
+        """Import the flows of the pool's deployments now, so that the first segment is as fast as the rest."""
+        try:
+            deployments = await self.client.read_deployments(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+        except Exception as exc:
+            log.warning("could not list the pool's deployments to preload them: %s", type(exc).__name__)
+            return
+        for entrypoint in sorted({d.entrypoint for d in deployments if d.entrypoint}):
+            try:
+                await anyio.to_thread.run_sync(self.flows.load, entrypoint)
+            except Exception as exc:  # the run will report it, on the run, when it comes
+                log.warning("could not preload %s: %s", entrypoint, exc)
+
+    async def _crash_own_orphans(self) -> None:
+        """A worker restarted under the same name heartbeats for its dead predecessor too, so the runs that
+        predecessor had claimed would look alive to `crash_stuck_runs` for ever. This worker just started and
+        executes nothing yet: any run still Pending or Running under its name belongs to nobody."""
+        try:
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])), limit=200)
+        except Exception as exc:
+            log.warning("could not look for runs left by an earlier worker of this name: %s", type(exc).__name__)
+            return
+        for run in runs:
+            if (run.labels or {}).get("prefect.worker.name") != self.name:
+                continue
+            if run.id in self._executing or run.id in self._submitting_flow_run_ids:
+                continue
+            await self._propose_crashed_state(run, "Its worker stopped while executing it.")
+
+    # -- claiming ----------------------------------------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        # One claim at a time, whether the poll or an event asked for it.
+        assert self._claim_lock is not None
+        async with self._claim_lock:
+            t0 = time.monotonic()
+            runs = await super().get_and_submit_flow_runs()
+            log.debug("claim round: %d run(s) in %.0f ms", len(runs), (time.monotonic() - t0) * 1000)
+            self._limit_reached = self._limiter is not None and self._limiter.available_tokens == 0
+            self._chase_hints({r.id for r in runs})
+            return runs
+
+    def _chase_hints(self, claimed: set[UUID]) -> None:
+        """Prefect publishes a state change's event before it commits the change, so a claim woken by the
+        event can miss the run by milliseconds (more under load). Look again, a little later each time."""
+        for run_id, misses in list(self._hints.items()):
+            if run_id in claimed or run_id in self._deferred or run_id in self._in_run or misses >= 5:
+                del self._hints[run_id]
+                continue
+            self._hints[run_id] = misses + 1
+            if self._services is not None:
+                self._services.start_soon(self._recheck_hint, run_id, 0.05 * 2 ** misses)
+
+    async def _recheck_hint(self, run_id: UUID, delay: float) -> None:
+        await anyio.sleep(delay)
+        if run_id not in self._hints:
+            return
+        try:
+            run = await self.client.read_flow_run(run_id)
+        except Exception:
+            self._hints.pop(run_id, None)
+            return
+        if run.state is not None and (run.state.is_pending() or run.state.is_running() or run.state.is_final()):
+            self._hints.pop(run_id, None)  # another worker has it, or it is over
+        else:
+            self.wake()
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _claim_when_woken(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._has_successfully_synced:
+                continue
+            try:
+                await self.get_and_submit_flow_runs()
+            except Exception as exc:  # the poll loop goes on regardless
+                log.warning("claim after an event failed: %s", type(exc).__name__)
+
+    async def _submit_scheduled_flow_runs(self, flow_run_response: list[Any]) -> list[FlowRun]:
+        # A run resumed while its previous segment is still winding down here (the engine returns some
+        # milliseconds after the run is Suspended) still holds its slot: the base worker would skip it
+        # until the next poll. Claim it the moment that segment's slot is released instead.
+        ready = []
+        for entry in flow_run_response:
+            if entry.flow_run.id in self._in_run:
+                self._deferred.add(entry.flow_run.id)
+            else:
+                ready.append(entry)
+        return await super()._submit_scheduled_flow_runs(ready)
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        super()._release_limit_slot(flow_run_id)
+        if flow_run_id in self._deferred:
+            self._deferred.discard(flow_run_id)
+            self.wake()
+        if self._limit_reached:  # runs may be waiting for this slot: take the next one now
+            self._limit_reached = False
+            self.wake()
+
+    async def _listen_for_events(self) -> None:
+        """Wake on state changes of this pool's runs. While the stream is down, the poll claims runs."""
+        delay = 1.0
+        while True:
+            if self._work_pool is None:
+                await anyio.sleep(0.2)
+                continue
+            names = [*WAKE_EVENTS, CANCELLING_EVENT, SUSPENDED_EVENT]
+            event_filter = EventFilter(event=EventNameFilter(name=names), any_resource=EventAnyResourceFilter(
+                id=[f"prefect.work-pool.{self._work_pool.id}"]))
+            try:
+                async with get_events_subscriber(filter=event_filter, reconnection_attempts=2) as events:
+                    self.events_connected, delay = True, 1.0
+                    log.info("worker %s woken by Prefect's events", self.name)
+                    self.wake()  # what became claimable while the stream was down
+                    async for event in events:
+                        self._on_event(event)
+            except Exception as exc:
+                log.warning("events stream unavailable (%s); polling every %s s until it is back",
+                            type(exc).__name__, self._query_seconds())
+            finally:
+                self.events_connected = False
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _on_event(self, event: Event) -> None:
+        log.debug("event %s %s (%.0f ms after it occurred)", event.event, event.resource.id,
+                  (time.time() - event.occurred.timestamp()) * 1000)
+        try:
+            flow_run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
+        except ValueError:
+            return
+        if event.event in WAKE_EVENTS:
+            queue = event.resource_in_role.get("work-queue") if self._work_queues else None
+            if queue is None or queue.get("prefect.resource.name") in self._work_queues:
+                self._hints.setdefault(flow_run_id, 0)
+                self.wake()
+            return
+        if flow_run_id not in self._executing or self._runs_task_group is None:
+            return
+        if event.event == CANCELLING_EVENT:
+            self._runs_task_group.start_soon(self._cancel_run, flow_run_id)
+        elif event.event == SUSPENDED_EVENT and _SHARED_OBSERVER:
+            self._runs_task_group.start_soon(self._suspend_run, flow_run_id)
+
+    async def _suspend_run(self, flow_run_id: UUID) -> None:
+        """Someone suspended a run while it executes here (the UI's Suspend): tell its engine, which raises
+        Pause at its next step, as Prefect's own per-run observer would."""
+        from prefect._flow_run_suspension import (
+            is_suspended_flow_run_state,
+            mark_flow_run_suspension_requested,
+        )
+        run = await self.client.read_flow_run(flow_run_id)
+        if run.state is not None and is_suspended_flow_run_state(run.state) and flow_run_id in self._executing:
+            mark_flow_run_suspension_requested(flow_run_id, run.state)
+
+    @staticmethod
+    def _query_seconds() -> float:
+        from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
+        return float(PREFECT_WORKER_QUERY_SECONDS.value())
+
+    # -- execution ---------------------------------------------------------------------------------------
+
+    async def run(self, flow_run: FlowRun, configuration: WarmJobConfiguration,
+                  task_status: anyio.abc.TaskStatus[Any] | None = None) -> WarmWorkerResult:
+        if configuration._entrypoint is None:
+            raise ValueError(f"flow run {flow_run.id} has no deployment entrypoint to import")
+        assert self._executor is not None
+        execution = _Execution(flow_run.id)
+        self._executing[flow_run.id] = execution
+        self._in_run.add(flow_run.id)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._execute, flow_run, configuration._entrypoint, execution)
+            if task_status is not None:
+                # "Submitted to infrastructure": Prefect records this as the run's infrastructure_pid.
+                task_status.started(self.identifier)
+            status = await asyncio.shield(future)
+        finally:
+            self._in_run.discard(flow_run.id)
+        return WarmWorkerResult(status_code=status, identifier=self.identifier)
+
+    def _execute(self, flow_run: FlowRun, entrypoint: str, execution: _Execution) -> int:
+        """On a thread of the pool: the engine runs the flow run as `python -m prefect.engine` would. 0 when
+        the engine reported the outcome (Completed, Failed, Suspended, Cancelled...); 1 when it did not, and
+        the worker then proposes Crashed."""
+        from prefect.flow_engine import run_flow
+        run_logger = self.get_flow_run_logger(flow_run)
+        log.debug("executing %s", flow_run.id)
+        try:
+            try:
+                flow = self.flows.load(entrypoint)
+                if flow.isgenerator:
+                    raise TypeError("generator flows are not supported by the warm worker")
+            except Exception:
+                run_logger.error("Could not load the flow %s", entrypoint, exc_info=True)
+                return 1
+            if flow.isasync:
+                state = asyncio.run(self._run_async(flow, flow_run, execution, run_logger))
+            else:
+                state = run_flow(flow, flow_run=flow_run, return_type="state", error_logger=cast(Any, run_logger))
+        except (Pause, Abort):  # suspended, or the server refused a transition: it holds the state
+            return 0
+        except BaseException:  # run_flow has logged it on the run
+            return 0 if execution.cancelled else 1
+        finally:
+            _this_thread.cancelling = False  # the pool's thread runs other flow runs next
+            execution.done.set()
+            self._executing.pop(flow_run.id, None)
+            log.debug("executed %s", flow_run.id)
+        return 0 if state is None or state.is_final() or state.is_paused() or state.is_scheduled() else 1
+
+    @staticmethod
+    async def _run_async(flow: Flow[..., Any], flow_run: FlowRun, execution: _Execution, run_logger: Any) -> Any:
+        from prefect.flow_engine import run_flow
+        execution.loop, execution.task = asyncio.get_running_loop(), asyncio.current_task()
+        try:
+            engine = run_flow(flow, flow_run=flow_run, return_type="state", error_logger=run_logger)
+            return await cast(Awaitable[Any], engine)
+        finally:
+            log.debug("engine returned for %s", flow_run.id)
+
+    async def _cancel_run(self, flow_run_id: UUID) -> None:
+        """A run cancelled (UI, API) while it executes here: its task is cancelled and its engine records
+        Cancelled. Runs not started yet go the base worker's way."""
+        execution = self._executing.get(flow_run_id)
+        if execution is None:
+            await super()._cancel_run(flow_run_id)
+            return
+        if not execution.cancel():
+            log.warning("flow run %s cannot be interrupted (sync, or not started yet); it is marked cancelled"
+                        " and its engine stops at its next state change", flow_run_id)
+        await anyio.to_thread.run_sync(execution.done.wait, 10.0)
+        run = await self.client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_final():
+            await self.client.set_flow_run_state(flow_run_id, Cancelled(message="Cancelled while executing."),
+                                                 force=True)
+
+    async def kill_infrastructure(self, infrastructure_pid: str, configuration: WarmJobConfiguration,
+                                  grace_seconds: int = 30) -> None:
+        # A pending run's "infrastructure" is a thread of this process that has not started it: nothing to
+        # kill. The base worker then marks the run Cancelled.
+        return None
+
+    def executing(self) -> list[UUID]:
+        return list(self._executing)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tasks.adapters.warm_worker --pool NAME [--queue Q ...] [--limit N] [--name NAME]`"""
+    p = argparse.ArgumentParser(prog="python -m tasks.adapters.warm_worker", description=__doc__.split("\n")[0])
+    p.add_argument("--pool", required=True, help="work pool to take runs from")
+    p.add_argument("--queue", action="append", default=None, help="work queue(s) of the pool; all when left out")
+    p.add_argument("--name", default=None, help="worker name (unique per process; default: host and a random id)")
+    p.add_argument("--limit", type=int, default=16, help="flow runs executing at once (threads)")
+    p.add_argument("--code-dir", default=None, help="where deployment entrypoints are imported from (default: .)")
+    p.add_argument("--heartbeat-seconds", type=int, default=10)
+    p.add_argument("--no-events", action="store_true", help="poll only; do not wake on Prefect's events")
+    p.add_argument("--no-preload", action="store_true", help="import flows at their first run, not at start")
+    p.add_argument("--own-suspension-observers", action="store_true",
+                   help="keep Prefect's per-run suspension observer (one websocket per running run)")
+    p.add_argument("--debug", action="store_true", help="log claims, events and executions")
+    args = p.parse_args(argv)
+    if args.debug:
+        log.setLevel(logging.DEBUG)
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    worker = WarmWorker(args.pool, work_queues=args.queue, name=name, limit=args.limit, code_dir=args.code_dir,
+                        heartbeat_interval_seconds=args.heartbeat_seconds, wake_on_events=not args.no_events,
+                        preload=not args.no_preload, share_suspension_observer=not args.own_suspension_observers)
+    asyncio.run(worker.start())
+
+
+if __name__ == "__main__":
+    main()
