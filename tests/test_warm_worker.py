@@ -285,6 +285,20 @@ def test_a_run_cancelled_while_it_executes_ends_cancelled(workers: WarmWorkers) 
     assert "CRASHED" not in run(history()), run(history())
 
 
+def test_sigterm_lets_the_segment_in_flight_finish(workers: WarmWorkers) -> None:
+    workers.release.unlink(missing_ok=True)
+    dep = run(deploy("warm-term", f"{TOYS}:toy_block", "toy-block"))
+    worker = workers.start("warm-term")
+    run_id = run(create_run(dep, "S-1"))
+    wait_for(run_id, lambda fr: fr.state.is_running())
+    os.killpg(worker.pid, signal.SIGTERM)
+    time.sleep(1)
+    assert worker.poll() is None  # still there: its run is executing
+    workers.release.touch()
+    assert wait_for(run_id, final, timeout=30).state.is_completed()
+    assert worker.wait(30) == 0
+
+
 def test_a_resumed_run_is_claimed_on_the_event_not_the_poll(workers: WarmWorkers) -> None:
     """Polling every 60 s: the resumed segment starts within seconds only because the event woke the worker."""
     dep = run(deploy("warm-events", f"{TOYS}:toy_wait", "toy-wait"))

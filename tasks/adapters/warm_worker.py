@@ -227,16 +227,19 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     def __init__(self, work_pool_name: str, *, code_dir: Path | str | None = None, wake_on_events: bool = True,
                  preload: bool = True, limit: int = 16, heartbeat_interval_seconds: int = 10,
-                 prefetch_seconds: float = 0, share_suspension_observer: bool = True, **kwargs: Any) -> None:
+                 prefetch_seconds: float = 0, share_suspension_observer: bool = True,
+                 fallback_poll_seconds: float = 2.0, **kwargs: Any) -> None:
         """`limit` bounds the flow runs executing at once (threads); `heartbeat_interval_seconds` is how often
         the worker tells Prefect it is alive, which is what finds the runs of a dead worker (stuck_runs.py).
         No prefetch by default: a run claimed before its time would hold a thread while the engine waits.
-        `share_suspension_observer` (with `wake_on_events`): see `_share_suspension_observer`."""
+        `share_suspension_observer` (with `wake_on_events`): see `_share_suspension_observer`. While the events
+        stream is down the worker polls every `fallback_poll_seconds` instead of waking on events."""
         super().__init__(work_pool_name, limit=limit, heartbeat_interval_seconds=heartbeat_interval_seconds,
                          prefetch_seconds=prefetch_seconds, **kwargs)
         self.flows = FlowCache(Path(code_dir) if code_dir else Path.cwd())
         self.wake_on_events = wake_on_events
         self.share_suspension_observer = share_suspension_observer
+        self.fallback_poll_seconds = fallback_poll_seconds
         self.preload = preload
         self.events_connected = False
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
@@ -247,6 +250,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self._limit_reached = False
         self._in_run: set[UUID] = set()
         self._deferred: set[UUID] = set()
+        self._labelled: dict[UUID, dict[str, Any]] = {}  # labels a claimed run had when it was claimed
         self._hints: dict[UUID, int] = {}  # runs an event said are claimable -> claim rounds that missed them
         self._services: anyio.abc.TaskGroup | None = None
 
@@ -364,9 +368,13 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self._wake.set()
 
     async def _claim_when_woken(self) -> None:
+        """Claims when woken; while the events stream is down, also every `fallback_poll_seconds` (the base
+        worker's own poll, every PREFECT_WORKER_QUERY_SECONDS, goes on beside this either way)."""
         assert self._wake is not None
         while True:
-            await self._wake.wait()
+            fallback = self.wake_on_events and not self.events_connected
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.fallback_poll_seconds if fallback else None)
             self._wake.clear()
             if not self._has_successfully_synced:
                 continue
@@ -385,10 +393,24 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                 self._deferred.add(entry.flow_run.id)
             else:
                 ready.append(entry)
+                self._labelled[entry.flow_run.id] = entry.flow_run.labels or {}
         return await super()._submit_scheduled_flow_runs(ready)
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        # A resumed order is usually claimed by the worker that ran its last segment: its name is on the run.
+        labels = self._labelled.pop(flow_run_id, {})
+        if labels.get("prefect.worker.name") != self.name or labels.get("prefect.work-pool.name") != \
+                self._work_pool_name:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+
+    async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
+        # Pending "Submitting" between the claim (Pending) and the engine's Running says nothing here, where
+        # the two are milliseconds apart, and costs a state change (and its event) per segment.
+        return None
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
+        self._labelled.pop(flow_run_id, None)  # a claim lost to another worker leaves its entry
         if flow_run_id in self._deferred:
             self._deferred.discard(flow_run_id)
             self.wake()
@@ -565,7 +587,19 @@ def main(argv: list[str] | None = None) -> None:
     worker = WarmWorker(args.pool, work_queues=args.queue, name=name, limit=args.limit, code_dir=args.code_dir,
                         heartbeat_interval_seconds=args.heartbeat_seconds, wake_on_events=not args.no_events,
                         preload=not args.no_preload, share_suspension_observer=not args.own_suspension_observers)
-    asyncio.run(worker.start())
+    asyncio.run(serve(worker))
+
+
+async def serve(worker: WarmWorker) -> None:
+    """Run the worker until SIGTERM or SIGINT, then stop claiming and let the segments in flight finish (a
+    rolling restart loses no segment; a SIGKILL does, and crash_stuck_runs then finds its runs)."""
+    import signal
+    loop, this = asyncio.get_running_loop(), asyncio.current_task()
+    assert this is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, this.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.start()
 
 
 if __name__ == "__main__":
