@@ -3,7 +3,8 @@ for an approval, record it, execute, confirm, notify. Three segments (a resumed 
 the order flows do); the steps are trivial, so what is measured is Prefect and the way runs are executed.
 
 `task_runs=6` makes each of the six steps a task run; `task_runs=3` keeps receive, execute and confirm as
-task runs and runs the other three as plain functions. Progress lives in a file per order (the order flows
+task runs and runs the other three as plain functions; above 6, the last segment adds trivial task runs
+(to price a task run). Progress lives in a file per order (the order flows
 keep theirs in the orders database), so a re-run from the top skips the steps already done. Each step
 appends a line `<ref> <mark> <time.time()> <pid>` to $BENCH_MARKS, which the driver reads.
 """
@@ -83,6 +84,8 @@ async def toy_order(ref: str, task_runs: int = 6) -> str:
     _run_step(ref, "record-approve", task_runs, done)
     for name in ("execute", "confirm", "notify"):
         _run_step(ref, name, task_runs, done)
+    for i in range(max(0, task_runs - 6)):
+        TASKS["notify"](ref, f"extra-{i}")
     mark(ref, "done")
     return ref
 

@@ -30,18 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import socket
-import sys
-import threading
 import time
-from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import anyio
@@ -56,13 +51,20 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
-from prefect.exceptions import Abort, Pause
-from prefect.flows import Flow
 from prefect.states import Cancelled
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import PrivateAttr
 
 from tasks.adapters import quiet_suspensions
+from tasks.adapters.in_process_runs import (
+    FlowCache,
+    InProcessRun,
+    cancellation_per_thread,
+    execute,
+    mark_suspended,
+    share_suspension_observer,
+    shares_suspension_observer,
+)
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import Flow as APIFlow
@@ -100,124 +102,6 @@ class WarmWorkerResult(BaseWorkerResult):
     pass
 
 
-class FlowCache:
-    """Flows by deployment entrypoint, each imported once for the life of the process.
-
-    `flows/order.py:order` under `code_dir` is imported as the module `flows.order`, the same module object
-    the rest of the code imports, not as a second copy of the file (Prefect's own loader executes the file
-    under a private module name, and is not thread-safe)."""
-
-    def __init__(self, code_dir: Path) -> None:
-        self.code_dir = code_dir.resolve()
-        self._flows: dict[str, Flow[..., Any]] = {}
-        self._lock = threading.Lock()
-        if str(self.code_dir) not in sys.path:
-            sys.path.insert(0, str(self.code_dir))
-
-    def load(self, entrypoint: str) -> Flow[..., Any]:
-        cached = self._flows.get(entrypoint)
-        if cached is not None:
-            return cached
-        with self._lock:
-            if entrypoint not in self._flows:
-                self._flows[entrypoint] = self._import(entrypoint)
-            return self._flows[entrypoint]
-
-    def _import(self, entrypoint: str) -> Flow[..., Any]:
-        if ":" in entrypoint:
-            path, name = entrypoint.rsplit(":", 1)
-            file = (self.code_dir / path).resolve()
-            if file.suffix == ".py" and file.is_relative_to(self.code_dir):
-                module = ".".join(file.relative_to(self.code_dir).with_suffix("").parts)
-            else:
-                module = path
-        else:
-            module, name = entrypoint.rsplit(".", 1)
-        obj: Any = importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        if not isinstance(obj, Flow):
-            raise TypeError(f"{entrypoint} is not a Prefect flow")
-        return obj
-
-    def __contains__(self, entrypoint: str) -> bool:
-        return entrypoint in self._flows
-
-
-@dataclass
-class _Execution:
-    """A flow run executing on one of the worker's threads."""
-
-    flow_run_id: UUID
-    started: float = field(default_factory=time.monotonic)
-    loop: asyncio.AbstractEventLoop | None = None
-    task: asyncio.Task[Any] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    cancelled: bool = False
-
-    def cancel(self) -> bool:
-        """Interrupt the run's task, telling its engine that this is a cancellation (not a crash)."""
-        if self.loop is None or self.task is None:
-            return False
-        task = self.task
-
-        def in_the_runs_thread() -> None:
-            _this_thread.cancelling = True
-            task.cancel()
-
-        self.cancelled = True
-        self.loop.call_soon_threadsafe(in_the_runs_thread)
-        return True
-
-
-# Per flow-run thread: whether the worker is cancelling the run executing on it.
-_this_thread = threading.local()
-_PATCHED: set[str] = set()
-
-
-def _cancellation_per_thread() -> None:
-    """The engine tells a cancellation from a crash by the "termination intent" that Prefect's runner sets
-    for its child process before it interrupts it: one per process. Here a process runs many flow runs, so
-    the intent is answered per thread: "cancel" on the thread of a run this worker is cancelling, the
-    process-wide answer otherwise. The engine then records Cancelling and Cancelled itself, as when a
-    process worker cancels a run. Prefect-internal, hence checked: left alone if it has moved."""
-    import prefect.flow_engine
-    if "intent" in _PATCHED or not hasattr(prefect.flow_engine, "_termination_intent"):
-        return
-    process_wide = prefect.flow_engine._termination_intent
-
-    def termination_intent() -> Any:
-        return "cancel" if getattr(_this_thread, "cancelling", False) else process_wide()
-
-    prefect.flow_engine._termination_intent = termination_intent
-    _PATCHED.add("intent")
-
-
-_SHARED_OBSERVER = False
-
-
-def _share_suspension_observer() -> None:
-    """Prefect's engine gives every flow run of a deployment its own observer of external suspension (the
-    UI's Suspend on a running run): a thread, an event loop, a client and a websocket subscription to the
-    events stream that replays the last minute of suspension events, set up before the flow starts and torn
-    down after it. In a process that executes many short segments that is most of a segment's own cost, and
-    one more subscriber per running run for the server to feed. This worker already follows its pool's
-    events, so it observes suspensions for all its runs (`WarmWorker._suspend_run`) and the engine's own
-    observer is turned off in this process. Prefect-internal, hence checked: left alone if it has moved."""
-    global _SHARED_OBSERVER
-    import prefect.flow_engine
-    if not hasattr(prefect.flow_engine, "observe_flow_run_suspension"):
-        log.warning("Prefect's per-run suspension observer not found; left as it is")
-        return
-
-    @contextlib.contextmanager
-    def _observed_by_the_worker(*_: Any, **__: Any) -> Iterator[None]:
-        yield
-
-    prefect.flow_engine.observe_flow_run_suspension = _observed_by_the_worker  # type: ignore[assignment]
-    _SHARED_OBSERVER = True
-
-
 class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
     type = WORKER_TYPE
     job_configuration = WarmJobConfiguration
@@ -244,7 +128,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self.events_connected = False
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self._executor: ThreadPoolExecutor | None = None
-        self._executing: dict[UUID, _Execution] = {}
+        self._executing: dict[UUID, InProcessRun] = {}
         self._claim_lock: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
         self._limit_reached = False
@@ -258,8 +142,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     async def setup(self) -> None:
         if self.wake_on_events and self.share_suspension_observer:
-            _share_suspension_observer()
-        _cancellation_per_thread()
+            share_suspension_observer()
+        cancellation_per_thread()
         quiet_suspensions.install()  # this process executes flow runs: their suspensions log at INFO
         await super().setup()
         self._executor = ThreadPoolExecutor(max_workers=self._limit or 16, thread_name_prefix="flow-run")
@@ -460,19 +344,15 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return
         if event.event == CANCELLING_EVENT:
             self._runs_task_group.start_soon(self._cancel_run, flow_run_id)
-        elif event.event == SUSPENDED_EVENT and _SHARED_OBSERVER:
+        elif event.event == SUSPENDED_EVENT and shares_suspension_observer():
             self._runs_task_group.start_soon(self._suspend_run, flow_run_id)
 
     async def _suspend_run(self, flow_run_id: UUID) -> None:
         """Someone suspended a run while it executes here (the UI's Suspend): tell its engine, which raises
         Pause at its next step, as Prefect's own per-run observer would."""
-        from prefect._flow_run_suspension import (
-            is_suspended_flow_run_state,
-            mark_flow_run_suspension_requested,
-        )
         run = await self.client.read_flow_run(flow_run_id)
-        if run.state is not None and is_suspended_flow_run_state(run.state) and flow_run_id in self._executing:
-            mark_flow_run_suspension_requested(flow_run_id, run.state)
+        if run.state is not None and flow_run_id in self._executing:
+            mark_suspended(flow_run_id, run.state)
 
     @staticmethod
     def _query_seconds() -> float:
@@ -486,7 +366,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         if configuration._entrypoint is None:
             raise ValueError(f"flow run {flow_run.id} has no deployment entrypoint to import")
         assert self._executor is not None
-        execution = _Execution(flow_run.id)
+        execution = InProcessRun(flow_run.id)
         self._executing[flow_run.id] = execution
         self._in_run.add(flow_run.id)
         try:
@@ -500,45 +380,14 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self._in_run.discard(flow_run.id)
         return WarmWorkerResult(status_code=status, identifier=self.identifier)
 
-    def _execute(self, flow_run: FlowRun, entrypoint: str, execution: _Execution) -> int:
-        """On a thread of the pool: the engine runs the flow run as `python -m prefect.engine` would. 0 when
-        the engine reported the outcome (Completed, Failed, Suspended, Cancelled...); 1 when it did not, and
-        the worker then proposes Crashed."""
-        from prefect.flow_engine import run_flow
-        run_logger = self.get_flow_run_logger(flow_run)
+    def _execute(self, flow_run: FlowRun, entrypoint: str, execution: InProcessRun) -> int:
+        """On a thread of the pool; see in_process_runs.execute."""
         log.debug("executing %s", flow_run.id)
         try:
-            try:
-                flow = self.flows.load(entrypoint)
-                if flow.isgenerator:
-                    raise TypeError("generator flows are not supported by the warm worker")
-            except Exception:
-                run_logger.error("Could not load the flow %s", entrypoint, exc_info=True)
-                return 1
-            if flow.isasync:
-                state = asyncio.run(self._run_async(flow, flow_run, execution, run_logger))
-            else:
-                state = run_flow(flow, flow_run=flow_run, return_type="state", error_logger=cast(Any, run_logger))
-        except (Pause, Abort):  # suspended, or the server refused a transition: it holds the state
-            return 0
-        except BaseException:  # run_flow has logged it on the run
-            return 0 if execution.cancelled else 1
+            return execute(self.flows, flow_run, entrypoint, execution, self.get_flow_run_logger(flow_run))
         finally:
-            _this_thread.cancelling = False  # the pool's thread runs other flow runs next
-            execution.done.set()
             self._executing.pop(flow_run.id, None)
             log.debug("executed %s", flow_run.id)
-        return 0 if state is None or state.is_final() or state.is_paused() or state.is_scheduled() else 1
-
-    @staticmethod
-    async def _run_async(flow: Flow[..., Any], flow_run: FlowRun, execution: _Execution, run_logger: Any) -> Any:
-        from prefect.flow_engine import run_flow
-        execution.loop, execution.task = asyncio.get_running_loop(), asyncio.current_task()
-        try:
-            engine = run_flow(flow, flow_run=flow_run, return_type="state", error_logger=run_logger)
-            return await cast(Awaitable[Any], engine)
-        finally:
-            log.debug("engine returned for %s", flow_run.id)
 
     async def _cancel_run(self, flow_run_id: UUID) -> None:
         """A run cancelled (UI, API) while it executes here: its task is cancelled and its engine records
