@@ -455,7 +455,7 @@ async def api_costs(server: PrefectServer, n: int = 100) -> list[tuple[str, floa
         async def create() -> None:
             runs.append(await client.create_flow_run_from_deployment(deployment_id, parameters={"ref": "X"}))
 
-        labels = {"prefect.worker.name": "w", "prefect.worker.type": "warm"}
+        labels: dict[str, Any] = {"prefect.worker.name": "w", "prefect.worker.type": "warm"}
         def claim_query() -> Any:
             return client.get_scheduled_flow_runs_for_work_pool(pool, scheduled_before=dt.datetime.now(dt.UTC))
 
@@ -537,13 +537,13 @@ def main() -> None:
             if (db2, mode2, inflight2) != (db, mode, inflight) or k2 >= k or not (f.segments and other.segments):
                 continue
             # CPU per order (three segments an order), and what the extra task runs add to it, each.
-            cpu = {x: (g.worker_cpu / g.segments * 3, (g.server_cpu + g.database_cpu) / g.segments * 3)
+            per_order = {x: (g.worker_cpu / g.segments * 3, (g.server_cpu + g.database_cpu) / g.segments * 3)
                    for x, g in ((k, f), (k2, other))}
             extra = k - k2
             print(f"# {db} {mode} {inflight} in flight, {k} vs {k2} task runs an order: CPU/order worker "
-                  f"{cpu[k][0] * 1000:.0f} vs {cpu[k2][0] * 1000:.0f} ms, server+PostgreSQL {cpu[k][1] * 1000:.0f}"
-                  f" vs {cpu[k2][1] * 1000:.0f} ms -> per task run {(cpu[k][0] - cpu[k2][0]) / extra * 1000:.0f}"
-                  f" + {(cpu[k][1] - cpu[k2][1]) / extra * 1000:.0f} ms CPU;"
+                  f"{per_order[k][0] * 1000:.0f} vs {per_order[k2][0] * 1000:.0f} ms, server+PostgreSQL {per_order[k][1] * 1000:.0f}"
+                  f" vs {per_order[k2][1] * 1000:.0f} ms -> per task run {(per_order[k][0] - per_order[k2][0]) / extra * 1000:.0f}"
+                  f" + {(per_order[k][1] - per_order[k2][1]) / extra * 1000:.0f} ms CPU;"
                   f" {f.per_second:.2f} vs {other.per_second:.2f} orders/s")
 
 

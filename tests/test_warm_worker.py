@@ -226,6 +226,7 @@ def test_a_run_claimed_by_a_worker_killed_before_starting_it_is_crashed(workers:
         time.sleep(1)
         crashed = run(sweep())
     took = time.monotonic() - killed
+    print(f"claimed-not-started run crashed {took:.1f} s after the SIGKILL")
     assert [c.flow_run_id for c in crashed] == [run_id]
     assert crashed[0].was.startswith("Pending") and "never started" in crashed[0].reason
     assert run(read_run(run_id)).state.is_crashed()
@@ -257,6 +258,7 @@ def test_a_run_lost_with_its_worker_mid_segment_is_crashed_and_a_live_ones_is_no
         assert time.monotonic() - killed < 30, "the lost run was not crashed"
         time.sleep(1)
         crashed = run(sweep())
+    print(f"lost run crashed {time.monotonic() - killed:.1f} s after the SIGKILL")
     assert [c.flow_run_id for c in crashed] == [run_id] and "lost with its worker" in crashed[0].reason
     assert run(read_run(run_id)).state.is_crashed()
 

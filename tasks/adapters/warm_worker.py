@@ -446,7 +446,9 @@ async def serve(worker: WarmWorker) -> None:
     loop, this = asyncio.get_running_loop(), asyncio.current_task()
     assert this is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, this.cancel)
+        # Only the main thread's loop can take signals; elsewhere (a worker beside the app) the host stops it.
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(sig, this.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await worker.start()
 
