@@ -232,53 +232,82 @@ class _Problems:
         return sorted(self.found, key=lambda p: (p.seq if p.seq is not None else math.inf, p.row_id or 0))[:MAX_LISTED]
 
 
+@dataclass
+class _Walk:
+    """The walk's state, row by row in chain order."""
+    report: Report
+    problems: _Problems
+    anchor: tuple[int, str] | None
+    head: tuple[int, str] | None = None
+    expected: int = 1
+    prev_hash: str = GENESIS
+    prev: Any = None          # the previous chained row
+    beyond_head: Any = None   # the first row past the head
+    anchor_row: Any = None
+
+    def row(self, r: Any) -> None:
+        if self.head is None:
+            self.head = (int(r.head_seq), str(r.head_hash))
+        if not self._chained(r):
+            return
+        self.report.rows += 1
+        self._order(r)
+        self._links(r)
+        if r.seq > self.head[0] and self.beyond_head is None:
+            self.beyond_head = r
+        if self.anchor is not None and r.seq == self.anchor[0]:
+            self.anchor_row = r
+        self.prev, self.prev_hash, self.expected = r, r.row_hash, r.seq + 1
+
+    def _chained(self, r: Any) -> bool:
+        """Whether the row has a place in the chain after the previous one (else it is noted as inserted)."""
+        if r.seq is None or r.prev_hash is None or r.row_hash is None:
+            self.problems.note("row_inserted", r.id, None, "raden saknar plats i kedjan (skriven förbi granskningsloggen)")
+            return False
+        if r.seq < self.expected:
+            self.problems.note("row_inserted", r.id, r.seq,
+                               f"raden gör anspråk på position {r.seq}, som rad id {self.prev.id} har")
+            return False
+        return True
+
+    def _order(self, r: Any) -> None:
+        prev = self.prev
+        if prev is not None and r.id <= prev.id:
+            # Writers take ids in chain order under the lock: a lower id is a row slipped in with one chosen
+            # to sort it among older rows (timelines list by id).
+            self.problems.note("row_inserted", r.id, r.seq,
+                               f"raden har lägre id än rad id {prev.id} före den i kedjan (infogad bakåt)")
+        elif prev is not None and r.at < prev.at - BACK_DATED and len(self.report.warnings) < MAX_LISTED:
+            self.report.warnings.append(Problem("back_dated", r.id, r.seq,
+                                                f"raden är daterad {prev.at - r.at} före raden före den i kedjan"))
+
+    def _links(self, r: Any) -> None:
+        prev, note = self.prev, self.problems.note
+        if r.seq > self.expected:
+            note("row_missing", r.id, r.seq,
+                 f"{r.seq - self.expected} rad(er) saknas före raden (position {self.expected}–{r.seq - 1})")
+        elif r.prev_hash != self.prev_hash and prev is None:
+            note("content_changed", r.id, r.seq, "första raden börjar inte från kedjans början")
+        elif r.prev_hash != self.prev_hash:
+            note("rewritten", prev.id, prev.seq, f"raden ändrades och fick ny hash: rad id {r.id} kedjades till en annan")
+        if row_hash(r.prev_hash, r._mapping, read_back=True) != r.row_hash:
+            note("content_changed", r.id, r.seq, "radens innehåll ger inte längre dess lagrade hash")
+
+
 def walk(s: Session, anchor: tuple[int, str] | None = None, now: datetime | None = None) -> Report:
     """Walk the chain in `s` (read only). `anchor`: (position, hash) a previous good walk saw as the head."""
     report = Report(at=now or datetime.now(UTC), anchor=anchor)
     problems = _Problems()
-    note = problems.note
-    head: tuple[int, str] | None = None
-    expected, prev_hash = 1, GENESIS
-    prev: Any = None          # the previous chained row
-    beyond_head: Any = None   # the first row past the head
-    anchor_row: Any = None
+    w = _Walk(report, problems, anchor)
     for r in _walk_rows(s):
-        if head is None:
-            head = (int(r.head_seq), str(r.head_hash))
-        if r.seq is None or r.prev_hash is None or r.row_hash is None:
-            note("row_inserted", r.id, None, "raden saknar plats i kedjan (skriven förbi granskningsloggen)")
-            continue
-        if r.seq < expected:
-            note("row_inserted", r.id, r.seq, f"raden gör anspråk på position {r.seq}, som rad id {prev.id} har")
-            continue
-        report.rows += 1
-        if prev is not None and r.id <= prev.id:
-            # Writers take ids in chain order under the lock: a lower id is a row slipped in with one chosen
-            # to sort it among older rows (timelines list by id).
-            note("row_inserted", r.id, r.seq, f"raden har lägre id än rad id {prev.id} före den i kedjan (infogad bakåt)")
-        elif prev is not None and r.at < prev.at - BACK_DATED and len(report.warnings) < MAX_LISTED:
-            report.warnings.append(Problem("back_dated", r.id, r.seq,
-                                           f"raden är daterad {prev.at - r.at} före raden före den i kedjan"))
-        if r.seq > expected:
-            note("row_missing", r.id, r.seq,
-                 f"{r.seq - expected} rad(er) saknas före raden (position {expected}–{r.seq - 1})")
-        elif r.prev_hash != prev_hash and prev is None:
-            note("content_changed", r.id, r.seq, "första raden börjar inte från kedjans början")
-        elif r.prev_hash != prev_hash:
-            note("rewritten", prev.id, prev.seq, f"raden ändrades och fick ny hash: rad id {r.id} kedjades till en annan")
-        if row_hash(r.prev_hash, r._mapping, read_back=True) != r.row_hash:
-            note("content_changed", r.id, r.seq, "radens innehåll ger inte längre dess lagrade hash")
-        if r.seq > head[0] and beyond_head is None:
-            beyond_head = r
-        if anchor is not None and r.seq == anchor[0]:
-            anchor_row = r
-        prev, prev_hash, expected = r, r.row_hash, r.seq + 1
+        w.row(r)
+    head = w.head
     if head is None:  # no rows at all
         row = s.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash).where(AuditChainHead.id == 1)).one()
         head = (int(row[0]), str(row[1]))
     report.head_seq, report.head_hash = head
-    report.last_seq, report.last_hash = (prev.seq, prev.row_hash) if prev is not None else (0, GENESIS)
-    _check_the_end(report, problems, prev, beyond_head, anchor_row)
+    report.last_seq, report.last_hash = (w.prev.seq, w.prev.row_hash) if w.prev is not None else (0, GENESIS)
+    _check_the_end(report, problems, w.prev, w.beyond_head, w.anchor_row)
     report.problems, report.problem_count = problems.first(), problems.count
     return report
 
