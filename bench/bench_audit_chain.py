@@ -1,6 +1,6 @@
 """Benchmark: what the audit log's hash chain costs (tasks/adapters/audit_chain.py).
 
-1. an audited transaction: one `tasks.audit.record` row per transaction, the chain's lock, id and hash
+1. an audited transaction: one `tasks.adapters.audit.record` row per transaction, the chain's lock, id and hash
    included, p50/p95 over 500 transactions (one writer);
 2. 16 writers at once (threads), each an audited transaction after another for 10 s: transactions per
    second and p50/p95. Every audited commit holds the chain's lock through COMMIT, so they queue there;
@@ -8,7 +8,7 @@
    the whole walk, and rows per second. The target: an hourly verification of a year's log (a few million
    rows) well within the hour, so at least 10,000 rows/s.
 
-    .venv/bin/python bench/bench_audit_chain.py [--rows N] [--writers 16] [--postgres]
+    .venv/bin/python bench/bench_audit_chain.py [--rows N] [--writers 16] [--seconds 10] [--postgres]
 
 SQLite by default (a temporary file); `--postgres` makes a throwaway database on RO_BENCH_PG (production's
 layout). Prints its figures; exits 1 when the verify rate misses the target.
@@ -17,16 +17,20 @@ layout). Prints its figures; exits 1 when the verify rate misses the target.
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from bench.harness import PG_ADMIN, machine, percentile  # noqa: E402
+
+if TYPE_CHECKING:
+    from tasks.adapters.database import Database
 
 TARGET_ROWS_PER_S = 10_000
 
@@ -35,40 +39,42 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--writers", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long the writers write at once")
     ap.add_argument("--postgres", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ro-bench-audit-"))
     name = f"ro_bench_audit_{tmp.name[-8:].lower()}"
-    os.environ.pop("DATABASE_URL", None)
-    os.environ["RO_DATA_DIR"] = str(tmp / "data")
+    url = f"sqlite:///{tmp / 'orders.db'}"
     if args.postgres:
         import sqlalchemy as sa
         admin = sa.create_engine(f"{PG_ADMIN}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(sa.text(f"CREATE DATABASE {name}"))
-        os.environ["DATABASE_URL"] = f"{PG_ADMIN}/{name}"
+        url = f"{PG_ADMIN}/{name}"
+    from tasks.adapters.database import Database
+    db = Database(url)
     try:
-        return run(args.rows, args.writers, "PostgreSQL" if args.postgres else "SQLite")
+        return run(db, args.rows, args.writers, args.seconds, "PostgreSQL" if args.postgres else "SQLite")
     finally:
+        db.dispose()
         if args.postgres:
-            from tasks.adapters.database import engine
-            engine.cache_clear()
             with admin.connect() as c:
                 c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def concurrent(writers: int, seconds: float = 10.0) -> None:
+def concurrent(db: Database, writers: int, seconds: float) -> None:
     import threading
 
     from tasks.adapters import audit
-    from tasks.adapters.database import session
     times: list[float] = []
     stop = time.monotonic() + seconds
 
     def writer(name: str) -> None:
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            with session() as s:
+            with db.session() as s:
                 audit.record(s, actor=name, action="order_read", detail={"via": "bench"})
             times.append((time.perf_counter() - t0) * 1000)
     threads = [threading.Thread(target=writer, args=(f"W{i}",)) for i in range(writers)]
@@ -80,43 +86,42 @@ def concurrent(writers: int, seconds: float = 10.0) -> None:
           f"p50 {percentile(times, 50):.1f} ms  p95 {percentile(times, 95):.1f} ms")
 
 
-def run(n: int, writers: int, db: str) -> int:
-    from tasks.adapters import audit
-    from tasks.adapters import audit_chain
-    from tasks.adapters.database import migrate, session
-    migrate()
-    print(f"bench_audit_chain {datetime.now(UTC):%Y-%m-%d} {db}, {machine()}")
+def run(db: Database, n: int, writers: int, seconds: float, kind: str) -> int:
+    from sqlalchemy import func, select
+
+    from models.tables import AuditEvent
+    from tasks.adapters import audit, audit_chain
+    db.migrate()
+    print(f"bench_audit_chain {datetime.now(UTC):%Y-%m-%d} {kind}, {machine()}")
 
     times: list[float] = []
     for i in range(500):
         t0 = time.perf_counter()
-        with session() as s:
+        with db.session() as s:
             audit.record(s, actor="DEMO-KALMAR-SUPPORT", action="order_read", order=None,
                          detail={"via": "bench", "i": i})
         times.append((time.perf_counter() - t0) * 1000)
     print(f"  audited transaction (one row): p50 {percentile(times, 50):.1f} ms  p95 {percentile(times, 95):.1f} ms"
           f"  max {max(times):.1f} ms")
 
-    concurrent(writers)
+    concurrent(db, writers, seconds)
 
     t0 = time.perf_counter()
-    with session() as s:
-        from sqlalchemy import func, select
-
-        from models.tables import AuditEvent
+    with db.session() as s:
         already = int(s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
     written = already
     while written < n:
-        with session() as s:
+        with db.session() as s:
             for i in range(min(500, n - written)):
                 audit.record(s, actor="DEMO-KALMAR-SUPPORT", action="order_read",
                              detail={"via": "bench", "i": written + i, "reference": f"RO-2026-{i:06d}"})
         written = min(n, written + 500)
     fill = time.perf_counter() - t0
-    print(f"  filled to {n:,} rows, 500 per transaction: {fill:.1f} s ({(n - already) / fill:,.0f} rows/s)")
+    print(f"  filled to {max(n, already):,} rows, 500 per transaction: {fill:.1f} s "
+          f"({max(0, n - already) / fill:,.0f} rows/s)")
 
     t0 = time.perf_counter()
-    report = audit_chain.verify(by="bench")
+    report = audit_chain.verify(db, by="bench")
     took = time.perf_counter() - t0
     rate = report.rows / took
     print(f"  verify {report.rows:,} rows: {took:.2f} s, {rate:,.0f} rows/s, intact: {report.ok}"

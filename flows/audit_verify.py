@@ -5,7 +5,7 @@ overview and /healthz show the latest) and emits a Prefect event on resource `re
 
 - `audit.chain.broken` when a row was changed, removed or slipped in: the payload names the first broken row
   (id, position, problem code) and how many problems there are; the shipped automation *Audit chain broken*
-  (tasks/automations_monitoring.py) fires on it;
+  (tasks/adapters/automations_monitoring.py) fires on it;
 - `audit.chain.verified` otherwise, with the head's position and hash: a copy of the head outside the orders
   database, so a later rewrite of the whole chain can be told from this record too.
 
@@ -48,11 +48,11 @@ def audit_verify() -> dict[str, Any]:
     log = get_run_logger()
     if out["ok"]:
         ad.events.emit(EVENT_VERIFIED, RESOURCE,
-                   payload={k: out[k] for k in ("rows", "head_seq", "head_hash", "back_dated")})
+                       payload={k: out[k] for k in ("rows", "head_seq", "head_hash", "back_dated")})
         log.info("audit chain intact: %d rows, head at position %d", out["rows"], out["head_seq"])
     else:
         ad.events.emit(EVENT_BROKEN, RESOURCE,
-                   payload={k: out[k] for k in ("rows", "problems", "problem", "row_id", "row_seq")})
+                       payload={k: out[k] for k in ("rows", "problems", "problem", "row_id", "row_seq")})
         log.error("audit chain BROKEN at row id %s (position %s): %s; %d problems",
                   out["row_id"], out["row_seq"], out["problem"], out["problems"])
     return out

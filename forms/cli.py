@@ -181,10 +181,10 @@ def _audit_verify(ad: Adapters, url: str | None, record: bool) -> int:
 
     from tasks.adapters import audit_chain
     from tasks.adapters.database import Database
-    db = Database(_db_url(url) or "") if url else ad.db
     try:
+        db = Database(_db_url(url) or "") if url else ad.db
         report = audit_chain.verify(db, by="cli", record=False)
-    except SQLAlchemyError as exc:
+    except SQLAlchemyError as exc:  # a URL it cannot use, too
         print(f"Kunde inte läsa granskningsloggen: {type(exc).__name__}", file=sys.stderr)
         return 3
     if report.ok:
@@ -203,6 +203,8 @@ def _audit_verify(ad: Adapters, url: str | None, record: bool) -> int:
             audit_chain.save(db, report, by="cli")
         except SQLAlchemyError as exc:
             print(f"Utfallet kunde inte sparas: {type(exc).__name__}", file=sys.stderr)
+    if db is not ad.db:
+        db.dispose()
     return 0 if report.ok else 1
 
 
@@ -214,7 +216,7 @@ def _app_role(ad: Adapters, role: str, url: str | None, password_env: str) -> in
     if password_env and not password:
         print(f"Fel: {password_env} är inte satt.", file=sys.stderr)
         return 2
-    for table, granted in grant_app_role(_db_url(url) or ad.settings.orders_db_url, role, password).items():
+    for table, granted in grant_app_role(_db_url(url) or ad.db.url, role, password).items():
         print(f"{table}: {granted}")
     return 0
 

@@ -3,15 +3,17 @@ spawned process starts in a second, not in the seconds the test module's imports
 
 from __future__ import annotations
 
-import os
 
-
-def write_rows(env: dict[str, str], n: int, name: str) -> None:
-    os.environ.update(env)
+def write_rows(url: str, n: int, name: str) -> None:
+    """`n` audited transactions (now and then two rows in one) into the orders database at `url`."""
     from tasks.adapters import audit
-    from tasks.adapters.database import session
-    for i in range(n):
-        with session() as s:
-            audit.record(s, actor=name, action="order_read", detail={"i": i})
-            if i % 5 == 0:  # now and then two rows in one transaction
-                audit.record(s, actor=name, action="order_read", detail={"i": i, "second": True})
+    from tasks.adapters.database import Database
+    db = Database(url)
+    try:
+        for i in range(n):
+            with db.session() as s:
+                audit.record(s, actor=name, action="order_read", detail={"i": i})
+                if i % 5 == 0:  # now and then two rows in one transaction
+                    audit.record(s, actor=name, action="order_read", detail={"i": i, "second": True})
+    finally:
+        db.dispose()

@@ -25,42 +25,50 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from flows.bootstrap import in_process
 from forms import cli
 from models import audit_chain as fmt
 from models.clock import STOCKHOLM
 from models.status import OrderStatus
 from models.tables import AuditEvent, Order, UTCDateTime
-from tasks.adapters import audit
-from tasks.adapters import audit_chain
-from tasks.adapters.database import engine, session
-from tasks.adapters.settings import settings
+from tasks.adapters import Adapters, audit, audit_chain
+from tasks.adapters.database import Database
+from tasks.adapters.settings import Settings
 from tests.audit_writer import write_rows
 from tests.conftest import own_database, prefect_headers
 
+Capture = pytest.CaptureFixture[str]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CLINICIAN = "DEMO-KALMAR-CLINICIAN"
 
 
 @pytest.fixture
-def fresh_db(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[str]:
-    """An orders database of this test's own, migrated and seeded; yields its URL."""
+def db(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """An orders database of this test's own, migrated and seeded (the session's stays unbroken)."""
     name = "ac" + hashlib.sha1(request.node.name.encode()).hexdigest()[:8]
-    gen = own_database(tmp_path_factory, name, first_reference=970000)
-    next(gen)
-    try:
-        yield settings().orders_db_url
-    finally:
-        next(gen, None)
+    yield from own_database(tmp_path_factory, name, first_reference=970000)
 
 
-def postgres() -> bool:
-    return settings().orders_db_url.startswith("postgresql")
+def adapters_of(settings: Settings, database: Database) -> Adapters:
+    """In-process adapters whose database, and whose settings' database URL (`app-role` without
+    `--database-url`), are `database`."""
+    return in_process(settings.model_copy(update={"database_url": database.url}), db=database)
 
 
-def owner() -> sa.Engine:
+@pytest.fixture
+def ad(db: Database, settings: Settings) -> Adapters:
+    """This test's database's adapters: what the CLI, the app and the health check are given."""
+    return adapters_of(settings, db)
+
+
+def postgres(db: Database) -> bool:
+    return db.url.startswith("postgresql")
+
+
+def owner(db: Database) -> sa.Engine:
     """A plain connection as the database's owner (PostgreSQL) or whoever can open the file (SQLite): none of
     the app's connection settings, e.g. SQLite's recursive_triggers is off."""
-    return sa.create_engine(settings().orders_db_url, poolclass=NullPool)
+    return sa.create_engine(db.url, poolclass=NullPool)
 
 
 def _stmt(sql: str) -> sa.TextClause:
@@ -70,8 +78,8 @@ def _stmt(sql: str) -> sa.TextClause:
     return stmt
 
 
-def run_sql(*statements: str, **params: Any) -> None:
-    eng = owner()
+def run_sql(db: Database, *statements: str, **params: Any) -> None:
+    eng = owner(db)
     try:
         with eng.begin() as c:
             for sql in statements:
@@ -80,9 +88,9 @@ def run_sql(*statements: str, **params: Any) -> None:
         eng.dispose()
 
 
-def refused(sql: str, **params: Any) -> str:
+def refused(db: Database, sql: str, **params: Any) -> str:
     """Run `sql` as the owner; it must fail. Returns the database's message."""
-    eng = owner()
+    eng = owner(db)
     try:
         with eng.connect() as c, pytest.raises(DBAPIError) as err:
             c.execute(_stmt(sql), params)
@@ -92,20 +100,20 @@ def refused(sql: str, **params: Any) -> str:
         eng.dispose()
 
 
-def write(n: int, actor: str = "DEMO-KALMAR-SUPPORT", at: datetime = T0) -> None:
-    """`n` audit rows through `tasks.audit.record`, one transaction each."""
+def write(db: Database, n: int, actor: str = "DEMO-KALMAR-SUPPORT", at: datetime = T0) -> None:
+    """`n` audit rows through `tasks.adapters.audit.record`, one transaction each."""
     for i in range(n):
-        with session() as s:
+        with db.session() as s:
             audit.record(s, actor=actor, action="order_read", at=at + timedelta(minutes=i), detail={"via": "test", "i": i})
 
 
-def rows() -> list[AuditEvent]:
-    with session() as s:
+def rows(db: Database) -> list[AuditEvent]:
+    with db.session() as s:
         return list(s.query(AuditEvent).order_by(AuditEvent.seq))
 
 
-def verify_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = cli.main(["audit", "verify", *args])
+def verify_cli(ad: Adapters, capsys: Capture, *args: str) -> tuple[int, str]:
+    code = cli.main(["audit", "verify", *args], ad=ad)
     out = capsys.readouterr()
     return code, out.out + out.err
 
@@ -119,17 +127,18 @@ DROP_CHAIN_GUARDS = {"sqlite": ["DROP TRIGGER audit_log_chain_link", "DROP TRIGG
                      "postgresql": ["ALTER TABLE audit_log DISABLE TRIGGER audit_log_chain"]}
 
 
-def dialect() -> str:
-    return "postgresql" if postgres() else "sqlite"
+def dialect(db: Database) -> str:
+    return "postgresql" if postgres(db) else "sqlite"
 
 
 # --- the format -----------------------------------------------------------------------------------------
 
 def test_the_canonical_form_is_pinned() -> None:
-    row = {"id": 7, "seq": 3, "at": datetime(2026, 3, 2, 10, 0, 0, 5, tzinfo=UTC), "actor": "DEMO-KALMAR-HEAD",
-           "action": "status:approved", "order_reference": "RO-2026-000001", "patient_pnr": "191212121212",
-           "from_status": OrderStatus.AWAITING_APPROVAL, "to_status": "executing", "channel": "app",
-           "detail": {"b": [1, (2, 3)], "a": {"z": None, "y": "Överförd"}, 5: 1.5}}
+    row: dict[str, Any] = {
+        "id": 7, "seq": 3, "at": datetime(2026, 3, 2, 10, 0, 0, 5, tzinfo=UTC), "actor": "DEMO-KALMAR-HEAD",
+        "action": "status:approved", "order_reference": "RO-2026-000001", "patient_pnr": "191212121212",
+        "from_status": OrderStatus.AWAITING_APPROVAL, "to_status": "executing", "channel": "app",
+        "detail": {"b": [1, (2, 3)], "a": {"z": None, "y": "Överförd"}, 5: 1.5}}
     assert fmt.canonical(row) == (
         '["2026-03-02T10:00:00.000005Z","DEMO-KALMAR-HEAD","status:approved","RO-2026-000001","191212121212",'
         '"awaiting_approval","executing","app",{"5":1.5,"a":{"y":"\\u00d6verf\\u00f6rd","z":null},"b":[1,[2,3]]}]')
@@ -150,10 +159,10 @@ def test_the_canonical_form_is_pinned() -> None:
 
 # --- writing ----------------------------------------------------------------------------------------------
 
-def test_record_chains_every_row_in_one_line(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    before = len(rows())
-    write(3)
-    with session() as s:  # a savepoint rolled back after its row was flushed: the next row takes its place
+def test_record_chains_every_row_in_one_line(db: Database, ad: Adapters, capsys: Capture) -> None:
+    before = len(rows(db))
+    write(db, 3)
+    with db.session() as s:  # a savepoint rolled back after its row was flushed: the next row takes its place
         try:
             with s.begin_nested():
                 audit.record(s, actor="system", action="rolled_back", at=T0)
@@ -161,12 +170,12 @@ def test_record_chains_every_row_in_one_line(fresh_db: str, capsys: pytest.Captu
                 raise RuntimeError
         except RuntimeError:
             pass
-    got = rows()
+    got = rows(db)
     assert [r.seq for r in got] == list(range(1, before + 4)) and "rolled_back" not in {r.action for r in got}
-    with session() as s:  # several rows in one transaction, in the order they were recorded
+    with db.session() as s:  # several rows in one transaction, in the order they were recorded
         for action in ("submitted", "validated", "stage_planned"):
             audit.record(s, actor="system", action=action, to_status=OrderStatus.SUBMITTED, at=T0)
-    got = rows()
+    got = rows(db)
     assert [r.seq for r in got] == list(range(1, before + 7))
     assert [r.action for r in got[-3:]] == ["submitted", "validated", "stage_planned"]
     assert [r.id for r in got] == sorted(r.id for r in got)
@@ -175,23 +184,23 @@ def test_record_chains_every_row_in_one_line(fresh_db: str, capsys: pytest.Captu
         assert r.prev_hash == prev and r.row_hash == fmt.row_hash(prev, {f: getattr(r, f) for f in fmt.FIELDS})
         prev = r.row_hash
     assert got[-1].to_status == "submitted" and type(got[-1].to_status) is str
-    code, out = verify_cli(capsys)
+    code, out = verify_cli(ad, capsys)
     assert code == 0 and f"{len(got)} rader verifierade" in out, out
-    latest = audit_chain.latest()
+    latest = audit_chain.latest(db)
     assert latest is not None and latest.ok and latest.rows == len(got) and latest.head_hash == prev
 
 
-def test_rows_are_chained_at_commit_and_seen_before_it(fresh_db: str) -> None:
+def test_rows_are_chained_at_commit_and_seen_before_it(db: Database) -> None:
     """The chain's lock is taken at commit: a transaction that recorded a row and goes on working holds no
     lock on the chain, so another transaction records and commits meanwhile (in a thread: it would wait
     for the lock, and this test with it, if the first held it). Reading the audit log inside the transaction
     sees its own rows."""
     import threading
-    first = Session(engine(settings().orders_db_url), expire_on_commit=False)  # open across the other one
+    first = Session(db.engine, expire_on_commit=False)  # open across the other one
     try:
         audit.record(first, actor="A", action="order_read", at=T0)
         first.scalars(sa.select(Order).limit(1)).all()  # other work (an autoflush): not a read of the log
-        other = threading.Thread(target=write, args=(1, "B"))
+        other = threading.Thread(target=write, args=(db, 1, "B"))
         other.start()
         other.join(20)
         assert not other.is_alive(), "the second transaction waited for the first one's chain lock"
@@ -200,40 +209,39 @@ def test_rows_are_chained_at_commit_and_seen_before_it(fresh_db: str) -> None:
     finally:
         first.commit()
         first.close()
-    got = rows()
+    got = rows(db)
     assert [r.actor for r in got[-2:]] == ["B", "A"]  # the chain's order is the order of commits
-    assert audit_chain.verify(record=False).ok
+    assert audit_chain.verify(db, record=False).ok
 
 
-def test_concurrent_writers_in_several_processes_keep_one_chain(fresh_db: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k in ("DATABASE_URL", "RO_DATA_DIR")}
-    before = len(rows())
+def test_concurrent_writers_in_several_processes_keep_one_chain(db: Database) -> None:
+    before = len(rows(db))
     per, writers = 25, 4
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=write_rows, args=(env, per, f"WRITER-{w}")) for w in range(writers)]
+    procs = [ctx.Process(target=write_rows, args=(db.url, per, f"WRITER-{w}")) for w in range(writers)]
     started = time.monotonic()
     for p in procs:
         p.start()
-    write(20, actor="WRITER-MAIN", at=datetime.now(UTC))  # and this process at the same time
+    write(db, 20, actor="WRITER-MAIN", at=datetime.now(UTC))  # and this process at the same time
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
     took = time.monotonic() - started
-    got = rows()
+    got = rows(db)
     expected = before + 20 + writers * (per + per // 5)
     assert len(got) == expected and [r.seq for r in got] == list(range(1, expected + 1))
-    report = audit_chain.verify(record=False)
+    report = audit_chain.verify(db, record=False)
     assert report.ok, [p.line() for p in report.problems]
     assert report.rows == expected == report.head_seq
     assert len({r.actor for r in got if r.actor.startswith("WRITER")}) == writers + 1
-    print(f"{writers + 1} processes wrote {expected - before} chained rows in {took:.1f} s ({dialect()})")
+    print(f"{writers + 1} processes wrote {expected - before} chained rows in {took:.1f} s ({dialect(db)})")
 
 
 # --- what the database refuses --------------------------------------------------------------------------
 
-def _extending_row(**overrides: Any) -> dict[str, Any]:
+def _extending_row(db: Database, **overrides: Any) -> dict[str, Any]:
     """Values for a raw INSERT that extends the chain as far as the triggers can tell."""
-    last = rows()[-1]
+    last = rows(db)[-1]
     return {"id": last.id + 1, "at": T0, "actor": "FORGER", "action": "status:approved", "order_reference": None,
             "patient_pnr": None, "from_status": None, "to_status": None, "channel": "app", "detail": "{}",
             "seq": last.seq + 1, "prev_hash": last.row_hash, "row_hash": "f" * 64} | overrides
@@ -243,165 +251,165 @@ INSERT = ("INSERT INTO audit_log (id, at, actor, action, channel, detail, seq, p
           "VALUES (:id, :at, :actor, :action, :channel, :detail, :seq, :prev_hash, :row_hash)")
 
 
-def test_insert_or_replace_of_an_existing_row_is_refused(fresh_db: str) -> None:
-    write(3)
-    victim = rows()[1]
-    before = [(r.id, r.actor, r.row_hash) for r in rows()]
-    row = _extending_row(id=victim.id)
-    if postgres():
+def test_insert_or_replace_of_an_existing_row_is_refused(db: Database) -> None:
+    write(db, 3)
+    victim = rows(db)[1]
+    before = [(r.id, r.actor, r.row_hash) for r in rows(db)]
+    row = _extending_row(db, id=victim.id)
+    if postgres(db):
         # The trigger gives every insert the next id: nothing conflicts, nothing is replaced; the row is
         # appended at the end of the chain (with a made-up content hash, which verify reports).
-        run_sql(INSERT + " ON CONFLICT (id) DO UPDATE SET actor = EXCLUDED.actor", **row)
-        assert [(r.id, r.actor, r.row_hash) for r in rows()][:len(before)] == before
-        assert rows()[-1].id > victim.id and rows()[-1].seq == len(before) + 1
+        run_sql(db, INSERT + " ON CONFLICT (id) DO UPDATE SET actor = EXCLUDED.actor", **row)
+        assert [(r.id, r.actor, r.row_hash) for r in rows(db)][:len(before)] == before
+        assert rows(db)[-1].id > victim.id and rows(db)[-1].seq == len(before) + 1
         return
     replace = INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
     for sql in (replace, INSERT.replace("INSERT", "REPLACE", 1)):
-        assert refused(sql, **row)  # the id is not above every other: it does not extend the chain
+        assert refused(db, sql, **row)  # the id is not above every other: it does not extend the chain
     # Through the app's own connection too (recursive_triggers on: REPLACE's delete hits the DELETE trigger).
-    with pytest.raises(DBAPIError), session() as s:
+    with pytest.raises(DBAPIError), db.session() as s:
         s.execute(_stmt(replace), row)
     # And with the chain's check gone, the REPLACE guard alone: an id, or a position, another row holds.
-    run_sql("DROP TRIGGER audit_log_chain_link")
-    for taken in (row, _extending_row(seq=victim.seq)):
-        assert "append-only" in refused(replace, **taken)
-    assert [(r.id, r.actor, r.row_hash) for r in rows()] == before
+    run_sql(db, "DROP TRIGGER audit_log_chain_link")
+    for taken in (row, _extending_row(db, seq=victim.seq)):
+        assert "append-only" in refused(db, replace, **taken)
+    assert [(r.id, r.actor, r.row_hash) for r in rows(db)] == before
 
 
-def test_a_row_that_does_not_extend_the_chain_is_refused_or_put_at_the_end(fresh_db: str) -> None:
-    write(2)
-    before = rows()
-    bad_place = ({"seq": before[-1].seq + 2}, {"prev_hash": "0" * 64}, {"id": 0}, {"seq": 1, "id": before[0].id})
-    if postgres():
+def test_a_row_that_does_not_extend_the_chain_is_refused_or_put_at_the_end(db: Database) -> None:
+    write(db, 2)
+    before = rows(db)
+    bad_place: tuple[dict[str, Any], ...] = ({"seq": before[-1].seq + 2}, {"prev_hash": "0" * 64}, {"id": 0},
+                                             {"seq": 1, "id": before[0].id})
+    if postgres(db):
         # The database chains each row itself: whatever id, position or previous hash is sent, it lands at the
         # end, in order. Without a content hash it is refused.
         for i, bad in enumerate(bad_place):
-            run_sql(INSERT, **_extending_row(**bad))
-            last = rows()[-1]
-            assert (last.seq, last.prev_hash) == (len(before) + i + 1, rows()[-2].row_hash)
-            assert last.id > rows()[-2].id
-        assert "content hash" in refused(INSERT, **_extending_row(row_hash=None))
-        assert "content hash" in refused(INSERT, **_extending_row(row_hash="not a hash"))
+            run_sql(db, INSERT, **_extending_row(db, **bad))
+            last = rows(db)[-1]
+            assert (last.seq, last.prev_hash) == (len(before) + i + 1, rows(db)[-2].row_hash)
+            assert last.id > rows(db)[-2].id
+        assert "content hash" in refused(db, INSERT, **_extending_row(db, row_hash=None))
+        assert "content hash" in refused(db, INSERT, **_extending_row(db, row_hash="not a hash"))
     else:
         for bad in (*bad_place, {"row_hash": None}, {"seq": None, "prev_hash": None, "row_hash": None}):
-            message = refused(INSERT, **_extending_row(**bad))
+            message = refused(db, INSERT, **_extending_row(db, **bad))
             assert "hash chain" in message or "append-only" in message or "null" in message.lower(), (bad, message)
-        assert len(rows()) == len(before)
+        assert len(rows(db)) == len(before)
     # Nor can the head be moved back, re-hashed or removed.
-    count = len(rows())
-    assert "forward" in refused("UPDATE audit_chain SET last_seq = last_seq - 1")
-    assert "forward" in refused("UPDATE audit_chain SET last_hash = :h", h="a" * 64)
-    assert refused("DELETE FROM audit_chain")
-    audit_chain.verify()
-    assert refused("DELETE FROM audit_verifications")
-    assert refused("UPDATE audit_verifications SET ok = NOT ok")
-    assert len(rows()) == count
+    count = len(rows(db))
+    assert "forward" in refused(db, "UPDATE audit_chain SET last_seq = last_seq - 1")
+    assert "forward" in refused(db, "UPDATE audit_chain SET last_hash = :h", h="a" * 64)
+    assert refused(db, "DELETE FROM audit_chain")
+    audit_chain.verify(db)
+    assert refused(db, "DELETE FROM audit_verifications")
+    assert refused(db, "UPDATE audit_verifications SET ok = NOT ok")
+    assert len(rows(db)) == count
 
 
 # --- what verify finds ---------------------------------------------------------------------------------------
 
-def test_drop_trigger_then_update_is_found_and_named(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    write(5)
-    assert verify_cli(capsys)[0] == 0
-    victim = rows()[-3]
-    run_sql(*DROP_UPDATE_GUARD[dialect()], "UPDATE audit_log SET actor = 'FORGER' WHERE id = :i", i=victim.id)
-    code, out = verify_cli(capsys)
+def test_drop_trigger_then_update_is_found_and_named(db: Database, ad: Adapters, capsys: Capture) -> None:
+    write(db, 5)
+    assert verify_cli(ad, capsys)[0] == 0
+    victim = rows(db)[-3]
+    run_sql(db, *DROP_UPDATE_GUARD[dialect(db)], "UPDATE audit_log SET actor = 'FORGER' WHERE id = :i", i=victim.id)
+    code, out = verify_cli(ad, capsys)
     assert code == 1, out
     assert re.search(rf"Första brutna rad: rad id {victim.id} \(position {victim.seq}\): content_changed", out), out
-    latest = audit_chain.latest()
+    latest = audit_chain.latest(db)
     assert latest is not None and not latest.ok and latest.row_id == victim.id and latest.problem == "content_changed"
 
 
-def test_a_row_rewritten_with_a_recomputed_hash_is_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    write(5)
-    victim = rows()[-3]
+def test_a_row_rewritten_with_a_recomputed_hash_is_found(db: Database, ad: Adapters, capsys: Capture) -> None:
+    write(db, 5)
+    victim = rows(db)[-3]
     forged = {f: getattr(victim, f) for f in fmt.FIELDS} | {"actor": "FORGER"}
-    run_sql(*DROP_UPDATE_GUARD[dialect()], "UPDATE audit_log SET actor = 'FORGER', row_hash = :h WHERE id = :i",
+    run_sql(db, *DROP_UPDATE_GUARD[dialect(db)], "UPDATE audit_log SET actor = 'FORGER', row_hash = :h WHERE id = :i",
             h=fmt.row_hash(victim.prev_hash, forged), i=victim.id)
-    code, out = verify_cli(capsys)
+    code, out = verify_cli(ad, capsys)
     assert code == 1 and f"rad id {victim.id} (position {victim.seq}): rewritten" in out, out
 
 
-def test_deleted_rows_are_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    write(6)
-    got = rows()
+def test_deleted_rows_are_found(db: Database, ad: Adapters, capsys: Capture) -> None:
+    write(db, 6)
+    got = rows(db)
     middle, last = got[-4], got[-1]
-    run_sql(*DROP_DELETE_GUARD[dialect()], "DELETE FROM audit_log WHERE id IN (:a, :b)", a=middle.id, b=last.id)
-    code, out = verify_cli(capsys)
+    run_sql(db, *DROP_DELETE_GUARD[dialect(db)], "DELETE FROM audit_log WHERE id IN (:a, :b)", a=middle.id, b=last.id)
+    code, out = verify_cli(ad, capsys)
     after = got[-3]  # the row after the removed one is named
     assert code == 1 and f"Första brutna rad: rad id {after.id} (position {after.seq}): row_missing" in out, out
     assert f"position {last.seq}–{last.seq}" in out  # and the one missing at the end
 
 
-def _forged(**overrides: Any) -> dict[str, Any]:
+def _forged(db: Database, **overrides: Any) -> dict[str, Any]:
     """A raw INSERT's values for a row a forger made right, as far as they can: on SQLite the whole chain
     (position, previous hash, row hash over its id), on PostgreSQL, whose trigger chains it, the content hash."""
-    row = _extending_row(detail={}, **overrides)
-    row["row_hash"] = fmt.content_hash(row) if postgres() else fmt.row_hash(row["prev_hash"], row)
+    row = _extending_row(db, detail={}, **overrides)
+    row["row_hash"] = fmt.content_hash(row) if postgres(db) else fmt.row_hash(row["prev_hash"], row)
     return row | {"detail": "{}"}
 
 
-def test_a_back_dated_insert_is_refused_or_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_back_dated_insert_is_refused_or_found(db: Database, ad: Adapters, capsys: Capture) -> None:
     """A row dated a month back, with an id that sorts it among the first rows (timelines list by id)."""
-    write(5, at=datetime.now(UTC) - timedelta(minutes=10))
-    got = rows()
+    write(db, 5, at=datetime.now(UTC) - timedelta(minutes=10))
+    got = rows(db)
     early = got[0].at - timedelta(days=30)
-    correct = _forged(id=0, at=early)
-    if postgres():
+    correct = _forged(db, id=0, at=early)
+    if postgres(db):
         # Without a content hash it is refused; with one, the database puts it at the end of the chain, with
         # the next id: not among the old rows. Its date alone gives it away (a warning).
-        assert refused(INSERT, **_extending_row(id=0, at=early, row_hash=None))
-        run_sql(INSERT, **correct)
-        last = rows()[-1]
+        assert refused(db, INSERT, **_extending_row(db, id=0, at=early, row_hash=None))
+        run_sql(db, INSERT, **correct)
+        last = rows(db)[-1]
         assert (last.id > got[-1].id, last.seq) == (True, len(got) + 1)
-        code, out = verify_cli(capsys)
+        code, out = verify_cli(ad, capsys)
         assert code == 0 and f"varning: rad id {last.id} (position {last.seq}): back_dated" in out, out
         # With the trigger switched off by the owner, an id among the old rows: found, by that id.
-        correct = _extending_row(id=0, at=early, detail={}, seq=last.seq + 1, prev_hash=last.row_hash)
+        correct = _extending_row(db, id=0, at=early, detail={}, seq=last.seq + 1, prev_hash=last.row_hash)
         correct["row_hash"] = fmt.row_hash(last.row_hash, correct)
         correct["detail"] = "{}"
     else:
         # Refused without the chain's columns, in a place another row holds, and even extending the chain
         # with a correct hash: its id is not above every other.
-        for forged in (_extending_row(id=0, at=early, seq=None, prev_hash=None, row_hash=None),
-                       _extending_row(id=0, at=early, seq=got[1].seq, prev_hash=got[0].row_hash), correct):
-            assert refused(INSERT, **forged)
-        assert len(rows()) == len(got)
-    run_sql(*DROP_CHAIN_GUARDS[dialect()], INSERT, **correct)
-    code, out = verify_cli(capsys)
+        for forged in (_extending_row(db, id=0, at=early, seq=None, prev_hash=None, row_hash=None),
+                       _extending_row(db, id=0, at=early, seq=got[1].seq, prev_hash=got[0].row_hash), correct):
+            assert refused(db, INSERT, **forged)
+        assert len(rows(db)) == len(got)
+    run_sql(db, *DROP_CHAIN_GUARDS[dialect(db)], INSERT, **correct)
+    code, out = verify_cli(ad, capsys)
     assert code == 1 and f"Första brutna rad: rad id 0 (position {correct['seq']}): row_inserted" in out, out
     assert "content_changed" not in out
 
 
-def test_a_row_with_a_made_up_hash_is_found(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_row_with_a_made_up_hash_is_found(db: Database, ad: Adapters, capsys: Capture) -> None:
     """At the end, in its right place: no database can check the content hash itself."""
-    write(3)
-    run_sql(INSERT, **_extending_row(at=T0 - timedelta(days=3)))
-    last = rows()[-1]
-    code, out = verify_cli(capsys)
+    write(db, 3)
+    run_sql(db, INSERT, **_extending_row(db, at=T0 - timedelta(days=3)))
+    last = rows(db)[-1]
+    code, out = verify_cli(ad, capsys)
     assert code == 1 and f"rad id {last.id} (position {last.seq}): content_changed" in out, out
 
 
-def test_a_back_dated_row_at_the_end_is_a_warning(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    write(3, at=datetime.now(UTC))
-    run_sql(INSERT, **_forged(at=rows()[-1].at - timedelta(days=2)))
-    last = rows()[-1]
-    code, out = verify_cli(capsys)
+def test_a_back_dated_row_at_the_end_is_a_warning(db: Database, ad: Adapters, capsys: Capture) -> None:
+    write(db, 3, at=datetime.now(UTC))
+    run_sql(db, INSERT, **_forged(db, at=rows(db)[-1].at - timedelta(days=2)))
+    last = rows(db)[-1]
+    code, out = verify_cli(ad, capsys)
     # Indistinguishable from a row the app wrote, except by its date: a warning that names it.
     assert code == 0 and f"varning: rad id {last.id} (position {last.seq}): back_dated" in out, out
 
 
-def test_a_rewritten_history_is_found_by_the_last_verification(fresh_db: str,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rewritten_history_is_found_by_the_last_verification(db: Database, ad: Adapters, capsys: Capture) -> None:
     """An owner who rewrites a row and re-chains everything after it, head included, leaves a consistent
     chain; the head the previous verification saw is what gives it away."""
-    write(5)
-    assert verify_cli(capsys)[0] == 0
-    got = rows()
+    write(db, 5)
+    assert verify_cli(ad, capsys)[0] == 0
+    got = rows(db)
     target = got[-4]
-    guards = DROP_UPDATE_GUARD[dialect()] + (["DROP TRIGGER audit_chain_forward_only"] if not postgres() else
+    guards = DROP_UPDATE_GUARD[dialect(db)] + (["DROP TRIGGER audit_chain_forward_only"] if not postgres(db) else
                                              ["ALTER TABLE audit_chain DISABLE TRIGGER audit_chain_forward_only"])
-    statements, params = list(guards), {}
+    statements, params = list(guards), dict[str, Any]()
     prev = target.prev_hash
     for i, r in enumerate(got[got.index(target):]):
         fields = {f: getattr(r, f) for f in fmt.FIELDS} | ({"actor": "FORGER"} if r.id == target.id else {})
@@ -410,41 +418,49 @@ def test_a_rewritten_history_is_found_by_the_last_verification(fresh_db: str,
         params |= {f"a{i}": fields["actor"], f"p{i}": prev, f"h{i}": h, f"i{i}": r.id}
         prev = h
     statements.append("UPDATE audit_chain SET last_hash = :head WHERE id = 1")
-    run_sql(*statements, head=prev, **params)
-    with sa.orm.Session(owner()) as s:  # consistent in itself
+    run_sql(db, *statements, head=prev, **params)
+    with sa.orm.Session(owner(db)) as s:  # consistent in itself
         assert audit_chain.walk(s).ok
-    code, out = verify_cli(capsys)
+    code, out = verify_cli(ad, capsys)
     assert code == 1 and f"rad id {got[-1].id} (position {got[-1].seq}): anchor_mismatch" in out, out
 
 
 # --- where it is shown ---------------------------------------------------------------------------------------
 
-def test_admin_overview_and_healthz_show_the_last_verification(fresh_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from forms.api import _audit_chain
+def test_admin_overview_and_healthz_show_the_last_verification(db: Database, ad: Adapters, capsys: Capture) -> None:
     from forms.app import create_app
-    app = create_app()
+    app = create_app(ad)
 
-    async def overview() -> str:
+    async def get(path: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60,
                                      headers={"X-Remote-User": "DEMO-ADMIN"}) as c:
-            r = await c.get("/admin")
+            r = await c.get(path)
             assert r.status_code == 200
-            return r.text
+            return r
 
-    assert _audit_chain().ok and "inte verifierad" in _audit_chain().detail
-    assert "inte verifierats än" in asyncio.run(overview())
-    write(3)
-    assert verify_cli(capsys)[0] == 0
-    assert _audit_chain().ok and "hel" in _audit_chain().detail
-    assert re.search(r"Hel: \d+ rader verifierade", asyncio.run(overview()))
-    victim = rows()[-2]
-    run_sql(*DROP_UPDATE_GUARD[dialect()], "UPDATE audit_log SET detail = :d WHERE id = :i", d='{"via": "x"}',
+    def overview() -> str:
+        return asyncio.run(get("/admin")).text
+
+    def audit_health() -> dict[str, Any]:
+        """The `audit` component of /healthz (the others, SMTP and so on, are not this test's)."""
+        return dict(asyncio.run(get("/healthz")).json()["audit"])
+
+    health = audit_health()
+    assert health["ok"] and "inte verifierad" in health["detail"]
+    assert "inte verifierats än" in overview()
+    write(db, 3)
+    assert verify_cli(ad, capsys)[0] == 0
+    health = audit_health()
+    assert health["ok"] and "hel" in health["detail"]
+    assert re.search(r"Hel: \d+ rader verifierade", overview())
+    victim = rows(db)[-2]
+    run_sql(db, *DROP_UPDATE_GUARD[dialect(db)], "UPDATE audit_log SET detail = :d WHERE id = :i", d='{"via": "x"}',
             i=victim.id)
-    assert verify_cli(capsys)[0] == 1
-    health = _audit_chain()
-    assert not health.ok and f"rad id {victim.id} (content_changed)" in health.detail
-    page = asyncio.run(overview())
+    assert verify_cli(ad, capsys)[0] == 1
+    health = audit_health()
+    assert not health["ok"] and f"rad id {victim.id} (content_changed)" in health["detail"]
+    page = overview()
     assert "Kedjan är bruten" in page and f"rad har id {victim.id}" in page and "innehåll har ändrats" in page
 
 
@@ -523,21 +539,19 @@ def _migrate_with_rows(url: str, command: Any, cfg: Any) -> None:
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="DATABASE_URL is not PostgreSQL")
 def test_the_app_role_can_insert_and_read_the_audit_log_and_nothing_more(
-        fresh_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+        db: Database, ad: Adapters, settings: Settings, capsys: Capture) -> None:
     from forms.app import create_app
     from tests.webapp import body
     role = f"ro_app_t{os.getpid()}"
-    assert cli.main(["app-role", role]) == 0
+    assert cli.main(["app-role", role], ad=ad) == 0
     granted = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert granted["audit_log"] == granted["audit_verifications"] == "SELECT, INSERT"
     assert granted["audit_chain"] == "SELECT" and granted["orders"] == "SELECT, INSERT, UPDATE, DELETE"
-    owner_url = fresh_db
-    app_url = owner_url.replace("postgres@", f"{role}@", 1)
+    app_url = db.url.replace("postgres@", f"{role}@", 1)
+    app_db: Database | None = None
     try:
-        write(2)
-        victim = rows()[0]
+        write(db, 2)
+        victim = rows(db)[0]
         app_eng = sa.create_engine(app_url, poolclass=NullPool)
         for sql in ("UPDATE audit_log SET actor = 'FORGER' WHERE id = :i", "DELETE FROM audit_log WHERE id = :i",
                     "TRUNCATE audit_log", "DROP TRIGGER audit_log_no_change ON audit_log",
@@ -549,11 +563,11 @@ def test_the_app_role_can_insert_and_read_the_audit_log_and_nothing_more(
                 c.execute(sa.text(sql), {"i": victim.id})
             assert any(w in str(err.value.orig) for w in ("permission denied", "must be owner")), (sql, err.value)
         app_eng.dispose()
-        # The app itself, connected as the role: a submit (Prefect down: the run starts later), a read and a
-        # cancel, each audited; then verify as the role, recorded.
-        monkeypatch.setenv("DATABASE_URL", app_url)
-        settings.cache_clear()
-        app = create_app()
+        # The app itself, connected as the role: a submit (its run, in process, writes as the role too), a read
+        # and a cancel, each audited; then verify as the role, recorded.
+        app_db = Database(app_url)
+        as_role = adapters_of(settings, app_db)
+        app = create_app(as_role)
 
         async def use_the_app() -> str:
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
@@ -566,19 +580,18 @@ def test_the_app_role_can_insert_and_read_the_audit_log_and_nothing_more(
                 cancel = await c.post(f"/api/orders/{ref}/cancel", json={"reason": "fel patient"})
                 assert cancel.status_code == 200, cancel.text
                 return ref
-        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-            ref = asyncio.run(use_the_app())
-        with session() as s:
+        ref = asyncio.run(use_the_app())
+        with db.session() as s:
             actions = [e.action for e in s.query(AuditEvent).filter(AuditEvent.order_reference == ref)]
-        assert {"submitted", "order_read", "cancelled"} <= set(actions), actions
-        code, out = verify_cli(capsys)
+        assert {"submitted", "run_started", "order_read", "cancelled"} <= set(actions), actions
+        code, out = verify_cli(as_role, capsys)
         assert code == 0 and "kedja är hel" in out, out
-        latest = audit_chain.latest()
+        latest = audit_chain.latest(app_db)
         assert latest is not None and latest.ok and latest.by == "cli"
     finally:
-        monkeypatch.setenv("DATABASE_URL", owner_url)
-        settings.cache_clear()
-        eng = sa.create_engine(owner_url, poolclass=NullPool)
+        if app_db is not None:
+            app_db.dispose()
+        eng = owner(db)
         with eng.begin() as c:
             c.execute(sa.text(f'DROP OWNED BY "{role}"'))
             c.execute(sa.text(f'DROP ROLE "{role}"'))
@@ -588,15 +601,22 @@ def test_the_app_role_can_insert_and_read_the_audit_log_and_nothing_more(
 # --- the scheduled verification -------------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_the_audit_verify_flow_emits_events_and_its_automation_fires(fresh_db: str, prefect_server: str) -> None:
+def test_the_audit_verify_flow_emits_events_and_its_automation_fires(
+        db: Database, settings: Settings, prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.audit_verify
     from flows.audit_verify import audit_verify
+    from flows.bootstrap import build
+    # Prefect calls the flow, so it takes this process's adapters: here those of this test's database, with
+    # Prefect's own engine and events (the events go to the session's Prefect server).
+    prefect_ad = build(settings.model_copy(update={"database_url": db.url}), db=db)
+    monkeypatch.setattr(flows.audit_verify, "process_adapters", lambda: prefect_ad)
     from tasks.adapters.automations_monitoring import AUDIT_CHAIN_BROKEN, ensure_monitoring_automations
     automation = ensure_monitoring_automations(strict=True)[AUDIT_CHAIN_BROKEN]
-    write(3)
+    write(db, 3)
     good = audit_verify()
     assert good["ok"] and good["rows"] >= 3
-    victim = rows()[-1]
-    run_sql(*DROP_UPDATE_GUARD[dialect()], "UPDATE audit_log SET actor = 'FORGER' WHERE id = :i", i=victim.id)
+    victim = rows(db)[-1]
+    run_sql(db, *DROP_UPDATE_GUARD[dialect(db)], "UPDATE audit_log SET actor = 'FORGER' WHERE id = :i", i=victim.id)
     time.sleep(2)  # let the server's trigger cache load the automation
     bad = audit_verify()
     assert not bad["ok"] and bad["row_id"] == victim.id and bad["problem"] == "content_changed"

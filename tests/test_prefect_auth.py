@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.adapters import prefect_auth
+from tasks.adapters import Adapters, prefect_auth
 from tests.conftest import ROOT, free_port, prefect_headers
 
 APP_ORIGIN = "http://127.0.0.1:8000"  # RO_APP_BASE_URL of the test session
@@ -109,13 +109,13 @@ def test_prefects_own_client_sends_the_auth_string(prefect_server: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
-    from tasks.steps.runs import prefect_client
+    from tasks.adapters.engine import PrefectEngine
 
     async def count(make: object) -> int:
         async with make() as c:  # type: ignore[operator]
             return len(await c.read_flows(limit=1))
 
-    assert asyncio.run(count(prefect_client)) >= 0
+    assert asyncio.run(count(PrefectEngine().client)) >= 0  # the client every call of the engine adapter uses
     with temporary_settings(updates={PREFECT_API_AUTH_STRING: "restriction-orders:wrong"}), \
             pytest.raises(httpx.HTTPStatusError) as refused:
         asyncio.run(count(get_client))
@@ -136,13 +136,14 @@ def test_cors_answers_the_apps_origin_only(prefect_server: str) -> None:
 
 
 @pytest.mark.e2e
-def test_healthz_says_when_the_auth_string_is_wrong(prefect_server: str) -> None:
+def test_healthz_says_when_the_auth_string_is_wrong(prefect_ad: Adapters) -> None:
+    """/healthz's `prefect` component (the engine adapter's health), with the Prefect engine."""
     from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
-    from forms.api import _prefect
-    assert asyncio.run(_prefect()).ok
+    from forms.health import _engine
+    assert asyncio.run(_engine(prefect_ad)).ok
     with temporary_settings(updates={PREFECT_API_AUTH_STRING: "restriction-orders:wrong"}):
-        wrong = asyncio.run(_prefect())
+        wrong = asyncio.run(_engine(prefect_ad))
     assert not wrong.ok and "401" in wrong.detail
 
 

@@ -4,14 +4,12 @@ The tests that break a chain on purpose do it in databases of their own (tests/t
 
 from __future__ import annotations
 
-import pytest
-
 from tasks.adapters import audit_chain
+from tasks.adapters.database import Database
 
 
-@pytest.mark.usefixtures("db")
-def test_the_whole_suites_audit_log_is_one_unbroken_chain() -> None:
-    report = audit_chain.verify(record=False)
+def test_the_whole_suites_audit_log_is_one_unbroken_chain(db: Database) -> None:
+    report = audit_chain.verify(db, record=False)
     assert report.ok, [p.line() for p in report.problems]
     assert report.rows == report.head_seq
     print(f"audit chain after the suite: {report.rows} rows, intact")

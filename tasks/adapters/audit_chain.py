@@ -2,7 +2,7 @@
 
 The format (which fields, in which order, how they are serialised and hashed) is in models/audit_chain.py.
 
-**Writing.** `tasks.audit.record` hands its row to `add`, which keeps it with the session until the
+**Writing.** `tasks.adapters.audit.record` hands its row to `add`, which keeps it with the session until the
 transaction commits: then everything else is flushed first, and only then is the chain locked and the audit
 rows inserted. So the chain's lock is the last lock a transaction takes, held for its last statements and
 COMMIT only: never while the transaction goes on to lock other rows (one that another transaction holds
@@ -10,7 +10,7 @@ while it waits for the chain would be a deadlock), waits for Prefect or sends ma
 the audit log after recording (an idempotency check) gets its rows inserted just before that read, so it
 sees them. Inside a savepoint a row is added at once, so a rolled-back savepoint takes it along.
 
-`chain_new_events` runs before every flush of a session (`install`, from tasks/audit.py), so every audit row,
+`chain_new_events` runs before every flush of a session (`install`, from tasks/adapters/audit.py), so every audit row,
 whoever adds it, is chained in the flush's own transaction:
 
 - PostgreSQL: the writer sends the row's content hash as `row_hash`; the insert trigger (SECURITY DEFINER,
@@ -33,7 +33,7 @@ in it) and reports, first broken row first:
   row was changed and its hash recomputed;
 - `row_missing`: positions are missing before this row, or at the end (deleted rows);
 - `row_inserted`: a row that is not in the chain (no position, a position another row holds, beyond the
-  head, or an id lower than the row before it): written around `tasks.audit.record`, e.g. a back-dated row
+  head, or an id lower than the row before it): written around `tasks.adapters.audit.record`, e.g. a back-dated row
   inserted with SQL;
 - `anchor_mismatch`: the row a previous successful verification saw as the head has another hash now: the
   history up to there was rewritten (and re-chained) since.

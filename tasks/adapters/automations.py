@@ -15,7 +15,7 @@ The default action is "do nothing": the automation firing is itself the record t
 (`RO_AUTOMATION_NOTIFY_BLOCK=<block-type-slug>/<block-name>`, e.g. `slack-webhook/on-call`), the automations
 send a notification through it instead. Templates are single simple expressions (see prefect-3-notes §3).
 
-The monitoring automations (overdue orders, failed monitoring runs) live in tasks/automations_monitoring.py;
+The monitoring automations (overdue orders, failed monitoring runs) live in tasks/adapters/automations_monitoring.py;
 `ensure_all()` and `all_specs()` cover both sets, and are what the CLI and `make run` use.
 
 Embedded default: `make run` (forms/embedded.py) creates them all after the Prefect server is up.

@@ -1,6 +1,6 @@
 """PostgreSQL: the role the app and the workers connect as, with what they need and nothing more.
 
-The owner of the schema runs the migrations (`python -m tasks.database migrate`) and owns every table, trigger
+The owner of the schema runs the migrations (`python -m tasks.adapters.database migrate`) and owns every table, trigger
 and function. The app, the flow-serving process, the workers and the CLI connect as another role, made or
 brought up to date by `restriction-orders app-role NAME` (run as the owner, after every migration):
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from tasks.adapters.database import make_engine
 
@@ -56,6 +56,13 @@ def grant_app_role(url: str, role: str, password: str | None = None) -> dict[str
     current schema of `url`. Returns {table: privileges}."""
     quoted = _ident(role)
     eng = make_engine(url)
+    try:
+        return _grant(eng, role, quoted, password)
+    finally:
+        eng.dispose()
+
+
+def _grant(eng: Engine, role: str, quoted: str, password: str | None) -> dict[str, str]:
     if eng.dialect.name != "postgresql":
         raise RoleError("app roles are for PostgreSQL; on SQLite the file's permissions are the boundary")
     with eng.begin() as c:
