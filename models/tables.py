@@ -83,6 +83,8 @@ class Order(Base):
     guardian_pnr: Mapped[str | None] = mapped_column(String(12))
     # The named guardian has protected identity (skyddade personuppgifter): handled by phone (migration 0003r).
     guardian_protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The orderer's number for on-call support's callback (staff data, not the patient's; migration 0004).
+    callback_phone: Mapped[str | None] = mapped_column(String(40))
     minor_grant: Mapped[bool | None] = mapped_column(Boolean)
     minor_recipient: Mapped[str | None] = mapped_column(String(10))
     child_consent: Mapped[bool] = mapped_column(Boolean, default=False)
