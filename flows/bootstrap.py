@@ -13,6 +13,7 @@ the app (`forms.app.create_app(ad)`), the CLI, the serving loop.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
@@ -63,6 +64,13 @@ def in_process(settings: Settings | None = None, **replace: object) -> Adapters:
 def process_adapters() -> Adapters:
     """This process's adapters, from the environment: for the flows, which Prefect calls."""
     return build()
+
+
+def adapters_at(now: datetime | None) -> tuple[Adapters, datetime]:
+    """This process's adapters and the time a scheduled flow works at: `now` for tests and reruns, else the
+    adapters' clock."""
+    ad = process_adapters()
+    return ad, now or ad.now()
 
 
 def passed(ad: Adapters) -> Adapters:

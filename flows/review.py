@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import IntegrityError
 
 from flows import commands
-from flows.bootstrap import passed, process_adapters
+from flows.bootstrap import adapters_at, passed
 from flows.housekeeping import deliver_for
 from tasks.adapters import Adapters
 from tasks.steps import monitoring
@@ -36,9 +36,7 @@ send = task(name="send-outbox", persist_result=False, cache_policy=NO_CACHE)(del
 
 @flow(name="review-reminders", persist_result=False, log_prints=False)
 def review_reminders(now: datetime | None = None) -> dict[str, int]:
-    """`now` is for tests and reruns; a scheduled run uses the current time."""
-    ad = process_adapters()
-    at = now or ad.now()
+    ad, at = adapters_at(now)
     refs = remind(passed(ad), at)
     counts = send(passed(ad), refs, at) if refs else {"sent": 0, "failed": 0}
     return {"reminded": len(refs), **counts}

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import Artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.bootstrap import passed, process_adapters
+from flows.bootstrap import adapters_at, passed
 from flows.housekeeping import deliver_for
 from models import sla, swedish
 from models.status import LABELS_SV, OrderStatus
@@ -65,9 +65,7 @@ def publish_open_orders(ad: Adapters, now: datetime) -> bool:
 
 @flow(name="sla-monitor", persist_result=False, log_prints=False)
 def sla_monitor(now: datetime | None = None) -> dict[str, int]:
-    """`now` is for tests and reruns; a scheduled run uses the current time."""
-    ad = process_adapters()
-    at = now or ad.now()
+    ad, at = adapters_at(now)
     flagged = flag_overdue(passed(ad), at)
     counts = send_reminders(passed(ad), flagged, at) if flagged else {"sent": 0, "failed": 0}
     published = publish_open_orders(passed(ad), at)

@@ -27,7 +27,8 @@ class EffectKind(StrEnum):
 
 @dataclass(frozen=True)
 class Restriction:
-    """Who set something that is in force: the order's initiative, region and reference (DOMAIN §1.3, R-4)."""
+    """Who set something that is in force: the order's initiative, region and reference (DOMAIN §1.3, R-4).
+    A patient may lift only what was set on the patient's own initiative (R-3)."""
     initiative: Initiative
     region: str
     order_reference: str

@@ -3,6 +3,7 @@ say a time the same way everywhere. Pure functions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from models.calendar import local
@@ -13,36 +14,28 @@ WEEKDAYS = ("måndag", "tisdag", "onsdag", "torsdag", "fredag", "lördag", "sön
 NONE = "–"
 
 
+def _formatted(at: datetime | None, fmt: Callable[[datetime], str]) -> str:
+    return NONE if at is None else fmt(local(at))
+
+
 def when_long(at: datetime | None) -> str:
     """'tisdag 24 november 2026 kl. 16.00'."""
-    if at is None:
-        return NONE
-    t = local(at)
-    return f"{WEEKDAYS[t.weekday()]} {t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}"
+    return _formatted(at, lambda t: f"{WEEKDAYS[t.weekday()]} {t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}")
 
 
 def when(at: datetime | None) -> str:
     """'24 november 2026 kl. 16.00'."""
-    if at is None:
-        return NONE
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}"
+    return _formatted(at, lambda t: f"{t.day} {MONTHS[t.month - 1]} {t.year} kl. {t:%H.%M}")
 
 
 def when_short(at: datetime | None) -> str:
     """'24 nov 2026 16.00' (tables)."""
-    if at is None:
-        return NONE
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1][:3]} {t.year} {t:%H.%M}"
+    return _formatted(at, lambda t: f"{t.day} {MONTHS[t.month - 1][:3]} {t.year} {t:%H.%M}")
 
 
 def day(at: datetime | None) -> str:
     """'24 november 2026'."""
-    if at is None:
-        return NONE
-    t = local(at)
-    return f"{t.day} {MONTHS[t.month - 1]} {t.year}"
+    return _formatted(at, lambda t: f"{t.day} {MONTHS[t.month - 1]} {t.year}")
 
 
 def duration(minutes: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from flows import commands
 from tasks.adapters import Adapters
 from tasks.steps import orders
+from tests.polling import poll_status
 
 PATIENT = "19121212-1212"  # Skatteverket's official test number
 
@@ -42,14 +43,7 @@ def status(ad: Adapters, reference: str) -> str:
 
 
 def wait_status(ad: Adapters, reference: str, *wanted: str, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    st = ""
-    while time.monotonic() < deadline:
-        st = status(ad, reference)
-        if st in wanted:
-            return st
-        time.sleep(0.25)
-    raise AssertionError(f"{reference} is {st}, wanted {wanted}")
+    return poll_status(lambda: status(ad, reference), reference, wanted, timeout, 0.25)
 
 
 def decide(ad: Adapters, reference: str, stage: str, actor: str, decision: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from models.clock import STOCKHOLM
 from models.status import OrderStatus
 from models.tables import AuditEvent, Order, UTCDateTime
 from tasks.adapters import Adapters, audit, audit_chain
-from tasks.adapters.database import Database
+from tasks.adapters.database import Database, alembic_config
 from tasks.adapters.settings import Settings
 from tests.audit_writer import write_rows
 from tests.conftest import own_database, prefect_headers
@@ -466,15 +466,6 @@ def test_admin_overview_and_healthz_show_the_last_verification(db: Database, ad:
 
 # --- the migration -------------------------------------------------------------------------------------------
 
-def _alembic(url: str) -> Any:
-    from alembic.config import Config
-
-    from tasks.adapters.settings import ROOT
-    cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
 
 def test_the_migration_chains_the_rows_already_there(tmp_path: Any) -> None:
     from alembic import command
@@ -482,7 +473,7 @@ def test_the_migration_chains_the_rows_already_there(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     if os.environ.get("DATABASE_URL", "").startswith("postgres"):
         pytest.skip("the PostgreSQL run migrates in test_the_migration_chains_the_rows_already_there_pg")
-    _migrate_with_rows(url, command, _alembic(url))
+    _migrate_with_rows(url, command, alembic_config(url))
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="DATABASE_URL is not PostgreSQL")
@@ -497,7 +488,7 @@ def test_the_migration_chains_the_rows_already_there_pg() -> None:
         c.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
         url = f"{base}?options=-csearch_path%3D{schema}"
-        _migrate_with_rows(url, command, _alembic(url))
+        _migrate_with_rows(url, command, alembic_config(url))
     finally:
         with admin.begin() as c:
             c.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -14,6 +14,7 @@ from models.calendar import is_working_day, local
 from models.clock import STOCKHOLM, FixedClock
 from models.coverage import CoverageWindow, coverage_problems, on_call_hours, receiver_at
 from models.regions import RegionSettings, load_regions
+from tests.test_regions import COVERAGE
 
 REGIONS = load_regions()
 
@@ -160,26 +161,9 @@ def test_every_day_windows_count_for_both_kinds_of_day() -> None:
 
 def test_loading_settings_with_a_gap_fails_with_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "gap.toml"
-    path.write_text("""
-[[regions]]
-code = "uppsala"
-name = "Region Uppsala"
-[[regions.urgent_coverage]]
-receiver = "support"
-days = "working"
-start = 08:00:00
-end = 16:30:00
-[[regions.urgent_coverage]]
-receiver = "on_call"
-days = "working"
-start = 17:00:00
-end = 07:00:00
-[[regions.urgent_coverage]]
-receiver = "on_call"
-days = "non_working"
-start = 00:00:00
-end = 00:00:00
-""", encoding="utf-8")
+    # Kalmar's coverage as it was: support 08:00–16:30 on working days, on call from 17:00.
+    gap = COVERAGE.replace("start = 07:00:00\nend = 17:00:00", "start = 08:00:00\nend = 16:30:00")
+    path.write_text('[[regions]]\ncode = "uppsala"\nname = "Region Uppsala"' + gap, encoding="utf-8")
     with pytest.raises(ValueError, match=r"gap\.toml(.|\n)*urgent_coverage of region 'uppsala': no receiver of "
                                          r"urgent orders on working days 07:00–08:00, 16:30–17:00"):
         load_regions(path)

@@ -9,25 +9,17 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from models.tables import Base
-from tasks.adapters.settings import ROOT
+from tasks.adapters.database import alembic_config
 
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
-def _alembic(url: str) -> Config:
-    cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
 def test_existing_rows_get_false_and_no_phone_and_the_schema_matches_the_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    cfg = _alembic(url)
+    cfg = alembic_config(url)
     command.upgrade(cfg, "0002a")
     eng = sa.create_engine(url)
     with eng.begin() as c:

@@ -172,14 +172,20 @@ def test_a_person_never_recorded_has_unknown_access_with_the_manual_gateway(ad: 
     assert codes(ad, restore, clock.now()) == {"nothing_to_restore"}
 
 
+def restored_twice(ad: Adapters, clock: FixedClock, action: str) -> tuple[str, str]:
+    """A restriction in force and two orders to restore it; the first executed, the second not yet."""
+    pnr = patient()
+    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=[action])))
+    first = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=[action]))
+    second = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=[action]))
+    execute_at(ad, clock.advance(minutes=5), first)
+    return first, second
+
+
 # --- item 3: a refused order is failed, loudly ------------------------------------------------------
 
 def test_an_order_the_registry_refuses_fails_with_email_and_event(ad: Adapters, clock: FixedClock) -> None:
-    pnr = patient()
-    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=["lock_login"])))
-    first = submit_at(ad, clock.advance(minutes=10), body(pnr, "restore_access", actions=["lock_login"]))
-    second = submit_at(ad, clock.advance(minutes=1), body(pnr, "restore_access", actions=["lock_login"]))
-    execute_at(ad, clock.advance(minutes=10), first)
+    first, second = restored_twice(ad, clock, "lock_login")
     to_executing(ad, second, clock.now())  # passed its checks before the first restore lifted the lock
     assert stages.execute(ad, second) == "failed"
     assert failures(ad) == [second]
@@ -284,11 +290,7 @@ def test_a_child_who_turned_16_before_the_run_started_is_rejected(ad: Adapters, 
 
 
 def test_a_restore_with_nothing_left_to_restore_is_rejected_when_received(ad: Adapters, clock: FixedClock) -> None:
-    pnr = patient()
-    execute_at(ad, clock.now(), submit_at(ad, clock.now(), body(pnr, actions=["seal_journal"])))
-    first = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
-    second = submit_at(ad, clock.advance(minutes=5), body(pnr, "restore_access", actions=["seal_journal"]))
-    execute_at(ad, clock.advance(minutes=5), first)
+    first, second = restored_twice(ad, clock, "seal_journal")
     assert stages.receive(ad, second) == "rejected"
     assert audit_rows(ad, second, "validation_failed")[0].detail == {"codes": ["nothing_to_restore"]}
 

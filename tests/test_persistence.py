@@ -30,6 +30,7 @@ from models.tables import AppliedEffect, AuditEvent, Deadline, Order, RegistryPe
 from tasks.adapters import Adapters
 from tasks.adapters.gateway import ExecutionRefused, SimulatedRegistry, access_state
 from tasks.steps import orders
+from tests.test_rules import luhn
 
 ACTOR = "DEMO-KALMAR-CLINICIAN"
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=STOCKHOLM)          # Tuesday, office hours
@@ -38,14 +39,6 @@ REFERENCE = re.compile(r"^RO-(\d{4})-(\d{6})$")
 
 
 # --- data made here -------------------------------------------------------------------------------------
-
-def luhn(nine: str) -> int:
-    total = 0
-    for i, ch in enumerate(nine):
-        p = int(ch) * (2 - i % 2)
-        total += p // 10 + p % 10
-    return (10 - total % 10) % 10
-
 
 _rng = random.Random(uuid.uuid4().int)
 _days = itertools.count(_rng.randrange(0, 20000))

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +27,7 @@ from tasks.adapters.settings import Settings
 from tasks.steps import orders, stages
 from tasks.steps.runs import LivenessWindow, reconcile, start_run
 from tests.conftest import own_database
+from tests.fake_engine import StubEngine
 from tests.webapp import body, pnr
 
 WAITING = 450
@@ -47,8 +47,9 @@ def _order(ref: str, run_id: str | None, status: str = "awaiting_assessment") ->
                  due_at=now + timedelta(days=1), stage_plan={}, flow_name="seal-or-lock", flow_run_id=run_id)
 
 
-class Recorder:
+class Recorder(StubEngine):
     """An engine that records what the reconciler asks of it; every run it is asked about is suspended."""
+    name = "recorder"
 
     def __init__(self) -> None:
         self.created: list[tuple[str, str]] = []   # (reference, idempotency key)
@@ -61,15 +62,6 @@ class Recorder:
         self.created.append((reference, key))
         return str(uuid.uuid4())
 
-    async def begin(self, run_id: str) -> None:
-        return None
-
-    async def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        await coro
-
-    async def work_queue_for(self, flow_name: str, urgent: bool) -> str | None:
-        return None
-
     async def resume(self, run_id: str, run_input: dict[str, Any]) -> bool:
         self.resumed.append((run_id, run_input))
         return True
@@ -77,25 +69,10 @@ class Recorder:
     async def set_state(self, run_id: str, state: str, message: str) -> None:
         raise AssertionError(f"the reconciler must not set {run_id} {state}: every run is alive")
 
-    async def read_run(self, run_id: str) -> RunInfo:
-        return (await self.read_runs([run_id]))[run_id]
-
     async def read_runs(self, run_ids: list[str]) -> dict[str, RunInfo]:
         self.batches.append(len(run_ids))
         self.read += run_ids
-        return {r: RunInfo(r, "paused", "Suspended") for r in run_ids}
-
-    async def add_tag(self, run_id: str, tag: str) -> None:
-        return None
-
-    def fails_fast(self, timeout: float = 10.0) -> AbstractContextManager[Any]:
-        return nullcontext()
-
-    def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
-        return None
-
-    async def health(self) -> tuple[bool, str]:
-        return True, "recorder"
+        return await super().read_runs(run_ids)
 
 
 def _adapters(settings: Settings, database: Database, engine: Any) -> Adapters:

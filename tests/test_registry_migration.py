@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
 
-from tasks.adapters.settings import ROOT
+from tasks.adapters.database import alembic_config
 
 NOW = datetime(2022, 5, 10, 8, 0, tzinfo=UTC)
 CHILD, BLOCKED, GRANTED, OLD = "201001010000", "197001010000", "197102020000", "197203030000"  # serial 000 is never issued
-
-
-def _alembic(url: str) -> Config:
-    cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -57,7 +49,7 @@ def _order(ref: str, order_type: str, region: str) -> dict[str, object]:
 
 
 def test_bare_entries_become_entries_with_their_origin_and_back(database: str) -> None:
-    cfg = _alembic(database)
+    cfg = alembic_config(database)
     command.upgrade(cfg, "0001")
     eng = sa.create_engine(database)
     meta = sa.MetaData()

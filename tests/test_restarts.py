@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -27,6 +25,7 @@ from tasks.adapters.settings import Settings
 from tasks.steps.orders import transition
 from tasks.steps.runs import EXHAUSTED_EVENT, LivenessWindow, reconcile, start_run
 from tests.conftest import own_database
+from tests.fake_engine import StubEngine
 from tests.webapp import pnr
 
 
@@ -58,9 +57,10 @@ def test_the_policy_waits_longer_each_time_and_gives_up_after_five() -> None:
 
 # --- a run that always fails ------------------------------------------------------------------------------
 
-class AlwaysFailing:
+class AlwaysFailing(StubEngine):
     """An engine where every run of the order fails as soon as it starts: it records, by the pinned clock,
     when the reconciler starts new ones (each with its own idempotency key)."""
+    name = "always failing"
 
     def __init__(self, clock: FixedClock) -> None:
         self.clock = clock
@@ -77,56 +77,27 @@ class AlwaysFailing:
         self.runs.add(run_id)
         return run_id
 
-    async def begin(self, run_id: str) -> None:
-        return None
-
-    async def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        await coro
-
-    async def work_queue_for(self, flow_name: str, urgent: bool) -> str | None:
-        return None
-
-    async def resume(self, run_id: str, run_input: dict[str, Any]) -> bool:
-        return False
-
-    async def set_state(self, run_id: str, state: str, message: str) -> None:
-        return None
-
-    async def read_run(self, run_id: str) -> RunInfo:
-        return (await self.read_runs([run_id]))[run_id]
-
     async def read_runs(self, run_ids: list[str]) -> dict[str, RunInfo]:
         # Only this engine's runs fail; any other order in the module's database waits in a human step.
         return {r: RunInfo(r, "failed", "Failed") if r in self.runs else RunInfo(r, "paused", "Suspended")
                 for r in run_ids}
 
-    async def add_tag(self, run_id: str, tag: str) -> None:
-        return None
 
-    def fails_fast(self, timeout: float = 10.0) -> AbstractContextManager[Any]:
-        return nullcontext()
-
-    def publish_card(self, key: str, markdown: str, description: str, run_id: str | None) -> None:
-        return None
-
-    async def health(self) -> tuple[bool, str]:
-        return True, "always failing"
-
-
-def _adapters(settings: Settings, database: Database, clock: FixedClock, engine: AlwaysFailing) -> Adapters:
+def _failing_order(settings: Settings, database: Database, ref: str) -> tuple[FixedClock, AlwaysFailing, Adapters]:
+    clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
+    fake = AlwaysFailing(clock)
     # The liveness check every round (not every run_liveness_seconds): the tests count rounds.
-    return build(settings.model_copy(update={"run_liveness_seconds": 0.0}), db=database, engine=engine,
-                 clock=clock, events=RecordedEvents())
+    ad = build(settings.model_copy(update={"run_liveness_seconds": 0.0}), db=database, engine=fake,
+               clock=clock, events=RecordedEvents())
+    with ad.db.session() as s:
+        s.add(_order(ref, clock.now()))
+    return clock, fake, ad
 
 
 def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
         settings: Settings, restarts_db: Database) -> None:
-    clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
-    fake = AlwaysFailing(clock)
-    ad = _adapters(settings, restarts_db, clock, fake)
     ref = "RO-2026-769990"
-    with ad.db.session() as s:
-        s.add(_order(ref, clock.now()))
+    clock, fake, ad = _failing_order(settings, restarts_db, ref)
     assert asyncio.run(start_run(ad, ref))  # its first run, which fails like every later one
     fake.restarts.clear()
     started = fake.restarts.setdefault(ref, [])
@@ -160,12 +131,8 @@ def test_a_run_that_always_fails_is_restarted_with_backoff_then_the_order_fails(
 
 def test_a_restarted_run_that_gets_further_starts_the_count_again(settings: Settings,
                                                                    restarts_db: Database) -> None:
-    clock = FixedClock(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
-    fake = AlwaysFailing(clock)
-    ad = _adapters(settings, restarts_db, clock, fake)
     ref = "RO-2026-769991"
-    with ad.db.session() as s:
-        s.add(_order(ref, clock.now()))
+    clock, fake, ad = _failing_order(settings, restarts_db, ref)
     asyncio.run(start_run(ad, ref))
     window = LivenessWindow()
     for _ in range(4):  # four restarts, the last one 80 s after the one before

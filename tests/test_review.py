@@ -15,7 +15,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from flows import commands, review
 from flows.bootstrap import in_process
@@ -23,16 +22,14 @@ from flows.inprocess import InProcessEngine
 from models import sla
 from models.clock import STOCKHOLM, FixedClock
 from models.status import OrderStatus
-from models.tables import AuditEvent, Order, OutboxMessage
 from tasks.adapters import Adapters
 from tasks.adapters.database import Database
-from tasks.adapters.gateway import SimulatedRegistry
 from tasks.adapters.settings import Settings
-from tasks.steps import monitoring, orders
+from tasks.steps import monitoring
 from tasks.steps.monitoring import ReviewRefused
 from tasks.steps.orders import NotFound
-from tasks.steps.stages import _complete
 from tests.e2e import personal_number
+from tests.monitoring_support import audit_rows, execute_at, order, outbox, patient_orders, submit_at
 
 CLINICIAN, ASSESSOR, HEAD = "DEMO-KALMAR-CLINICIAN", "DEMO-KALMAR-ASSESSOR", "DEMO-KALMAR-HEAD"
 _rng = random.Random(uuid.uuid4().int)
@@ -68,55 +65,10 @@ def body(pnr: str, order_type: str = "seal_or_lock", **extra: Any) -> dict[str, 
     return b
 
 
-def submit_at(ad: Adapters, at: datetime, b: dict[str, Any]) -> str:
-    """Stored as the app stores it, with a run id no engine knows: a flow server's reconciler (when the
-    end-to-end tests' one runs in the same session) leaves it alone."""
-    out = orders.submit(ad, b, CLINICIAN, at)
-    assert out.kind == "created", [e.model_dump() for e in out.check.errors]
-    assert out.order is not None
-    with ad.db.session() as s:
-        orders.get(s, out.order.reference).flow_run_id = str(uuid.uuid4())
-    return out.order.reference
-
-
-def execute_at(ad: Adapters, at: datetime, reference: str) -> None:
-    """Take a submitted order through the routine to `completed` in the simulated registry, as the flow does."""
-    with ad.db.session() as s:
-        o = orders.get(s, reference)
-        for st in (OrderStatus.AWAITING_ASSESSMENT, OrderStatus.AWAITING_APPROVAL, OrderStatus.EXECUTING):
-            orders.transition(s, o, st, actor="system", at=at)
-        _complete(ad, s, o, "system", SimulatedRegistry().apply(s, o), at)
-
-
 def executed(ad: Adapters, at: datetime, pnr: str | None = None, **extra: Any) -> str:
     ref = submit_at(ad, at, body(pnr or patient(), **extra))
     execute_at(ad, at, ref)
     return ref
-
-
-def order(ad: Adapters, reference: str) -> Order:
-    with ad.db.session() as s:
-        o = orders.get(s, reference)
-        s.expunge(o)
-        return o
-
-
-def audit_rows(ad: Adapters, reference: str, action: str) -> list[AuditEvent]:
-    with ad.db.session() as s:
-        return list(s.scalars(select(AuditEvent).where(AuditEvent.order_reference == reference,
-                                                       AuditEvent.action == action).order_by(AuditEvent.id)))
-
-
-def outbox(ad: Adapters, reference: str, prefix: str = "") -> list[OutboxMessage]:
-    with ad.db.session() as s:
-        rows = s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference == reference)
-                         .order_by(OutboxMessage.id))
-        return [m for m in rows if m.event.startswith(prefix)]
-
-
-def patient_orders(ad: Adapters, pnr_digits: str) -> list[str]:
-    with ad.db.session() as s:
-        return list(s.scalars(select(Order.reference).where(Order.patient_pnr == pnr_digits)))
 
 
 def outcome(ad: Adapters, reference: str, what: str, at: datetime, actor: str = HEAD) -> monitoring.ReviewResult:
@@ -125,6 +77,15 @@ def outcome(ad: Adapters, reference: str, what: str, at: datetime, actor: str = 
 
 def reminders(ad: Adapters, at: datetime, ref: str) -> list[str]:
     return monitoring.send_review_reminders(ad, at, references=[ref])
+
+
+def executed_and_due(ad: Adapters, clock: FixedClock, after: timedelta) -> str:
+    """An executed care restriction, with the clock set `after` its review date."""
+    ref = executed(ad, clock.now())
+    due = order(ad, ref).review_due_on
+    assert due is not None
+    clock.set(due + after)
+    return ref
 
 
 def test_an_executed_care_restriction_gets_a_review_date_from_the_region(ad: Adapters) -> None:
@@ -138,12 +99,9 @@ def test_an_executed_care_restriction_gets_a_review_date_from_the_region(ad: Ada
 
 def test_one_reminder_per_review_period(ad: Adapters, clock: FixedClock) -> None:
     clock.set(stockholm(2022, 2, 1, 10, 0))
-    ref = executed(ad, clock.now())
-    due = order(ad, ref).review_due_on
-    assert due is not None
-    clock.set(due - timedelta(minutes=1))
+    ref = executed_and_due(ad, clock, -timedelta(minutes=1))
     assert reminders(ad, clock.now(), ref) == []
-    clock.set(due)
+    clock.advance(minutes=1)
     assert reminders(ad, clock.now(), ref) == [ref]
     for step in (timedelta(minutes=5), timedelta(days=1), timedelta(days=60)):
         clock.advance(seconds=step.total_seconds())
@@ -158,10 +116,7 @@ def test_one_reminder_per_review_period(ad: Adapters, clock: FixedClock) -> None
 
 def test_keep_is_audited_and_sets_a_new_review_date_which_reminds_again(ad: Adapters, clock: FixedClock) -> None:
     clock.set(stockholm(2022, 3, 1, 10, 0))
-    ref = executed(ad, clock.now())
-    first = order(ad, ref).review_due_on
-    assert first is not None
-    clock.set(first + timedelta(hours=2))
+    ref = executed_and_due(ad, clock, timedelta(hours=2))
     assert reminders(ad, clock.now(), ref) == [ref]
 
     result = outcome(ad, ref, "keep", clock.now())
@@ -223,10 +178,7 @@ def test_restore_starts_a_restore_access_order_for_the_same_patient_and_actions(
 
 def test_only_the_head_of_the_ordering_unit_records_the_outcome(ad: Adapters, clock: FixedClock) -> None:
     clock.set(stockholm(2022, 5, 3, 10, 0))
-    ref = executed(ad, clock.now())
-    due = order(ad, ref).review_due_on
-    assert due is not None
-    clock.set(due + timedelta(hours=1))
+    ref = executed_and_due(ad, clock, timedelta(hours=1))
     for actor in ("DEMO-JONKOPING-HEAD", "DEMO-KALMAR-CLINICIAN", "DEMO-ADMIN", "NOBODY"):
         with pytest.raises(ReviewRefused) as exc:
             outcome(ad, ref, "keep", clock.now(), actor)

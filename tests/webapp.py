@@ -22,6 +22,7 @@ import uvicorn
 from models.clock import STOCKHOLM
 from tasks.adapters import Adapters
 from tests.conftest import FlowServer
+from tests.polling import poll_status
 
 PATIENT = "19121212-1212"  # Skatteverket's official test number
 UNIT = "DEMO-KALMAR-UNIT"
@@ -91,14 +92,7 @@ def wait_status(c: httpx.Client, reference: str, *wanted: str, timeout: float = 
     is busy (503) the run is started by the reconciler instead, which can take a while under test load, and
     the served flows start their runs one subprocess after another (the ninth order of test_api waited over
     60 s on two cores at load 13–21)."""
-    deadline = time.monotonic() + timeout
-    st = ""
-    while time.monotonic() < deadline:
-        st = status_of(c, reference)
-        if st in wanted:
-            return st
-        time.sleep(0.3)
-    raise AssertionError(f"{reference} is {st}, wanted {wanted}")
+    return poll_status(lambda: status_of(c, reference), reference, wanted, timeout, 0.3)
 
 
 class LiveApp:

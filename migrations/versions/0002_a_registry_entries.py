@@ -5,10 +5,6 @@ Each blocked guardian and each minor-access grant in `registry_people` becomes a
 columns. Existing entries get the order that applied them from `registry_applied_effects`; one without
 such a row (set before effects were recorded) keeps initiative "care" – guardian blocks and minor access
 are care-only order types – and an empty region and order.
-
-Revision ID: 0002a
-Revises: 0001
-Create Date: 2026-12-02 08:00:00
 """
 from typing import Any
 
@@ -17,8 +13,6 @@ from alembic import op
 
 revision = '0002a'
 down_revision = '0001'
-branch_labels = None
-depends_on = None
 
 people = sa.table('registry_people', sa.column('pnr', sa.String), sa.column('blocked_guardians', sa.JSON),
                   sa.column('minor_access', sa.JSON))

@@ -23,10 +23,6 @@ PostgreSQL (the migration runs as the owner; the app role has INSERT and SELECT 
 
 Nothing here can stop the owner of the database or of the SQLite file; `restriction-orders audit verify`
 finds what they changed.
-
-Revision ID: 0003a
-Revises: 0002a
-Create Date: 2026-12-06 09:00:00
 """
 from typing import Any
 
@@ -38,8 +34,6 @@ from models.tables import UTCDateTime
 
 revision = '0003a'
 down_revision = '0002a'
-branch_labels = None
-depends_on = None
 
 log = sa.table('audit_log', sa.column('id', sa.BigInteger), sa.column('at', UTCDateTime()),
                *(sa.column(f, sa.String) for f in STRING_FIELDS), sa.column('detail', sa.JSON),

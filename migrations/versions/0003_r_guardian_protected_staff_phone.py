@@ -5,18 +5,12 @@ personuppgifter), so the order is handled by phone and a minor_access grant to t
 Existing orders get false: the flag could not be recorded before.
 
 `staff.phone`: from the region's HSA export (`restriction-orders directory import`); empty for existing rows.
-
-Revision ID: 0003r
-Revises: 0003a
-Create Date: 2026-12-10 09:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0003r'
 down_revision = '0003a'
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -2,18 +2,12 @@
 
 `orders.callback_phone`: the number on-call support calls back for an urgent order (the orderer's, staff
 data, not the patient's). Existing orders have none: the form did not ask.
-
-Revision ID: 0004
-Revises: 0003r
-Create Date: 2026-12-05 15:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0004'
 down_revision = '0003r'
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -10,11 +10,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.adapters.settings import ROOT, Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -71,15 +75,21 @@ class Database:
         self.engine.dispose()
 
 
-def migrate(url: str) -> None:
-    from alembic import command
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the orders database at `url` (also for tests that migrate step by step)."""
     from alembic.config import Config
 
-    _ensure_sqlite_dir(url)
     cfg = Config(str(ROOT / "migrations" / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+
+    _ensure_sqlite_dir(url)
+    command.upgrade(alembic_config(url), "head")
 
 
 def main(argv: list[str]) -> int:
