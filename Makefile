@@ -61,7 +61,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP) sysdeps $(AXE_STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(PY) -m tests.parallel $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

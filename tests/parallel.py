@@ -1,0 +1,85 @@
+"""`make pytest`: the suite as N pytest sessions at once (RO_TEST_PROCESSES, default 2), each a whole session of
+its own: its own orders database (SQLite file or PostgreSQL schema), Prefect server, served flows, SMTP sink and
+temporary directory (tests/conftest.py makes each of them per session, on free ports). Much of the suite
+waits on subprocesses, servers and deadlines rather than computing, so two sessions on two cores take far
+less than twice the time of one.
+
+The test files are dealt out by their measured duration (longest first, each to the least loaded session);
+the checks that close a session (tests/test_zz_*.py: the audit chain is unbroken, no personal numbers
+outside the orders database) run at the end of every session, over what that session did. Each session's
+output goes to tests/artifacts/pytest-<n>.log and is printed when all are done. Arguments are passed to
+every session; with explicit test paths, or with RO_TEST_PROCESSES=1, it is plain pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+ARTIFACTS = TESTS / "artifacts"
+CLOSING = sorted(p.name for p in TESTS.glob("test_zz_*.py"))
+
+# Seconds per file in one session (SQLite, 2 cores), from `--durations=0`; a file not listed counts
+# DEFAULT_SECONDS per test function.
+SECONDS: dict[str, float] = {}
+DEFAULT_SECONDS = 1.0
+
+
+def weight(path: Path) -> float:
+    if path.name in SECONDS:
+        return SECONDS[path.name]
+    return DEFAULT_SECONDS * max(1, path.read_text(errors="replace").count("\ndef test_"))
+
+
+def deal(files: list[Path], n: int) -> list[list[Path]]:
+    groups: list[list[Path]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for f in sorted(files, key=lambda p: (-weight(p), p.name)):
+        i = load.index(min(load))
+        groups[i].append(f)
+        load[i] += weight(f)
+    return [sorted(g) for g in groups if g]
+
+
+def main(args: list[str]) -> int:
+    n = int(os.environ.get("RO_TEST_PROCESSES", "2"))
+    explicit = [a for a in args if not a.startswith("-") and (a.startswith("tests") or a.endswith(".py"))]
+    if n <= 1 or explicit:
+        return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=ROOT)
+    files = [p for p in sorted(TESTS.glob("test_*.py")) if p.name not in CLOSING]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    running: list[tuple[int, subprocess.Popen[bytes], Path]] = []
+    for i, group in enumerate(deal(files, n), 1):
+        log = ARTIFACTS / f"pytest-{i}.log"
+        paths = [str(p.relative_to(ROOT)) for p in group] + [f"tests/{c}" for c in CLOSING]
+        print(f"session {i}: {len(group)} files, ~{sum(weight(p) for p in group):.0f} s -> {log.relative_to(ROOT)}",
+              flush=True)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, *paths],
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        running.append((i, proc, log))
+    codes: dict[int, int] = {}
+    while len(codes) < len(running):
+        for i, proc, _ in running:
+            if i not in codes and proc.poll() is not None:
+                codes[i] = proc.returncode
+                print(f"session {i} finished after {time.monotonic() - started:.0f} s: exit {proc.returncode}",
+                      flush=True)
+        time.sleep(1)
+    for i, _, log in running:
+        print(f"\n{'=' * 30} session {i} ({log.relative_to(ROOT)}) {'=' * 30}", flush=True)
+        sys.stdout.write(log.read_text(errors="replace"))
+    failed = {i: c for i, c in codes.items() if c != 0}
+    print(f"\n{len(running)} sessions in {time.monotonic() - started:.0f} s; "
+          + (f"FAILED: {failed}" if failed else "all passed"), flush=True)
+    return max(codes.values())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
