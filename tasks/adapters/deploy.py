@@ -81,17 +81,24 @@ def _option(words: list[str], name: str) -> str | None:
     return words[words.index(name) + 1] if name in words and words.index(name) + 1 < len(words) else None
 
 
-def _pool_plan(spec: dict[str, Any], commands: list[list[str]]) -> PoolPlan:
+def _pool_name(spec: dict[str, Any]) -> str:
     pools = (spec.get("definitions") or {}).get("work_pools") or {}
     names = {p["name"] for p in pools.values()} | {d["work_pool"]["name"] for d in spec.get("deployments", [])}
     if len(names) != 1:
         raise DeployError(f"prefect.yaml: one work pool expected, found {sorted(names)}")
-    name = names.pop()
+    return str(names.pop())
+
+
+def _pool_type(name: str, pools: dict[str, Any], commands: list[list[str]]) -> str:
     types = {p["type"] for p in pools.values() if p.get("type")}
     types |= {_option(c, "--type") for c in commands if c[:3] == ["prefect", "work-pool", "create"]
               and len(c) > 3 and c[3] == name} - {None}
     if len(types) != 1:
         raise DeployError(f"prefect.yaml: the pool {name!r} needs exactly one type, found {sorted(map(str, types))}")
+    return str(types.pop())
+
+
+def _queue_priorities(name: str, pools: dict[str, Any], commands: list[list[str]]) -> dict[str, int]:
     queues: dict[str, int] = {}
     for c in commands:
         if c[:3] == ["prefect", "work-queue", "create"] and _option(c, "--pool") == name and _option(c, "--priority"):
@@ -99,10 +106,17 @@ def _pool_plan(spec: dict[str, Any], commands: list[list[str]]) -> PoolPlan:
     for p in pools.values():
         if "priority" in p:
             queues[p["work_queue_name"]] = int(p["priority"])
+    return queues
+
+
+def _pool_plan(spec: dict[str, Any], commands: list[list[str]]) -> PoolPlan:
+    pools = (spec.get("definitions") or {}).get("work_pools") or {}
+    name = _pool_name(spec)
+    queues = _queue_priorities(name, pools, commands)
     used = {d["work_pool"].get("work_queue_name") for d in spec.get("deployments", [])} - {None}
     if missing := used - set(queues):
         raise DeployError(f"prefect.yaml: no priority for the queue(s) {sorted(missing)}")
-    return PoolPlan(name=name, type=types.pop(), queues=queues)
+    return PoolPlan(name=name, type=_pool_type(name, pools, commands), queues=queues)
 
 
 def read_plan(prefect_file: Path = PREFECT_FILE, project_dir: Path | None = None) -> DeployPlan:
