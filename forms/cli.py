@@ -17,6 +17,11 @@
         release; nothing is duplicated): the work pool of prefect.yaml's type, its queues with their
         priorities (urgent first), every deployment of prefect.yaml, and the shipped automations
         (tasks/adapters/deploy.py); prints what it did and the command that starts a worker
+    restriction-orders doctor
+        check this production environment before it starts (models/doctor.py): app URL, sender, session
+        secret, proxy trust, Prefect reachable and locked, database reachable and migrated, region values;
+        exit 1 listing every error (warnings are listed too). The app and the warm workers run the same
+        checks at start in production and refuse to start on an error
     restriction-orders directory import --staff STAFF.csv [--units UNITS.csv] [--dry-run] [--by HSA-ID]
         load the region's staff and care units from its HSA catalogue export (README: "Staff directory");
         every row is checked first, nothing is written unless both files are valid, people of the file's
@@ -77,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--prefect-file", type=Path, default=None, help="standard: projektets prefect.yaml")
     dp.add_argument("--project-dir", type=Path, default=None, help="där flödenas kod finns (standard: filens katalog)")
     dp.add_argument("--no-automations", action="store_true", help="bara pool, köer och driftsättningar")
+    sub.add_parser("doctor", help="kontrollera produktionsmiljön; avslutas med 1 och en lista över felen")
     d = sub.add_parser("directory", help="personalkatalogen")
     dsub = d.add_subparsers(dest="directory_command", required=True)
     i = dsub.add_parser("import", help="läs in personal och vårdenheter från regionens HSA-export (CSV)")
@@ -183,6 +189,17 @@ def _deploy(ad: Adapters, prefect_file: Path | None, project_dir: Path | None, a
     return 0
 
 
+def _doctor(ad: Adapters) -> int:
+    from models.doctor import errors
+    from tasks.adapters.doctor import run
+    problems = run(ad.settings)
+    for p in problems:
+        print(p.line())
+    errs = errors(problems)
+    print(f"{len(errs)} fel, {len(problems) - len(errs)} varningar." if problems else "Inga problem hittades.")
+    return 1 if errs else 0
+
+
 def _prefect_url() -> str:
     from prefect.settings import get_current_settings
     return str(get_current_settings().api.url or "PREFECT_API_URL saknas")
@@ -281,6 +298,8 @@ def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
             return _escalate(ad, args.reference)
         if args.command == "deploy":
             return _deploy(ad, args.prefect_file, args.project_dir, not args.no_automations)
+        if args.command == "doctor":
+            return _doctor(ad)
         if args.command == "directory":
             return _directory_import(ad, args.staff, args.units, args.dry_run, args.by)
         if args.command == "audit":
