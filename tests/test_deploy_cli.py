@@ -41,6 +41,19 @@ def test_the_plan_is_what_prefect_yaml_says() -> None:
     assert plan.worker_command in TEXT or plan.worker_command == SPEC["definitions"].get("worker_command")
 
 
+def test_a_header_with_a_warm_worker_command_gives_the_warm_type(tmp_path: Path) -> None:
+    """prefect.yaml as the warm-worker change writes it: no `work-pool create`, the worker's own command."""
+    from tasks.adapters.warm_worker import WORKER_TYPE
+    command = "python -m tasks.adapters.warm_worker --pool restriction-orders --code-dir /srv/restriction-orders"
+    text = re.sub(r"(?m)^#   prefect work-pool create .*$\n", "", TEXT)
+    text = re.sub(r"(?m)^#   prefect worker start .*$", f"#   {command}\n#       (on each worker machine)", text)
+    path = tmp_path / "prefect.yaml"
+    path.write_text(text)
+    plan = read_plan(path, ROOT)
+    assert (plan.pool.type, plan.worker_command) == (WORKER_TYPE, command)
+    assert plan.pool.queues == {"urgent": 1, "orders": 2}
+
+
 def test_a_file_without_a_pool_type_or_a_queue_priority_is_refused(tmp_path: Path) -> None:
     no_type = tmp_path / "no-type.yaml"
     no_type.write_text(re.sub(r" --type \S+", "", TEXT).replace("type: ", "kind: "))

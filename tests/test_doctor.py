@@ -181,3 +181,15 @@ def test_doctor_on_a_bad_environment_and_the_app_refuses_to_start(prefect_server
             create_app(production)
     message = str(refused.value)
     assert message.startswith("appen startar inte") and "[migrations]" in message and "[prefect_auth]" in message
+
+
+def test_a_warm_worker_refuses_to_start_in_a_bad_production_environment(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.adapters import warm_worker
+    _production_env(monkeypatch, tmp_path, migrated=False)
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}), pytest.raises(NotReady) as refused:
+        warm_worker.main(["--pool", "restriction-orders"])
+    assert str(refused.value).startswith("arbetaren startar inte") and "[prefect]" in str(refused.value)
+    assert "[migrations]" in str(refused.value)

@@ -12,7 +12,8 @@ prefect.yaml is the one description of the production layout: deployments, pool 
 them, and the pool's type, the queues' priorities and the worker command, which Prefect's schema has no place
 for, either as extra keys of a `definitions.work_pools` entry (`type:`, `priority:`, ignored by `prefect
 deploy`) or in the commands of its header comment (`prefect work-pool create NAME --type T`, `prefect
-work-queue create Q --pool NAME --priority N`, the worker's start command). Nothing here names a type.
+work-queue create Q --pool NAME --priority N`, the worker's start command: `python -m tasks.adapters.warm_worker
+--pool NAME` gives the type of the worker that module defines, `warm`). Nothing here names a type.
 """
 
 from __future__ import annotations
@@ -89,10 +90,27 @@ def _pool_name(spec: dict[str, Any]) -> str:
     return str(names.pop())
 
 
-def _pool_type(name: str, pools: dict[str, Any], commands: list[list[str]]) -> str:
+def _worker_type(worker_command: str) -> str | None:
+    """The worker type a `python -m MODULE …` worker command starts (its module's BaseWorker subclass)."""
+    import importlib
+
+    from prefect.workers.base import BaseWorker
+    words = worker_command.split()
+    if words[:2] != ["python", "-m"] or len(words) < 3:
+        return _option(words, "--type")
+    module = importlib.import_module(words[2])
+    types = {v.type for v in vars(module).values()
+             if isinstance(v, type) and issubclass(v, BaseWorker) and v.__module__ == module.__name__}
+    return types.pop() if len(types) == 1 else None
+
+
+def _pool_type(name: str, pools: dict[str, Any], commands: list[list[str]], worker_command: str) -> str:
+    """From a `type:` key, else the header's `prefect work-pool create NAME --type T`, else the worker command."""
     types = {p["type"] for p in pools.values() if p.get("type")}
     types |= {_option(c, "--type") for c in commands if c[:3] == ["prefect", "work-pool", "create"]
               and len(c) > 3 and c[3] == name} - {None}
+    if not types and (from_worker := _worker_type(worker_command)):
+        types = {from_worker}
     if len(types) != 1:
         raise DeployError(f"prefect.yaml: the pool {name!r} needs exactly one type, found {sorted(map(str, types))}")
     return str(types.pop())
@@ -109,14 +127,14 @@ def _queue_priorities(name: str, pools: dict[str, Any], commands: list[list[str]
     return queues
 
 
-def _pool_plan(spec: dict[str, Any], commands: list[list[str]]) -> PoolPlan:
+def _pool_plan(spec: dict[str, Any], commands: list[list[str]], worker_command: str) -> PoolPlan:
     pools = (spec.get("definitions") or {}).get("work_pools") or {}
     name = _pool_name(spec)
     queues = _queue_priorities(name, pools, commands)
     used = {d["work_pool"].get("work_queue_name") for d in spec.get("deployments", [])} - {None}
     if missing := used - set(queues):
         raise DeployError(f"prefect.yaml: no priority for the queue(s) {sorted(missing)}")
-    return PoolPlan(name=name, type=_pool_type(name, pools, commands), queues=queues)
+    return PoolPlan(name=name, type=_pool_type(name, pools, commands, worker_command), queues=queues)
 
 
 def read_plan(prefect_file: Path = PREFECT_FILE, project_dir: Path | None = None) -> DeployPlan:
@@ -124,11 +142,11 @@ def read_plan(prefect_file: Path = PREFECT_FILE, project_dir: Path | None = None
     text = prefect_file.read_text(encoding="utf-8")
     spec = yaml.safe_load(text)
     commands = _comment_commands(text)
-    pool = _pool_plan(spec, commands)
     workers = [" ".join(c) for c in commands if _WORKER_COMMAND.match(" ".join(c))]
-    worker = (spec.get("definitions") or {}).get("worker_command") or (workers[-1] if workers else "")
+    worker = str((spec.get("definitions") or {}).get("worker_command") or (workers[-1] if workers else ""))
+    pool = _pool_plan(spec, commands, worker)
     return DeployPlan(pool=pool, deployments=list(spec["deployments"]), pull=list(spec.get("pull") or []),
-                      worker_command=str(worker), project_dir=project_dir or prefect_file.parent)
+                      worker_command=worker, project_dir=project_dir or prefect_file.parent)
 
 
 def _ensure_pool(client: Any, pool: PoolPlan) -> str:
