@@ -157,3 +157,17 @@ def test_deploy_says_so_when_prefect_cannot_be_reached(ad: Adapters, monkeypatch
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert main(["deploy", "--no-automations"], ad=ad) == 3
     assert "svarar inte" in capsys.readouterr().err
+
+
+def test_every_production_step_names_tests_that_exist() -> None:
+    """README "Production layout": seven numbered steps, each naming the tests that show it works."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Production layout"):readme.index("## Pinned and why")]
+    steps = re.split(r"(?m)^\d\. ", section)[1:]
+    assert len(steps) == 7
+    for step in steps:
+        named = re.findall(r"`(tests/\w+\.py)(?:::(\w+))?`", step)
+        assert named, step[:80]
+        for path, name in named:
+            source = (ROOT / path).read_text(encoding="utf-8")
+            assert not name or re.search(rf"(?m)^(async )?def {name}\(", source), f"{path}::{name}"
