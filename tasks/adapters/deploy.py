@@ -216,12 +216,14 @@ class _PullSteps:
         return self.steps == getattr(other, "steps", None)
 
 
-def _schedules(d: dict[str, Any]) -> list[dict[str, Any]]:
+def _schedules(d: dict[str, Any]) -> list[dict[str, Any]] | None:
     from datetime import timedelta
 
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    if "schedules" not in d:
+        return None  # as `prefect deploy`: no schedules key, nothing sent (an empty list is deprecated)
     out = []
-    for s in d.get("schedules") or []:
+    for s in d["schedules"] or []:
         kw = {"timezone": s["timezone"]} if s.get("timezone") else {}
         schedule = (CronSchedule(cron=s["cron"], **kw) if "cron" in s
                     else IntervalSchedule(interval=timedelta(seconds=s["interval"]), **kw))
@@ -244,7 +246,7 @@ def _apply_deployment(plan: DeployPlan, d: dict[str, Any]) -> tuple[str, str]:
         job_variables=d["work_pool"].get("job_variables") or {},
     )
     deployment._parameter_openapi_schema = parameter_schema(flow)
-    # An empty list keeps the schedules a deployment has (Prefect's default); prefect.yaml's are replaced.
+    # prefect.yaml's schedules replace the deployment's; without any, the deployment is left without.
     return f"{flow.name}/{d['name']}", str(deployment.apply(schedules=_schedules(d)))
 
 
