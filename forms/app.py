@@ -30,6 +30,7 @@ from forms.errors import ApiError
 from forms.pages.common import error_page, render_plain_error
 from models.schemas import OrderRequest
 from tasks.adapters import Adapters
+from tasks.adapters.doctor import refuse_to_start_if_broken
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024  # an order is a few kB; the reason is at most 2000 characters
@@ -251,6 +252,8 @@ def create_app(ad: Adapters | None = None) -> FastAPI:
     if ad is None:
         from flows.bootstrap import build
         ad = build()
+    # Production (no embedded login, no demo) starts only when `restriction-orders doctor` finds no error.
+    refuse_to_start_if_broken(ad.settings, "appen")
     check_session_settings(ad.settings)
     app = FastAPI(
         title="Begränsningsbeställningar", version="0.1.0",

@@ -12,6 +12,16 @@
     restriction-orders automations [--print]
         create or update every Prefect automation the project ships, the urgent/run ones and the
         monitoring ones (or print them all for `prefect automation create`)
+    restriction-orders deploy [--prefect-file prefect.yaml] [--no-automations]
+        production's Prefect objects at PREFECT_API_URL, created or updated (run it again after every
+        release; nothing is duplicated): the work pool of prefect.yaml's type, its queues with their
+        priorities (urgent first), every deployment of prefect.yaml, and the shipped automations
+        (tasks/adapters/deploy.py); prints what it did and the command that starts a worker
+    restriction-orders doctor
+        check this production environment before it starts (models/doctor.py): app URL, sender, session
+        secret, proxy trust, Prefect reachable and locked, database reachable and migrated, region values;
+        exit 1 listing every error (warnings are listed too). The app and the warm workers run the same
+        checks at start in production and refuse to start on an error
     restriction-orders directory import --staff STAFF.csv [--units UNITS.csv] [--dry-run] [--by HSA-ID]
         load the region's staff and care units from its HSA catalogue export (README: "Staff directory");
         every row is checked first, nothing is written unless both files are valid, people of the file's
@@ -68,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="bara denna beställning (kan upprepas); utan: alla, och missade sökningar skickas")
     a = sub.add_parser("automations", help="skapa/uppdatera Prefect-automationerna")
     a.add_argument("--print", action="store_true", dest="print_only", help="skriv ut dem som JSON i stället")
+    dp = sub.add_parser("deploy", help="skapa/uppdatera arbetspoolen, köerna, driftsättningarna och automationerna")
+    dp.add_argument("--prefect-file", type=Path, default=None, help="standard: projektets prefect.yaml")
+    dp.add_argument("--project-dir", type=Path, default=None, help="där flödenas kod finns (standard: filens katalog)")
+    dp.add_argument("--no-automations", action="store_true", help="bara pool, köer och driftsättningar")
+    sub.add_parser("doctor", help="kontrollera produktionsmiljön; avslutas med 1 och en lista över felen")
     d = sub.add_parser("directory", help="personalkatalogen")
     dsub = d.add_subparsers(dest="directory_command", required=True)
     i = dsub.add_parser("import", help="läs in personal och vårdenheter från regionens HSA-export (CSV)")
@@ -149,6 +164,45 @@ def _automations(ad: Adapters, print_only: bool) -> int:
     for name, automation_id in ensure_all(ad.settings.automation_notify_block or None).items():
         print(f"{name}: {automation_id}")
     return 0
+
+
+def _deploy(ad: Adapters, prefect_file: Path | None, project_dir: Path | None, automations: bool) -> int:
+    from tasks.adapters.deploy import PREFECT_FILE, DeployError, deploy, read_plan
+    try:
+        plan = read_plan(prefect_file or PREFECT_FILE, project_dir)
+        report = deploy(plan, ad.settings.automation_notify_block or None, automations=automations)
+    except DeployError as exc:
+        print(f"Fel: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unreachable, refused (401), or a server error: the operator must see it
+        print(f"Prefect ({_prefect_url()}) svarar inte som väntat: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    print(f"arbetspool {plan.pool.name} ({plan.pool.type}): {report.pool}")
+    for name, what in report.queues.items():
+        print(f"  kö {name} (prioritet {plan.pool.queues[name]}): {what}")
+    for name, deployment_id in report.deployments.items():
+        print(f"driftsättning {name}: {deployment_id}")
+    for name, automation_id in report.automations.items():
+        print(f"automation {name}: {automation_id}")
+    if plan.worker_command:
+        print(f"Starta arbetarna (på varje arbetsmaskin, samma miljö): {plan.worker_command}")
+    return 0
+
+
+def _doctor(ad: Adapters) -> int:
+    from models.doctor import errors
+    from tasks.adapters.doctor import run
+    problems = run(ad.settings)
+    for p in problems:
+        print(p.line())
+    errs = errors(problems)
+    print(f"{len(errs)} fel, {len(problems) - len(errs)} varningar." if problems else "Inga problem hittades.")
+    return 1 if errs else 0
+
+
+def _prefect_url() -> str:
+    from prefect.settings import get_current_settings
+    return str(get_current_settings().api.url or "PREFECT_API_URL saknas")
 
 
 def _directory_import(ad: Adapters, staff: Path, units: Path | None, dry_run: bool, by: str) -> int:
@@ -242,6 +296,10 @@ def main(argv: Sequence[str] | None = None, ad: Adapters | None = None) -> int:
             return _clock(ad, args.reference)
         if args.command == "escalate":
             return _escalate(ad, args.reference)
+        if args.command == "deploy":
+            return _deploy(ad, args.prefect_file, args.project_dir, not args.no_automations)
+        if args.command == "doctor":
+            return _doctor(ad)
         if args.command == "directory":
             return _directory_import(ad, args.staff, args.units, args.dry_run, args.by)
         if args.command == "audit":

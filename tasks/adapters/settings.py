@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     execute_retry_delays: list[float] = [1.0, 5.0, 15.0]
     app_base_url: str = "http://127.0.0.1:8000"
     trusted_proxies: str = "127.0.0.1,::1"
+    # uvicorn's own setting (its default): whose X-Forwarded-For it believes. Read here only for `doctor`
+    # (models/doctor.py check_proxy): a proxy in both lists locks everyone out.
+    forwarded_allow_ips: str = Field(default="127.0.0.1",
+                                     validation_alias=AliasChoices("FORWARDED_ALLOW_IPS", "RO_FORWARDED_ALLOW_IPS"))
     session_secret: str = DEFAULT_SESSION_SECRET
     embedded_login: bool = True
     # The embedded demo (`make run`, the tests): every page and PDF says "Demo", and a region's mailbox that is

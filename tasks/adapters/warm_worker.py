@@ -430,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="keep Prefect's per-run suspension observer (one websocket per running run)")
     p.add_argument("--debug", action="store_true", help="log claims, events and executions")
     args = p.parse_args(argv)
+    # In production (no embedded login, no demo) a worker starts only when `restriction-orders doctor` would.
+    from tasks.adapters.doctor import refuse_to_start_if_broken
+    from tasks.adapters.settings import Settings
+    refuse_to_start_if_broken(Settings(), "arbetaren")
     if args.debug:
         log.setLevel(logging.DEBUG)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
