@@ -25,6 +25,7 @@ from models import sla
 from models.authority import refusal
 from models.reference import REFERENCE
 from models.routine import BY_QUEUE_SLUG, Stage, StageDef
+from models.rules import check_assessment
 from models.tables import Order
 from tasks.adapters import Adapters, directory
 from tasks.steps import orders
@@ -130,8 +131,11 @@ def _decision_body(stage: Stage, values: dict[str, str],
         days = values["review_after_days"]
         if days and not (days.isdigit() and 1 <= int(days) <= 3650):
             errors["review_after_days"] = "Ange ett antal dagar mellan 1 och 3650."
-        return {"harm_found": YES_NO.get(values["harm_found"]), "decision": values["decision"],
-                "rationale": values["rationale"], "review_after_days": int(days) if days.isdigit() else None}, model
+        body = {"harm_found": YES_NO.get(values["harm_found"]), "decision": values["decision"],
+                "rationale": values["rationale"], "review_after_days": int(days) if days.isdigit() else None}
+        for p in check_assessment(body):  # the API's rules (models/rules.py), with the other errors at once
+            errors.setdefault(p.field, p.message)
+        return body, model
     if stage == Stage.APPROVAL:
         if values["approved"] not in YES_NO:
             errors["approved"] = "Välj om beställningen godkänns eller avslås."
