@@ -168,6 +168,9 @@ async def decide(ad: Adapters, reference: str, url_stage: str, body: dict[str, A
                 proposed = done.via == "run" or done.status == OrderStatus.SUBMITTED
                 return DecisionResponse(reference=done.reference, stage=stage, status=done.status,
                                         decision="proposed" if proposed else "accepted")
+            if stage == "harm_assessment" and (wrong := await run_in_threadpool(
+                    orders.assessment_problems, ad, ref, body)):
+                raise Unprocessable(wrong)  # the rationale and the consistency, every problem at once
             order = await commands.decide(ad, ref, stage, user.hsa_id, body, now=at)
     except orders.NotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None

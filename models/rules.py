@@ -400,14 +400,27 @@ def _restore_rules(actions: list[str], initiative: str | None, identity_checked:
 
 # --- a harm assessment ----------------------------------------------------------------------------------
 
-def check_assessment(body: Mapping[str, Any]) -> list[Problem]:
+def restricts_access(order_type: str, minor_grant: bool | None) -> bool | None:
+    """Whether carrying the order out takes access away (a seal or lock, a guardian block, revoking a minor's
+    access), gives it back (a restore, granting a minor's access), or is not known (None)."""
+    if order_type in ("seal_or_lock", "block_guardian"):
+        return True
+    if order_type == "restore_access" or (order_type == "minor_access" and minor_grant is True):
+        return False
+    return True if order_type == "minor_access" and minor_grant is False else None
+
+
+def check_assessment(body: Mapping[str, Any], *, restricts: bool | None,
+                     rationale_required: bool = True) -> list[Problem]:
     """What makes a harm assessment unusable beyond its types (the schema checks those): no rationale, or
-    "no risk of harm" with the decision to restrict anyway. Every problem at once; the API and the
-    assessment form both use it, and the service layer checks it again before storing the decision."""
+    "no risk of harm" with the decision to go ahead with an order that takes access away (`restricts`: for a
+    restore, "no risk of harm" is exactly why access may be given back). Every problem at once. The API and
+    the assessment form check both; the service layer checks the consistency again before storing (orders
+    decided by the routine's own callers, as the review flow, give no rationale requirement)."""
     r = CheckResult()
     rationale = body.get("rationale")
-    if not isinstance(rationale, str) or not rationale.strip():
+    if rationale_required and (not isinstance(rationale, str) or not rationale.strip()):
         _err(r, "rationale", "required")
-    if body.get("harm_found") is False and body.get("decision") == "restrict":
+    if restricts and body.get("harm_found") is False and body.get("decision") == "restrict":
         _err(r, "decision", "inconsistent_assessment")
     return r.errors

@@ -4,6 +4,7 @@ duplicate warning (with the form's confirmation and its one-time token)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from forms.auth import User
 from forms.pages.queues import parse_decision
 from models import phone
-from models.rules import check_assessment
+from models.rules import check_assessment, restricts_access
 from models.tables import AuditEvent, Order, OutboxMessage
 from tasks.adapters import Adapters
 from tests.webapp import born_years_ago, pnr, staff
@@ -176,13 +177,20 @@ def test_a_stored_urgent_order_without_a_number_is_still_checked_again_and_goes_
 # --- item 5: assessments that make sense --------------------------------------------------------------
 
 def test_the_assessment_rule_itself() -> None:
-    assert check_assessment(ASSESS) == []
-    assert check_assessment({**ASSESS, "harm_found": False, "decision": "do_not_restrict"}) == []
-    both = check_assessment({"harm_found": False, "decision": "restrict", "rationale": "  "})
+    assert check_assessment(ASSESS, restricts=True) == []
+    assert check_assessment({**ASSESS, "harm_found": False, "decision": "do_not_restrict"}, restricts=True) == []
+    both = check_assessment({"harm_found": False, "decision": "restrict", "rationale": "  "}, restricts=True)
     assert [(p.field, p.code) for p in both] == [("rationale", "required"), ("decision", "inconsistent_assessment")]
+    # A restore (or a grant) goes ahead exactly when there is no risk of harm in giving access back.
+    assert check_assessment({**ASSESS, "harm_found": False}, restricts=False) == []
+    assert [p.code for p in check_assessment({**ASSESS, "harm_found": False}, restricts=None)] == []
+    assert (restricts_access("seal_or_lock", None), restricts_access("block_guardian", None),
+            restricts_access("restore_access", None), restricts_access("minor_access", True),
+            restricts_access("minor_access", False)) == (True, True, False, False, True)
 
 
-def test_an_inconsistent_or_unexplained_assessment_is_refused_with_every_problem(client: TestClient) -> None:
+def test_an_inconsistent_or_unexplained_assessment_is_refused_with_every_problem(ad: Adapters,
+                                                                                 client: TestClient) -> None:
     ref = submit(client, body())["reference"]
     url = f"/api/orders/{ref}/assessment"
     r = client.post(url, json={"harm_found": False, "decision": "restrict", "rationale": ""}, headers=as_(ASSESSOR))
@@ -194,6 +202,11 @@ def test_an_inconsistent_or_unexplained_assessment_is_refused_with_every_problem
     r = client.post(url, json={"harm_found": True, "decision": "restrict"}, headers=as_(ASSESSOR))
     assert r.status_code == 422 and codes(r) == {"rationale": "required"}
     assert read(client, ref, ADMIN)["status"] == "awaiting_assessment"  # nothing was stored
+    # The service layer refuses the inconsistency too (a caller that is not the API or the form).
+    from flows import commands
+    from tasks.steps import orders
+    with pytest.raises(orders.Invalid):
+        asyncio.run(commands.decide(ad, ref, "harm_assessment", ASSESSOR, {"harm_found": False, "decision": "restrict"}))
     assert client.post(url, json=ASSESS, headers=as_(ASSESSOR)).status_code == 202
     assert read(client, ref, ADMIN)["status"] == "awaiting_approval"
 
@@ -201,13 +214,16 @@ def test_an_inconsistent_or_unexplained_assessment_is_refused_with_every_problem
 def test_the_assessment_form_reports_the_same_problems_at_once() -> None:
     from starlette.datastructures import FormData
     decision, errors, _ = parse_decision("harm_assessment", FormData(
-        [("harm_found", "no"), ("decision", "restrict"), ("rationale", ""), ("review_after_days", "abc")]))
+        [("harm_found", "no"), ("decision", "restrict"), ("rationale", ""), ("review_after_days", "abc")]), True)
     assert decision is None
     assert set(errors) == {"rationale", "decision", "review_after_days"}
     assert "risk för men" in errors["decision"] and errors["rationale"] == "Skriv en motivering till beslutet."
     ok, none, _ = parse_decision("harm_assessment", FormData(
-        [("harm_found", "yes"), ("decision", "restrict"), ("rationale", "Risk."), ("review_after_days", "90")]))
+        [("harm_found", "yes"), ("decision", "restrict"), ("rationale", "Risk."), ("review_after_days", "90")]), True)
     assert ok is not None and none == {}
+    restore, fine, _ = parse_decision("harm_assessment", FormData(
+        [("harm_found", "no"), ("decision", "restrict"), ("rationale", "Kan hävas.")]), False)
+    assert restore is not None and fine == {}
 
 
 # --- item 4: the stages with their facts --------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
@@ -100,12 +101,14 @@ def queue(request: Request, slug: str, klar: str = "") -> Response:
     return _queue_page(request, user, sd, queue_items(adapters(request), user, sd, now(request)), notice=notice)
 
 
-def parse_decision(stage: str, form: FormData) -> tuple[BaseModel | None, dict[str, str], dict[str, str]]:
-    """(decision, errors by field, entered values)."""
+def parse_decision(stage: str, form: FormData, restricts: bool | None = None
+                   ) -> tuple[BaseModel | None, dict[str, str], dict[str, str]]:
+    """(decision, errors by field, entered values); `restricts`: the order takes access away (an assessment
+    of no harm cannot then go ahead: models.rules.check_assessment)."""
     values = {k: form_str(form, k) for k in ("harm_found", "decision", "rationale", "review_after_days", "approved",
                                              "comment", "note", "system_reference")}
     errors: dict[str, str] = {}
-    body, model = _decision_body(Stage(stage), values, errors)
+    body, model = _decision_body(Stage(stage), values, errors, restricts)
     for k in ("rationale", "comment", "note"):
         if len(values[k]) > 2000:
             errors[k] = "Högst 2000 tecken."
@@ -120,8 +123,8 @@ def parse_decision(stage: str, form: FormData) -> tuple[BaseModel | None, dict[s
 YES_NO = {"yes": True, "no": False}
 
 
-def _decision_body(stage: Stage, values: dict[str, str],
-                   errors: dict[str, str]) -> tuple[dict[str, Any], type[BaseModel]]:
+def _decision_body(stage: Stage, values: dict[str, str], errors: dict[str, str],
+                   restricts: bool | None = None) -> tuple[dict[str, Any], type[BaseModel]]:
     model = BY_STAGE[stage].decision
     if stage == Stage.HARM_ASSESSMENT:
         if values["harm_found"] not in YES_NO:
@@ -133,7 +136,7 @@ def _decision_body(stage: Stage, values: dict[str, str],
             errors["review_after_days"] = "Ange ett antal dagar mellan 1 och 3650."
         body = {"harm_found": YES_NO.get(values["harm_found"]), "decision": values["decision"],
                 "rationale": values["rationale"], "review_after_days": int(days) if days.isdigit() else None}
-        for p in check_assessment(body):  # the API's rules (models/rules.py), with the other errors at once
+        for p in check_assessment(body, restricts=restricts):  # the API's rules (models/rules.py), with the other errors at once
             errors.setdefault(p.field, p.message)
         return body, model
     if stage == Stage.APPROVAL:
@@ -163,7 +166,8 @@ async def queue_decision(request: Request, slug: str, reference: str) -> Respons
         # Never shown back: what is in the address may be anything, a personal number even.
         raise ApiError(404, "not_found", "Beställningen finns inte.")
     ad = adapters(request)
-    decision, errors, values = parse_decision(sd.stage.value, form)
+    takes_away = await run_in_threadpool(orders.restricts, ad, reference) if sd.stage == Stage.HARM_ASSESSMENT else None
+    decision, errors, values = parse_decision(sd.stage.value, form, takes_away)
     status, top = 422, ""
     if decision is not None:
         try:

@@ -21,7 +21,7 @@ from models.authority import Decider, OrderFacts, Refusal, refusal
 from models.calendar import callback_deadline, due_at, local
 from models.reference import format_reference
 from models.routine import FLOW_NAMES, STAGE_STATUS, Stage, StagePlan, stage_def
-from models.rules import CheckResult, OpenOrder, RuleContext, check_assessment, check_order
+from models.rules import CheckResult, OpenOrder, RuleContext, check_assessment, check_order, restricts_access
 from models.schemas import HistoryEntry, OrderView, Problem, StageView
 from models.status import CANCELLABLE, FINAL, OrderStatus, check_transition
 from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
@@ -260,13 +260,14 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
     Its free text (the stage's `text_field`) stays here, in the orders database."""
     now = now or ad.now()
     sd = stage_def(stage)
-    if sd.stage == Stage.HARM_ASSESSMENT and (problems := check_assessment(body)):
-        raise Invalid(problems)
     outcome = sd.outcome(body)
     text = str(body.get(sd.text_field, "")) if sd.text_field else ""
     detail = {k: v for k, v in body.items() if k != sd.text_field}
     with ad.db.session() as s:
         order = get(s, reference)
+        if sd.stage == Stage.HARM_ASSESSMENT and (problems := check_assessment(
+                body, restricts=restricts_access(order.order_type, order.minor_grant), rationale_required=False)):
+            raise Invalid(problems)
         if order.status != STAGE_STATUS[Stage(stage)]:
             raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
         person = directory.staff(s, actor)
@@ -290,6 +291,22 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
         audit.record(s, actor=actor, action="decision_proposed", order=order, from_status=order.status,
                      detail={"stage": stage, "outcome": outcome, "decision_id": d.id}, at=now)
         return order, d
+
+
+def restricts(ad: Adapters, reference: str) -> bool | None:
+    """Whether the order takes access away (models.rules.restricts_access); None for no such order."""
+    with ad.db.session() as s:
+        row = s.execute(select(Order.order_type, Order.minor_grant)
+                        .where(Order.reference == reference.strip().upper())).first()
+    return restricts_access(row[0], row[1]) if row else None
+
+
+def assessment_problems(ad: Adapters, reference: str, body: dict[str, Any]) -> list[Problem]:
+    """A person's harm assessment checked as the API and the form require: rationale and consistency."""
+    with ad.db.session() as s:
+        order = get(s, reference)  # NotFound: the 404 comes before any complaint about the body
+        takes_away = restricts_access(order.order_type, order.minor_grant)
+    return check_assessment(body, restricts=takes_away)
 
 
 def cancel(ad: Adapters, reference: str, actor: str, reason: str, now: datetime | None = None) -> Order:
