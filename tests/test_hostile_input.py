@@ -533,7 +533,7 @@ references = st.one_of(
     st.sampled_from([".", "..", "", "%", "%00", "?x=1", "#", "\\", "RO-2026-" + "9" * 5000]),
 )
 STEP_BODIES: dict[str, dict[str, Any]] = {
-    "assessment": {"harm_found": True, "decision": "restrict", "rationale": "", "review_after_days": 365},
+    "assessment": {"harm_found": True, "decision": "restrict", "rationale": "Risk för men", "review_after_days": 365},
     "approval": {"approved": True, "comment": ""}, "callback": {"note": ""},
     "execution": {"system_reference": "ADM-1"}, "cancel": {"reason": ""},
 }
