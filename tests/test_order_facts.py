@@ -155,6 +155,19 @@ def test_the_number_is_printed_on_the_paper_form_and_goes_nowhere_else(ad: Adapt
     assert details and not any("1234567" in d for d in details)
 
 
+def test_the_typed_form_printed_on_paper_carries_the_number(client: TestClient) -> None:
+    tool = shutil.which("pdftotext")
+    assert tool, "pdftotext (poppler-utils) is needed: make sysdeps"
+    r = client.post("/api/paper-forms/seal_or_lock.pdf", json=body(urgent=True, callback_phone="+46101036000"),
+                    headers=as_(CLINICIAN))
+    assert r.status_code == 200, r.text
+    text = subprocess.run([tool, "-layout", "-", "-"], input=r.content, capture_output=True, timeout=60,
+                          check=True).stdout.decode()
+    assert "010-103 60 00" in text
+    bad = client.post("/api/paper-forms/seal_or_lock.pdf", json=body(callback_phone="ring mig"), headers=as_(CLINICIAN))
+    assert bad.status_code == 422 and codes(bad) == {"callback_phone": "invalid_phone"}  # a wrong number is not printed
+
+
 def test_a_stored_urgent_order_without_a_number_is_still_checked_again_and_goes_on(ad: Adapters,
                                                                                     client: TestClient) -> None:
     """Orders made urgent later (or before the number existed) have none: the run's re-check must not
