@@ -54,7 +54,7 @@ REQUIRED_SV: dict[str, str] = {
     "guardian_personal_number": "Ange vårdnadshavarens personnummer.",
     "care_unit_hsa_id": "Välj beställande vårdenhet.",
     "minor_access": "Ange om tillgång ska ges eller tas bort, och för vem.",
-    "callback_phone": "Ange ditt telefonnummer för återuppringning: det krävs när beställningen är brådskande.",
+    "callback_phone": "Ange ditt telefonnummer: det krävs när beställningen är brådskande.",
     "rationale": "Skriv en motivering till beslutet.",
 }
 CHILD_REQUIRED_SV = "Ange barnets personnummer eller samordningsnummer."

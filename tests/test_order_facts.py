@@ -114,7 +114,7 @@ def test_an_urgent_order_needs_the_callback_number_on_validate_and_submit(ad: Ad
         # Every problem at once, the missing number among them, said for its field.
         assert codes(r) == {"callback_phone": "required", "patient_personal_number": "invalid_personal_number"}
         msg = next(e["message"] for e in r.json()["errors"] if e["field"] == "callback_phone")
-        assert "telefonnummer för återuppringning" in msg
+        assert msg == "Ange ditt telefonnummer: det krävs när beställningen är brådskande."
         bad = client.post(path, json=body(urgent=True, callback_phone="070-12"), headers=as_(CLINICIAN))
         assert bad.status_code == 422 and codes(bad) == {"callback_phone": "invalid_phone"}
         wrong_type = client.post(path, json=body(callback_phone=701234567), headers=as_(CLINICIAN))
@@ -379,12 +379,12 @@ def test_the_form_asks_for_the_callback_number_with_field_specific_swedish_error
     page = r.text
     assert "Ditt telefonnummer för återuppringning" in page and 'type="tel"' in page
     for text in ("Välj vems initiativ beställningen är.", "Välj minst en åtgärd.",
-                 "Ange ditt telefonnummer för återuppringning",
+                 "Ange ditt telefonnummer: det krävs när beställningen är brådskande.",
                  "Ange patientens personnummer eller samordningsnummer."):
         assert page.count(text) >= 2, text  # beside the field and in the summary
     assert "Fältet måste fyllas i." not in page
     summary = page[page.index('class="error-summary"'):page.index("</div>", page.index('class="error-summary"'))]
-    assert "Vems initiativ är beställningen?: Välj vems initiativ" in summary
+    assert "Vems initiativ är beställningen? Välj vems initiativ" in summary
     assert "<legend>Vems initiativ är beställningen?</legend>" in page
     ok = client.post("/bestall/seal_or_lock", data={**form_of(client, csrf, patient()), "urgent": "1",
                                                     "callback_phone": PHONE},

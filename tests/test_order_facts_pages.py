@@ -61,8 +61,8 @@ def test_urgent_order_asks_for_the_callback_number_with_errors_said_for_each_fie
     summary = page.locator(".error-summary")
     summary.wait_for()
     text = summary.inner_text()
-    assert "Vems initiativ är beställningen?: Välj vems initiativ beställningen är." in text
-    assert "Ditt telefonnummer för återuppringning: Ange ditt telefonnummer för återuppringning" in text
+    assert "Vems initiativ är beställningen? Välj vems initiativ beställningen är." in text
+    assert "Ditt telefonnummer för återuppringning: Ange ditt telefonnummer: det krävs" in text
     assert "Fältet måste fyllas i." not in page.content()
     # The same words beside the field: the legend and its message.
     group = page.locator("fieldset#initiative")

@@ -131,6 +131,12 @@ def field_labels(order_type: str) -> dict[str, str]:
     }
 
 
+def _summary_text(label: str, message: str) -> str:
+    if not label:
+        return message
+    return f"{label} {message}" if label.endswith("?") else f"{label}: {message}"
+
+
 def form_page(request: Request, user: User, order_type: str, values: dict[str, Any],
               problems: list[Problem] | None = None, warnings: list[Problem] | None = None, status: int = 200,
               *, confirm: bool = False) -> Response:
@@ -142,8 +148,9 @@ def form_page(request: Request, user: User, order_type: str, values: dict[str, A
         group = GROUP_OF.get(p.field, p.field)
         errors.setdefault(group if group in order else "", []).append(p.message)
     listed = sorted(errors.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1)
-    summary = summary_links([(ANCHOR_OF.get(g, g) if g else "order-form", labels.get(g, ""), m)
-                        for g, msgs in listed for m in msgs])
+    # The field's own label or legend, then the message ("Vems initiativ är beställningen? Välj …").
+    summary = summary_links([(ANCHOR_OF.get(g, g) if g else "order-form", "", _summary_text(labels.get(g, ""), m))
+                             for g, msgs in listed for m in msgs])
     title = ("Fel: " if errors else "") + f"Ny beställning: {ORDER_TYPE_LABELS_SV[order_type]}"
     return render(request, "order_form.html.j2", {
         "user": user, "title": title, "order_type": order_type, "label": ORDER_TYPE_LABELS_SV[order_type],
