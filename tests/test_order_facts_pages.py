@@ -75,7 +75,7 @@ def test_urgent_order_asks_for_the_callback_number_with_errors_said_for_each_fie
     phone.fill("070-123 45 67")
     page.get_by_role("button", name="Skicka beställningen").click()
     page.wait_for_url(re.compile(r".*/bestallningar/RO-\d{4}-\d+/kvitto.*"))
-    assert "Beredskapen ringer dig på 0701234567." in page.locator(".urgent-box").inner_text()
+    assert "Beredskapen ringer dig på 070-123 45 67." in page.locator(".urgent-box").inner_text()
     v.check("order-facts-receipt-urgent")
 
 
