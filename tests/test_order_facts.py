@@ -363,6 +363,11 @@ def test_the_form_asks_to_confirm_a_duplicate_and_a_resent_form_makes_no_second_
     assert first.group(0) in held.text and 'name="confirm_duplicate"' in held.text
     assert "Jag har kontrollerat: det är en ny beställning" in held.text
     assert order_count(ad) == before
+    # Sent again without ticking the box: held again, and the box says why.
+    unticked = client.post("/bestall/seal_or_lock", data={**second_form, "duplicate_shown": "1"},
+                           headers=as_(CLINICIAN), follow_redirects=False)
+    assert unticked.status_code == 409 and 'class="error-summary"' in unticked.text
+    assert "Bekräfta att det är en ny beställning" in unticked.text and order_count(ad) == before
     sent = client.post("/bestall/seal_or_lock", data={**second_form, "confirm_duplicate": "1"},
                        headers=as_(CLINICIAN), follow_redirects=False)
     assert sent.status_code == 303 and sent.headers["location"] != r.headers["location"]

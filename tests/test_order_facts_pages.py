@@ -110,6 +110,11 @@ def test_a_duplicate_is_confirmed_before_it_is_sent_and_back_then_send_makes_no_
     assert first in page.locator("#live-warnings").inner_text()
     assert orders_of(ad, patient) == 1
     v.check("order-facts-form-duplicate-confirm")
+    page.get_by_role("button", name="Skicka beställningen").click()  # without ticking the box: held again
+    page.locator(".error-summary").wait_for()
+    assert "Bekräfta att det är en ny beställning" in page.locator(".error-summary").inner_text()
+    assert orders_of(ad, patient) == 1
+    v.check("order-facts-form-duplicate-unticked")
     confirm.check()
     page.get_by_role("button", name="Skicka beställningen").click()
     page.wait_for_url(re.compile(r".*/kvitto.*"))

@@ -81,7 +81,7 @@ def form_values(order_type: str, form: FormData | None, user: User) -> dict[str,
         "urgent": "urgent" in form, "callback_phone": form_str(form, "callback_phone"),
         "reason": form_str(form, "reason"), "care_unit_hsa_id": form_str(form, "care_unit_hsa_id"),
         "idempotency_key": form_str(form, "idempotency_key") or uuid4().hex,
-        "confirm_duplicate": "confirm_duplicate" in form,
+        "confirm_duplicate": "confirm_duplicate" in form, "duplicate_shown": "duplicate_shown" in form,
     }
 
 
@@ -221,4 +221,7 @@ async def _held_for_confirmation(request: Request, ad: Adapters, user: User, ord
         return form_page(request, user, order_type, values, checked.errors, checked.warnings, 422)
     if not any(w.code == DUPLICATE for w in checked.warnings):
         return None
-    return form_page(request, user, order_type, values, warnings=checked.warnings, status=409, confirm=True)
+    # Shown once already and sent again without the box ticked: say so at the box and in the summary.
+    unticked = [Problem(field="confirm_duplicate", code="required", message=CONFIRM_DUPLICATE)] \
+        if values.get("duplicate_shown") else None
+    return form_page(request, user, order_type, values, unticked, checked.warnings, status=409, confirm=True)
