@@ -37,7 +37,7 @@ from bench.harness import free_port  # noqa: E402
 TARGET_P95 = 2.0
 BODY = {"order_type": "seal_or_lock", "initiative": "care", "actions": ["seal_journal", "lock_login"],
         "patient_personal_number": "19121212-1212", "care_unit_hsa_id": "DEMO-OSTERGOTLAND-UNIT",
-        "region": "ostergotland", "urgent": True, "reason": "Bänkprov"}
+        "region": "ostergotland", "urgent": True, "reason": "Bänkprov", "callback_phone": "010-103 60 00"}
 PATIENT_FORMS = re.compile(rb"(?:19)?121212[-+]?1212")  # the bench patient in any spelling
 
 

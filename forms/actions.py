@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
@@ -16,7 +17,8 @@ from flows import commands, urgent
 from forms.auth import NotAllowed, User, may_read, require_roles
 from forms.errors import NOT_FOUND, ApiError, checked_reference, problems
 from models.calendar import local
-from models.routine import BY_API_SLUG
+from models.routine import BY_API_SLUG, STAGES
+from models.rules import callback_phone_missing
 from models.schemas import OrderView, Problem, SubmitResponse
 from models.status import OrderStatus
 from models.tables import Order
@@ -35,6 +37,32 @@ class DecisionResponse(BaseModel):
 class CancelResponse(BaseModel):
     reference: str
     status: str
+
+
+class Unprocessable(ApiError):
+    """422 with every problem at once (ApiError carries one)."""
+
+    def __init__(self, items: list[Problem]) -> None:
+        super().__init__(422, items[0].code, " ".join(p.message for p in items), items[0].field)
+        self.items = items
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"errors": problems(self.items)}, status_code=422)
+
+
+# Who sees what of an order beyond its status (issue 13): the orderer's callback number goes to those who
+# call back, the orderer and admins; the stages with their outcomes (the assessment's rationale too) to
+# those who act on orders, the orderer and admins.
+CALLBACK_PHONE_ROLES = ("on_call", "support", "admin")
+STAGE_READER_ROLES = ("admin", *dict.fromkeys(r for sd in STAGES.values() for r in sd.roles))
+
+
+def sees_callback_phone(user: User, order_submitted_by: str) -> bool:
+    return user.hsa_id == order_submitted_by or user.has(*CALLBACK_PHONE_ROLES)
+
+
+def sees_stages(user: User, order_submitted_by: str) -> bool:
+    return user.hsa_id == order_submitted_by or user.has(*STAGE_READER_ROLES)
 
 
 def _local(at: datetime | None) -> datetime | None:
@@ -64,12 +92,15 @@ def read_order_row(ad: Adapters, user: User, reference: str, via: str) -> Order:
 
 
 def read_order_view(ad: Adapters, user: User, reference: str, via: str) -> OrderView:
-    ref = read_order_row(ad, user, reference, via).reference
+    row = read_order_row(ad, user, reference, via)
     with ad.db.session() as s:
-        v = orders.view(s, orders.get(s, ref))
+        v = orders.view(s, orders.get(s, row.reference))
+    stages = [st.model_copy(update={"decided_at": _local(st.decided_at)}) for st in v.stages or []]
     return v.model_copy(update={
         "created_at": local(v.created_at), "due_at": _local(v.due_at), "callback_due_at": _local(v.callback_due_at),
-        "history": [h.model_copy(update={"at": local(h.at)}) for h in v.history]})
+        "history": [h.model_copy(update={"at": local(h.at)}) for h in v.history],
+        "callback_phone": v.callback_phone if sees_callback_phone(user, row.submitted_by) else None,
+        "stages": stages if sees_stages(user, row.submitted_by) else None})
 
 
 # --- submit ---------------------------------------------------------------------------------------------
@@ -92,6 +123,12 @@ async def submit_raw(ad: Adapters, raw: Any, user: User, key: str | None, at: da
     replay another person's order. The engine is told with one short try (the order is stored first, and
     the reconciler starts any run that could not be started now)."""
     scoped = f"{user.hsa_id}:{key}" if key else None
+    if callback_phone_missing(raw) and (scoped is None or await run_in_threadpool(
+            orders.by_idempotency_key, ad, scoped) is None):
+        # Digital intake needs the orderer's number for an urgent order; the service layer does not (paper
+        # orders, stored orders checked again). Every problem of the body at once, nothing stored.
+        checked = await run_in_threadpool(lambda: orders.check(ad, raw, at or ad.now(), user.hsa_id, intake=True))
+        return Submitted(422, {"errors": problems(checked.errors)}, checked.errors, checked.warnings)
     with ad.engine.fails_fast():
         try:
             out = await commands.submit(ad, raw, user.hsa_id, now=at, idempotency_key=scoped, wait_for_run=False)
@@ -106,7 +143,9 @@ async def submit_raw(ad: Adapters, raw: Any, user: User, key: str | None, at: da
                        "Idempotency-Key har redan använts för en annan beställning.", field="Idempotency-Key")
     if out.kind == "replayed":
         # The first answer again: same body, so the same warnings as when it was first checked.
-        first = await run_in_threadpool(orders.check, ad, raw, out.order.created_at, user.hsa_id)
+        made = out.order
+        first = await run_in_threadpool(lambda: orders.check(ad, raw, made.created_at, user.hsa_id,
+                                                             exclude=made.reference))
         return Submitted(200, _answer(out.order, first.warnings, "submitted"), [], first.warnings)
     return Submitted(201, _answer(out.order, out.check.warnings, "submitted"), [], out.check.warnings)
 
@@ -129,9 +168,14 @@ async def decide(ad: Adapters, reference: str, url_stage: str, body: dict[str, A
                 proposed = done.via == "run" or done.status == OrderStatus.SUBMITTED
                 return DecisionResponse(reference=done.reference, stage=stage, status=done.status,
                                         decision="proposed" if proposed else "accepted")
+            if stage == "harm_assessment" and (wrong := await run_in_threadpool(
+                    orders.assessment_problems, ad, ref, body)):
+                raise Unprocessable(wrong)  # the rationale and the consistency, every problem at once
             order = await commands.decide(ad, ref, stage, user.hsa_id, body, now=at)
     except orders.NotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
+    except orders.Invalid as exc:
+        raise Unprocessable(exc.problems) from None
     except orders.Conflict:
         raise ApiError(409, "wrong_status", "Beställningen väntar inte på detta steg (eller ett beslut behandlas redan).") \
             from None

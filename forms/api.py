@@ -78,7 +78,7 @@ async def validate_order(request: Request, user: User = Depends(require_user), a
     check_api_csrf(request, user)
     require_roles(user, "clinician")
     raw = await json_body(request)
-    result = await run_in_threadpool(orders.check, ad, raw, at, user.hsa_id)
+    result = await run_in_threadpool(lambda: orders.check(ad, raw, at, user.hsa_id, intake=True))
     body = {"errors": problems(result.errors), "warnings": problems(result.warnings)}
     return JSONResponse(body, status_code=200 if result.ok else 422)
 

@@ -51,7 +51,7 @@ from forms.errors import ApiError, checked_reference, json_body
 from forms.pages.common import form_str, render
 from forms.pages.order_forms import form_page, form_values, to_raw
 from forms.urgent_routes import current_staff
-from models import personnummer
+from models import personnummer, phone
 from models.calendar import local
 from models.reference import REFERENCE
 from models.rules import RuleContext, check_order
@@ -280,6 +280,7 @@ def printable_order(order_type: str, raw: Mapping[str, Any], who: Printer, now: 
         created_at=f"{local(now):%Y-%m-%d %H:%M}",
         needs_head_signature=True,  # every order type is approved (models/rules.py::plan_stages)
         guardian_protected_identity=to_guardian and bool(raw.get("guardian_protected_identity")),
+        callback_phone=phone.national(n) if (n := phone.normalise(str(raw.get("callback_phone") or ""))) else None,
     )
 
 

@@ -7,12 +7,12 @@ current access state in the 1177 registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from models import personnummer
+from models import personnummer, phone
 from models.access import AccessState
 from models.calendar import WorkingHours, is_office_hours, local
 from models.schemas import (
@@ -41,13 +41,44 @@ MESSAGES: dict[str, str] = {
                           "personuppgifter.",
     "care_initiated_restriction": "En begränsning gjord på vårdens initiativ kan inte hävas på patientens begäran.",
     "nothing_to_restore": "Det finns ingen sådan begränsning att häva för patienten.",
+    "invalid_phone": "Ange ett svenskt telefonnummer, till exempel 070-123 45 67 eller 010-103 60 00.",
+    "inconsistent_assessment": "Du har angett att det inte finns risk för men. Då kan beslutet inte vara att "
+                               "begränsa åtkomsten: ändra beslutet eller bedömningen.",
 }
+# `required`, said for the field it is about (the form shows these beside the field and in its summary).
+REQUIRED_SV: dict[str, str] = {
+    "order_type": "Välj typ av beställning.",
+    "initiative": "Välj vems initiativ beställningen är.",
+    "region": "Välj region.",
+    "patient_personal_number": "Ange patientens personnummer eller samordningsnummer.",
+    "guardian_personal_number": "Ange vårdnadshavarens personnummer.",
+    "care_unit_hsa_id": "Välj beställande vårdenhet.",
+    "minor_access": "Ange om tillgång ska ges eller tas bort, och för vem.",
+    "callback_phone": "Ange ditt telefonnummer: det krävs när beställningen är brådskande.",
+    "rationale": "Skriv en motivering till beslutet.",
+}
+CHILD_REQUIRED_SV = "Ange barnets personnummer eller samordningsnummer."
 WARNINGS: dict[str, str] = {
     "lock_without_seal": "En låst inloggning hindrar inte att 1177 journal nås via direktlänk. Försegla journalen också för att ta bort all åtkomst.",
     "protected_identity": "Patienten eller vårdnadshavaren har skyddade personuppgifter: hantera per telefon, "
                           "aldrig via e-post eller ärende.",
     "outside_office_hours": "Beställningen kom utanför kontorstid och handläggs nästa arbetsdag.",
+    "duplicate_open_order": "Det finns redan en öppen beställning av samma slag för patienten. Kontrollera att "
+                            "det inte är samma beställning en gång till.",
 }
+# The warning as validate and submit give it: it names the open orders (their references, nothing else).
+DUPLICATE_SV = ("Det finns redan en öppen beställning av samma slag för patienten: {references}. Kontrollera att "
+                "det inte är samma beställning en gång till.")
+
+
+@dataclass(frozen=True)
+class OpenOrder:
+    """An order of the patient's that is not finished, as the duplicate check needs it."""
+    reference: str
+    order_type: str
+    actions: tuple[str, ...] = ()
+    guardian_pnr: str | None = None
+    minor_recipient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +87,11 @@ class RuleContext:
     care_units: Mapping[str, str]          # HSA-id -> region code
     region_hours: Mapping[str, WorkingHours]  # region code -> working hours
     access: AccessState | None = None      # the patient's current state, when known
+    # The patient's open orders (the duplicate warning); empty where nobody looked (revalidation, print).
+    open_orders: Sequence[OpenOrder] = ()
+    # Digital intake (the API and the web form): an urgent order needs the orderer's callback number. Not
+    # for a stored order checked again, an order made urgent later, or a signed paper order.
+    callback_phone_required: bool = False
 
 
 @dataclass
@@ -70,11 +106,16 @@ class CheckResult:
 
 
 def _err(result: CheckResult, fieldname: str, code: str, message: str | None = None) -> None:
+    if message is None and code == "required":
+        message = REQUIRED_SV.get(fieldname)
     result.errors.append(Problem(field=fieldname, code=code, message=message or MESSAGES[code]))
 
 
-def _warn(result: CheckResult, code: str, fieldname: str = "") -> None:
-    result.warnings.append(Problem(field=fieldname, code=code, message=WARNINGS[code]))
+def _warn(result: CheckResult, code: str, fieldname: str = "", message: str | None = None) -> None:
+    result.warnings.append(Problem(field=fieldname, code=code, message=message or WARNINGS[code]))
+
+
+CHILD_TYPES = ("block_guardian", "minor_access")  # the patient is a child (the forms say "Barnets")
 
 
 def _blank(v: Any) -> bool:
@@ -102,10 +143,11 @@ def _flag(raw: Mapping[str, Any], name: str, r: CheckResult) -> bool:
     return v
 
 
-def _person(raw: Mapping[str, Any], name: str, ctx: RuleContext, r: CheckResult) -> personnummer.PersonalNumber | None:
+def _person(raw: Mapping[str, Any], name: str, ctx: RuleContext, r: CheckResult,
+            missing: str | None = None) -> personnummer.PersonalNumber | None:
     v = raw.get(name)
     if _blank(v):
-        _err(r, name, "required")
+        _err(r, name, "required", missing)
         return None
     if not isinstance(v, str):
         _err(r, name, "invalid_personal_number")
@@ -175,6 +217,7 @@ class _Fields:
     minor: MinorAccess | None = None
     guardian: personnummer.PersonalNumber | None = None
     to_guardian: bool = False
+    callback_phone: str | None = None
 
 
 def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
@@ -196,14 +239,33 @@ def _common_fields(raw: Mapping[str, Any], ctx: RuleContext, r: CheckResult) -> 
     f = _Fields(order_type=_choice(raw, "order_type", ORDER_TYPES, r),
                 initiative=_choice(raw, "initiative", INITIATIVES, r),
                 region=_choice(raw, "region", tuple(ctx.region_hours), r),
-                patient=_person(raw, "patient_personal_number", ctx, r),
+                patient=_person(raw, "patient_personal_number", ctx, r,
+                                CHILD_REQUIRED_SV if raw.get("order_type") in CHILD_TYPES else None),
                 protected=_flag(raw, "patient_protected_identity", r),
                 guardian_protected=_flag(raw, "guardian_protected_identity", r),
                 identity_checked=_flag(raw, "identity_checked_in_person", r),
                 urgent=_flag(raw, "urgent", r))
     f.reason = _reason(raw, r)
     f.unit = _care_unit(raw, ctx, f.region, r)
+    f.callback_phone = _callback_phone(raw, f.urgent, ctx, r)
     return f
+
+
+def _callback_phone(raw: Mapping[str, Any], urgent: bool, ctx: RuleContext, r: CheckResult) -> str | None:
+    v = raw.get("callback_phone")
+    if _blank(v):
+        if urgent and ctx.callback_phone_required:
+            _err(r, "callback_phone", "required")
+        return None
+    number = phone.normalise(v) if isinstance(v, str) else None
+    if number is None:
+        _err(r, "callback_phone", "invalid_phone")
+    return number
+
+
+def callback_phone_missing(raw: Any) -> bool:
+    """An urgent body without a callback number: what digital intake refuses (`callback_phone_required`)."""
+    return isinstance(raw, Mapping) and raw.get("urgent") is True and _blank(raw.get("callback_phone"))
 
 
 def _reason(raw: Mapping[str, Any], r: CheckResult) -> str:
@@ -281,6 +343,24 @@ def _warnings(ctx: RuleContext, f: _Fields, r: CheckResult) -> None:
         _warn(r, "protected_identity", "guardian_protected_identity")
     if f.region and not f.urgent and not is_office_hours(ctx.now, ctx.region_hours[f.region]):
         _warn(r, "outside_office_hours")
+    duplicates = [o.reference for o in ctx.open_orders if _overlaps(f, o)]
+    if duplicates:
+        _warn(r, "duplicate_open_order", "", DUPLICATE_SV.format(references=", ".join(duplicates)))
+
+
+def _overlaps(f: _Fields, o: OpenOrder) -> bool:
+    """The same patient's open order asks for (part of) the same thing: the same type and an action both
+    name; for a guardian block the same guardian; for minor access the same recipient (and guardian)."""
+    if o.order_type != f.order_type:
+        return False
+    if f.order_type in ("seal_or_lock", "restore_access"):
+        return bool(set(o.actions) & set(f.actions or ()))
+    guardian = f.guardian.digits if f.guardian else None
+    if f.order_type == "block_guardian":
+        return guardian is None or o.guardian_pnr in (None, guardian)
+    if f.order_type == "minor_access" and f.minor is not None:
+        return o.minor_recipient == f.minor.recipient and (f.minor.recipient == "minor" or o.guardian_pnr == guardian)
+    return False
 
 
 def _request(f: _Fields) -> OrderRequest:
@@ -299,6 +379,7 @@ def _request(f: _Fields) -> OrderRequest:
         reason=f.reason,
         care_unit_hsa_id=f.unit,
         region=f.region,
+        callback_phone=f.callback_phone,
     )
 
 
@@ -315,3 +396,31 @@ def _restore_rules(actions: list[str], initiative: str | None, identity_checked:
         (rs := access.restriction_for(a)) is not None and rs.initiative == "care" for a in actions
     ):
         _err(r, "initiative", "care_initiated_restriction")
+
+
+# --- a harm assessment ----------------------------------------------------------------------------------
+
+def restricts_access(order_type: str, minor_grant: bool | None) -> bool | None:
+    """Whether carrying the order out takes access away (a seal or lock, a guardian block, revoking a minor's
+    access), gives it back (a restore, granting a minor's access), or is not known (None)."""
+    if order_type in ("seal_or_lock", "block_guardian"):
+        return True
+    if order_type == "restore_access" or (order_type == "minor_access" and minor_grant is True):
+        return False
+    return True if order_type == "minor_access" and minor_grant is False else None
+
+
+def check_assessment(body: Mapping[str, Any], *, restricts: bool | None,
+                     rationale_required: bool = True) -> list[Problem]:
+    """What makes a harm assessment unusable beyond its types (the schema checks those): no rationale, or
+    "no risk of harm" with the decision to go ahead with an order that takes access away (`restricts`: for a
+    restore, "no risk of harm" is exactly why access may be given back). Every problem at once. The API and
+    the assessment form check both; the service layer checks the consistency again before storing (orders
+    decided by the routine's own callers, as the review flow, give no rationale requirement)."""
+    r = CheckResult()
+    rationale = body.get("rationale")
+    if rationale_required and (not isinstance(rationale, str) or not rationale.strip()):
+        _err(r, "rationale", "required")
+    if restricts and body.get("harm_found") is False and body.get("decision") == "restrict":
+        _err(r, "decision", "inconsistent_assessment")
+    return r.errors

@@ -7,7 +7,7 @@ by field in `models.rules` so that every problem is reported at once with the co
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -59,6 +59,8 @@ class OrderRequest(BaseModel):
     reason: str = Field(default="", max_length=REASON_MAX)
     care_unit_hsa_id: str
     region: str
+    # The orderer's own number for on-call's callback, E.164 once accepted (models/phone.py); staff data.
+    callback_phone: str | None = None
 
 
 class Problem(BaseModel):
@@ -94,6 +96,21 @@ class HistoryEntry(BaseModel):
     note: str | None = None
 
 
+class StageView(BaseModel):
+    """One stage of an order as `GET /api/orders/{reference}` shows it (tasks/steps/progress.py)."""
+    stage: str
+    required: bool
+    rule: str
+    reason: str
+    state: Literal["pending", "waiting", "done", "not_required"]
+    role: str | None = None          # who decides it (the plan's role)
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    # For the harm assessment: harm_found, decision, rationale, review_after_days; approval: approved,
+    # comment; callback: note; execution: system_reference.
+    outcome: dict[str, Any] | None = None
+
+
 class OrderView(BaseModel):
     reference: str
     order_type: str
@@ -104,6 +121,9 @@ class OrderView(BaseModel):
     due_at: datetime | None
     callback_due_at: datetime | None
     history: list[HistoryEntry]
+    # Additions (2026-12): null for a reader not entitled to them (forms/actions.py says who is).
+    callback_phone: str | None = None
+    stages: list[StageView] | None = None
 
 
 def is_plain_text(value: str) -> bool:

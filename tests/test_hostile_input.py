@@ -66,7 +66,7 @@ FIRST_REFERENCE = 800000
 SUBMIT, VALIDATE = "/api/orders", "/api/orders/validate"
 ORDER_FIELDS = ("order_type", "initiative", "actions", "patient_personal_number", "patient_protected_identity",
                 "guardian_personal_number", "minor_access", "identity_checked_in_person", "urgent", "reason",
-                "care_unit_hsa_id", "region")
+                "care_unit_hsa_id", "region", "callback_phone")
 # The free-text field of each human step (POST /api/orders/{reference}/<step>).
 STEP_TEXT = {"assessment": "rationale", "approval": "comment", "callback": "note", "execution": "system_reference",
              "cancel": "reason"}
@@ -533,7 +533,7 @@ references = st.one_of(
     st.sampled_from([".", "..", "", "%", "%00", "?x=1", "#", "\\", "RO-2026-" + "9" * 5000]),
 )
 STEP_BODIES: dict[str, dict[str, Any]] = {
-    "assessment": {"harm_found": True, "decision": "restrict", "rationale": "", "review_after_days": 365},
+    "assessment": {"harm_found": True, "decision": "restrict", "rationale": "Risk för men", "review_after_days": 365},
     "approval": {"approved": True, "comment": ""}, "callback": {"note": ""},
     "execution": {"system_reference": "ADM-1"}, "cancel": {"reason": ""},
 }

@@ -209,6 +209,7 @@ def test_seal_or_lock_urgent_with_errors_kept_values_and_phone_receipt(visit: An
     expect(page.locator("#live-warnings")).to_contain_text("direktlänk")  # live validation's warning
     page.get_by_label("Försegla 1177 journal").check()
     page.get_by_label("Beställningen är brådskande").check()
+    page.get_by_label("Ditt telefonnummer för återuppringning").fill("070-123 45 67")
     page.get_by_role("button", name="Skicka beställningen").click()
     _receipt(v, "seal_or_lock")
     urgent = page.locator(".urgent-box").inner_text()
@@ -325,7 +326,9 @@ def _submit(live_app: str, **extra: Any) -> str:
         r = api.post("/api/orders", json={"order_type": "seal_or_lock", "initiative": "care",
                                           "actions": ["seal_journal"], "patient_personal_number": pnr(),
                                           "care_unit_hsa_id": "DEMO-KALMAR-UNIT", "region": "kalmar",
-                                          "reason": "Hot mot patienten", **extra})
+                                          "reason": "Hot mot patienten",
+                                          **({"callback_phone": "070-123 45 67"} if extra.get("urgent") else {}),
+                                          **extra})
         assert r.status_code == 201, r.text
         return str(r.json()["reference"])
 
@@ -762,6 +765,7 @@ def _urgent_seal(v: Visitor) -> None:
     v.goto("/bestall/seal_or_lock")
     _fill_seal_or_lock(v.page, pnr())
     v.page.get_by_label("Beställningen är brådskande").check()
+    v.page.get_by_label("Ditt telefonnummer för återuppringning").fill("070-123 45 67")
     v.page.get_by_role("button", name="Skicka beställningen").click()
 
 

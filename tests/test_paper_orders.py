@@ -10,6 +10,7 @@ import asyncio
 import io
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -585,9 +586,15 @@ def test_the_order_form_prints_what_was_typed_on_the_paper_form(visit: Any, live
         got.update(status=answer.status, type=answer.headers["content-type"], body=answer.body(),
                    sent=route.request.post_data or "")
         route.fulfill(response=answer)
-    page.route("**/api/paper-forms/seal_or_lock.pdf?region=kalmar", keep)
-    page.get_by_role("button", name="Skriv ut ifylld pappersblankett").click()
-    page.wait_for_function("() => !document.querySelector('#order-form')")
+    # The PDF opens in a tab of its own (issue 14): the typed form stays where it was.
+    v.context.route("**/api/paper-forms/seal_or_lock.pdf?region=kalmar", keep)
+    with v.context.expect_page():
+        page.get_by_role("button", name="Skriv ut ifylld pappersblankett").click()
+    deadline = time.monotonic() + 30
+    while "status" not in got and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert page.locator("#order-form").count() == 1
+    assert page.get_by_label("Skäl till beställningen").input_value() == "Skrivs ut på papper"
     assert (got["status"], got["type"]) == (200, "application/pdf")
     assert "csrf_token=" in got["sent"]  # the form's own fields, with its CSRF token
     text = pdf_text(got["body"])

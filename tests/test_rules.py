@@ -330,7 +330,8 @@ def test_error_code(make: Callable[[], dict[str, Any]], access: AccessState | No
 def test_every_contract_code_has_a_row_and_a_swedish_message() -> None:
     assert {code for *_, (_, code) in ERROR_ROWS} == CONTRACT_CODES
     assert set(MESSAGES) >= CONTRACT_CODES
-    assert set(WARNINGS) == {"lock_without_seal", "protected_identity", "outside_office_hours"}
+    assert set(WARNINGS) == {"lock_without_seal", "protected_identity", "outside_office_hours",
+                             "duplicate_open_order"}
 
 
 def test_messages_are_the_contract_messages() -> None:

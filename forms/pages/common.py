@@ -29,6 +29,7 @@ from forms.auth import (
     set_session,
 )
 from models import contacts, personnummer, swedish
+from models.phone import national as national_phone
 from models.regions import UNSET_SV, RegionSettings
 from models.routine import STAGES, Stage, StageDef, callback_promise_sv
 from models.schemas import INITIATIVE_LABELS_SV, ORDER_TYPE_LABELS_SV
@@ -67,6 +68,7 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES),
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, short_when=short_when)
+    env.filters["phone"] = national_phone  # +46701234567 -> 070-123 45 67 (models/phone.py)
     env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
                        initiative_label=INITIATIVE_LABELS_SV.get, action_label=SEAL_LABELS.get,
                        restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get, masked=masked,

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
@@ -25,6 +26,7 @@ from models import sla
 from models.authority import refusal
 from models.reference import REFERENCE
 from models.routine import BY_QUEUE_SLUG, Stage, StageDef
+from models.rules import check_assessment
 from models.tables import Order
 from tasks.adapters import Adapters, directory
 from tasks.steps import orders
@@ -99,12 +101,14 @@ def queue(request: Request, slug: str, klar: str = "") -> Response:
     return _queue_page(request, user, sd, queue_items(adapters(request), user, sd, now(request)), notice=notice)
 
 
-def parse_decision(stage: str, form: FormData) -> tuple[BaseModel | None, dict[str, str], dict[str, str]]:
-    """(decision, errors by field, entered values)."""
+def parse_decision(stage: str, form: FormData, restricts: bool | None = None
+                   ) -> tuple[BaseModel | None, dict[str, str], dict[str, str]]:
+    """(decision, errors by field, entered values); `restricts`: the order takes access away (an assessment
+    of no harm cannot then go ahead: models.rules.check_assessment)."""
     values = {k: form_str(form, k) for k in ("harm_found", "decision", "rationale", "review_after_days", "approved",
                                              "comment", "note", "system_reference")}
     errors: dict[str, str] = {}
-    body, model = _decision_body(Stage(stage), values, errors)
+    body, model = _decision_body(Stage(stage), values, errors, restricts)
     for k in ("rationale", "comment", "note"):
         if len(values[k]) > 2000:
             errors[k] = "Högst 2000 tecken."
@@ -119,8 +123,8 @@ def parse_decision(stage: str, form: FormData) -> tuple[BaseModel | None, dict[s
 YES_NO = {"yes": True, "no": False}
 
 
-def _decision_body(stage: Stage, values: dict[str, str],
-                   errors: dict[str, str]) -> tuple[dict[str, Any], type[BaseModel]]:
+def _decision_body(stage: Stage, values: dict[str, str], errors: dict[str, str],
+                   restricts: bool | None = None) -> tuple[dict[str, Any], type[BaseModel]]:
     model = BY_STAGE[stage].decision
     if stage == Stage.HARM_ASSESSMENT:
         if values["harm_found"] not in YES_NO:
@@ -130,8 +134,11 @@ def _decision_body(stage: Stage, values: dict[str, str],
         days = values["review_after_days"]
         if days and not (days.isdigit() and 1 <= int(days) <= 3650):
             errors["review_after_days"] = "Ange ett antal dagar mellan 1 och 3650."
-        return {"harm_found": YES_NO.get(values["harm_found"]), "decision": values["decision"],
-                "rationale": values["rationale"], "review_after_days": int(days) if days.isdigit() else None}, model
+        body = {"harm_found": YES_NO.get(values["harm_found"]), "decision": values["decision"],
+                "rationale": values["rationale"], "review_after_days": int(days) if days.isdigit() else None}
+        for p in check_assessment(body, restricts=restricts):  # the API's rules (models/rules.py), with the other errors at once
+            errors.setdefault(p.field, p.message)
+        return body, model
     if stage == Stage.APPROVAL:
         if values["approved"] not in YES_NO:
             errors["approved"] = "Välj om beställningen godkänns eller avslås."
@@ -159,7 +166,8 @@ async def queue_decision(request: Request, slug: str, reference: str) -> Respons
         # Never shown back: what is in the address may be anything, a personal number even.
         raise ApiError(404, "not_found", "Beställningen finns inte.")
     ad = adapters(request)
-    decision, errors, values = parse_decision(sd.stage.value, form)
+    takes_away = await run_in_threadpool(orders.restricts, ad, reference) if sd.stage == Stage.HARM_ASSESSMENT else None
+    decision, errors, values = parse_decision(sd.stage.value, form, takes_away)
     status, top = 422, ""
     if decision is not None:
         try:

@@ -6,6 +6,7 @@
 // 5. Count the callback clock down from the server's seconds-left (never the browser's own clock).
 // 6. An error-summary link moves focus to its field and shows the field's label or legend too (a plain
 //    fragment link scrolls the field to the very top, its label out of sight).
+// 7. A character counter under a text area (data-count-for): shown as you type, spoken when typing pauses.
 (function () {
   "use strict";
 
@@ -36,6 +37,7 @@
       reason: f.get("reason") || "", care_unit_hsa_id: f.get("care_unit_hsa_id") || "",
       region: (opt && opt.getAttribute("data-region")) || null
     };
+    if (f.get("callback_phone")) { raw.callback_phone = f.get("callback_phone"); }
     if (type === "seal_or_lock" || type === "restore_access") { raw.actions = f.getAll("actions"); }
     if (type === "restore_access") { raw.identity_checked_in_person = f.has("identity_checked_in_person"); }
     var recipient = f.get("minor_recipient");
@@ -143,8 +145,33 @@
     });
   }
 
+  function characterCounters() {
+    document.querySelectorAll("[data-count-for]").forEach(function (counter) {
+      var field = document.getElementById(counter.getAttribute("data-count-for"));
+      var live = document.getElementById(counter.id + "-live");
+      var max = parseInt(counter.getAttribute("data-max"), 10);
+      if (!field) { return; }
+      var timer = null;
+      function message() {
+        var left = max - field.value.length;
+        return left >= 0 ? "Du har " + left + " tecken kvar av " + max + "."
+                         : "Du har " + (-left) + " tecken för mycket (högst " + max + ").";
+      }
+      function update() {
+        counter.textContent = message();
+        counter.classList.toggle("is-over", field.value.length > max);
+        clearTimeout(timer);
+        timer = setTimeout(function () { if (live) { live.textContent = message(); } }, 1000);
+      }
+      counter.hidden = false;
+      counter.textContent = message();
+      field.addEventListener("input", update);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     countdowns();
+    characterCounters();
     errorSummaryLinks();
     var summary = document.querySelector("[data-focus-on-load]");
     if (summary) { summary.focus(); }

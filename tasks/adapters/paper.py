@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 
-from models import contacts, personnummer
+from models import contacts, personnummer, phone
 from models.calendar import local
 from models.contacts import callback_clause, phone_text
 from models.regions import UNSET_SV, RegionSettings
@@ -95,6 +95,8 @@ class PaperOrder:
     created_at: str | None
     needs_head_signature: bool
     guardian_protected_identity: bool = False
+    # The orderer's number for on-call's callback, as people read it (070-123 45 67); staff data.
+    callback_phone: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -212,4 +214,5 @@ def paper_order(s: Session, order: Order) -> PaperOrder:
         created_at=f"{local(order.created_at):%Y-%m-%d %H:%M}",
         # Before the run has planned the stages, assume approval is needed: a signature line too many is harmless.
         needs_head_signature=not plan.stages or plan.required("approval"),
+        callback_phone=phone.national(order.callback_phone) if order.callback_phone else None,
     )

@@ -21,14 +21,15 @@ from models.authority import Decider, OrderFacts, Refusal, refusal
 from models.calendar import callback_deadline, due_at, local
 from models.reference import format_reference
 from models.routine import FLOW_NAMES, STAGE_STATUS, Stage, StagePlan, stage_def
-from models.rules import CheckResult, RuleContext, check_order
-from models.schemas import HistoryEntry, OrderView, Problem
-from models.status import CANCELLABLE, OrderStatus, check_transition
+from models.rules import CheckResult, OpenOrder, RuleContext, check_assessment, check_order, restricts_access
+from models.schemas import HistoryEntry, OrderView, Problem, StageView
+from models.status import CANCELLABLE, FINAL, OrderStatus, check_transition
 from models.tables import AuditEvent, Decision, Order, ReferenceCounter, Staff
 from tasks.adapters import Adapters, audit, directory
 from tasks.adapters.gateway import known_access_state
 from tasks.steps import confirmations, deadlines
 from tasks.steps.audit_extract import SEARCH_ACTION
+from tasks.steps.progress import order_progress
 
 
 class NotFound(LookupError):
@@ -37,6 +38,13 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The order is not in a state where this can be done (HTTP 409)."""
+
+
+class Invalid(ValueError):
+    """A decision whose content does not hold together (HTTP 422 with every problem)."""
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.code for p in problems))
+        self.problems = problems
 
 
 class Forbidden(PermissionError):
@@ -56,27 +64,77 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def rule_context(ad: Adapters, s: Session, raw: Any, now: datetime, actor: str, purpose: str) -> RuleContext:
+# The purposes for which the patient's open orders are looked up (the duplicate warning): a person about to
+# send an order. Not when a stored order is checked again (it is open itself) or a form is printed.
+DUPLICATE_CHECK = ("validate", "submit")
+
+
+def rule_context(ad: Adapters, s: Session, raw: Any, now: datetime, actor: str, purpose: str, *,
+                 callback_phone_required: bool = False, exclude: str | None = None) -> RuleContext:
     """What the rules need to know about the world. For a restore, that includes the patient's access state:
     reading it by personal number reveals whether someone is restricted, so it is audited as a search by
-    personal number (`purpose` says why: validate, submit, revalidate)."""
+    personal number (`purpose` says why: validate, submit, revalidate). Before a person sends an order it
+    also holds the patient's open orders, for the duplicate warning; that lookup is audited by
+    `audit_duplicates` when the warning shows the person another order (a lookup that shows nothing
+    reveals nothing, and the form's live validation would otherwise log a search at every change)."""
     state = None
-    if isinstance(raw, dict) and raw.get("order_type") == "restore_access":
-        try:
-            pnr = personnummer.parse(str(raw.get("patient_personal_number", "")), local(now).date())
-        except personnummer.InvalidPersonalNumber:
-            pnr = None
-        if pnr is not None:
-            state = known_access_state(s, pnr.digits, manual=ad.gateway.manual)
-            audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
-                         detail={"purpose": purpose, "known": state is not None})
+    open_now: list[OpenOrder] = []
+    is_restore = isinstance(raw, dict) and raw.get("order_type") == "restore_access"
+    pnr = _patient(raw, now) if is_restore or purpose in DUPLICATE_CHECK else None
+    if pnr is not None and is_restore:
+        state = known_access_state(s, pnr.digits, manual=ad.gateway.manual)
+        audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
+                     detail={"purpose": purpose, "known": state is not None})
+    if pnr is not None and purpose in DUPLICATE_CHECK:
+        open_now = [o for o in open_orders(s, pnr.digits) if o.reference != exclude]
     return RuleContext(now=now, care_units=directory.care_units(s),
-                       region_hours={c: r.hours for c, r in ad.regions.items()}, access=state)
+                       region_hours={c: r.hours for c, r in ad.regions.items()}, access=state,
+                       open_orders=open_now, callback_phone_required=callback_phone_required)
 
 
-def check(ad: Adapters, raw: Any, now: datetime, actor: str) -> CheckResult:
+def audit_duplicates(s: Session, actor: str, raw: Any, result: CheckResult, now: datetime, purpose: str) -> None:
+    """The duplicate warning named another order of the patient's: audited as a search by personal number."""
+    pnr = _patient(raw, now)
+    if pnr is not None and any(w.code == "duplicate_open_order" for w in result.warnings):
+        audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
+                     detail={"purpose": purpose, "duplicate_warning": True})
+
+
+def _patient(raw: Any, now: datetime) -> personnummer.PersonalNumber | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return personnummer.parse(str(raw.get("patient_personal_number", "")), local(now).date())
+    except personnummer.InvalidPersonalNumber:
+        return None
+
+
+def open_orders(s: Session, patient_pnr: str) -> list[OpenOrder]:
+    """The patient's orders that are not finished, oldest first."""
+    rows = s.scalars(select(Order).where(Order.patient_pnr == patient_pnr, Order.status.not_in(list(FINAL)))
+                     .order_by(Order.id))
+    return [OpenOrder(o.reference, o.order_type, tuple(o.actions or ()), o.guardian_pnr, o.minor_recipient)
+            for o in rows]
+
+
+def check(ad: Adapters, raw: Any, now: datetime, actor: str, *, intake: bool = False,
+          exclude: str | None = None) -> CheckResult:
+    """`intake`: a person about to send the order digitally (the API's validate, the web form); `exclude`:
+    an order the body already made (a replayed submit is not its own duplicate)."""
     with ad.db.session() as s:
-        return check_order(raw, rule_context(ad, s, raw, now, actor, "validate"))
+        result = check_order(raw, rule_context(ad, s, raw, now, actor, "validate", callback_phone_required=intake,
+                                               exclude=exclude))
+        audit_duplicates(s, actor, raw, result, now, "validate")
+        return result
+
+
+def by_idempotency_key(ad: Adapters, key: str) -> Order | None:
+    """The order a (scoped) idempotency key already made, if any."""
+    with ad.db.session() as s:
+        order = s.scalar(select(Order).where(Order.idempotency_key == key))
+        if order is not None:
+            s.expunge(order)
+        return order
 
 
 def stored_request(order: Order) -> dict[str, Any]:
@@ -88,7 +146,7 @@ def stored_request(order: Order) -> dict[str, Any]:
         "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": order.guardian_protected,
         "identity_checked_in_person": order.identity_checked,
         "urgent": order.urgent, "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
-        "region": order.region}
+        "region": order.region, "callback_phone": order.callback_phone}
     if order.order_type == "minor_access":
         raw["minor_access"] = {"grant": order.minor_grant, "recipient": order.minor_recipient,
                                "child_consent": order.child_consent}
@@ -129,6 +187,7 @@ def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key
         result = check_order(raw, rule_context(ad, s, raw, now, actor, "submit"))
         if not result.ok or result.order is None:
             return SubmitOutcome("invalid", check=result)
+        audit_duplicates(s, actor, raw, result, now, "submit")
         req = result.order
         region = ad.region(req.region)
         hours = region.hours
@@ -142,6 +201,7 @@ def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key
             minor_recipient=req.minor_access.recipient if req.minor_access else None,
             child_consent=bool(req.minor_access and req.minor_access.child_consent),
             identity_checked=req.identity_checked_in_person, urgent=req.urgent, reason=req.reason,
+            callback_phone=req.callback_phone,
             care_unit_hsa_id=req.care_unit_hsa_id, region=req.region, status=OrderStatus.SUBMITTED,
             channel=channel, submitted_by=actor, created_at=now, updated_at=now,
             due_at=callback if req.urgent else due_at(now, hours),
@@ -205,6 +265,9 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
     detail = {k: v for k, v in body.items() if k != sd.text_field}
     with ad.db.session() as s:
         order = get(s, reference)
+        if sd.stage == Stage.HARM_ASSESSMENT and (problems := check_assessment(
+                body, restricts=restricts_access(order.order_type, order.minor_grant), rationale_required=False)):
+            raise Invalid(problems)
         if order.status != STAGE_STATUS[Stage(stage)]:
             raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
         person = directory.staff(s, actor)
@@ -228,6 +291,22 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
         audit.record(s, actor=actor, action="decision_proposed", order=order, from_status=order.status,
                      detail={"stage": stage, "outcome": outcome, "decision_id": d.id}, at=now)
         return order, d
+
+
+def restricts(ad: Adapters, reference: str) -> bool | None:
+    """Whether the order takes access away (models.rules.restricts_access); None for no such order."""
+    with ad.db.session() as s:
+        row = s.execute(select(Order.order_type, Order.minor_grant)
+                        .where(Order.reference == reference.strip().upper())).first()
+    return restricts_access(row[0], row[1]) if row else None
+
+
+def assessment_problems(ad: Adapters, reference: str, body: dict[str, Any]) -> list[Problem]:
+    """A person's harm assessment checked as the API and the form require: rationale and consistency."""
+    with ad.db.session() as s:
+        order = get(s, reference)  # NotFound: the 404 comes before any complaint about the body
+        takes_away = restricts_access(order.order_type, order.minor_grant)
+    return check_assessment(body, restricts=takes_away)
 
 
 def cancel(ad: Adapters, reference: str, actor: str, reason: str, now: datetime | None = None) -> Order:
@@ -256,10 +335,17 @@ def history(s: Session, order: Order) -> list[HistoryEntry]:
 
 
 def view(s: Session, order: Order) -> OrderView:
+    """Everything the API may show of an order; the app leaves out what the reader is not entitled to."""
     return OrderView(reference=order.reference, order_type=order.order_type, status=order.status,
                      urgent=order.urgent, patient=personnummer.mask(order.patient_pnr),
                      created_at=order.created_at, due_at=order.due_at, callback_due_at=order.callback_due_at,
-                     history=history(s, order))
+                     history=history(s, order), callback_phone=order.callback_phone, stages=stages(s, order))
+
+
+def stages(s: Session, order: Order) -> list[StageView]:
+    return [StageView(stage=p.stage.value, required=p.required, rule=p.rule, reason=p.reason, state=p.state,
+                      role=p.role, decided_by=p.decided_by, decided_at=p.decided_at, outcome=p.outcome)
+            for p in order_progress(s, order)]
 
 
 def problems_json(problems: list[Problem]) -> list[dict[str, str]]:
