@@ -24,9 +24,19 @@ TESTS = ROOT / "tests"
 ARTIFACTS = TESTS / "artifacts"
 CLOSING = sorted(p.name for p in TESTS.glob("test_zz_*.py"))
 
-# Seconds per file in one session (SQLite, 2 cores), from `--durations=0`; a file not listed counts
-# DEFAULT_SECONDS per test function.
-SECONDS: dict[str, float] = {}
+# Seconds per file (SQLite, 2 cores, two sessions on a loaded machine: relative weights), from `--durations=0`;
+# a file not listed counts DEFAULT_SECONDS per test function.
+SECONDS: dict[str, float] = {
+    "test_flows_e2e.py": 547, "test_faults_e2e.py": 497, "test_fallback_e2e.py": 228, "test_api.py": 186,
+    "test_hostile_input.py": 141, "test_pages.py": 136, "test_audit_chain.py": 132,
+    "test_prefect_auth.py": 123, "test_warm_worker.py": 115, "test_runs_e2e.py": 105,
+    "test_directory_import_e2e.py": 79, "test_urgent_e2e.py": 70, "test_ops_e2e.py": 60, "test_paper.py": 44,
+    "test_urgent.py": 44, "test_deploy_e2e.py": 33, "test_paper_orders.py": 31, "test_sla.py": 16,
+    "test_faults.py": 11, "test_admin.py": 11, "test_review.py": 6, "test_architecture.py": 5,
+    "test_order_life.py": 5, "test_coverage.py": 4, "test_queues.py": 4, "test_persistence.py": 4,
+    "test_migration_0003r.py": 3, "test_restarts.py": 3, "test_audit_extract.py": 3,
+    "test_directory_import.py": 2, "test_start_run_race.py": 2, "test_reconcile.py": 2,
+}
 DEFAULT_SECONDS = 1.0
 
 
