@@ -79,16 +79,21 @@ def test_urgent_order_asks_for_the_callback_number_with_errors_said_for_each_fie
     v.check("order-facts-receipt-urgent")
 
 
+def ordered_once(v: Visitor, age: int) -> tuple[str, str]:
+    """A seal ordered through the form for a new patient: (the patient's number, the order's reference)."""
+    patient = pnr(born_years_ago(age, extra_days=211))
+    v.goto("/bestall/seal_or_lock")
+    fill(v.page, patient)
+    v.page.get_by_role("button", name="Skicka beställningen").click()
+    v.page.wait_for_url(re.compile(r".*/kvitto.*"))
+    return patient, v.page.locator(".reference").inner_text()
+
+
 def test_a_duplicate_is_confirmed_before_it_is_sent_and_back_then_send_makes_no_second_order(
         visit: Any, ad: Adapters) -> None:  # noqa: F811
     v: Visitor = visit(CLINICIAN, NAME)
     page = v.page
-    patient = pnr(born_years_ago(53, extra_days=211))
-    v.goto("/bestall/seal_or_lock")
-    fill(page, patient)
-    page.get_by_role("button", name="Skicka beställningen").click()
-    page.wait_for_url(re.compile(r".*/kvitto.*"))
-    first = page.locator(".reference").inner_text()
+    patient, first = ordered_once(v, 53)
     assert orders_of(ad, patient) == 1
 
     # Back to the form and send it again: no second order without the clinician's say-so.
@@ -126,12 +131,7 @@ def test_live_validation_shows_the_duplicate_while_typing_and_the_paper_form_ope
         visit: Any, ad: Adapters) -> None:  # noqa: F811
     v: Visitor = visit(CLINICIAN, NAME)
     page = v.page
-    patient = pnr(born_years_ago(54, extra_days=211))
-    v.goto("/bestall/seal_or_lock")
-    fill(page, patient)
-    page.get_by_role("button", name="Skicka beställningen").click()
-    page.wait_for_url(re.compile(r".*/kvitto.*"))
-    first = page.locator(".reference").inner_text()
+    patient, first = ordered_once(v, 54)
     v.goto("/bestall/seal_or_lock")
     fill(page, patient)
     page.get_by_label("Låsa inloggning till 1177 e-tjänster").check()  # a change: live validation runs
