@@ -8,6 +8,7 @@ tasks/steps/queues.py and each row is checked again with models.authority. `GET 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from tasks.steps import orders
 from tasks.steps.queues import queue_query
 
 router = APIRouter(include_in_schema=False)
+HSA_SHAPE = re.compile(r"[A-Z0-9][A-Z0-9-]{0,63}")
 QUEUE_LIMIT = 200  # most urgent first; a longer queue is a staffing problem, not a page to scroll
 
 
@@ -68,8 +70,15 @@ class QueueFilter:
 
     @classmethod
     def of(cls, unit: str = "", order_type: str = "") -> QueueFilter:
-        # Unknown values filter nothing away silently: they match no order, which the page says.
-        return cls(unit.strip().upper() or None, order_type.strip() or None)
+        """From the query string; 422 for a value no care unit or order type can have (an unknown but
+        well-formed unit matches no order, which the page says)."""
+        unit, order_type = unit.strip().upper(), order_type.strip()
+        if unit and not HSA_SHAPE.fullmatch(unit):
+            raise ApiError(422, "invalid_value", "Ogiltig vårdenhet.", field="unit")
+        if order_type and order_type not in ORDER_TYPES:
+            raise ApiError(422, "invalid_value", "Okänd beställningstyp. Tillåtna värden: "
+                           + ", ".join(ORDER_TYPES) + ".", field="type")
+        return cls(unit or None, order_type or None)
 
 
 def _seconds_left(due: datetime | None, at: datetime) -> int | None:
