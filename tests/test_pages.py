@@ -305,7 +305,7 @@ def test_my_orders_and_the_order_page(visit: Any, live_app: str) -> None:
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
     v.goto("/bestallningar")
     v.check("my-orders")
-    v.page.get_by_role("link", name=ref).click()
+    v.page.get_by_role("link", name=ref, exact=True).click()
     v.page.wait_for_url(f"**/bestallningar/{ref}")
     main = v.page.locator("main").inner_text()
     assert "19121212-****" in main and "<script>alert(1)</script> hot" in main  # shown as text, not run
@@ -342,7 +342,7 @@ def test_callback_and_execution_queues(visit: Any, live_app: str) -> None:
     v = visit(staff("oncall"), "Beredskapen (Region Kalmar län)")
     v.goto("/ko/aterringning")
     v.check("queue-callback")
-    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref).click()  # decided on the order page
+    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref, exact=True).click()  # decided on the order page
     v.page.get_by_label("Anteckning från samtalet (valfritt)").fill("Ringde upp beställaren")
     v.page.get_by_role("button", name="Registrera återuppringning").click()
     v.page.wait_for_url(re.compile(r".*uppringd=1"))
@@ -530,7 +530,7 @@ def test_manual_execution_confirmed_in_the_queue(visit: Any, ad: Adapters) -> No
     item = v.page.locator(f"tr[id='{ref}']")
     assert "-****" in item.inner_text() and not PNR_SHAPE.search(item.inner_text())
     v.check("queue-execution-with-order")
-    item.get_by_role("link", name=ref).click()  # decided on the order page (issue 14)
+    item.get_by_role("link", name=ref, exact=True).click()  # decided on the order page (issue 14)
     v.page.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
     v.page.locator(".error-summary").wait_for()
     v.check("queue-execution-errors")
@@ -599,7 +599,7 @@ FIRST_DAY = "TEST-KALMAR-FIRSTDAY"
 def _decide_in_queue(v: Visitor, slug: str, ref: str, fill: Any, button: str) -> None:
     """From the queue's row to the order page, where the decision form is (issue 14)."""
     v.goto(f"/ko/{slug}")
-    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref).click()
+    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref, exact=True).click()
     item = v.page.locator("#decision")
     fill(item)
     item.get_by_role("button", name=f"{button} för {ref}").click()
@@ -658,7 +658,7 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
     assessor = _as(visit, "assessor")
     assessor.goto("/ko/menprovning")
     assessor.check("queue-assessment")
-    assessor.page.locator(f"tr[id='{assessed[0]}']").get_by_role("link", name=assessed[0]).click()
+    assessor.page.locator(f"tr[id='{assessed[0]}']").get_by_role("link", name=assessed[0], exact=True).click()
     assert "Hot mot patienten" in assessor.page.locator("main").inner_text()
     assessor.page.get_by_role("button", name=f"Registrera menprövning för {assessed[0]}").click()
     assessor.page.locator(".error-summary").wait_for()
@@ -678,7 +678,7 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
     head.goto("/ko/godkannande")
     head.check("queue-approval")
     one = refs["seal_or_lock"]
-    head.page.locator(f"tr[id='{one}']").get_by_role("link", name=one).click()
+    head.page.locator(f"tr[id='{one}']").get_by_role("link", name=one, exact=True).click()
     head.page.get_by_role("button", name=f"Registrera beslut för {one}").click()
     head.page.locator(".error-summary").wait_for()
     head.check("queue-approval-errors")

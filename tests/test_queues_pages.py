@@ -171,7 +171,7 @@ def test_each_queue_with_an_urgent_and_a_normal_order(visit: Any, ad: Adapters, 
     if stage in ("approval", "execution"):
         assert "Menprövning: begränsa" in v.page.locator(f"tr[id='{normal}']").inner_text()
     v.check(f"q14-queue-{stage}")
-    row.get_by_role("link", name=urgent).click()
+    row.get_by_role("link", name=urgent, exact=True).click()
     v.page.wait_for_url(f"**/bestallningar/{urgent}")
 
 

@@ -128,6 +128,17 @@ def _stage_rows(s: Session, order: Order, names: dict[str, str]) -> list[dict[st
     return rows
 
 
+def _callback_done(clock: urgency.CallbackClock | None, order: Order,
+                   stage_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the orderer was called back (the clock's record, else the order's or the callback stage's), and
+    whether in time: the callback box then says "Återuppringd kl. …"."""
+    done = next((r["at"] for r in stage_rows if r["stage"] == Stage.CALLBACK and r["state"] == "done"), None)
+    at = (clock.recorded_at if clock else None) or order.callback_at or done
+    in_time = at is not None and (order.callback_due_at is None or at <= order.callback_due_at)
+    return {"callback_done_at": at, "callback_time": local(at).strftime("%H.%M") if at else None,
+            "callback_in_time": in_time}
+
+
 def _callback_note(order: Order) -> str:
     return next((d.text or "" for d in order.decisions if d.stage == Stage.CALLBACK and d.state == "accepted"), "")
 
@@ -174,7 +185,7 @@ def order_page_response(request: Request, user: User, reference: str, *, status:
         "can_make_urgent": on_call_here and open_order and clock is None,
         "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
                                and clock.state in ("running", "missed") and open_order,
-        "callback_time": local(clock.recorded_at).strftime("%H.%M") if clock and clock.recorded_at else None,
+        **_callback_done(clock, order, f["stage_rows"]),
         "callback_tel": tel_href(order.callback_phone) if shows_callback_phone and order.callback_phone else None,
         "support_phone": phone, "support_tel": tel,
         "guardian": masked(order.guardian_pnr) if order.order_type == "block_guardian" and order.guardian_pnr
