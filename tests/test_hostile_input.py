@@ -841,6 +841,9 @@ FUZZED: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/admin/sample-check"): (POSTS,),
     ("POST", "/api/orders/{reference}/review"): (PATHS, POSTS, "test_hostile_review_outcomes_store_nothing_invalid"),
     ("GET", "/api/queues/{stage}"): (QUERIES,),
+    ("GET", "/api/admin/orders"): (QUERIES,),
+    ("GET", "/api/admin/statistics"): (QUERIES,),
+    ("GET", "/api/admin/statistics.csv"): (QUERIES,),
 }
 # Pages and form posts are not in /openapi.json; these are the monitoring ones fuzzed here.
 PAGES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -891,6 +894,11 @@ ADMIN_GETS: list[tuple[str, str, tuple[str, ...]]] = [  # path, user, the parame
     ("/omprovningar", HEAD, ("klar", "utfall")),
     ("/api/queues/harm_assessment", ASSESSOR, ("unit", "type")),
     ("/ko/menprovning", ASSESSOR, ("enhet", "typ", "klar")),
+    ("/api/admin/orders", ADMIN, ("q", "region", "status", "urgent", "overdue", "offset")),
+    ("/api/admin/statistics", ADMIN, ("region", "from", "to")),
+    ("/api/admin/statistics.csv", ADMIN, ("region", "from", "to")),
+    ("/admin/bestallningar", ADMIN, ("q", "region", "status", "urgent", "overdue")),
+    ("/admin/statistik", ADMIN, ("region", "from", "to")),
 ]
 
 

@@ -130,10 +130,11 @@ def _stage_rows(s: Session, order: Order, names: dict[str, str]) -> list[dict[st
 
 def _callback_done(clock: urgency.CallbackClock | None, order: Order,
                    stage_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """When the orderer was called back (the clock's record, else the order's or the callback stage's), and
-    whether in time: the callback box then says "Återuppringd kl. …"."""
+    """When the orderer was called back (the earliest of the clock's record, the order's and the callback
+    stage's, as tasks/steps/escalation.callback_recorded_at), and whether in time: the callback box then says "Återuppringd kl. …"."""
     done = next((r["at"] for r in stage_rows if r["stage"] == Stage.CALLBACK and r["state"] == "done"), None)
-    at = (clock.recorded_at if clock else None) or order.callback_at or done
+    at = min((t for t in (clock.recorded_at if clock else None, order.callback_at, done) if t is not None),
+             default=None)
     in_time = at is not None and (order.callback_due_at is None or at <= order.callback_due_at)
     return {"callback_done_at": at, "callback_time": local(at).strftime("%H.%M") if at else None,
             "callback_in_time": in_time}
