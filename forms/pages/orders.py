@@ -169,31 +169,46 @@ def order_page_response(request: Request, user: User, reference: str, *, status:
     timeline = [{"at": h.at, "actor": "Systemet" if h.actor == "system" else names.get(h.actor, h.actor),
                  "text": ACTION_TEXT.get(h.note or "", LABELS_SV.get(OrderStatus(h.to), h.to)), "to": h.to}
                 for h in f["view"].history]
-    can_cancel = OrderStatus(order.status) in CANCELLABLE and (user.hsa_id == order.submitted_by or user.has("admin"))
     clock = urgency.callback_clock(ad, order.reference, at) if order.callback_due_at else None
-    # On-call support acts on the order from here: on the phone they have only the reference.
-    on_call_here = user.has(*urgency.TRIGGER_ROLES) and user.region in (None, order.region)
-    open_order = OrderStatus(order.status) not in FINAL
     region = ad.region(order.region)
-    phone, tel = phone_line(region)
-    shows_callback_phone = bool(order.callback_phone) and (
-        on_call_here or user.hsa_id == order.submitted_by or user.has("admin"))
     return render(request, "order.html.j2", {
-        **f, "user": user, "title": ("Fel: " if summary else "") + f"Beställning {order.reference}",
-        "order": order, "timeline": timeline, "can_cancel": can_cancel,
-        "overdue": sla.is_overdue(order.due_at, order.status, at),
+        **f, **_actions(user, order, clock), **_contacts(ad, user, order), **_callback_done(clock, order, f["stage_rows"]),
+        "user": user, "title": ("Fel: " if summary else "") + f"Beställning {order.reference}",
+        "order": order, "timeline": timeline, "overdue": sla.is_overdue(order.due_at, order.status, at),
         "clock": clock, "urgent_summary": contacts.staff_urgent_summary(region),
-        "can_make_urgent": on_call_here and open_order and clock is None,
-        "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
-                               and clock.state in ("running", "missed") and open_order,
-        **_callback_done(clock, order, f["stage_rows"]),
-        "callback_tel": tel_href(order.callback_phone) if shows_callback_phone and order.callback_phone else None,
-        "support_phone": phone, "support_tel": tel,
-        "guardian": masked(order.guardian_pnr) if order.order_type == "block_guardian" and order.guardian_pnr
-                    and not order.guardian_protected else None,
-        "run_url": _run_url(ad, order) if user.has("admin") else None,
         "summary": summary or [], "decision_errors": decision_errors or {}, "decision_values": decision_values or {},
         "notice": _notice(request, region.promised_callback_minutes)}, status)
+
+
+def _on_call_here(user: User, order: Order) -> bool:
+    # On-call support acts on the order from here: on the phone they have only the reference.
+    return user.has(*urgency.TRIGGER_ROLES) and user.region in (None, order.region)
+
+
+def _actions(user: User, order: Order, clock: urgency.CallbackClock | None) -> dict[str, bool]:
+    """What this person may do on the page: withdraw, make urgent, record the callback."""
+    open_order = OrderStatus(order.status) not in FINAL
+    on_call_here = _on_call_here(user, order)
+    return {
+        "can_cancel": OrderStatus(order.status) in CANCELLABLE and (user.hsa_id == order.submitted_by
+                                                                    or user.has("admin")),
+        "can_make_urgent": on_call_here and open_order and clock is None,
+        "can_record_callback": on_call_here and clock is not None and clock.recorded_at is None
+                               and clock.state in ("running", "missed") and open_order}
+
+
+def _contacts(ad: Adapters, user: User, order: Order) -> dict[str, Any]:
+    """Phone numbers and links: support's (everyone), the orderer's callback number (on call, support, the
+    orderer, admins), the guardian's masked number of a guardian block, the Prefect run (admins)."""
+    phone, tel = phone_line(ad.region(order.region))
+    shows_callback_phone = bool(order.callback_phone) and (
+        _on_call_here(user, order) or user.hsa_id == order.submitted_by or user.has("admin"))
+    guardian = None
+    if order.order_type == "block_guardian" and order.guardian_pnr and not order.guardian_protected:
+        guardian = masked(order.guardian_pnr)
+    return {"support_phone": phone, "support_tel": tel,
+            "callback_tel": tel_href(order.callback_phone) if shows_callback_phone and order.callback_phone else None,
+            "guardian": guardian, "run_url": _run_url(ad, order) if user.has("admin") else None}
 
 
 def _run_url(ad: Adapters, order: Order) -> str | None:
