@@ -92,3 +92,25 @@ def test_the_statistics_page(visit: Any, ad: Adapters) -> None:
     v.check("q14-admin-statistics-region")
     href = v.page.get_by_role("link", name="Exportera siffrorna som CSV").get_attribute("href") or ""
     assert href.startswith("/api/admin/statistics.csv?region=ostergotland")
+
+
+# --- the Prefect dashboard: automations say what they do, an order's card links back -----------------------
+
+def test_every_shipped_automation_says_what_it_does() -> None:
+    from uuid import uuid4
+
+    from tasks.adapters.automations import all_specs
+    for block in (None, uuid4()):
+        specs = all_specs(block)
+        assert len(specs) == 6
+        for spec in specs:
+            assert "Åtgärd:" in spec.description and len(spec.description) > 80, spec.name
+
+
+def test_an_order_s_card_links_back_to_its_page(ad: Adapters) -> None:
+    from tasks.adapters.timeline import markdown
+    ref = _order(ad, "awaiting_assessment")
+    text, run_id = markdown(ad.db, ref, "https://restriktioner.region.example/")
+    assert f"[Öppna beställningen i appen](https://restriktioner.region.example/bestallningar/{ref})" in text
+    assert run_id and not PNR_SHAPE.search(text)
+    assert "Öppna beställningen" not in markdown(ad.db, ref)[0]  # no address configured: no link
