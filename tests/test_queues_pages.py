@@ -264,3 +264,19 @@ def test_a_queue_by_keyboard_only(visit: Any, live_app: str) -> None:
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(rf".*/ko/menprovning\?klar={ref}"))
     assert f"Beslutet för {ref} är registrerat." in page.locator(".notice").inner_text()
+
+
+def test_a_missed_callback_tells_the_orderer(ad: Adapters, api: Any) -> None:
+    from models.tables import Deadline
+    missed = seeded(ad, "awaiting_assessment", urgent=True, due=timedelta(minutes=-12))
+    with ad.db.session() as s:
+        s.add(Deadline(order_reference=missed, kind="callback", due_at=NOW - timedelta(minutes=12)))
+    c = api(who("clinician"))
+    mine_page = c.get("/bestallningar").text
+    row = re.search(rf'<a href="/bestallningar/{missed}">.*?</tr>', mine_page, re.S)
+    assert row and "Inte uppringd i tid – eskalerad" in row.group(0)
+    assert re.search(r"\d{8}-\*{4}", row.group(0)) and "Försegla 1177 journal" in row.group(0)
+    page = c.get(f"/bestallningar/{missed}").text
+    assert "Till dig som beställde:" in page and "ring support" in page
+    # Not to the others reading it.
+    assert "Till dig som beställde:" not in api(who("oncall")).get(f"/bestallningar/{missed}").text

@@ -61,8 +61,15 @@ def my_orders(request: Request) -> Response:
         log_reads(s, user, rows, "list", at)
         for o in rows:
             s.expunge(o)
-    items = [{"o": o, "overdue": sla.is_overdue(o.due_at, o.status, at), "next": _next_deadline(o)} for o in rows]
+    items = [{"o": o, "overdue": sla.is_overdue(o.due_at, o.status, at), "next": _next_deadline(o),
+              "callback_missed": _callback_missed(o, at)} for o in rows]
     return render(request, "my_orders.html.j2", {"user": user, "title": "Mina beställningar", "items": items})
+
+
+def _callback_missed(o: Order, at: datetime) -> bool:
+    """The orderer was not called back in time and still has not been: their list says so."""
+    return (o.urgent and o.callback_due_at is not None and o.callback_at is None and at > o.callback_due_at
+            and OrderStatus(o.status) not in FINAL)
 
 
 def _next_deadline(o: Order) -> tuple[str, datetime] | None:
