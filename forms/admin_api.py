@@ -29,7 +29,7 @@ from forms.deps import adapters, now
 from models import statistics as stats_model
 from models.calendar import local
 from models.clock import STOCKHOLM
-from models.routine import ORDER_TYPES, STAGES, Stage
+from models.routine import ORDER_TYPES, Stage
 from models.schemas import INITIATIVE_LABELS_SV
 from models.status import LABELS_SV, OrderStatus
 from tasks.adapters import Adapters, audit
@@ -203,6 +203,7 @@ class Bar:
     value: float
     text: str        # the value as the table and the bar's label say it
     width: float     # 0..1 of the longest bar
+    short: str       # the label in the chart, where space is short (the table has `label`)
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,12 @@ class Chart:
         return 24 + 30 * len(self.bars)
 
 
-def chart(id_: str, title: str, desc: str, columns: tuple[str, str], rows: list[tuple[str, float, str]]) -> Chart:
-    top = max((v for _, v, _ in rows), default=0) or 1
-    return Chart(id_, title, desc, columns, tuple(Bar(label, v, text, v / top) for label, v, text in rows))
+def chart(id_: str, title: str, desc: str, columns: tuple[str, str], rows: list[tuple[str, float, str]],
+          top: float | None = None) -> Chart:
+    """Horizontal bars scaled to the largest value (or to `top`: shares against 100 %)."""
+    top = top or max((v for _, v, _ in rows), default=0) or 1
+    return Chart(id_, title, desc, columns, tuple(Bar(label, v, text, v / top, SHORT_LABELS.get(label, label))
+                                                  for label, v, text in rows))
 
 
 def _hours(minutes: float | None) -> str:
@@ -233,15 +237,23 @@ def _percent(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.0f} %"
 
 
+SHORT_LABELS = {ORDER_TYPES["seal_or_lock"].label_sv: "Försegling/låsning",
+                ORDER_TYPES["restore_access"].label_sv: "Återställande",
+                ORDER_TYPES["block_guardian"].label_sv: "Vårdnadshavare bort",
+                ORDER_TYPES["minor_access"].label_sv: "Minderårig 13–15 år"}
+SHORT_STAGE = {Stage.CALLBACK.value: "Återuppringning", Stage.HARM_ASSESSMENT.value: "Menprövning",
+               Stage.APPROVAL.value: "Godkännande", Stage.EXECUTION.value: "Verkställande"}
+
+
 def charts(data: dict[str, Any]) -> list[Chart]:
     lt = data["lead_time"]
     stage_rows: list[tuple[str, float, str]] = []
     for st in (*(s.value for s in Stage), "submit_to_completed"):
         s = lt["submit_to_completed"] if st == "submit_to_completed" else lt["stages"][st]
-        name = "Inskickad → klar" if st == "submit_to_completed" else STAGES[Stage(st)].title_sv
+        name = "Inskickad → klar" if st == "submit_to_completed" else SHORT_STAGE[st]
         med, p90 = s["median_minutes"], s["p90_minutes"]
-        stage_rows.append((f"{name} (median)", med or 0, f"{_hours(med)} (n = {s['n']})"))
-        stage_rows.append((f"{name} (90:e percentil)", p90 or 0, _hours(p90)))
+        stage_rows.append((f"{name}, median", med or 0, f"{_hours(med)} (n = {s['n']})"))
+        stage_rows.append((f"{name}, 90:e perc.", p90 or 0, _hours(p90)))
     sla = data["sla"]
     day, calls = sla["answered_within_one_working_day"], sla["callbacks_within_window"]
     vol = data["volume"]
@@ -251,7 +263,7 @@ def charts(data: dict[str, Any]) -> list[Chart]:
         chart("sla", "Servicenivå", f"Andel besvarade inom en arbetsdag ({day['met']} av {day['n']}) och andel "
               f"återuppringningar inom regionens tid ({calls['met']} av {calls['n']}).", ("Mått", "Andel"),
               [("Besvarade inom en arbetsdag", day["share"] or 0, _percent(day["share"])),
-               ("Återuppringda i tid", calls["share"] or 0, _percent(calls["share"]))]),
+               ("Återuppringda i tid", calls["share"] or 0, _percent(calls["share"]))], top=1),
         chart("week", "Beställningar per vecka", f"Antal inskickade beställningar per vecka, {vol['total']} totalt.",
               ("Vecka", "Antal"), [(w, n, str(n)) for w, n in vol["by_week"].items()]),
         chart("type", "Beställningar per typ och initiativ", "Antal inskickade beställningar per beställningstyp "

@@ -117,15 +117,15 @@ def ad(settings: Settings, db: Database) -> Adapters:
     return in_process(settings, db=db)
 
 
-def _store(ad: Adapters, r: OrderRecord) -> None:
+def store(ad: Adapters, r: OrderRecord, prefix: str = "RO-2026-7") -> None:
     """`r` as the routine would have left it in the database: the order, its accepted decisions, the audit rows
     of its final status and execution, its escalation."""
     outcomes = {"callback": "done", "harm_assessment": "do_not_restrict" if r.status == "rejected" else "restrict",
                 "approval": "approve", "execution": "done"}
     with ad.db.session() as s:
-        o = Order(reference=r.reference.replace("RO-2026-0", "RO-2026-7"), order_type=r.order_type,
+        o = Order(reference=r.reference.replace("RO-2026-0", prefix), order_type=r.order_type,
                   initiative=r.initiative, actions=[], patient_pnr=pnr().replace("-", ""),
-                  care_unit_hsa_id="DEMO-KALMAR-UNIT", region=r.region, status=r.status,
+                  care_unit_hsa_id=f"DEMO-{r.region.upper()}-UNIT", region=r.region, status=r.status,
                   submitted_by="DEMO-KALMAR-CLINICIAN", created_at=r.created_at, updated_at=r.created_at,
                   due_at=r.due_at, urgent=r.urgent, callback_due_at=r.callback_due_at, callback_at=r.callback_at,
                   reason="Hot", stage_plan={}, flow_name="seal-or-lock", flow_run_id=str(uuid.uuid4()))
@@ -150,7 +150,7 @@ def app(ad: Adapters) -> Iterator[TestClient]:
     from forms.app import create_app
     from forms.deps import now
     for r in KNOWN:
-        _store(ad, r)
+        store(ad, r)
     application = create_app(ad)
     application.dependency_overrides[now] = lambda: NOW
     with TestClient(application, client=("127.0.0.1", 40002)) as c:
