@@ -85,7 +85,7 @@ def _seconds_left(due: datetime | None, at: datetime) -> int | None:
     return None if due is None else max(0, math.ceil((due - at).total_seconds()))
 
 
-def _item(ad: Adapters, sd: StageDef, o: Order, unit_name: str, why: str | None, at: datetime) -> QueueItem:
+def _item(sd: StageDef, o: Order, unit_name: str, why: str | None, at: datetime) -> QueueItem:
     deadline = o.callback_due_at if sd.stage == Stage.CALLBACK else o.due_at
     left = _seconds_left(deadline, at) if o.urgent else None
     overdue = left == 0 if sd.stage == Stage.CALLBACK else sla.is_overdue(o.due_at, o.status, at)
@@ -111,7 +111,7 @@ def queue_items(ad: Adapters, user: User, sd: StageDef, at: datetime, flt: Queue
             if why and why.code not in ("own_order", "same_as_assessor"):
                 continue  # another unit's or region's decision: not this person's queue
             unit = directory.unit(s, o.care_unit_hsa_id)
-            items.append(_item(ad, sd, o, unit.name if unit else o.care_unit_hsa_id, why.message if why else None,
+            items.append(_item(sd, o, unit.name if unit else o.care_unit_hsa_id, why.message if why else None,
                                at))
         # The rows show each order's masked number: a read of personal data, logged per order, in the same
         # transaction as the query (one commit however long the queue).
