@@ -280,3 +280,11 @@ def test_a_missed_callback_tells_the_orderer(ad: Adapters, api: Any) -> None:
     assert "Till dig som beställde:" in page and "ring support" in page
     # Not to the others reading it.
     assert "Till dig som beställde:" not in api(who("oncall")).get(f"/bestallningar/{missed}").text
+
+
+def test_the_on_call_start_page_shows_the_callback_queue_first(api: Any) -> None:
+    page = api(who("oncall")).get("/").text
+    main = page[page.index('id="main"'):]
+    assert main.index('href="/ko/aterringning"') < main.index("<ul class=\"cards\">")
+    clinician = api(who("clinician")).get("/").text
+    assert 'href="/ko/aterringning"' not in clinician
