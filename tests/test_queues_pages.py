@@ -288,3 +288,12 @@ def test_the_on_call_start_page_shows_the_callback_queue_first(api: Any) -> None
     assert main.index('href="/ko/aterringning"') < main.index("<ul class=\"cards\">")
     clinician = api(who("clinician")).get("/").text
     assert 'href="/ko/aterringning"' not in clinician
+
+
+def test_a_rejected_order_s_remaining_stages_did_not_happen(ad: Adapters, api: Any) -> None:
+    rejected = seeded(ad, "rejected", decisions=(("harm_assessment", who("assessor"), "do_not_restrict",
+                                                  {"harm_found": False}, "Ingen risk för men"),))
+    page = api(who("clinician")).get(f"/bestallningar/{rejected}").text
+    assert "Menprövning: <span class=\"stage-state\">klar</span>" in page and "Begränsa inte" in page
+    assert "Godkännande: <span class=\"stage-state\">blev inte av</span>" in page
+    assert "Ingen risk för men" in page
