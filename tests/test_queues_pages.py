@@ -157,6 +157,8 @@ def test_each_queue_with_an_urgent_and_a_normal_order(visit: Any, ad: Adapters, 
                     decisions=decisions)  # the callback queue holds urgent orders only
     urgent = seeded(ad, status, urgent=True, due=timedelta(minutes=29, seconds=40),
                     decisions=(CALLED, *decisions[1:]) if stage != "callback" else ())
+    guardian = seeded(ad, status, order_type="block_guardian", actions=[], guardian_pnr="198001019802",
+                      due=timedelta(hours=3), urgent=stage == "callback", decisions=decisions)
     v = _as(visit, role)
     v.goto(f"/ko/{slug}")
     rows = v.page.locator("tr.queue-item")
@@ -169,7 +171,9 @@ def test_each_queue_with_an_urgent_and_a_normal_order(visit: Any, ad: Adapters, 
     if stage == "callback":
         assert row.get_by_role("link", name=re.compile("070-123 45 67")).get_attribute("href") == "tel:+46701234567"
     if stage in ("approval", "execution"):
-        assert "Menprövning: begränsa" in v.page.locator(f"tr[id='{normal}']").inner_text()
+        normal_row = v.page.locator(f"tr[id='{normal}']").inner_text()
+        assert "Menprövning: begränsa" in normal_row and "Risk för allvarligt men" in normal_row
+        assert "Vårdnadshavare: 19800101-****" in v.page.locator(f"tr[id='{guardian}']").inner_text()
     v.check(f"q14-queue-{stage}")
     row.get_by_role("link", name=urgent, exact=True).click()
     v.page.wait_for_url(f"**/bestallningar/{urgent}")
