@@ -388,8 +388,8 @@ def _env() -> Environment:
 
 templates = Jinja2Templates(env=_env())
 
-ADMIN_NAV = [("/admin", "Översikt"), ("/admin/avvikelser", "Avvikelser"), ("/admin/omprovningar", "Omprövningar"),
-             ("/admin/logg", "Loggutdrag")]
+ADMIN_NAV = [("/admin", "Översikt"), ("/admin/bestallningar", "Sök"), ("/admin/statistik", "Statistik"),
+             ("/admin/avvikelser", "Avvikelser"), ("/admin/omprovningar", "Omprövningar"), ("/admin/logg", "Loggutdrag")]
 
 
 def _nav(user: User) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forms import admin_routes, api, health, pages, paper_routes, urgent_routes
+from forms import admin_api, admin_routes, api, health, pages, paper_routes, queue_api, urgent_routes
 from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
 from forms.deps import adapters
 from forms.errors import ApiError
@@ -275,6 +275,8 @@ def create_app(ad: Adapters | None = None) -> FastAPI:
     app.include_router(paper_routes.router)
     app.include_router(paper_routes.pages_router)  # /pappersbestallningar, the support centre's paper page
     app.include_router(admin_routes.router)
+    app.include_router(queue_api.router)
+    app.include_router(admin_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

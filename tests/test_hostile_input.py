@@ -752,8 +752,9 @@ def test_markup_in_every_step_text_is_inert_and_never_in_an_email(ad: Adapters, 
                            headers=as_(who["oncall"]))]
     answers.append(client.post(f"/api/orders/{routine_ref}/assessment", headers=as_(who["assessor"]), json={
         "harm_found": True, "decision": "restrict", "rationale": payload(tags["rationale"]), "review_after_days": 30}))
-    queue_page = client.get("/ko/menprovning", headers=as_(who["assessor"]))
-    assert_shown_escaped(queue_page.text, payload(tags["reason"]))
+    # The queue's rows hold no free text; the order page, where the assessor decides, shows the reason.
+    order_page = client.get(f"/bestallningar/{routine_ref}", headers=as_(who["assessor"]))
+    assert_shown_escaped(order_page.text, payload(tags["reason"]))
     assert stored(ad, routine_ref).status == OrderStatus.AWAITING_APPROVAL  # its run took the assessment
     answers.append(client.post(f"/api/orders/{routine_ref}/approval", headers=as_(who["head"]),
                                json={"approved": True, "comment": payload(tags["comment"])}))
@@ -839,6 +840,10 @@ FUZZED: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/admin/patient-log"): (POSTS,),
     ("POST", "/api/admin/sample-check"): (POSTS,),
     ("POST", "/api/orders/{reference}/review"): (PATHS, POSTS, "test_hostile_review_outcomes_store_nothing_invalid"),
+    ("GET", "/api/queues/{stage}"): (QUERIES,),
+    ("GET", "/api/admin/orders"): (QUERIES,),
+    ("GET", "/api/admin/statistics"): (QUERIES,),
+    ("GET", "/api/admin/statistics.csv"): (QUERIES,),
 }
 # Pages and form posts are not in /openapi.json; these are the monitoring ones fuzzed here.
 PAGES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -887,6 +892,13 @@ ADMIN_GETS: list[tuple[str, str, tuple[str, ...]]] = [  # path, user, the parame
     ("/admin/avvikelser", ADMIN, ("region",)),
     ("/admin/omprovningar", ADMIN, ("region",)),
     ("/omprovningar", HEAD, ("klar", "utfall")),
+    ("/api/queues/harm_assessment", ASSESSOR, ("unit", "type")),
+    ("/ko/menprovning", ASSESSOR, ("enhet", "typ", "klar")),
+    ("/api/admin/orders", ADMIN, ("q", "region", "status", "urgent", "overdue", "offset")),
+    ("/api/admin/statistics", ADMIN, ("region", "from", "to")),
+    ("/api/admin/statistics.csv", ADMIN, ("region", "from", "to")),
+    ("/admin/bestallningar", ADMIN, ("q", "region", "status", "urgent", "overdue")),
+    ("/admin/statistik", ADMIN, ("region", "from", "to")),
 ]
 
 

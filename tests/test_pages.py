@@ -306,14 +306,15 @@ def test_my_orders_and_the_order_page(visit: Any, live_app: str) -> None:
     v = visit(CLINICIAN, "Klinikern (Region Kalmar län)")
     v.goto("/bestallningar")
     v.check("my-orders")
-    v.page.get_by_role("link", name=ref).click()
+    v.page.get_by_role("link", name=ref, exact=True).click()
     v.page.wait_for_url(f"**/bestallningar/{ref}")
     main = v.page.locator("main").inner_text()
     assert "19121212-****" in main and "<script>alert(1)</script> hot" in main  # shown as text, not run
     assert v.page.get_by_role("link", name="Skriv ut ifylld pappersblankett (PDF)").count() == 1
     assert v.page.get_by_role("link", name="Skriv ut tom pappersblankett (PDF)").count() == 1
     v.check("order")
-    v.page.get_by_role("button", name="Återkalla beställningen").click()
+    v.page.get_by_role("link", name="Återkalla beställningen…").click()  # asks first (issue 14)
+    v.page.get_by_role("button", name="Ja, återkalla beställningen").click()
     v.page.wait_for_url(re.compile(r".*aterkallad=1"))
     assert "Återkallad" in v.page.locator("main").inner_text()
     v.check("order-cancelled")
@@ -344,10 +345,10 @@ def test_callback_and_execution_queues(visit: Any, live_app: str) -> None:
     v = visit(staff("oncall"), "Beredskapen (Region Kalmar län)")
     v.goto("/ko/aterringning")
     v.check("queue-callback")
-    item = v.page.locator(f"section[id='{ref}']")
-    item.get_by_label("Anteckning från samtalet (valfritt)").fill("Ringde upp beställaren")
-    item.get_by_role("button", name=f"Registrera återuppringning för {ref}").click()
-    v.page.wait_for_url(re.compile(r".*/ko/aterringning\?klar=.*"))
+    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref, exact=True).click()  # decided on the order page
+    v.page.get_by_label("Anteckning från samtalet (valfritt)").fill("Ringde upp beställaren")
+    v.page.get_by_role("button", name="Registrera återuppringning").click()
+    v.page.wait_for_url(re.compile(r".*uppringd=1"))
     _wait(live_app, ref, "awaiting_assessment")
 
     admin = visit(staff("accountadmin"), "Kontoadministratören (Region Kalmar län)")
@@ -364,7 +365,7 @@ def test_on_call_makes_an_order_urgent_from_its_page_and_watches_the_countdown(v
     v.page.wait_for_url(re.compile(r".*bradskande=1"))
     timer = v.page.get_by_role("timer")
     first = timer.inner_text()
-    assert re.fullmatch(r"(30:00|29:[0-5]\d) min kvar", first), first  # app.js has taken over from the server text
+    assert re.fullmatch(r"(30 min 0|29 min [0-5]?\d) s kvar", first), first  # app.js has taken over from the server text
     v.page.wait_for_function("t => document.querySelector('[role=timer]').textContent !== t", arg=first, timeout=5000)
     v.check("order-urgent-countdown")
     v.page.get_by_label("Anteckning från samtalet (valfritt)").fill("Ringde upp beställaren")
@@ -462,9 +463,10 @@ def test_order_pages_as_the_head_and_support_and_a_409(visit: Any, live_app: str
     # The submitter's page still offers to cancel; the order is cancelled elsewhere meanwhile.
     v = visit(CLINICIAN, NAMES["clinician"])
     v.goto(f"/bestallningar/{ref}")
+    v.page.get_by_role("link", name="Återkalla beställningen…").click()
     with client(live_app, CLINICIAN) as api:
         assert api.post(f"/api/orders/{ref}/cancel", json={"reason": "Dubblett"}).status_code == 200
-    v.page.get_by_role("button", name="Återkalla beställningen").click()
+    v.page.get_by_role("button", name="Ja, återkalla beställningen").click()
     v.page.wait_for_load_state()
     assert v.page.get_by_role("heading", level=1).inner_text() == "Kan inte göras nu"
     v.check("error-409")
@@ -528,15 +530,15 @@ def test_manual_execution_confirmed_in_the_queue(visit: Any, ad: Adapters) -> No
     ref = stored_order(ad, "executing")
     v = _as(visit, "accountadmin")
     v.goto("/ko/verkstallande")
-    item = v.page.locator(f"section[id='{ref}']")
+    item = v.page.locator(f"tr[id='{ref}']")
     assert "-****" in item.inner_text() and not PNR_SHAPE.search(item.inner_text())
     v.check("queue-execution-with-order")
-    item.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
+    item.get_by_role("link", name=ref, exact=True).click()  # decided on the order page (issue 14)
+    v.page.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
     v.page.locator(".error-summary").wait_for()
     v.check("queue-execution-errors")
-    item = v.page.locator(f"section[id='{ref}']")
-    item.get_by_label("Referens i 1177 administrationsverktyg").fill("ADM-4711")
-    item.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
+    v.page.get_by_label("Referens i 1177 administrationsverktyg").fill("ADM-4711")
+    v.page.get_by_role("button", name=f"Bekräfta verkställande för {ref}").click()
     v.page.wait_for_url(re.compile(r".*/ko/verkstallande\?klar=.*"))
     assert f"Beslutet för {ref} är registrerat." in v.page.locator(".notice").inner_text()
     with ad.db.session() as s:
@@ -598,8 +600,10 @@ FIRST_DAY = "TEST-KALMAR-FIRSTDAY"
 
 
 def _decide_in_queue(v: Visitor, slug: str, ref: str, fill: Any, button: str) -> None:
+    """From the queue's row to the order page, where the decision form is (issue 14)."""
     v.goto(f"/ko/{slug}")
-    item = v.page.locator(f"section[id='{ref}']")
+    v.page.locator(f"tr[id='{ref}']").get_by_role("link", name=ref, exact=True).click()
+    item = v.page.locator("#decision")
     fill(item)
     item.get_by_role("button", name=f"{button} för {ref}").click()
     v.page.wait_for_url(re.compile(rf".*/ko/{slug}\?klar={ref}"))
@@ -656,10 +660,10 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
         _wait(live_app, ref, "awaiting_assessment")
     assessor = _as(visit, "assessor")
     assessor.goto("/ko/menprovning")
-    first = assessor.page.locator(f"section[id='{assessed[0]}']")
-    assert "Hot mot patienten" in first.inner_text()
     assessor.check("queue-assessment")
-    first.get_by_role("button", name=f"Registrera menprövning för {assessed[0]}").click()
+    assessor.page.locator(f"tr[id='{assessed[0]}']").get_by_role("link", name=assessed[0], exact=True).click()
+    assert "Hot mot patienten" in assessor.page.locator("main").inner_text()
+    assessor.page.get_by_role("button", name=f"Registrera menprövning för {assessed[0]}").click()
     assessor.page.locator(".error-summary").wait_for()
     assessor.check("queue-assessment-errors")
 
@@ -677,7 +681,8 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
     head.goto("/ko/godkannande")
     head.check("queue-approval")
     one = refs["seal_or_lock"]
-    head.page.locator(f"section[id='{one}']").get_by_role("button", name=f"Registrera beslut för {one}").click()
+    head.page.locator(f"tr[id='{one}']").get_by_role("link", name=one, exact=True).click()
+    head.page.get_by_role("button", name=f"Registrera beslut för {one}").click()
     head.page.locator(".error-summary").wait_for()
     head.check("queue-approval-errors")
     for ref in refs.values():
@@ -697,7 +702,7 @@ def test_a_new_clinician_orders_each_type_and_follows_it_to_completion(visit: An
         for step in ("Beställningen skickades in", "Godkänd", "Verkställd"):
             assert step in timeline, (order_type, timeline)
         assert ("Menprövning: begränsa" in timeline) == (ref in assessed), (order_type, timeline)
-        assert page.get_by_role("button", name="Återkalla beställningen").count() == 0
+        assert page.get_by_role("link", name="Återkalla beställningen…").count() == 0
         clinician.check(f"order-completed-{order_type}")
 
 

@@ -79,7 +79,7 @@ def bulk(ad: Adapters, n: int, status: str, *, due: datetime | None = None, **kw
 
 
 def listed(page: str) -> set[str]:
-    return set(re.findall(r'<section class="queue-item[^"]*" id="(RO-\d{4}-\d+)"', page))
+    return set(re.findall(r'<(?:section|tr) class="queue-item[^"]*" id="(RO-\d{4}-\d+)"', page))
 
 
 def reads(ad: Adapters, ref: str, via: str) -> int:

@@ -67,12 +67,12 @@ def masked(pnr: str) -> str:
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES),
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=when, short_when=short_when)
+    env.filters.update(when=when, short_when=short_when, day=swedish.day)
     env.filters["phone"] = national_phone  # +46701234567 -> 070-123 45 67 (models/phone.py)
     env.globals.update(status_label=lambda s: LABELS_SV.get(OrderStatus(s), s), type_label=ORDER_TYPE_LABELS_SV.get,
                        initiative_label=INITIATIVE_LABELS_SV.get, action_label=SEAL_LABELS.get,
                        restore_label=RESTORE_LABELS.get, role_label=ROLE_LABELS_SV.get, masked=masked,
-                       unset_text=UNSET_SV)
+                       unset_text=UNSET_SV, tel_href=tel_href)
     return env
 
 
@@ -81,8 +81,8 @@ templates = Jinja2Templates(env=_env())
 
 INTROS: dict[Stage, str] = {
     Stage.HARM_ASSESSMENT: "Beställningar i din region som väntar på menprövning.",
-    Stage.APPROVAL: "Beställningar som väntar på ditt godkännande: din vårdenhets, och som bakjour "
-                    "brådskande beställningar utanför kontorstid.",
+    Stage.APPROVAL: "Beställningar som väntar på ditt godkännande: från de vårdenheter där du är "
+                    "verksamhetschef och, om du är bakjour, brådskande beställningar utanför kontorstid.",
     Stage.CALLBACK: "Brådskande beställningar där beställaren ska ringas upp {promise}.",
     Stage.EXECUTION: "Godkända beställningar som ska utföras i 1177 administrationsverktyg.",
 }

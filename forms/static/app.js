@@ -122,8 +122,9 @@
           el.classList.add("is-late");
           return;
         }
-        var m = Math.floor(left / 60), s = left % 60;
-        el.textContent = m + ":" + (s < 10 ? "0" : "") + s + " min kvar";
+        // The server's words: "29 min 40 s kvar", "3 h 20 min kvar", "2 d 4 h kvar".
+        var d = Math.floor(left / 86400), h = Math.floor(left % 86400 / 3600), m = Math.floor(left % 3600 / 60), s = left % 60;
+        el.textContent = d ? d + " d " + h + " h kvar" : h ? h + " h " + m + " min kvar" : m + " min " + s + " s kvar";
       });
     }
     tick();

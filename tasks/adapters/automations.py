@@ -54,6 +54,15 @@ TAG = "restriction-orders"
 ORDER_FLOWS = [*ORDER_FLOW_NAMES, "urgent-order"]
 
 
+def with_action(description: str, block_id: UUID | None) -> str:
+    """The description says what the automation does when it fires: the dashboard's Action card of a "do
+    nothing" action is empty, so the words are the only place that tells."""
+    if block_id is None:
+        return (f"{description} Åtgärd: ingen avisering – att automationen utlöses syns under Händelser och i "
+                "automationens historik. Sätt RO_AUTOMATION_NOTIFY_BLOCK för att skicka en avisering.")
+    return f"{description} Åtgärd: avisering via det inställda notifieringsblocket (RO_AUTOMATION_NOTIFY_BLOCK)."
+
+
 def _actions(block_id: UUID | None, subject: str, body: str) -> list[ActionTypes]:
     if block_id is None:
         return [DoNothing()]
@@ -64,8 +73,9 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
     """The automations as Prefect models (no personal data: references and event names only)."""
     missed = AutomationCore(
         name=MISSED_CALLBACK, tags=[TAG],
-        description="Brådskande beställning: ingen återuppringning inom tiden. Eskalerad till regionens "
-                    "eskaleringskontakt och registrerad som avvikelse (händelse order.callback.missed).",
+        description=with_action("Brådskande beställning: ingen återuppringning inom tiden. Eskalerad till "
+                                "regionens eskaleringskontakt och registrerad som avvikelse (händelse "
+                                "order.callback.missed).", notify_block_id),
         trigger=EventTrigger(posture=Posture.Reactive, expect={"order.callback.missed"},
                              match={"prefect.resource.id": "order.*"}, for_each={"prefect.resource.id"},
                              threshold=1),
@@ -74,8 +84,9 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
     )
     failed = AutomationCore(
         name=RUN_FAILED, tags=[TAG],
-        description="En körning av ett beställningsflöde (eller urgent-order) misslyckades eller kraschade. "
-                    "Husstädningen startar en ny körning för en öppen beställning; titta på orsaken.",
+        description=with_action("En körning av ett beställningsflöde (eller urgent-order) misslyckades eller "
+                                "kraschade. Husstädningen startar en ny körning för en öppen beställning; titta "
+                                "på orsaken i körningens logg.", notify_block_id),
         trigger=EventTrigger(posture=Posture.Reactive,
                              expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                              match={"prefect.resource.id": "prefect.flow-run.*"},
@@ -88,7 +99,8 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
     zombie = AutomationCore(
         name=ZOMBIE, tags=[TAG],
         description="En körning som slutat skicka hjärtslag (maskin eller process död) markeras som kraschad; "
-                    "husstädningen startar då en ny körning som fortsätter från beställningsdatabasen.",
+                    "husstädningen startar då en ny körning som fortsätter från beställningsdatabasen. "
+                    "Åtgärd: körningens tillstånd sätts till Crashed.",
         trigger=EventTrigger(posture=Posture.Proactive, after={"prefect.flow-run.heartbeat"},
                              expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                                      "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",

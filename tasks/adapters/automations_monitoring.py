@@ -34,6 +34,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 from models.audit_chain import EVENT_BROKEN, RESOURCE_ID
 from models.sla import EVENT_OVERDUE
+from tasks.adapters.automations import with_action
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ def definitions(notify_block_id: UUID | None = None) -> list[AutomationCore]:
     return [
         AutomationCore(
             name=OVERDUE_ORDERS, enabled=True, tags=[TAG],
-            description="En beställning passerade sin klar-senast-tid (en gång per överskriden tid). "
-                        "Verksamhetschefen (brådskande: supportkön) och supportkön har fått e-post.",
+            description=with_action(
+                "En beställning passerade sin klar-senast-tid (en gång per överskriden tid). "
+                "Verksamhetschefen (brådskande: supportkön) och supportkön har fått e-post.", notify),
             trigger=EventTrigger(expect={EVENT_OVERDUE}, match={"prefect.resource.id": "order.*"},
                                  for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
                                  within=timedelta(0)),
@@ -66,8 +68,9 @@ def definitions(notify_block_id: UUID | None = None) -> list[AutomationCore]:
                              "(/admin).")),
         AutomationCore(
             name=MONITORING_FAILED, enabled=True, tags=[TAG],
-            description="Bevakningen (sla-monitor, review-reminders eller housekeeping) misslyckades: inga "
-                        "påminnelser skickas förrän den fungerar igen.",
+            description=with_action(
+                "Bevakningen (sla-monitor, review-reminders eller housekeeping) misslyckades: inga "
+                "påminnelser skickas förrän den fungerar igen.", notify),
             trigger=EventTrigger(
                 expect=set(FAILED_RUN_EVENTS), match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(MONITORING_FLOWS)},
@@ -76,9 +79,10 @@ def definitions(notify_block_id: UUID | None = None) -> list[AutomationCore]:
                              "Körningen {{ event.resource.name }} slutade med {{ event.event }}.")),
         AutomationCore(
             name=AUDIT_CHAIN_BROKEN, enabled=True, tags=[TAG],
-            description="Granskningsloggens hashkedja är bruten: en rad har ändrats, tagits bort eller lagts in "
-                        "vid sidan av appen. Kör `restriction-orders audit verify` för alla fel; "
-                        "administratörsöversikten visar den första brutna raden.",
+            description=with_action(
+                "Granskningsloggens hashkedja är bruten: en rad har ändrats, tagits bort eller lagts in "
+                "vid sidan av appen. Kör `restriction-orders audit verify` för alla fel; "
+                "administratörsöversikten visar den första brutna raden.", notify),
             trigger=EventTrigger(expect={EVENT_BROKEN}, match={"prefect.resource.id": RESOURCE_ID},
                                  posture=Posture.Reactive, threshold=1, within=timedelta(0)),
             actions=_actions(notify, "Granskningsloggens kedja är bruten",

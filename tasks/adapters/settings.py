@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # The execute task's bounded retries before the order falls back to paper (a JSON list in the env).
     execute_retry_delays: list[float] = [1.0, 5.0, 15.0]
     app_base_url: str = "http://127.0.0.1:8000"
+    # The Prefect dashboard as an admin's browser reaches it: the order page links an order's run there.
+    prefect_ui_url: str = "http://127.0.0.1:4200"
     trusted_proxies: str = "127.0.0.1,::1"
     # uvicorn's own setting (its default): whose X-Forwarded-For it believes. Read here only for `doctor`
     # (models/doctor.py check_proxy): a proxy in both lists locks everyone out.

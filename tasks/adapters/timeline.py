@@ -33,8 +33,14 @@ def artifact_key(reference: str) -> str:
     return f"order-{reference.strip().lower()}"
 
 
-def markdown(db: Database, reference: str) -> tuple[str, str | None]:
-    """The card's markdown and the order's flow run id."""
+def order_url(app_base_url: str, reference: str) -> str:
+    """The order's page in the app (its reference only: the page asks who is reading)."""
+    return f"{app_base_url.rstrip('/')}/bestallningar/{reference.strip().upper()}"
+
+
+def markdown(db: Database, reference: str, app_base_url: str = "") -> tuple[str, str | None]:
+    """The card's markdown and the order's flow run id. With the app's address the card links back to the
+    order's page, where people decide (a resume in the Prefect UI decides nothing)."""
     with db.session() as s:
         order = s.scalar(select(Order).where(Order.reference == reference.strip().upper()))
         if order is None:
@@ -45,6 +51,8 @@ def markdown(db: Database, reference: str) -> tuple[str, str | None]:
                  f"**{ORDER_TYPE_LABELS_SV[order.order_type]}** · {order.region} · "
                  f"{'brådskande' if order.urgent else 'ej brådskande'} · "
                  f"status **{LABELS_SV[OrderStatus(order.status)]}** (`{order.status}`)", "",
+                 *([f"[Öppna beställningen i appen]({order_url(app_base_url, order.reference)})", ""]
+                   if app_base_url else []),
                  "| Steg | Krävs | Regel |", "|---|---|---|"]
         for name, st in (order.stage_plan or {}).items():
             lines.append(f"| {name} | {'ja' if st.get('required') else 'nej'} | {st.get('rule')} |")
@@ -61,7 +69,7 @@ def publish(ad: Adapters, reference: str) -> bool:
     """Create the next version of the order's card. Best effort: the card is a convenience for the
     dashboard, so a hiccup is logged and never fails the step (or the command) that called it."""
     try:
-        text, order_run = markdown(ad.db, reference)
+        text, order_run = markdown(ad.db, reference, ad.settings.app_base_url)
         ad.engine.publish_card(artifact_key(reference), text, f"Tidslinje för {reference.strip().upper()}",
                                order_run)
     except Exception as exc:

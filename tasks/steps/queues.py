@@ -40,17 +40,33 @@ def mine(sd: StageDef, hsa_id: str, roles: tuple[str, ...], region: str | None) 
     return or_(*clauses) if clauses else false()
 
 
+def deadline_column(stage: str) -> Any:
+    """The deadline a queue row shows and is sorted by: the callback's in the callback queue, else the order's."""
+    return Order.callback_due_at if stage == Stage.CALLBACK else Order.due_at
+
+
 def waiting(stage: str) -> Select[tuple[Order]]:
-    """Every order waiting for `stage`, nearest deadline first. The callback queue holds every running
-    callback clock: also orders made urgent after their callback stage, and urgent orders whose run has not
-    received them yet (the engine down)."""
+    """Every order waiting for `stage`: urgent first, then the nearest deadline, then the oldest (the
+    contract's queue order; a row without a deadline, a paper order, comes after those with one). The
+    callback queue holds every running callback clock: also orders made urgent after their callback stage,
+    and urgent orders whose run has not received them yet (the engine down)."""
+    deadline = deadline_column(stage)
+    order_by = (Order.urgent.desc(), deadline.is_(None), deadline, Order.created_at, Order.id)
     if stage != Stage.CALLBACK:
-        return select(Order).where(Order.status == stage_def(stage).status).order_by(Order.due_at, Order.id)
+        return select(Order).where(Order.status == stage_def(stage).status).order_by(*order_by)
     open_statuses = [st.value for st in OrderStatus if st not in FINAL and st != OrderStatus.PAPER_FALLBACK]
     return (select(Order).where(Order.urgent.is_(True), Order.callback_at.is_(None),
                                 Order.callback_due_at.is_not(None), Order.status.in_(open_statuses))
-            .order_by(Order.callback_due_at, Order.id))
+            .order_by(*order_by))
 
 
-def queue_query(stage: str, hsa_id: str, roles: tuple[str, ...], region: str | None) -> Select[tuple[Order]]:
-    return waiting(stage).where(mine(stage_def(stage), hsa_id, roles, region))
+def queue_query(stage: str, hsa_id: str, roles: tuple[str, ...], region: str | None, *,
+                unit: str | None = None, order_type: str | None = None) -> Select[tuple[Order]]:
+    """This person's orders of `stage`, optionally only one care unit's or one order type's (the filters
+    run in SQL, before the page's limit)."""
+    q = waiting(stage).where(mine(stage_def(stage), hsa_id, roles, region))
+    if unit:
+        q = q.where(Order.care_unit_hsa_id == unit)
+    if order_type:
+        q = q.where(Order.order_type == order_type)
+    return q
