@@ -54,10 +54,21 @@ def born_years_ago(years: int, extra_days: int = 40) -> date:
     return anniversary - timedelta(days=extra_days)
 
 
+_SERIALS: dict[date, Iterator[int]] = {}
+
+
+def _fresh_serial(born: date) -> int:
+    """A serial not yet given out in this process for that birth date: a random one could repeat (900 serials
+    a day), and a repeated patient makes a duplicate-order warning no test asked for."""
+    if born not in _SERIALS:
+        _SERIALS[born] = iter(random.sample(range(100, 1000), 900))
+    return next(_SERIALS[born])
+
+
 def pnr(born: date | None = None, serial: int | None = None) -> str:
     """A 12-digit personal number with a valid check digit, a fresh serial by default (a new patient)."""
     born = born or born_years_ago(40)
-    s = f"{serial if serial is not None else random.randint(100, 999):03d}"
+    s = f"{serial if serial is not None else _fresh_serial(born):03d}"
     nine = f"{born:%y%m%d}{s}"
     return f"{born:%Y%m%d}-{s}{luhn(nine)}"
 
