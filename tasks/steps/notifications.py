@@ -210,7 +210,7 @@ def _queue_announcement(ad: Adapters, reference: str, stage: Stage | None, now: 
         subject = SUBJECT.format(ref=order.reference, title=work.stage_title.lower(),
                                  hhmm=f"{local(work.due_at):%H.%M}")
         new = 0
-        for r, hsa, role in recipients:
+        for r, _hsa, role in recipients:
             new += ad.mail.enqueue(s, order, event_of(waiting), [r], now=now, template="waiting", subject=subject,
                                    extra={**work.extra(), "decider_role": ROLE_LABELS_SV.get(role, role)})
         if new:
