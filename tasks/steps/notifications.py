@@ -311,5 +311,5 @@ def sent_to(ad: Adapters, hsa_id: str, limit: int = 10) -> list[Sent]:
         if not to:
             return []
         rows = s.scalars(select(OutboxMessage).where(OutboxMessage.recipient.in_(to))
-                         .order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc()).limit(limit))
+                         .order_by(OutboxMessage.id.desc()).limit(limit))
         return [Sent(m.created_at, m.subject, m.order_reference, m.status, m.recipient) for m in rows]
