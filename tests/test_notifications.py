@@ -364,3 +364,14 @@ def test_each_person_sees_what_they_were_sent(ad: Adapters, clock: FixedClock, s
     with ad.db.session() as s:
         assert s.scalar(select(func.count()).select_from(OutboxMessage)
                         .where(OutboxMessage.order_reference == ref)) >= 2
+
+
+def test_the_start_page_lists_what_was_sent_to_the_person(ad: Adapters, clock: FixedClock, smtp: Path) -> None:
+    from forms.app import create_app
+    ref = submit(ad)
+    decide(ad, ref, "callback", ONCALL, {"note": ""})
+    with TestClient(create_app(ad), client=("127.0.0.1", 40000)) as c:
+        html = c.get("/", headers={"X-Remote-User": ASSESSOR}).text
+        other = c.get("/", headers={"X-Remote-User": "DEMO-KALMAR-CLINICIAN2"}).text
+    assert "Skickat till dig" in html and f'href="/bestallningar/{ref}"' in html and "väntar på dig" in html
+    assert ref not in other
