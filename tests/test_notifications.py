@@ -154,9 +154,12 @@ def test_order_page_and_receipt_show_both_deadlines(ad: Adapters, clock: FixedCl
     ref = submit(ad)
     with TestClient(create_app(ad), client=("127.0.0.1", 40000)) as c:
         html = c.get(f"/bestallningar/{ref}", headers={"X-Remote-User": ONCALL}).text
-    assert re.search(r"Återuppringning senast</dt><dd>lördag 28 november 2026 kl\. 23\.40</dd>", html), html
+        receipt = c.get(f"/bestallningar/{ref}/kvitto", headers={"X-Remote-User": CLINICIAN}).text
+    assert re.search(r"Återuppringning senast</dt><dd>lördag 28 november 2026 kl\. 23\.40</dd>", receipt), receipt
+    assert re.search(r"Genomförd senast</dt><dd>söndag 29 november 2026 kl\. 03\.10</dd>", receipt), receipt
+    assert re.search(r"Återuppringning senast</strong> lördag 28 november 2026 kl\. 23\.40", html), html
     # Sunday 03:10: never Monday's office end.
-    assert re.search(r"Genomförd senast</dt><dd>söndag 29 november 2026 kl\. 03\.10</dd>", html), html
+    assert re.search(r"Genomförd senast</strong> söndag 29 november 2026 kl\. 03\.10", html), html
     assert "kl. 16.30" not in html
 
 
