@@ -65,10 +65,11 @@ def next_level(ad: Adapters, region: str) -> list[Recipient]:
 
 
 def acted_by(s: Session, order: Order, stage: Stage, due: datetime) -> datetime | None:
-    """When somebody acted on the stage: a decision stored by a person (proposed, accepted or refused) before
-    `due`, or the order's leaving the stage. None: nobody has acted."""
+    """When somebody acted on the stage: a decision stored by a person who may take it (proposed or accepted;
+    a refused attempt leaves the stage waiting) before `due`, or the order's leaving the stage. None: nobody
+    has acted."""
     decided = s.scalar(select(Decision.created_at).where(
-        Decision.order_id == order.id, Decision.stage == stage.value, Decision.decided_by != "",
+        Decision.order_id == order.id, Decision.stage == stage.value, Decision.state.in_(("proposed", "accepted")),
         Decision.created_at <= due).order_by(Decision.created_at).limit(1))
     if decided is not None:
         return decided
@@ -78,9 +79,11 @@ def acted_by(s: Session, order: Order, stage: Stage, due: datetime) -> datetime 
 
 
 def _announced_at(s: Session, reference: str, stage: Stage) -> datetime | None:
-    return s.scalar(select(AuditEvent.at).where(AuditEvent.order_reference == reference,
-                                                AuditEvent.action == "work_announced")
-                    .order_by(AuditEvent.id.desc()).limit(1))
+    """When the stage's deciders were told (the audit row `work_announced` of that stage)."""
+    rows = s.execute(select(AuditEvent.at, AuditEvent.detail).where(AuditEvent.order_reference == reference,
+                                                                    AuditEvent.action == "work_announced")
+                     .order_by(AuditEvent.id))
+    return next((at for at, detail in rows if (detail or {}).get("stage") == stage.value), None)
 
 
 def _fire(ad: Adapters, deadline_id: int, now: datetime) -> Unattended | None:
