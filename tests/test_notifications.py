@@ -378,3 +378,17 @@ def test_the_start_page_lists_what_was_sent_to_the_person(ad: Adapters, clock: F
         other = c.get("/", headers={"X-Remote-User": "DEMO-KALMAR-CLINICIAN2"}).text
     assert "Skickat till dig" in html and f'href="/bestallningar/{ref}"' in html and "väntar på dig" in html
     assert ref not in other
+
+
+def test_with_nobody_to_decide_the_support_queue_is_told(ad: Adapters, clock: FixedClock, smtp: Path) -> None:
+    from models.tables import Staff
+    with ad.db.session() as s:
+        s.get(Staff, ASSESSOR).active = False  # type: ignore[union-attr]
+    try:
+        ref = submit(ad)
+        decide(ad, ref, "callback", ONCALL, {"note": ""})
+        [m] = work_mails(smtp, ref, "harm_assessment")
+        assert m["To"] == "supportcenter@kalmar.invalid"
+    finally:
+        with ad.db.session() as s:
+            s.get(Staff, ASSESSOR).active = True  # type: ignore[union-attr]
