@@ -204,6 +204,8 @@ def _queue_announcement(ad: Adapters, reference: str, stage: Stage | None, now: 
         waiting = waiting_stage(ad, s, order)
         if waiting is None or (stage is not None and waiting != stage) or not order.urgent or order.due_at is None:
             return None
+        if any(d.stage == waiting.value and d.state == "proposed" for d in order.decisions):
+            return None  # somebody has decided already; the run takes it without waiting
         escalates = _escalation_deadline(ad, s, order, waiting, now)
         work = work_of(ad, s, order, waiting, escalates)
         recipients = _recipients(ad, s, order, waiting)
