@@ -35,7 +35,7 @@ from models.routine import HUMAN_STAGES, ORDER_TYPES, STAGES, OrderType, Stage, 
 from models.status import OrderStatus
 from tasks.adapters import Adapters, failpoints
 from tasks.adapters.gateway import GatewayUnavailable
-from tasks.steps import paper_fallback, stages
+from tasks.steps import notifications, paper_fallback, stages
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ async def human_step(ad: Adapters, run: Run, reference: str, stage: Stage) -> bo
             continue
         # The dashboard's card, once per step, now that the order waits (the card never delays a status).
         stages.publish_timeline(ad, reference)
+        # Tell the people who may decide it (urgent: at once; non-urgent: their next digest). Never fails the run.
+        notifications.announce_safely(ad, reference, stage.value)
         run.logger().info("%s waits for %s (attempt %s)", reference, stage.value, st.attempt)
         try:
             decision_id = await run.wait(stage, suspend_key(stage, st.attempt))

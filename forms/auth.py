@@ -31,6 +31,7 @@ from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from forms.deps import adapters
+from models.routine import ROLE_LABELS_SV as ROUTINE_ROLE_LABELS_SV
 from models.tables import Order, Staff
 from tasks.adapters import directory
 from tasks.adapters.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings
@@ -41,16 +42,8 @@ CSRF_HEADER = "X-CSRF-Token"
 USER_HEADER = "X-Remote-User"
 SESSION_MAX_AGE = 12 * 60 * 60  # one working shift
 
-ROLE_LABELS_SV: dict[str, str] = {
-    "clinician": "Vårdpersonal",
-    "assessor": "Menprövare",
-    "head_of_department": "Verksamhetschef",
-    "support": "Ärendehanterare (support)",
-    "account_admin": "Kontoadministratör",
-    "on_call": "Beredskap",
-    "bakjour": "Bakjour",
-    "admin": "Administratör",
-}
+# The labels are the routine's (models/routine.py): pages and emails name roles alike.
+ROLE_LABELS_SV = ROUTINE_ROLE_LABELS_SV
 # Roles that read every order of their region (a person without a region reads all regions).
 REGION_READERS = ("support", "on_call", "assessor", "account_admin", "bakjour")
 

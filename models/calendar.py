@@ -87,3 +87,9 @@ def due_at(submitted: datetime, hours: WorkingHours) -> datetime:
 def callback_deadline(submitted: datetime, minutes: int = 30) -> datetime:
     """When an urgent caller must have been called back: `minutes` of elapsed time, however the clocks move."""
     return (local(submitted).astimezone(UTC) + timedelta(minutes=minutes)).astimezone(STOCKHOLM)
+
+
+def urgent_due_at(submitted: datetime, target_hours: int = 4) -> datetime:
+    """When an urgent order must be done: `target_hours` of elapsed time after submission (the region's
+    `urgent_target_hours`), night, weekend or holiday alike. It is never moved to the next working day."""
+    return (local(submitted).astimezone(UTC) + timedelta(hours=target_hours)).astimezone(STOCKHOLM)

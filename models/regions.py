@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -122,6 +123,18 @@ class RegionSettings(BaseModel):
     # "must call back within 30 minutes"); never shown to the orderer as a promise.
     response_minutes: PositiveInt = 30
     review_interval_days: int = Field(default=365, gt=0)
+    # An urgent order's execution target: done within this many hours of submission (its `due_at`, kept after
+    # the callback; the red list and reminders run on it). Product decision (issue 13), not a contact value.
+    urgent_target_hours: PositiveInt = 4
+    # Nobody has acted on an urgent order's human stage (assessment, approval, manual execution) this long
+    # after it started waiting: escalated once, to the support queue and the on-call manager, with a deviation.
+    escalation_minutes: PositiveInt = 30
+    # When the people who decide non-urgent orders get their digest of what waits for them: working days,
+    # Stockholm time.
+    digest_times: list[time] = Field(default_factory=lambda: [time(8, 0), time(13, 0)], min_length=1)
+    # The region's on-call manager (jourhavande chef): the last step of an unattended urgent stage's
+    # escalation. Unset: the region's escalation contact is used instead.
+    on_call_manager_email: Mailbox = Mailbox()
 
     @model_validator(mode="after")
     def _covered(self) -> RegionSettings:

@@ -77,6 +77,19 @@ class Decider:
     scope: Scope
 
 
+# The roles as people read them (pages, emails: "who assessed and approved").
+ROLE_LABELS_SV: dict[str, str] = {
+    "clinician": "Vårdpersonal",
+    "assessor": "Menprövare",
+    "head_of_department": "Verksamhetschef",
+    "support": "Ärendehanterare (support)",
+    "account_admin": "Kontoadministratör",
+    "on_call": "Beredskap",
+    "bakjour": "Bakjour",
+    "admin": "Administratör",
+}
+
+
 # --- what a decision does -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -138,15 +138,17 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(prefect_ad: Adapte
     for ref, end in wanted_end.items():
         wait_status(ad, ref, end)
 
-    expected_mails = {routine: 2, urgent: 3}  # the head and the orderer; the urgent one paged on-call too
-    for ref, n in expected_mails.items():
+    # The head and the orderer; the urgent one also paged on-call, and (issue 13) its assessor and approver are
+    # told unless this test's decision was stored before the run reached the stage (then nobody waits for them).
+    expected_mails = {routine: (2, 2), urgent: (3, 5)}
+    for ref, (n, _) in expected_mails.items():
         wait_mails(smtp, ref, n, timeout=90)
     time.sleep(3)  # time for a doubled email to show up
-    for ref, n in expected_mails.items():
+    for ref, (n, most) in expected_mails.items():
         ids = [m["Message-ID"] for m in mails(smtp, ref)]
         with ad.db.session() as s:
             queued = {m.message_id for m in s.scalars(select(OutboxMessage).where(OutboxMessage.order_reference == ref))}
-        assert len(ids) == n and sorted(ids) == sorted(queued), (ref, ids, queued)  # each one, exactly once
+        assert n <= len(ids) <= most and sorted(ids) == sorted(queued), (ref, ids, queued)  # each one, exactly once
     with ad.db.session() as s:
         effects = {ref: sorted(e.effect for e in s.scalars(select(AppliedEffect)
                                                             .where(AppliedEffect.order_reference == ref)))

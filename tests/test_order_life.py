@@ -324,39 +324,41 @@ def test_every_valid_stored_order_passes_again(ad: Adapters, clock: FixedClock) 
     assert "lock_without_seal" in audit_rows(ad, refs[-1], "validated")[0].detail["warnings"]
 
 
-# --- item 6: an urgent order called back in time is due as usual ------------------------------------
+# --- item 6 (issue 13 item 2): an urgent order keeps its execution target after the callback ---------
 
-def test_a_callback_in_time_moves_the_due_time_off_the_callback_deadline(ad: Adapters, clock: FixedClock) -> None:
+def test_a_callback_in_time_keeps_the_urgent_execution_target(ad: Adapters, clock: FixedClock) -> None:
     clock.set(SATURDAY)
     ref = submit_at(ad, clock.now(), body(patient(), urgent=True))
-    assert order(ad, ref).due_at == SATURDAY + timedelta(minutes=30)
+    target = SATURDAY + timedelta(hours=4)  # the region's urgent_target_hours: never Monday's office end
+    assert (order(ad, ref).due_at, order(ad, ref).callback_due_at) == (target, SATURDAY + timedelta(minutes=30))
     assert stages.receive(ad, ref) == "awaiting_callback"
     clock.advance(minutes=10)
     assert decide(ad, ref, "callback", ONCALL, {"note": ""}) == "awaiting_assessment"
-    monday = stockholm(2022, 5, 16, 16, 30)  # a non-urgent order submitted Saturday: end of Monday's office hours
     o = order(ad, ref)
-    assert (o.due_at, o.callback_at) == (monday, clock.now())
-    [row] = audit_rows(ad, ref, "due_rescheduled")
-    assert (row.actor, row.detail) == (ONCALL, {"why": "callback_recorded", "from": "2022-05-14T09:30:00+00:00",
-                                               "due_at": "2022-05-16T14:30:00+00:00"})
+    assert (o.due_at, o.callback_at) == (target, clock.now())
+    assert audit_rows(ad, ref, "due_rescheduled") == []
     with ad.db.session() as s:
         rows = {d.kind: d for d in s.scalars(select(Deadline).where(Deadline.order_reference == ref))}
-    assert rows["callback"].met_at == clock.now() and rows["due"].due_at == monday and rows["due"].met_at is None
-    for later in (timedelta(minutes=25), timedelta(hours=30)):  # past 30 minutes: not red, no reminder
+    assert rows["callback"].met_at == clock.now() and rows["due"].due_at == target and rows["due"].met_at is None
+    for later in (timedelta(minutes=25), timedelta(hours=3)):  # past 30 minutes, before the target: not red
         assert not orders.overdue(o, clock.now() + later)
         assert monitoring.flag_overdue(ad, clock.now() + later, references=[ref]) == []
-    assert [f.reference for f in monitoring.flag_overdue(ad, monday + timedelta(minutes=1), references=[ref])] == [ref]
+    assert [f.reference for f in monitoring.flag_overdue(ad, target + timedelta(minutes=1), references=[ref])] == [ref]
 
 
-def test_a_callback_on_an_order_made_urgent_later_keeps_its_due_time(ad: Adapters, clock: FixedClock) -> None:
+def test_an_order_made_urgent_later_gets_the_urgent_target(ad: Adapters, clock: FixedClock) -> None:
     ref = submit_at(ad, clock.now(), body(patient()))
     due = order(ad, ref).due_at
     assert stages.receive(ad, ref) == "awaiting_assessment"
-    asyncio.run(urgent.start_urgent(ad, ref, ONCALL, clock.advance(minutes=5), start_run=False))
+    made = clock.advance(minutes=5)
+    asyncio.run(urgent.start_urgent(ad, ref, ONCALL, made, start_run=False))
+    target = made + timedelta(hours=4)
+    assert due is not None and target < due and order(ad, ref).due_at == target
     out = asyncio.run(urgent.record_callback(ad, ref, ONCALL, "", clock.advance(minutes=5)))
     assert (out.via, out.on_time) == ("stored", True)
-    assert order(ad, ref).due_at == due and order(ad, ref).callback_at == clock.now()
-    assert audit_rows(ad, ref, "due_rescheduled") == []
+    assert order(ad, ref).due_at == target and order(ad, ref).callback_at == clock.now()
+    [row] = audit_rows(ad, ref, "due_rescheduled")
+    assert (row.actor, row.detail["why"]) == (ONCALL, "made_urgent")
 
 
 # --- item 7: review dates only for restrictions made on care's initiative ---------------------------

@@ -179,10 +179,10 @@ def test_urgent_submit_needs_a_callback_within_30_minutes(ad: Adapters) -> None:
     order = load(ad, created(ad, body(urgent=True), SATURDAY).reference)
     assert order.urgent is True
     assert order.callback_due_at == SATURDAY + timedelta(minutes=30)
-    assert order.due_at == order.callback_due_at
+    assert order.due_at == SATURDAY + timedelta(hours=4)  # the urgent execution target (issue 13)
     with ad.db.session() as s:
-        kinds = [d.kind for d in s.scalars(select(Deadline).where(Deadline.order_reference == order.reference))]
-    assert kinds == ["callback"]
+        kinds = sorted(d.kind for d in s.scalars(select(Deadline).where(Deadline.order_reference == order.reference)))
+    assert kinds == ["callback", "due"]
 
 
 def test_reference_year_is_the_stockholm_year(ad: Adapters) -> None:

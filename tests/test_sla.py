@@ -141,22 +141,23 @@ def test_an_order_that_ends_after_its_breach_is_not_flagged_again(clocked: Clock
     assert len(audit_rows(ad, ref, "overdue")) == 1
 
 
-def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_as_usual(clocked: Clocked) -> None:
+def test_a_missed_callback_is_escalation_s_and_then_the_order_is_due_at_its_urgent_target(clocked: Clocked) -> None:
     from tasks.steps import orders, stages
     ad, clock = clocked(SATURDAY)
     ref = submit_at(ad, clock.now(), body(patient(), urgent=True))
-    assert order(ad, ref).due_at == stockholm(2021, 3, 13, 11, 30)
+    target = stockholm(2021, 3, 13, 15, 0)  # submission + the region's urgent_target_hours (issue 13)
+    assert order(ad, ref).due_at == target
     assert stages.receive(ad, ref) == "awaiting_callback"
     clock.advance(minutes=31)
     # Its only missed deadline is the callback: tasks/escalation.py escalates that, the monitor stays quiet.
     assert run(ad, [ref]) == []
     assert outbox(ad, ref, "overdue") == [] and emitted(ad) == [] and deviations(ad, ref) == []
 
-    clock.advance(minutes=14)  # called back late; from now on due as if submitted non-urgent on Saturday
+    clock.advance(minutes=14)  # called back late; it stays urgent: due at its target, not on Monday
     _, callback = orders.propose(ad, ref, "callback", "DEMO-KALMAR-ONCALL", {"note": ""})
     assert stages.record_decision(ad, ref, "callback", callback.id) == "awaiting_assessment"
-    assert order(ad, ref).due_at == stockholm(2021, 3, 15, 16, 30)
-    clock.set(stockholm(2021, 3, 15, 16, 29))
+    assert order(ad, ref).due_at == target
+    clock.set(stockholm(2021, 3, 13, 14, 59))
     assert run(ad, [ref]) == []
     clock.advance(minutes=2)
     [flag] = run(ad, [ref])

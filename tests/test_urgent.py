@@ -796,7 +796,9 @@ def test_order_page_make_urgent_countdown_and_callback(ad: Adapters, api: tuple[
     r = c.post(f"/bestallningar/{ref}/bradskande", data={"csrf_token": token}, headers=_as(ONCALL),
                follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/bestallningar/{ref}?bradskande=1"
-    assert len(mails(smtp, ref)) == 1
+    # The page to on-call, and (issue 13) the assessor told at once that the now urgent order waits for them.
+    assert sorted(str(m["To"]) for m in mails(smtp, ref)) == ["beredskap@kalmar.invalid",
+                                                             "demo-kalmar-assessor@kalmar.invalid"]
     html, token = _page_token(c, f"/bestallningar/{ref}?bradskande=1", ONCALL)
     assert "beredskapen (eller supportkön) är larmad" in html
     left = re.search(r'role="timer" aria-live="off" data-seconds-left="(\d+)">(\d+) min (\d+) s kvar', html)

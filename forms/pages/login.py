@@ -24,6 +24,7 @@ from models.routine import STAGES
 from models.schemas import ORDER_TYPE_LABELS_SV, ORDER_TYPES
 from models.tables import Staff
 from tasks.adapters import directory
+from tasks.steps.notifications import sent_to
 
 router = APIRouter(include_in_schema=False)
 ORDER_TYPE_HELP = {
@@ -97,6 +98,7 @@ def start(request: Request) -> Response:
     queues = [(f"/ko/{d.queue_slug}", {"title": d.title_sv, "intro": intro(d, ad, user)})
               for d in STAGES.values() if user.has(*d.roles)]
     return render(request, "start.html.j2", {"user": user, "title": "Start", "types": types, "queues": queues,
-                                             "region": user.region or "kalmar"})
+                                             "region": user.region or "kalmar",
+                                             "sent": sent_to(ad, user.hsa_id)})  # "Skickat till dig"
 
 

@@ -1,4 +1,5 @@
-"""Deadlines as database rows: a callback due within the region's callback time, an order due in one working day.
+"""Deadlines as database rows: a callback due within the region's callback time, an order due in one working day
+(an urgent one within the region's `urgent_target_hours`), an urgent human stage that escalates when nobody acts.
 
 They are fired by an idempotent dispatcher (the SLA and urgent flows), never by a sleeping process,
 so a restart of everything in between loses nothing.
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models.calendar import due_at as normal_due_at
+from models.calendar import urgent_due_at
 from models.tables import Deadline, Order
 from tasks.adapters import Adapters, audit
 
@@ -19,25 +20,14 @@ from tasks.adapters import Adapters, audit
 def schedule(s: Session, order: Order) -> None:
     if order.callback_due_at is not None:
         s.add(Deadline(order_reference=order.reference, kind="callback", due_at=order.callback_due_at))
-    if order.due_at is not None and not order.urgent:
+    if order.due_at is not None:
         s.add(Deadline(order_reference=order.reference, kind="due", due_at=order.due_at))
 
 
-def meet(s: Session, reference: str, kind: str, at: datetime) -> None:
-    """The promise was kept (callback made, order done): the dispatcher will not fire it."""
-    s.execute(update(Deadline).where(Deadline.order_reference == reference, Deadline.kind == kind,
-                                     Deadline.met_at.is_(None)).values(met_at=at))
-
-
-def callback_made(ad: Adapters, s: Session, order: Order, at: datetime, actor: str) -> None:
-    """On-call has called back: stop the callback clock, and from now on the order is due when a non-urgent
-    order submitted at the same moment would be. Until the callback its due time is the callback deadline;
-    left there, an urgent order called back in time would go red after 30 minutes."""
-    order.callback_at = at
-    meet(s, order.reference, "callback", at)
-    due = normal_due_at(order.created_at, ad.region(order.region).hours)
+def set_due(s: Session, order: Order, due: datetime, actor: str, at: datetime, why: str) -> None:
+    """Move the order's due time (and its open `due` deadline row) to `due`, audited."""
     if order.due_at == due:
-        return  # made urgent after submission: it kept its normal due time
+        return
     before = order.due_at
     order.due_at = due
     row = s.scalar(select(Deadline).where(Deadline.order_reference == order.reference, Deadline.kind == "due",
@@ -47,8 +37,25 @@ def callback_made(ad: Adapters, s: Session, order: Order, at: datetime, actor: s
     else:
         row.due_at = due
     audit.record(s, actor=actor, action="due_rescheduled", order=order, at=at,
-                 detail={"why": "callback_recorded", "from": before.astimezone(UTC).isoformat() if before else None,
+                 detail={"why": why, "from": before.astimezone(UTC).isoformat() if before else None,
                          "due_at": due.astimezone(UTC).isoformat()})
+
+
+def meet(s: Session, reference: str, kind: str, at: datetime) -> None:
+    """The promise was kept (callback made, order done): the dispatcher will not fire it."""
+    s.execute(update(Deadline).where(Deadline.order_reference == reference, Deadline.kind == kind,
+                                     Deadline.met_at.is_(None)).values(met_at=at))
+
+
+def callback_made(ad: Adapters, s: Session, order: Order, at: datetime, actor: str) -> None:
+    """On-call has called back: stop the callback clock. The order stays urgent and keeps its execution
+    target (`due_at`, submission + the region's `urgent_target_hours`): it is never moved to the next working
+    day. An order stored before that target existed was due at its callback deadline; it gets the target now."""
+    order.callback_at = at
+    meet(s, order.reference, "callback", at)
+    if order.due_at is None or (order.callback_due_at is not None and order.due_at <= order.callback_due_at):
+        set_due(s, order, urgent_due_at(order.created_at, ad.region(order.region).urgent_target_hours), actor, at,
+                "urgent_target")
 
 
 def open_deadlines(s: Session, reference: str) -> list[Deadline]:

@@ -36,6 +36,7 @@ from models.tables import Deadline, Decision, Deviation, Order
 from tasks.adapters import Adapters, audit
 from tasks.adapters.events import order_resource, run_related, stable_id
 from tasks.adapters.mail import Recipient
+from tasks.steps import notifications, notifications_digest, notifications_escalation
 from tasks.steps.paging import page_unpaged, when_local
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,16 @@ def escalate_due(ad: Adapters, now: datetime, *, references: Collection[str] | N
 
 
 def dispatch(ad: Adapters, now: datetime) -> dict[str, int]:
-    """One housekeeping round for the urgent path: queue pages that never went out, escalate missed callbacks."""
+    """One housekeeping round for the urgent path: queue pages that never went out, escalate missed callbacks;
+    tell the deciders of urgent stages a run did not announce, escalate urgent stages nobody acted on, and
+    send the non-urgent digests whose slot has come (tasks/steps/notifications*.py)."""
     paged = page_unpaged(ad, now)
     escalated = escalate_due(ad, now)
-    return {"paged": len(paged), "escalated": len(escalated)}
+    announced = notifications.announce_unannounced(ad, now)
+    unattended = notifications_escalation.escalate_unattended(ad, now)
+    digests = notifications_digest.send_digests(ad, now)
+    return {"paged": len(paged), "escalated": len(escalated), "announced": len(announced),
+            "unattended": len(unattended), "digests": digests}
 
 
 def run_dispatcher(ad: Adapters, every: float, stop: threading.Event, *, deliver_outbox: bool = False) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models import personnummer, sla
 from models.authority import Decider, OrderFacts, Refusal, refusal
-from models.calendar import callback_deadline, due_at, local
+from models.calendar import callback_deadline, due_at, local, urgent_due_at
 from models.reference import format_reference
 from models.routine import FLOW_NAMES, STAGE_STATUS, Stage, StagePlan, stage_def
 from models.rules import CheckResult, OpenOrder, RuleContext, check_assessment, check_order, restricts_access
@@ -204,7 +204,7 @@ def submit(ad: Adapters, raw: Any, actor: str, now: datetime, *, idempotency_key
             callback_phone=req.callback_phone,
             care_unit_hsa_id=req.care_unit_hsa_id, region=req.region, status=OrderStatus.SUBMITTED,
             channel=channel, submitted_by=actor, created_at=now, updated_at=now,
-            due_at=callback if req.urgent else due_at(now, hours),
+            due_at=urgent_due_at(now, region.urgent_target_hours) if req.urgent else due_at(now, hours),
             callback_due_at=callback if req.urgent else None,
             flow_name=FLOW_NAMES[req.order_type], idempotency_key=idempotency_key, request_hash=digest,
             paper_received_on=paper_received_on, paper_registered_by=paper_registered_by,

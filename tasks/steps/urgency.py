@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from models.authority import Refusal, refusal
-from models.calendar import callback_deadline
+from models.calendar import callback_deadline, urgent_due_at
 from models.reference import REFERENCE
 from models.routine import STAGES, Stage, StagePlan, replan_urgent
 from models.status import FINAL, OrderStatus
@@ -95,6 +95,10 @@ def _make_urgent(ad: Adapters, ref: str, actor: str, now: datetime, check_actor:
         order.callback_due_at = due
         order.updated_at = now
         s.add(Deadline(order_reference=ref, kind="callback", due_at=due))
+        # Urgent from now on: done within the region's target of this moment, unless it was due earlier.
+        target = urgent_due_at(now, region.urgent_target_hours)
+        if order.due_at is None or order.due_at > target:
+            deadlines.set_due(s, order, target, actor, now, "made_urgent")
         detail: dict[str, Any] = {"callback_due_at": due.isoformat(), "status": order.status}
         pending_approval = any(d.stage == "approval" and d.state == "proposed" for d in order.decisions)
         re = replan_urgent(StagePlan.from_json(order.stage_plan), OrderStatus(order.status), at=now,
