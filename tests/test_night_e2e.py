@@ -132,7 +132,7 @@ def test_the_night(ad: Adapters, clock: FixedClock, api: TestClient, smtp: Path)
         timeline.append(f"{clock.now():%H:%M}  {what}")
 
     # 22:30 the clinician submits an urgent seal and lock.
-    out = post(api, "/api/orders", CLINICIAN, body(patient(), urgent=True), wanted=201)
+    out = post(api, "/api/orders", CLINICIAN, body(patient(), urgent=True, callback_phone="070-123 45 67"), wanted=201)
     ref = out["reference"]
     assert datetime.fromisoformat(out["callback_due_at"]) == NIGHT + timedelta(minutes=30)
     assert datetime.fromisoformat(out["due_at"]) == NIGHT + timedelta(hours=4)  # genomförd senast 02:30
@@ -210,7 +210,7 @@ def test_the_night(ad: Adapters, clock: FixedClock, api: TestClient, smtp: Path)
 
 def test_an_assessment_nobody_takes_escalates_exactly_once(ad: Adapters, clock: FixedClock, api: TestClient,
                                                          smtp: Path) -> None:
-    ref = post(api, "/api/orders", CLINICIAN, body(patient(), urgent=True), wanted=201)["reference"]
+    ref = post(api, "/api/orders", CLINICIAN, body(patient(), urgent=True, callback_phone="070-123 45 67"), wanted=201)["reference"]
     clock.advance(minutes=2)
     decide(api, ad, ref, "callback", ONCALL, {"note": ""})
     waiting_since = clock.now()
