@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -24,11 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forms import admin_routes, api, health, pages, paper_routes, urgent_routes
-from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
+from forms.auth import NotAllowed, NotAuthenticated, audit_refusal, check_session_settings, csrf_guard
 from forms.deps import adapters
 from forms.errors import ApiError
 from forms.pages.common import error_page, render_plain_error
 from models.schemas import OrderRequest
+from models.text import BIDI_CODE, BIDI_MESSAGE
 from tasks.adapters import Adapters
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,9 @@ def _validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
     for e in exc.errors():
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         missing = e.get("type") == "missing"
+        if e.get("type") == BIDI_CODE:  # free text with direction overrides (models/text.py)
+            out.append({"field": ".".join(loc), "code": BIDI_CODE, "message": BIDI_MESSAGE})
+            continue
         out.append({"field": ".".join(loc), "code": "required" if missing else "invalid_value",
                     "message": "Fältet måste fyllas i." if missing else "Ogiltigt värde."})
     return out
@@ -170,6 +175,7 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NotAllowed)
     async def _not_allowed(request: Request, exc: NotAllowed) -> Response:
+        await run_in_threadpool(audit_refusal, request, exc)  # refusals at the role gate are audited too
         if _wants_json(request):
             return _error_json(403, exc.code, exc.message)
         return error_page(request, 403, exc.message)

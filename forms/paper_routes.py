@@ -40,6 +40,7 @@ from forms.auth import (
     User,
     check_api_csrf,
     check_form_csrf,
+    cookie_revoked,
     csrf_ok,
     require_roles,
     session_data,
@@ -205,7 +206,8 @@ def _printer(request: Request) -> Printer:
         raise NotAuthenticated()
     try:
         with ad.db.session() as s:
-            person = directory.staff(s, who.hsa_id)
+            revoked = who.via == "cookie" and cookie_revoked(request, s)
+            person = None if revoked else directory.staff(s, who.hsa_id)
             units = list(s.scalars(select(CareUnit).order_by(CareUnit.region, CareUnit.name)))
             for u in units:
                 s.expunge(u)

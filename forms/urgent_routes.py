@@ -156,7 +156,7 @@ async def callback_clock(reference: str, user: User = Depends(current_staff), no
     try:
         ref = urgency.normalise_reference(reference)
         if not await run_in_threadpool(_readable, ad, user, ref):
-            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
+            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role", audited=True)
         c = await run_in_threadpool(urgency.callback_clock, ad, ref, now)
     except (ValueError, orders.NotFound):
         return _error(*NOT_FOUND)

@@ -25,6 +25,7 @@ from models.schemas import (
     Problem,
     is_plain_text,
 )
+from models.text import BIDI_CODE, BIDI_MESSAGE, has_bidi_control
 
 MESSAGES: dict[str, str] = {
     "required": "Fältet måste fyllas i.",
@@ -34,6 +35,8 @@ MESSAGES: dict[str, str] = {
     "guardian_is_patient": "Vårdnadshavaren kan inte vara samma person som patienten.",
     "reason_too_long": f"Motiveringen får vara högst {REASON_MAX} tecken.",
     "unknown_care_unit": "Vårdenheten finns inte i katalogen.",
+    "care_unit_other_region": "Du kan bara beställa för vårdenheter i din egen region.",
+    BIDI_CODE: BIDI_MESSAGE,
     "care_only": "Denna beställning kan bara göras på vårdens initiativ.",
     "identity_check_required": "Patientens egen försegling kan bara hävas efter identitetskontroll vid personligt besök.",
     "consent_required": "Barnets samtycke krävs för att ge vårdnadshavare tillgång.",
@@ -56,6 +59,8 @@ class RuleContext:
     care_units: Mapping[str, str]          # HSA-id -> region code
     region_hours: Mapping[str, WorkingHours]  # region code -> working hours
     access: AccessState | None = None      # the patient's current state, when known
+    # The orderer's own region when the orderer is a clinician of one region: they order only for its units.
+    orderer_region: str | None = None
 
 
 @dataclass
@@ -216,6 +221,9 @@ def _reason(raw: Mapping[str, Any], r: CheckResult) -> str:
     if len(reason) > REASON_MAX:
         _err(r, "reason", "reason_too_long")
         return reason
+    if has_bidi_control(reason):
+        _err(r, "reason", BIDI_CODE)
+        return ""
     if not is_plain_text(reason):
         _err(r, "reason", "invalid_value")
         return ""
@@ -231,6 +239,9 @@ def _care_unit(raw: Mapping[str, Any], ctx: RuleContext, region: str | None, r: 
         _err(r, "care_unit_hsa_id", "unknown_care_unit")
         return None
     unit = unit.strip().upper()
+    if ctx.orderer_region and ctx.care_units[unit] != ctx.orderer_region:
+        _err(r, "care_unit_hsa_id", "care_unit_other_region")
+        return None
     if region and ctx.care_units[unit] != region:
         _err(r, "region", "invalid_value", "Vårdenheten hör inte till den valda regionen.")
     return unit

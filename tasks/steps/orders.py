@@ -71,7 +71,17 @@ def rule_context(ad: Adapters, s: Session, raw: Any, now: datetime, actor: str, 
             audit.record(s, actor=actor, action=SEARCH_ACTION, patient_pnr=pnr.digits, at=now,
                          detail={"purpose": purpose, "known": state is not None})
     return RuleContext(now=now, care_units=directory.care_units(s),
-                       region_hours={c: r.hours for c, r in ad.regions.items()}, access=state)
+                       region_hours={c: r.hours for c, r in ad.regions.items()}, access=state,
+                       orderer_region=_orderer_region(s, actor))
+
+
+def _orderer_region(s: Session, actor: str) -> str | None:
+    """A clinician of a region orders only for that region's care units (checked on submit, validate and
+    print alike). Support registering a paper order is checked by its own rule (tasks/steps/paper_orders.py)."""
+    person = directory.staff(s, actor)
+    if person is None or not directory.has_role(person, "clinician") or directory.has_role(person, "support"):
+        return None
+    return person.region
 
 
 def check(ad: Adapters, raw: Any, now: datetime, actor: str) -> CheckResult:
@@ -205,8 +215,8 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
     detail = {k: v for k, v in body.items() if k != sd.text_field}
     with ad.db.session() as s:
         order = get(s, reference)
-        if order.status != STAGE_STATUS[Stage(stage)]:
-            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
+        # Who may decide comes before the order's status (403 before 409): a person of another region or
+        # unit learns nothing about where the order stands.
         person = directory.staff(s, actor)
         why = refusal(stage, decider(person), facts(s, order))
         if why:
@@ -214,6 +224,8 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
                          detail={"stage": stage, "why": why.code, "by": "app"}, at=now)
             s.commit()
             raise Forbidden(why)
+        if order.status != STAGE_STATUS[Stage(stage)]:
+            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
         pending = [d for d in order.decisions if d.stage == stage and d.state == "proposed"]
         if pending:
             raise Conflict("a decision on this stage is already being processed")
