@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -77,13 +77,23 @@ async def validate_order(request: Request, user: User = Depends(require_user), a
                          ad: Adapters = Depends(adapters)) -> Any:
     check_api_csrf(request, user)
     require_roles(user, "clinician")
-    raw = await json_body(request)
+    try:
+        raw = await json_body(request)
+    except ApiError as exc:  # the answer has the declared shape here too: errors and (no) warnings
+        exc.extra.setdefault("warnings", [])
+        raise
     result = await run_in_threadpool(orders.check, ad, raw, at, user.hsa_id)
     body = {"errors": problems(result.errors), "warnings": problems(result.warnings)}
     return JSONResponse(body, status_code=200 if result.ok else 422)
 
 
 # --- read ---------------------------------------------------------------------------------------------
+
+@router.api_route("/orders/validate", methods=["GET", "HEAD"], include_in_schema=False)
+async def validate_is_a_post() -> Response:
+    # Without this, GET /api/orders/validate would read an order called "validate" (404): say 405 instead.
+    raise HTTPException(405, "Metoden är inte tillåten.", headers={"Allow": "POST"})
+
 
 @router.get("/orders/{reference}", response_model=OrderView, summary="Läs en beställning (maskerat personnummer)",
             responses={404: {"model": ErrorResponse}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from forms.auth import NotAllowed, NotAuthenticated, audit_refusal, check_sessio
 from forms.deps import adapters
 from forms.errors import ApiError
 from forms.pages.common import error_page, render_plain_error
+from forms.responses import finish_openapi
 from models.schemas import OrderRequest
 from models.text import BIDI_CODE, BIDI_MESSAGE
 from tasks.adapters import Adapters
@@ -157,6 +159,18 @@ def _validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods `/openapi.json` declares for the path. A path such as /api/orders/validate is also
+    /api/orders/{reference}: a fixed path's own methods win."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    if path in paths:
+        return ", ".join(sorted(m.upper() for m in paths[path]))
+    methods = {m.upper() for template, ops in paths.items()
+               if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path) for m in ops}
+    return ", ".join(sorted(methods))
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -190,9 +204,15 @@ def _install_handlers(app: FastAPI) -> None:
                     415: "Skicka JSON (Content-Type: application/json)."}
         message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
         if _wants_json(request):
-            code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
-            return _error_json(exc.status_code, code, message)
-        return error_page(request, exc.status_code, message)
+            code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+                exc.status_code, "http_error")
+            response: Response = _error_json(exc.status_code, code, message)
+        else:
+            response = error_page(request, exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only its first route's (Starlette's)
+            response.headers["Allow"] = _allowed_methods(request)
+        return response
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> Response:
@@ -226,7 +246,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(order.pop("$defs", {}))
     components["OrderRequest"] = order
-    app.openapi_schema = schema
+    app.openapi_schema = finish_openapi(schema, app.state.adapters.regions)  # forms/responses.py
     return schema
 
 

@@ -306,7 +306,7 @@ def _audit_print(who: Printer, order_type: str, region: str, raw: Mapping[str, A
 
 
 PRINT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/OrderRequest"}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/PrintableOrder"}},
     "application/x-www-form-urlencoded": {"schema": {"type": "object", "description":
                                                      "The order form's own fields, with csrf_token"}}}}}
 
@@ -328,6 +328,9 @@ async def print_filled(order_type: str, request: Request,
     the body's `region`, else `?region=`."""
     if order_type not in ORDER_TYPES:
         raise ApiError(404, "not_found", "Okänd beställningstyp.")
+    if region is not None and region not in adapters(request).regions:
+        raise ApiError(422, "invalid_value", f"Okänd region. Tillåtna värden: {', '.join(adapters(request).regions)}.",
+                       field="region")
     now = current_time(request)
     who = await run_in_threadpool(_printer, request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -344,7 +347,7 @@ async def print_filled(order_type: str, request: Request,
         if who.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
             raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
         raw = await json_body(request)
-        if isinstance(raw, Mapping) and not raw.get("region") and region:
+        if isinstance(raw, Mapping) and raw.get("region") in (None, "") and region:  # a wrong type stays wrong
             raw = {**raw, "region": region}
     blocking, gaps = await run_in_threadpool(check_printable, order_type, raw, who, now)
     if blocking:

@@ -94,10 +94,10 @@ def stored_request(order: Order) -> dict[str, Any]:
     it was stored with, and its reason (checked when it was submitted; the rules only bound its length)."""
     raw: dict[str, Any] = {
         "order_type": order.order_type, "initiative": order.initiative, "actions": list(order.actions or []),
-        "patient_personal_number": order.patient_pnr, "patient_protected_identity": order.patient_protected,
-        "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": order.guardian_protected,
-        "identity_checked_in_person": order.identity_checked,
-        "urgent": order.urgent, "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
+        "patient_personal_number": order.patient_pnr, "patient_protected_identity": bool(order.patient_protected),
+        "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": bool(order.guardian_protected),
+        "identity_checked_in_person": bool(order.identity_checked),
+        "urgent": bool(order.urgent), "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
         "region": order.region}
     if order.order_type == "minor_access":
         raw["minor_access"] = {"grant": order.minor_grant, "recipient": order.minor_recipient,
