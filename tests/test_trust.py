@@ -249,3 +249,47 @@ def test_free_text_with_a_direction_override_is_refused_in_swedish(web: TestClie
              {"harm_found": True, "decision": "restrict", "rationale": f"Skäl {char}x"})
     assert d.status_code == 422 and codes(d) == {"rationale": "bidi_control"}, d.text
     assert "läsriktning" in messages(d)["rationale"]
+
+
+# --- strict types in request bodies (part 5) ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"reason": None}, "reason"), ({"urgent": None}, "urgent"), ({"patient_protected_identity": None},
+                                                                 "patient_protected_identity"),
+    ({"guardian_personal_number": 0}, "guardian_personal_number"), ({"minor_access": "ja"}, "minor_access"),
+    ({"minor_access": {"grant": False}}, "minor_access"), ({"urgent": "true"}, "urgent"),
+])
+def test_validate_refuses_wrong_types_even_in_fields_the_order_type_ignores(web: TestClient, extra: dict[str, Any],
+                                                                            field: str) -> None:
+    r = post(web, "/api/orders/validate", KALMAR_CLINICIAN, body("seal_or_lock", **extra))
+    assert r.status_code == 422 and codes(r) == {field: "invalid_value"}, r.text
+    assert r.json()["warnings"] == [] or isinstance(r.json()["warnings"], list)
+
+
+def test_block_guardian_refuses_unknown_actions_but_ignores_valid_ones(web: TestClient) -> None:
+    b = body("block_guardian", guardian_personal_number=aged(44, 611), patient_personal_number=aged(9, 612))
+    assert post(web, "/api/orders/validate", KALMAR_CLINICIAN, {**b, "actions": ["seal_journal"]}).status_code == 200
+    bogus = post(web, "/api/orders/validate", KALMAR_CLINICIAN, {**b, "actions": ["bogus"]})
+    assert bogus.status_code == 422 and codes(bogus) == {"actions": "invalid_value"}
+
+
+def test_validates_malformed_json_answer_has_warnings_too(web: TestClient) -> None:
+    r = web.post("/api/orders/validate", content=b'{"order_type": ', headers={
+        "X-Remote-User": KALMAR_CLINICIAN, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["warnings"] == [] and codes(r) == {"": "invalid_value"}
+
+
+def test_sample_check_takes_json_integers_only(web: TestClient) -> None:
+    h = {"X-Remote-User": "DEMO-ADMIN"}
+    for bad in ({"seed": False}, {"days": "30"}, {"size": True}):
+        assert web.post("/api/admin/sample-check", json=bad, headers=h).status_code == 422, bad
+    assert web.post("/api/admin/sample-check", json={"days": 30.0, "size": 1}, headers=h).status_code == 200
+
+
+def test_an_undeclared_method_gets_405_naming_the_declared_ones(web: TestClient) -> None:
+    h = {"X-Remote-User": KALMAR_CLINICIAN}
+    r = web.get("/api/orders/validate", headers=h)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = web.request("DELETE", "/api/paper-forms/seal_or_lock.pdf", headers=h)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert codes(r) == {"": "method_not_allowed"}
