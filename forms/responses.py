@@ -77,7 +77,10 @@ def _param_schema(param: dict[str, Any], regions: list[str]) -> None:
     if name in enums and where in ("query", "path"):
         param["schema"] = {"type": "string", "enum": enums[name], "title": param.get("schema", {}).get("title", name)}
     elif name == "Idempotency-Key" and where == "header":
-        param["schema"] = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,120}$", "title": name}
+        schema = param.get("schema", {})
+        for option in schema.get("anyOf", [schema]):  # FastAPI's `str | None`: the string gets the shape
+            if option.get("type") == "string":
+                option["pattern"] = "^[\\x21-\\x7e]{1,120}$"
     elif name == "reference" and where == "path":
         param["schema"] = {"type": "string", "pattern": REFERENCE_PATTERN, "title": "Reference"}
 
