@@ -159,7 +159,13 @@ def parse_filters(ad: Adapters, region: str | None, status: str | None) -> Filte
 
 
 def _filters_or_422(ad: Adapters, region: str | None, status: str | None) -> Filters | JSONResponse:
+    """The API takes the values `/openapi.json` lists, exactly (empty: no filter); the pages' forms are
+    read more leniently (parse_filters)."""
     try:
+        if region not in (None, "", *ad.regions):
+            raise BadFilter("region", f"Okänd region. Tillåtna värden: {', '.join(ad.regions)}.")
+        if status not in (None, "", *(s.value for s in OrderStatus)):
+            raise BadFilter("status", "Okänd status.")
         return parse_filters(ad, region, status)
     except BadFilter as exc:
         return _error(422, "invalid_value", exc.message, exc.field)

@@ -328,7 +328,7 @@ async def print_filled(order_type: str, request: Request,
     the body's `region`, else `?region=`."""
     if order_type not in ORDER_TYPES:
         raise ApiError(404, "not_found", "Okänd beställningstyp.")
-    if region is not None and region not in adapters(request).regions:
+    if region and region not in adapters(request).regions:
         raise ApiError(422, "invalid_value", f"Okänd region. Tillåtna värden: {', '.join(adapters(request).regions)}.",
                        field="region")
     now = current_time(request)

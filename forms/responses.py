@@ -74,8 +74,12 @@ def _add_responses(path: str, method: str, op: dict[str, Any]) -> None:
 def _param_schema(param: dict[str, Any], regions: list[str]) -> None:
     name, where = param.get("name"), param.get("in")
     enums = {"region": regions, "status": [s.value for s in OrderStatus], "order_type": list(ORDER_TYPES)}
-    if name in enums and where in ("query", "path"):
+    if name in enums and where == "path":
         param["schema"] = {"type": "string", "enum": enums[name], "title": param.get("schema", {}).get("title", name)}
+    elif name in enums and where == "query":
+        # An empty filter is no filter (the admin pages' "Alla" sends `region=`).
+        param["schema"] = {"type": "string", "enum": ["", *enums[name]],
+                           "title": param.get("schema", {}).get("title", name)}
     elif name == "Idempotency-Key" and where == "header":
         schema = param.get("schema", {})
         for option in schema.get("anyOf", [schema]):  # FastAPI's `str | None`: the string gets the shape
