@@ -204,8 +204,7 @@ def _install_handlers(app: FastAPI) -> None:
                     415: "Skicka JSON (Content-Type: application/json)."}
         message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
         if _wants_json(request):
-            code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
-                exc.status_code, "http_error")
+            code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
             response: Response = _error_json(exc.status_code, code, message)
         else:
             response = error_page(request, exc.status_code, message)

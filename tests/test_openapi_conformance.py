@@ -29,7 +29,7 @@ from tasks.adapters import Adapters
 # says: a personal number's check digit and date, the care-unit directory, the order type's cross-field rules
 # (models/rules.py), a paper form's signature and date, harm found but "do not restrict".
 SEMANTIC_422 = "^/api/(orders|orders/validate|paper-orders|paper-forms/[^/]+|admin/patient-log|orders/[^/]+/assessment)$"
-EXAMPLES = int(os.environ.get("RO_SCHEMATHESIS_EXAMPLES", "6"))  # per operation and phase: about a minute
+EXAMPLES = int(os.environ.get("RO_SCHEMATHESIS_EXAMPLES", "20"))  # per operation and phase: about a minute
 EVERYONE = "TEST-OPENAPI-ALLROLES"
 
 
