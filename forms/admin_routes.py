@@ -57,6 +57,7 @@ from forms.auth import (
 )
 from forms.deps import adapters, now
 from forms.errors import checked_reference
+from forms.responses import responses
 from models import personnummer, sla, swedish
 from models.calendar import local
 from models.reference import REFERENCE
@@ -368,7 +369,7 @@ class _ReviewError(Exception):
 
 
 @router.post("/api/orders/{reference}/review", summary="Omprövning: behåll eller häv (verksamhetschef för enheten)",
-             responses={403: {}, 404: {}, 409: {}, 422: {}})
+             responses=responses(401, 403, 404, 409, 422))
 async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
                      at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     _check_json_post(request, user)

@@ -51,6 +51,7 @@ from forms.deps import now as current_time
 from forms.errors import ApiError, checked_reference, json_body
 from forms.pages.common import form_str, render
 from forms.pages.order_forms import form_page, form_values, to_raw
+from forms.responses import responses
 from forms.urgent_routes import current_staff
 from models import personnummer
 from models.calendar import local
@@ -102,11 +103,7 @@ def _require(user: User, *roles: str) -> None:
         raise NotAllowed("Du har inte behörighet till detta.", "wrong_role")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Ingen identitet"},
-    403: {"model": ErrorResponse, "description": "Fel roll eller annan region"},
-    404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-}
+ERRORS = responses(401, 403, 404, 409, 422, 503)
 PAPER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
     {"$ref": "#/components/schemas/OrderRequest"},
     {"type": "object", "required": ["received_on", "signature_checked"], "properties": {
