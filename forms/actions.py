@@ -85,7 +85,7 @@ def read_order_row(ad: Adapters, user: User, reference: str, via: str) -> Order:
             audit.record(s, actor=user.hsa_id, action="order_read_refused", order=order, detail={"via": via},
                          at=ad.now())
             s.commit()
-            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
+            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role", audited=True)
         audit.record(s, actor=user.hsa_id, action="order_read", order=order, detail={"via": via}, at=ad.now())
         s.expunge(order)
         return order
@@ -179,8 +179,8 @@ async def decide(ad: Adapters, reference: str, url_stage: str, body: dict[str, A
     except orders.Conflict:
         raise ApiError(409, "wrong_status", "Beställningen väntar inte på detta steg (eller ett beslut behandlas redan).") \
             from None
-    except orders.Forbidden as exc:
-        raise NotAllowed(exc.refusal.message, exc.refusal.code) from None
+    except orders.Forbidden as exc:  # the service layer logged it as `decision_refused`
+        raise NotAllowed(exc.refusal.message, exc.refusal.code, audited=True) from None
     return DecisionResponse(reference=order.reference, stage=stage, status=order.status)
 
 

@@ -33,14 +33,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from flows import review as review_flow
@@ -57,6 +57,7 @@ from forms.auth import (
 )
 from forms.deps import adapters, now
 from forms.errors import checked_reference
+from forms.responses import responses
 from models import personnummer, sla, swedish
 from models.calendar import local
 from models.reference import REFERENCE
@@ -159,7 +160,13 @@ def parse_filters(ad: Adapters, region: str | None, status: str | None) -> Filte
 
 
 def _filters_or_422(ad: Adapters, region: str | None, status: str | None) -> Filters | JSONResponse:
+    """The API takes the values `/openapi.json` lists, exactly (empty: no filter); the pages' forms are
+    read more leniently (parse_filters)."""
     try:
+        if region not in (None, "", *ad.regions):
+            raise BadFilter("region", f"Okänd region. Tillåtna värden: {', '.join(ad.regions)}.")
+        if status not in (None, "", *(s.value for s in OrderStatus)):
+            raise BadFilter("status", "Okänd status.")
         return parse_filters(ad, region, status)
     except BadFilter as exc:
         return _error(422, "invalid_value", exc.message, exc.field)
@@ -297,13 +304,24 @@ def api_orders_csv(region: str | None = Query(None), status: str | None = Query(
 
 
 class PatientLogRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # the declared JSON types only (no "1" for 1, no false for 0)
     personal_number: str = Field(min_length=1, max_length=20)
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON integer (30 or 30.0), not a boolean or a string that looks like one."""
+    if isinstance(value, bool | str):
+        raise ValueError("not an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class SampleCheckRequest(BaseModel):
-    days: int = Field(30, ge=1, le=3660)
-    size: int = Field(20, ge=1, le=500)
-    seed: int | None = Field(None, ge=0, le=2**31)
+    days: JsonInt = Field(30, ge=1, le=3660)
+    size: JsonInt = Field(20, ge=1, le=500)
+    seed: Annotated[int, Field(ge=0, le=2**31), BeforeValidator(_json_integer)] | None = None
 
 
 @router.post("/api/admin/patient-log", summary="Loggutdrag för en patient (administratör; sökningen loggas)")
@@ -327,6 +345,7 @@ def api_sample_check(body: SampleCheckRequest, request: Request, user: User = De
 
 
 class ReviewOutcome(BaseModel):
+    model_config = ConfigDict(strict=True)  # the declared JSON types only (no "1" for 1, no false for 0)
     outcome: Literal["keep", "restore"]
 
 
@@ -350,7 +369,7 @@ class _ReviewError(Exception):
 
 
 @router.post("/api/orders/{reference}/review", summary="Omprövning: behåll eller häv (verksamhetschef för enheten)",
-             responses={403: {}, 404: {}, 409: {}, 422: {}})
+             responses=responses(401, 403, 404, 409, 422))
 async def api_review(reference: str, body: ReviewOutcome, request: Request, user: User = Depends(head_user),
                      at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     _check_json_post(request, user)

@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -27,6 +27,7 @@ from forms.actions import (
 from forms.auth import ROLE_LABELS_SV, User, check_api_csrf, require_roles, require_user
 from forms.deps import adapters, now
 from forms.errors import ApiError, json_body, problems
+from forms.responses import responses
 from models.regions import RegionSettings
 from models.routine import ORDER_TYPES, STAGES, StageDef
 from models.schemas import CancelRequest, ErrorResponse, OrderView, SubmitResponse, ValidationResponse
@@ -37,10 +38,7 @@ from tasks.steps import orders
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,120}$")  # printable ASCII, fits the column with the user prefix
 IDEMPOTENCY_HELP = ("Valfri nyckel (1–120 synliga ASCII-tecken, per person): samma nyckel och samma kropp ger "
                     "det första svaret (200) och skapar inget nytt; samma nyckel med en annan kropp ger 409.")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Ingen identitet"},
-    403: {"model": ErrorResponse, "description": "Fel roll, egen beställning eller CSRF"},
-}
+ERRORS = responses(401, 403, 503)  # every operation; forms/responses.py adds what holds for all of them
 ORDER_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/OrderRequest"}}}}}
 
@@ -53,7 +51,7 @@ router = APIRouter(prefix="/api", tags=["orders"], responses=ERRORS)
              summary="Skicka en beställning",
              responses={200: {"model": SubmitResponse, "description": "Samma Idempotency-Key och kropp: första svaret"},
                         409: {"model": ErrorResponse, "description": "Samma Idempotency-Key med annan kropp"},
-                        413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+                        **responses(400, 413, 415),
                         422: {"model": ErrorResponse, "description": "Alla fel på en gång"}})
 async def submit_order(request: Request, user: User = Depends(require_user),
                        key: str | None = Header(None, alias="Idempotency-Key", description=IDEMPOTENCY_HELP,
@@ -71,13 +69,17 @@ async def submit_order(request: Request, user: User = Depends(require_user),
 
 @router.post("/orders/validate", response_model=ValidationResponse, openapi_extra=ORDER_BODY,
              summary="Kontrollera en beställning utan att skicka den",
-             responses={422: {"model": ValidationResponse}, 413: {"model": ErrorResponse},
-                        415: {"model": ErrorResponse}})
+             responses={**responses(400, 413, 415),
+                        422: {"model": ValidationResponse, "description": "Alla fel på en gång (och varningarna)"}})
 async def validate_order(request: Request, user: User = Depends(require_user), at: datetime = Depends(now),
                          ad: Adapters = Depends(adapters)) -> Any:
     check_api_csrf(request, user)
     require_roles(user, "clinician")
-    raw = await json_body(request)
+    try:
+        raw = await json_body(request)
+    except ApiError as exc:  # the answer has the declared shape here too: errors and (no) warnings
+        exc.extra.setdefault("warnings", [])
+        raise
     result = await run_in_threadpool(lambda: orders.check(ad, raw, at, user.hsa_id, intake=True))
     body = {"errors": problems(result.errors), "warnings": problems(result.warnings)}
     return JSONResponse(body, status_code=200 if result.ok else 422)
@@ -85,16 +87,21 @@ async def validate_order(request: Request, user: User = Depends(require_user), a
 
 # --- read ---------------------------------------------------------------------------------------------
 
+@router.api_route("/orders/validate", methods=["GET", "HEAD"], include_in_schema=False)
+async def validate_is_a_post() -> Response:
+    # Without this, GET /api/orders/validate would read an order called "validate" (404): say 405 instead.
+    raise HTTPException(405, "Metoden är inte tillåten.", headers={"Allow": "POST"})
+
+
 @router.get("/orders/{reference}", response_model=OrderView, summary="Läs en beställning (maskerat personnummer)",
-            responses={404: {"model": ErrorResponse}})
+            responses=responses(404, 422))
 def read_order(reference: str, user: User = Depends(require_user), ad: Adapters = Depends(adapters)) -> OrderView:
     return read_order_view(ad, user, reference, "api")
 
 
 # --- human steps --------------------------------------------------------------------------------------
 
-STEP_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                                                   422: {"model": ErrorResponse}}
+STEP_RESPONSES = responses(404, 409, 422, 400, 413, 415)
 
 
 def _decision_route(sd: StageDef) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -24,11 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forms import admin_api, admin_routes, api, health, pages, paper_routes, queue_api, urgent_routes
-from forms.auth import NotAllowed, NotAuthenticated, check_session_settings, csrf_guard
+from forms.auth import NotAllowed, NotAuthenticated, audit_refusal, check_session_settings, csrf_guard
 from forms.deps import adapters
 from forms.errors import ApiError
 from forms.pages.common import error_page, render_plain_error
+from forms.responses import finish_openapi
 from models.schemas import OrderRequest
+from models.text import BIDI_CODE, BIDI_MESSAGE
 from tasks.adapters import Adapters
 from tasks.adapters.doctor import refuse_to_start_if_broken
 
@@ -148,9 +152,24 @@ def _validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
     for e in exc.errors():
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         missing = e.get("type") == "missing"
+        if e.get("type") == BIDI_CODE:  # free text with direction overrides (models/text.py)
+            out.append({"field": ".".join(loc), "code": BIDI_CODE, "message": BIDI_MESSAGE})
+            continue
         out.append({"field": ".".join(loc), "code": "required" if missing else "invalid_value",
                     "message": "Fältet måste fyllas i." if missing else "Ogiltigt värde."})
     return out
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods `/openapi.json` declares for the path. A path such as /api/orders/validate is also
+    /api/orders/{reference}: a fixed path's own methods win."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    if path in paths:
+        return ", ".join(sorted(m.upper() for m in paths[path]))
+    methods = {m.upper() for template, ops in paths.items()
+               if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path) for m in ops}
+    return ", ".join(sorted(methods))
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -171,6 +190,7 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NotAllowed)
     async def _not_allowed(request: Request, exc: NotAllowed) -> Response:
+        await run_in_threadpool(audit_refusal, request, exc)  # refusals at the role gate are audited too
         if _wants_json(request):
             return _error_json(403, exc.code, exc.message)
         return error_page(request, 403, exc.message)
@@ -186,8 +206,13 @@ def _install_handlers(app: FastAPI) -> None:
         message = messages.get(exc.status_code, "Förfrågan kunde inte behandlas.")
         if _wants_json(request):
             code = {404: "not_found", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
-            return _error_json(exc.status_code, code, message)
-        return error_page(request, exc.status_code, message)
+            response: Response = _error_json(exc.status_code, code, message)
+        else:
+            response = error_page(request, exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only its first route's (Starlette's)
+            response.headers["Allow"] = _allowed_methods(request)
+        return response
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> Response:
@@ -221,7 +246,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(order.pop("$defs", {}))
     components["OrderRequest"] = order
-    app.openapi_schema = schema
+    app.openapi_schema = finish_openapi(schema, app.state.adapters.regions)  # forms/responses.py
     return schema
 
 

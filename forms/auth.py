@@ -21,20 +21,29 @@ proxy leave the proxy out of `forwarded_allow_ips` and list it in `RO_TRUSTED_PR
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import logging
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from forms.deps import adapters
+from models.reference import REFERENCE
 from models.routine import ROLE_LABELS_SV as ROUTINE_ROLE_LABELS_SV
-from models.tables import Order, Staff
-from tasks.adapters import directory
+from models.tables import Order, RevokedSession, Staff
+from tasks.adapters import audit, directory
 from tasks.adapters.settings import DEFAULT_SESSION_SECRET, MIN_SESSION_SECRET_LENGTH, Settings
+
+log = logging.getLogger(__name__)
 
 COOKIE = "ro_session"
 CSRF_FIELD = "csrf_token"
@@ -55,10 +64,13 @@ class NotAuthenticated(Exception):
 class NotAllowed(Exception):
     """A known person without the right to do this: 403."""
 
-    def __init__(self, message: str, code: str = "forbidden") -> None:
+    def __init__(self, message: str, code: str = "forbidden", *, audited: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        # Whether the refusal is already in the audit log (the service layer writes its own); otherwise the
+        # app's handler writes it (audit_refusal).
+        self.audited = audited
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,32 @@ def clear_session(response: Response) -> None:
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
 
 
+def session_id(data: SessionData) -> str:
+    """The id a logged-out cookie is remembered by: a hash of its CSRF token (random, new at every login),
+    so the revocation table holds nothing that could be replayed."""
+    return hashlib.sha256(f"ro-session:{data.csrf}".encode()).hexdigest()
+
+
+def _revoked(s: Session, data: SessionData) -> bool:
+    return s.get(RevokedSession, session_id(data)) is not None
+
+
+def revoke_session(request: Request) -> None:
+    """Logout: the cookie stays signed and unexpired for up to 12 h wherever it was copied, so the server
+    forgets it too. Expired revocations are removed on the way (their cookies' signatures have expired)."""
+    data = session_data(request)
+    if data.fresh or not data.hsa_id:
+        return
+    at = adapters(request).now()
+    with adapters(request).db.session() as s:
+        s.execute(delete(RevokedSession).where(RevokedSession.expires_at < at))
+        if not _revoked(s, data):
+            s.add(RevokedSession(session_id=session_id(data), revoked_at=at,
+                                 expires_at=at + timedelta(seconds=SESSION_MAX_AGE)))
+        s.commit()
+    request.state.ro_user = None
+
+
 def new_login(hsa_id: str | None) -> SessionData:
     # A new CSRF token on every login and logout, so a token seen before cannot be replayed after.
     return SessionData(hsa_id, secrets.token_urlsafe(32), True)
@@ -174,10 +212,11 @@ def identify(request: Request) -> User | None:
         with adapters(request).db.session() as s:
             user = _user(directory.staff(s, header), "header")
     elif _settings(request).embedded_login:
-        hsa = session_data(request).hsa_id
-        if hsa:
+        data = session_data(request)
+        if data.hsa_id:
             with adapters(request).db.session() as s:
-                user = _user(directory.staff(s, hsa), "cookie")
+                if not _revoked(s, data):  # logged out: no identity (401, or the login page)
+                    user = _user(directory.staff(s, data.hsa_id), "cookie")
     request.state.ro_user = user
     return user
 
@@ -187,6 +226,38 @@ def require_user(request: Request) -> User:
     if user is None:
         raise NotAuthenticated()
     return user
+
+
+def cookie_revoked(request: Request, s: Session) -> bool:
+    """For a route that reads the session cookie itself (printing works with the database down)."""
+    return _revoked(s, session_data(request))
+
+
+def audit_refusal(request: Request, exc: NotAllowed) -> None:
+    """A refusal at a role gate, in the audit log as `decision_refused` with its reason code: who tried which
+    operation, never what they sent (no personal data). CSRF refusals are not a person's decision and are
+    not logged; refusals the service layer logged itself are not logged twice."""
+    if exc.audited or exc.code == "csrf_failed":
+        return
+    try:
+        user = identify(request)  # cached: the route has asked already
+    except OperationalError:
+        return
+    if user is None:
+        return
+    route = request.scope.get("route")
+    detail: dict[str, Any] = {"why": exc.code, "by": "app", "method": request.method,
+                              "route": getattr(route, "path", None) or "?"}
+    ref = str(request.path_params.get("reference", "")).strip().upper()
+    if REFERENCE.fullmatch(ref):
+        detail["reference"] = ref
+    try:
+        with adapters(request).db.session() as s:
+            audit.record(s, actor=user.hsa_id, action="decision_refused", detail=detail, at=adapters(request).now())
+            s.commit()
+    except OperationalError:  # the refusal stands without its row: the database is down
+        log.warning("refusal not audited: orders database unavailable")
+    exc.audited = True
 
 
 def require_roles(user: User, *roles: str, message: str | None = None) -> None:

@@ -40,6 +40,7 @@ from forms.auth import (
     User,
     check_api_csrf,
     check_form_csrf,
+    cookie_revoked,
     csrf_ok,
     require_roles,
     session_data,
@@ -50,6 +51,7 @@ from forms.deps import now as current_time
 from forms.errors import ApiError, checked_reference, json_body
 from forms.pages.common import form_str, render
 from forms.pages.order_forms import form_page, form_values, to_raw
+from forms.responses import responses
 from forms.urgent_routes import current_staff
 from models import personnummer, phone
 from models.calendar import local
@@ -101,11 +103,7 @@ def _require(user: User, *roles: str) -> None:
         raise NotAllowed("Du har inte behörighet till detta.", "wrong_role")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Ingen identitet"},
-    403: {"model": ErrorResponse, "description": "Fel roll eller annan region"},
-    404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-}
+ERRORS = responses(401, 403, 404, 409, 422, 503)
 PAPER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
     {"$ref": "#/components/schemas/OrderRequest"},
     {"type": "object", "required": ["received_on", "signature_checked"], "properties": {
@@ -205,7 +203,8 @@ def _printer(request: Request) -> Printer:
         raise NotAuthenticated()
     try:
         with ad.db.session() as s:
-            person = directory.staff(s, who.hsa_id)
+            revoked = who.via == "cookie" and cookie_revoked(request, s)
+            person = None if revoked else directory.staff(s, who.hsa_id)
             units = list(s.scalars(select(CareUnit).order_by(CareUnit.region, CareUnit.name)))
             for u in units:
                 s.expunge(u)
@@ -305,7 +304,7 @@ def _audit_print(who: Printer, order_type: str, region: str, raw: Mapping[str, A
 
 
 PRINT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/OrderRequest"}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/PrintableOrder"}},
     "application/x-www-form-urlencoded": {"schema": {"type": "object", "description":
                                                      "The order form's own fields, with csrf_token"}}}}}
 
@@ -327,6 +326,9 @@ async def print_filled(order_type: str, request: Request,
     the body's `region`, else `?region=`."""
     if order_type not in ORDER_TYPES:
         raise ApiError(404, "not_found", "Okänd beställningstyp.")
+    if region and region not in adapters(request).regions:
+        raise ApiError(422, "invalid_value", f"Okänd region. Tillåtna värden: {', '.join(adapters(request).regions)}.",
+                       field="region")
     now = current_time(request)
     who = await run_in_threadpool(_printer, request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -343,7 +345,7 @@ async def print_filled(order_type: str, request: Request,
         if who.via == "cookie" and not csrf_ok(request, request.headers.get(CSRF_HEADER)):
             raise NotAllowed("Ogiltig eller saknad CSRF-token (X-CSRF-Token).", "csrf_failed")
         raw = await json_body(request)
-        if isinstance(raw, Mapping) and not raw.get("region") and region:
+        if isinstance(raw, Mapping) and raw.get("region") in (None, "") and region:  # a wrong type stays wrong
             raw = {**raw, "region": region}
     blocking, gaps = await run_in_threadpool(check_printable, order_type, raw, who, now)
     if blocking:

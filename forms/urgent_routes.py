@@ -36,7 +36,9 @@ from forms.auth import (
 from forms.deps import adapters
 from forms.deps import now as clock
 from forms.errors import ApiError
+from forms.responses import responses
 from models.calendar import local
+from models.schemas import ErrorResponse
 from models.tables import Staff
 from tasks.adapters import Adapters, audit, directory
 from tasks.steps import orders, urgency
@@ -97,10 +99,8 @@ def _local(at: datetime | None) -> datetime | None:
 
 
 NOT_FOUND = (404, "not_found", "Beställningen finns inte.")
-RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Ingen identitet"},
-                                              403: {"description": "Fel roll eller region"},
-                                              404: {"description": "Okänd beställning"},
-                                              409: {"description": "Beställningen är avslutad"}}
+RESPONSES: dict[int | str, dict[str, Any]] = {**responses(401, 403, 404, 422),
+                                              409: {"model": ErrorResponse, "description": "Beställningen är avslutad"}}
 
 
 async def start_urgent_for(ad: Adapters, user: User, reference: str, now: datetime) -> urgent.UrgentOutcome:
@@ -156,7 +156,7 @@ async def callback_clock(reference: str, user: User = Depends(current_staff), no
     try:
         ref = urgency.normalise_reference(reference)
         if not await run_in_threadpool(_readable, ad, user, ref):
-            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role")
+            raise NotAllowed("Du har inte behörighet att läsa denna beställning.", "wrong_role", audited=True)
         c = await run_in_threadpool(urgency.callback_clock, ad, ref, now)
     except (ValueError, orders.NotFound):
         return _error(*NOT_FOUND)

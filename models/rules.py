@@ -25,6 +25,7 @@ from models.schemas import (
     Problem,
     is_plain_text,
 )
+from models.text import BIDI_CODE, BIDI_MESSAGE, has_bidi_control
 
 MESSAGES: dict[str, str] = {
     "required": "Fältet måste fyllas i.",
@@ -34,6 +35,8 @@ MESSAGES: dict[str, str] = {
     "guardian_is_patient": "Vårdnadshavaren kan inte vara samma person som patienten.",
     "reason_too_long": f"Motiveringen får vara högst {REASON_MAX} tecken.",
     "unknown_care_unit": "Vårdenheten finns inte i katalogen.",
+    "care_unit_other_region": "Du kan bara beställa för vårdenheter i din egen region.",
+    BIDI_CODE: BIDI_MESSAGE,
     "care_only": "Denna beställning kan bara göras på vårdens initiativ.",
     "identity_check_required": "Patientens egen försegling kan bara hävas efter identitetskontroll vid personligt besök.",
     "consent_required": "Barnets samtycke krävs för att ge vårdnadshavare tillgång.",
@@ -92,6 +95,8 @@ class RuleContext:
     # Digital intake (the API and the web form): an urgent order needs the orderer's callback number. Not
     # for a stored order checked again, an order made urgent later, or a signed paper order.
     callback_phone_required: bool = False
+    # The orderer's own region when the orderer is a clinician of one region: they order only for its units.
+    orderer_region: str | None = None
 
 
 @dataclass
@@ -135,9 +140,7 @@ def _choice(raw: Mapping[str, Any], name: str, choices: tuple[str, ...], r: Chec
 
 def _flag(raw: Mapping[str, Any], name: str, r: CheckResult) -> bool:
     v = raw.get(name, False)
-    if v is None:
-        return False
-    if not isinstance(v, bool):
+    if not isinstance(v, bool):  # null too: the schema says boolean (leave the field out for false)
         _err(r, name, "invalid_value", "Ange sant eller falskt.")
         return False
     return v
@@ -228,6 +231,7 @@ def check_order(raw: Mapping[str, Any], ctx: RuleContext) -> CheckResult:
         return r
     f = _common_fields(raw, ctx, r)
     _type_fields(raw, ctx, f, r)
+    _strict_types(raw, r)
     _cross_field_rules(raw, ctx, f, r)
     _warnings(ctx, f, r)
     if r.ok:
@@ -269,15 +273,18 @@ def callback_phone_missing(raw: Any) -> bool:
 
 
 def _reason(raw: Mapping[str, Any], r: CheckResult) -> str:
-    reason = raw.get("reason")
-    if reason is None:
+    if "reason" not in raw:
         return ""
-    if not isinstance(reason, str):
+    reason = raw["reason"]
+    if not isinstance(reason, str):  # null too: the schema says string (leave the field out for none)
         _err(r, "reason", "invalid_value")
         return ""
     if len(reason) > REASON_MAX:
         _err(r, "reason", "reason_too_long")
         return reason
+    if has_bidi_control(reason):
+        _err(r, "reason", BIDI_CODE)
+        return ""
     if not is_plain_text(reason):
         _err(r, "reason", "invalid_value")
         return ""
@@ -293,6 +300,9 @@ def _care_unit(raw: Mapping[str, Any], ctx: RuleContext, region: str | None, r: 
         _err(r, "care_unit_hsa_id", "unknown_care_unit")
         return None
     unit = unit.strip().upper()
+    if ctx.orderer_region and ctx.care_units[unit] != ctx.orderer_region:
+        _err(r, "care_unit_hsa_id", "care_unit_other_region")
+        return None
     if region and ctx.care_units[unit] != region:
         _err(r, "region", "invalid_value", "Vårdenheten hör inte till den valda regionen.")
     return unit
@@ -313,6 +323,34 @@ def _type_fields(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckR
             _err(r, "guardian_personal_number", "guardian_is_patient")
     else:
         f.guardian_protected = False  # meaningless without a guardian on the order
+
+
+# The JSON types `/openapi.json` declares for the body's fields (OrderRequest). A field the order type does not
+# use is still refused when it has the wrong type: the API accepts only what it says it accepts.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "actions": (list,), "patient_personal_number": (str,), "guardian_personal_number": (str, type(None)),
+    "minor_access": (Mapping, type(None)), "reason": (str,), "care_unit_hsa_id": (str,),
+    "patient_protected_identity": (bool,), "guardian_protected_identity": (bool,),
+    "identity_checked_in_person": (bool,), "urgent": (bool,)}
+_MINOR_TYPES: dict[str, tuple[type, ...]] = {"grant": (bool,), "recipient": (str,), "child_consent": (bool,)}
+
+
+def _strict_types(raw: Mapping[str, Any], r: CheckResult) -> None:
+    """Wrong types in fields no other rule looked at (every problem once)."""
+    reported = {e.field.split(".")[0] for e in r.errors}
+    for name, types in _JSON_TYPES.items():
+        if name in raw and name not in reported and not isinstance(raw[name], types):
+            _err(r, name, "invalid_value")
+    actions = raw.get("actions")
+    if "actions" not in reported and isinstance(actions, list) and not all(a in ACTIONS for a in actions):
+        _err(r, "actions", "invalid_value", f"Ogiltig åtgärd. Tillåtna värden: {', '.join(ACTIONS)}.")
+    minor = raw.get("minor_access")
+    if "minor_access" in reported or not isinstance(minor, Mapping):
+        return
+    bad = [k for k in minor if k not in _MINOR_TYPES] + [
+        k for k, types in _MINOR_TYPES.items() if k in minor and not isinstance(minor[k], types)]
+    if bad or not {"grant", "recipient"} <= set(minor) or minor.get("recipient") not in ("minor", "guardian"):
+        _err(r, "minor_access", "invalid_value")
 
 
 def _cross_field_rules(raw: Mapping[str, Any], ctx: RuleContext, f: _Fields, r: CheckResult) -> None:

@@ -10,6 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from models.text import BIDI_CODE, BIDI_MESSAGE, has_bidi_control
 
 OrderType = Literal["seal_or_lock", "restore_access", "block_guardian", "minor_access"]
 Initiative = Literal["patient", "care"]
@@ -136,6 +139,9 @@ def is_plain_text(value: str) -> bool:
 def _plain(value: str) -> str:
     if not is_plain_text(value):
         raise ValueError("Texten innehåller otillåtna tecken.")
+    if has_bidi_control(value):
+        # Its own error type, so the API answers with the code `bidi_control` (forms/app.py).
+        raise PydanticCustomError(BIDI_CODE, BIDI_MESSAGE)
     return value
 
 

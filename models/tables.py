@@ -249,3 +249,16 @@ class AppliedEffect(Base):
     target: Mapped[str] = mapped_column(String(12), default="")
     system_reference: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime]
+
+
+# --- Sessions ---------------------------------------------------------------------------------------
+
+class RevokedSession(Base):
+    """A signed session cookie that was logged out (forms/auth.py): the cookie itself stays valid until it
+    expires (12 h), so logging out writes its id here and the app refuses it from then on. `session_id` is
+    a hash of the cookie's random CSRF token (new at every login), never the token itself. Rows past
+    `expires_at` are useless (the signature has expired too) and are removed at the next logout."""
+    __tablename__ = "revoked_sessions"
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -30,8 +30,9 @@ def body(order_type: str = "seal_or_lock", region: str = "kalmar", **extra: Any)
     return b
 
 
-def submit(ad: Adapters, b: dict[str, Any], actor: str = "DEMO-KALMAR-CLINICIAN") -> str:
-    out = asyncio.run(commands.submit(ad, b, actor))
+def submit(ad: Adapters, b: dict[str, Any], actor: str | None = None) -> str:
+    # A clinician orders only for their own region's units (issue 16): by default the body's region's clinician.
+    out = asyncio.run(commands.submit(ad, b, actor or f"DEMO-{str(b.get('region', 'kalmar')).upper()}-CLINICIAN"))
     assert out.kind == "created", [e.model_dump() for e in out.check.errors]
     assert out.order is not None
     return out.order.reference

@@ -67,8 +67,9 @@ def detach(ad: Adapters, reference: str) -> None:
         orders.get(s, reference).flow_run_id = str(uuid.uuid4())
 
 
-def submit_at(ad: Adapters, at: datetime, b: dict[str, Any], actor: str = CLINICIAN) -> str:
-    out = orders.submit(ad, b, actor, at)
+def submit_at(ad: Adapters, at: datetime, b: dict[str, Any], actor: str | None = None) -> str:
+    # A clinician orders only for their own region's units (issue 16): by default the body's region's clinician.
+    out = orders.submit(ad, b, actor or f"DEMO-{str(b.get('region', 'kalmar')).upper()}-CLINICIAN", at)
     assert out.kind == "created", [e.model_dump() for e in out.check.errors]
     assert out.order is not None
     detach(ad, out.order.reference)

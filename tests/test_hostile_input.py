@@ -191,7 +191,7 @@ def assert_stored_order_is_valid(ad: Adapters, c: TestClient, reference: str, by
         if number is not None:  # stored normalised: 12 ASCII digits that parse to themselves
             assert re.fullmatch(r"[0-9]{12}", number), number
             assert personnummer.parse(number, day).digits == number
-    again = orders.check(ad, as_request(o), o.created_at, CLINICIAN)
+    again = orders.check(ad, as_request(o), o.created_at, o.submitted_by)  # as its orderer (own region)
     assert again.ok, [p.model_dump() for p in again.errors]
     assert again.order is not None and again.order.patient_personal_number == o.patient_pnr
     # What was stored can be shown: the JSON view (masked) and the HTML order page.

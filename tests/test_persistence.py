@@ -107,7 +107,9 @@ def own_orders(ad: Adapters) -> Iterator[list[str]]:
 
 
 def submit(ad: Adapters, b: dict[str, Any], now: datetime = NOW, **kw: Any) -> orders.SubmitOutcome:
-    return orders.submit(ad, b, ACTOR, now, **kw)
+    # A clinician orders only for their own region's units (issue 16): another region's order by its clinician.
+    region = str(b.get("region", "kalmar"))
+    return orders.submit(ad, b, ACTOR if region == "kalmar" else f"DEMO-{region.upper()}-CLINICIAN", now, **kw)
 
 
 def created(ad: Adapters, b: dict[str, Any], now: datetime = NOW, **kw: Any) -> Order:

@@ -127,7 +127,7 @@ VALID: list[tuple[str, dict[str, Any], AccessState | None]] = [
      body("restore_access", initiative="patient", actions=["lock_login"]), BOTH_BY_PATIENT),
     ("restore_access state unknown", body("restore_access", actions=["seal_journal", "lock_login"]), None),
     ("block_guardian", body("block_guardian"), None),
-    ("block_guardian actions ignored", body("block_guardian", actions=["bogus"]), None),
+    ("block_guardian actions ignored", body("block_guardian", actions=["seal_journal"]), None),
     ("minor_access grant guardian", body("minor_access"), None),
     ("minor_access grant minor",
      body("minor_access", guardian_personal_number=..., minor_access={"grant": True, "recipient": "minor"}), None),
@@ -139,7 +139,6 @@ VALID: list[tuple[str, dict[str, Any], AccessState | None]] = [
     ("reason exactly 2000", body("seal_or_lock", reason="x" * 2000), None),
     ("no reason", body("seal_or_lock", reason=...), None),
     ("care unit in lower case", body("seal_or_lock", care_unit_hsa_id=" demo-kalmar-unit "), None),
-    ("null flags are false", body("seal_or_lock", urgent=None, patient_protected_identity=None), None),
 ]
 
 
@@ -593,6 +592,6 @@ def test_the_guardian_flag_must_be_a_boolean(value: Any) -> None:
 
 
 def test_the_guardian_flag_defaults_to_false() -> None:
-    for raw in (body("block_guardian"), body("block_guardian", guardian_protected_identity=None)):
+    for raw in (body("block_guardian"), body("block_guardian", guardian_protected_identity=False)):
         r = check_order(raw, ctx())
         assert r.order is not None and not r.order.guardian_protected_identity and not r.warnings

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
@@ -16,6 +17,7 @@ from forms.auth import (
     identify,
     new_login,
     require_user,
+    revoke_session,
     set_session,
 )
 from forms.deps import adapters
@@ -85,6 +87,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     form = await request.form()
     check_form_csrf(request, form_str(form, CSRF_FIELD))
+    await run_in_threadpool(revoke_session, request)  # the server forgets the cookie too (copies of it included)
     response = RedirectResponse("/login", status_code=303)
     clear_session(response)
     return response

@@ -89,7 +89,17 @@ def rule_context(ad: Adapters, s: Session, raw: Any, now: datetime, actor: str, 
         open_now = [o for o in open_orders(s, pnr.digits) if o.reference != exclude]
     return RuleContext(now=now, care_units=directory.care_units(s),
                        region_hours={c: r.hours for c, r in ad.regions.items()}, access=state,
-                       open_orders=open_now, callback_phone_required=callback_phone_required)
+                       open_orders=open_now, callback_phone_required=callback_phone_required,
+                       orderer_region=_orderer_region(s, actor))
+
+
+def _orderer_region(s: Session, actor: str) -> str | None:
+    """A clinician of a region orders only for that region's care units (checked on submit, validate and
+    print alike). Support registering a paper order is checked by its own rule (tasks/steps/paper_orders.py)."""
+    person = directory.staff(s, actor)
+    if person is None or not directory.has_role(person, "clinician"):
+        return None
+    return person.region
 
 
 def audit_duplicates(s: Session, actor: str, raw: Any, result: CheckResult, now: datetime, purpose: str) -> None:
@@ -142,10 +152,10 @@ def stored_request(order: Order) -> dict[str, Any]:
     it was stored with, and its reason (checked when it was submitted; the rules only bound its length)."""
     raw: dict[str, Any] = {
         "order_type": order.order_type, "initiative": order.initiative, "actions": list(order.actions or []),
-        "patient_personal_number": order.patient_pnr, "patient_protected_identity": order.patient_protected,
-        "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": order.guardian_protected,
-        "identity_checked_in_person": order.identity_checked,
-        "urgent": order.urgent, "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
+        "patient_personal_number": order.patient_pnr, "patient_protected_identity": bool(order.patient_protected),
+        "guardian_personal_number": order.guardian_pnr, "guardian_protected_identity": bool(order.guardian_protected),
+        "identity_checked_in_person": bool(order.identity_checked),
+        "urgent": bool(order.urgent), "reason": order.reason or "", "care_unit_hsa_id": order.care_unit_hsa_id,
         "region": order.region, "callback_phone": order.callback_phone}
     if order.order_type == "minor_access":
         raw["minor_access"] = {"grant": order.minor_grant, "recipient": order.minor_recipient,
@@ -265,11 +275,8 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
     detail = {k: v for k, v in body.items() if k != sd.text_field}
     with ad.db.session() as s:
         order = get(s, reference)
-        if sd.stage == Stage.HARM_ASSESSMENT and (problems := check_assessment(
-                body, restricts=restricts_access(order.order_type, order.minor_grant), rationale_required=False)):
-            raise Invalid(problems)
-        if order.status != STAGE_STATUS[Stage(stage)]:
-            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
+        # Who may decide comes before the order's status (403 before 409): a person of another region or
+        # unit learns nothing about where the order stands.
         person = directory.staff(s, actor)
         why = refusal(stage, decider(person), facts(s, order))
         if why:
@@ -277,6 +284,11 @@ def propose(ad: Adapters, reference: str, stage: str, actor: str, body: dict[str
                          detail={"stage": stage, "why": why.code, "by": "app"}, at=now)
             s.commit()
             raise Forbidden(why)
+        if sd.stage == Stage.HARM_ASSESSMENT and (problems := check_assessment(
+                body, restricts=restricts_access(order.order_type, order.minor_grant), rationale_required=False)):
+            raise Invalid(problems)
+        if order.status != STAGE_STATUS[Stage(stage)]:
+            raise Conflict(f"order is {order.status}, not {STAGE_STATUS[Stage(stage)]}")
         pending = [d for d in order.decisions if d.stage == stage and d.state == "proposed"]
         if pending:
             raise Conflict("a decision on this stage is already being processed")

@@ -63,6 +63,9 @@ MESSAGES = {
     "signature_not_checked": "Underskriften på pappersblanketten måste vara kontrollerad innan den registreras.",
     "unknown_staff": "Personen finns inte i personalkatalogen.",
     "does_not_match_order": "Stämmer inte med beställningen som referensen pekar på.",
+    "orderer_not_clinician": "Beställaren ska vara aktiv vårdpersonal. Den som står som beställare på blanketten "
+                             "har inte den rollen i personalkatalogen.",
+    "orderer_other_region": "Beställaren ska vara vårdpersonal i beställningens region.",
 }
 
 
@@ -357,6 +360,8 @@ async def register_paper_order(ad: Adapters, raw: Any, registered_by: str, *, no
     region = existing.region if existing is not None else raw.get("region")
     with ad.db.session() as s:  # support registers the paper forms that arrive at its own region's postal route
         _check_person(s, registrar, REGISTER_ROLES, region if isinstance(region, str) else None)
+    if existing is None:
+        _orderer_rules(ad, fields, region if isinstance(region, str) else None)
     if existing is not None:
         errors = fields.errors + _mismatches(existing, raw, now)
         if errors:
@@ -364,6 +369,22 @@ async def register_paper_order(ad: Adapters, raw: Any, registered_by: str, *, no
         assert fields.received is not None
         return await _continue_paper(ad, existing.reference, registrar, fields.received, now)
     return await _register_new(ad, raw, registrar, fields, now, idempotency_key)
+
+
+def _orderer_rules(ad: Adapters, fields: PaperFields, region: str | None) -> None:
+    """The person named as orderer becomes the order's submitter (reads it, its paper form, and is kept out
+    of its decisions by four eyes), so only an active clinician of the order's region can be named. Without
+    a name the registering support person of that region is the orderer (checked before this)."""
+    if fields.orderer is None:
+        return
+    with ad.db.session() as s:
+        person = directory.staff(s, fields.orderer)  # active staff only (unknown_staff was reported already)
+    if person is None:
+        return
+    if not directory.has_role(person, "clinician"):
+        fields.errors.append(_problem("orderer_hsa_id", "orderer_not_clinician"))
+    elif region is not None and person.region != region:
+        fields.errors.append(_problem("orderer_hsa_id", "orderer_other_region"))
 
 
 def _referenced_order(ad: Adapters, fields: PaperFields) -> Order | None:
