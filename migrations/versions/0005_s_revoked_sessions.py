@@ -2,18 +2,12 @@
 
 `revoked_sessions`: the ids (hashes) of signed session cookies that were logged out before they expired;
 the app refuses such a cookie (401 on the API, the login page for pages). Issue 16, part 4.
-
-Revision ID: 0005s
-Revises: 0004
-Create Date: 2026-12-05 16:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0005s'
 down_revision = '0004'
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
