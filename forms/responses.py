@@ -16,6 +16,7 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+from models.routine import Stage
 from models.schemas import ORDER_TYPES, ErrorResponse
 from models.status import OrderStatus
 from models.text import BIDI_CONTROLS
@@ -37,6 +38,7 @@ ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 _BIDI = "".join(f"\\u{ord(c):04x}" for c in sorted(BIDI_CONTROLS))
 PLAIN_TEXT = f"^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f{_BIDI}]*$"
 REFERENCE_PATTERN = "^[Rr][Oo]-[0-9]{4}-[0-9]{6}$"  # models/reference.py REFERENCE (case-insensitive)
+HSA_ID_PATTERN = "^([A-Za-z0-9][A-Za-z0-9-]{0,63})?$"  # forms/pages/queues.py HSA_SHAPE, any case
 FREE_TEXT_FIELDS = ("reason", "rationale", "comment", "note", "system_reference")
 EMPTY_JSON_BODY = {"required": True, "content": {"application/json": {
     "schema": {"description": "Ingen data behövs: skicka {} som JSON (CSRF-regeln kräver JSON)."}}}}
@@ -87,6 +89,15 @@ def _param_schema(param: dict[str, Any], regions: list[str]) -> None:
                 option["pattern"] = "^[\\x21-\\x7e]{1,120}$"
     elif name == "reference" and where == "path":
         param["schema"] = {"type": "string", "pattern": REFERENCE_PATTERN, "title": "Reference"}
+    elif name == "stage" and where == "path":
+        param["schema"] = {"type": "string", "enum": [s.value for s in Stage], "title": "Stage"}
+    elif name == "type" and where == "query":  # a queue's order-type filter (empty: all)
+        param["schema"] = {"type": "string", "enum": ["", *ORDER_TYPES], "title": "Order type"}
+    elif name == "unit" and where == "query":  # a queue's care-unit filter: an HSA-id (empty: all)
+        param["schema"] = {"type": "string", "pattern": HSA_ID_PATTERN, "title": "Care unit"}
+    elif name in ("from", "to") and where == "query":  # a statistics period's first and last day (empty: default)
+        param["schema"] = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "maxLength": 0}],
+                           "title": name}
 
 
 def _component_schemas(components: dict[str, Any], regions: list[str]) -> None:

@@ -36,7 +36,7 @@ def test_start_page_lists_what_was_sent_and_the_order_page_both_deadlines(browse
                                                                           ad: Adapters) -> None:
     body = {"order_type": "seal_or_lock", "initiative": "care", "patient_personal_number": pnr(),
             "care_unit_hsa_id": "DEMO-KALMAR-UNIT", "region": "kalmar", "reason": "Hot mot patienten",
-            "actions": ["seal_journal", "lock_login"], "urgent": True}
+            "actions": ["seal_journal", "lock_login"], "urgent": True, "callback_phone": "070-123 45 67"}
     with client(live_app, staff("clinician")) as c:
         r = c.post("/api/orders", json=body)
         assert r.status_code == 201, r.text

@@ -411,7 +411,7 @@ def test_the_form_lists_only_the_clinician_s_own_region_and_helps_typing(client:
 def test_the_care_unit_of_another_region_is_refused(client: TestClient, csrf: str) -> None:
     data = form_of(client, csrf, patient(), care_unit_hsa_id="DEMO-OSTERGOTLAND-UNIT")
     r = client.post("/bestall/seal_or_lock", data=data, headers=as_(CLINICIAN))
-    assert r.status_code == 422 and "Vårdenheten hör inte till den valda regionen." in r.text
+    assert r.status_code == 422 and "Du kan bara beställa för vårdenheter i din egen region." in r.text
 
 
 def test_user_type_is_what_the_pages_use() -> None:
