@@ -144,8 +144,9 @@ def pool_deployments(pool: str = EMBEDDED_POOL) -> list[RunnerDeployment]:
     return out
 
 
-async def deploy_to_pool(pool: str = EMBEDDED_POOL) -> None:
-    """The pool (type `warm`), its queues, and the deployments. Idempotent: every start does it again."""
+async def deploy_to_pool(deployments: list[RunnerDeployment], pool: str = EMBEDDED_POOL) -> None:
+    """The pool (type `warm`), its queues, and the deployments (`pool_deployments`, made outside the event
+    loop: `to_deployment` is a coroutine inside one). Idempotent: every start does it again."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -158,7 +159,7 @@ async def deploy_to_pool(pool: str = EMBEDDED_POOL) -> None:
         for queue, priority in POOL_QUEUES:
             with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_work_queue(name=queue, work_pool_name=pool, priority=priority)
-    for d in pool_deployments(pool):
+    for d in deployments:
         await d.aapply()
 
 
@@ -167,10 +168,10 @@ def worker_name() -> str:
     return f"serve-{socket.gethostname()}-{os.getpid()}"
 
 
-async def run_warm_worker(pool: str = EMBEDDED_POOL) -> None:
+async def run_warm_worker(deployments: list[RunnerDeployment], pool: str = EMBEDDED_POOL) -> None:
     """Deploy, then execute this pool's runs here until SIGTERM/SIGINT (segments in flight finish)."""
     from tasks.adapters.warm_worker import WarmWorker, serve
-    await deploy_to_pool(pool)
+    await deploy_to_pool(deployments, pool)
     worker = WarmWorker(pool, code_dir=ROOT, name=worker_name(), limit=int(os.environ.get("RO_SERVE_LIMIT", "20")),
                         heartbeat_interval_seconds=int(os.environ.get("RO_WORKER_HEARTBEAT_SECONDS", "10")))
     await serve(worker)
@@ -222,7 +223,7 @@ def main() -> None:
     if os.environ.get("RO_SERVE_MODE", "warm") == "process":
         serve_processes()
     else:
-        asyncio.run(run_warm_worker())
+        asyncio.run(run_warm_worker(pool_deployments()))
 
 
 def serve_processes() -> None:

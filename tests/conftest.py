@@ -103,6 +103,8 @@ def _logging_settings() -> Path:
     config["root"]["level"] = "INFO"
     for name in _QUIET:
         config["loggers"][name] = {"level": "WARNING"}
+    from tasks.adapters.quiet_suspensions import add_to_logging_config
+    add_to_logging_config(config)  # suspensions at INFO in every process, as make run and the workers have it
     path = _TMP / "logging.yml"
     path.write_text(yaml.safe_dump(config))
     return path
