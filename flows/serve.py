@@ -1,7 +1,8 @@
 """Run every flow in this process (the embedded default), with the housekeeping loop beside it.
 
 `python -m flows.serve` — used by `make run` and the end-to-end tests. The flows are deployed to a local work
-pool (`restriction-orders`, of the `warm` type, with the queues `urgent` and `orders` as in production) and
+pool (`restriction-orders-embedded`, of the `warm` type, with the queues `urgent` and `orders` as production's
+`restriction-orders`) and
 executed by a warm worker in this process (tasks/adapters/warm_worker.py): each flow-run segment runs on a
 thread here, claimed the moment Prefect's events say a run became claimable, instead of a new Python process
 per segment as `prefect.serve` does. Deployment names (`flow/flow`), flow names and tags are those of
@@ -111,7 +112,7 @@ def monitoring_deployments() -> list[RunnerDeployment]:
 
 # --- the embedded default's work pool and its warm worker ------------------------------------------------
 
-EMBEDDED_POOL = "restriction-orders"   # the same name and queues as production's pool (prefect.yaml)
+EMBEDDED_POOL = "restriction-orders-embedded"  # queues as production's pool (prefect.yaml); a name of its own
 ORDERS_QUEUE = "orders"
 POOL_QUEUES = ((URGENT_QUEUE, 1), (ORDERS_QUEUE, 2))  # urgent work first
 

@@ -377,7 +377,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
 class FlowServer:
     """`python -m flows.serve` in a subprocess, so tests can kill it and start it again: the flows deployed to
-    the local `restriction-orders` pool and executed by the warm worker inside that process (flows/serve.py);
+    the local `restriction-orders-embedded` pool and executed by the warm worker inside that process (flows/serve.py);
     with RO_SERVE_MODE=process in `env`, the old `prefect.serve` path."""
 
     def __init__(self, env: dict[str, str]) -> None:
@@ -399,6 +399,8 @@ class FlowServer:
 
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
+
+        from flows.serve import EMBEDDED_POOL
         assert self.proc is not None
         pid, warm = self.proc.pid, self.env.get("RO_SERVE_MODE", "warm") != "process"
 
@@ -409,7 +411,7 @@ class FlowServer:
                 if not warm:
                     return True
                 try:
-                    workers = await c.read_workers_for_work_pool("restriction-orders")
+                    workers = await c.read_workers_for_work_pool(EMBEDDED_POOL)
                 except ObjectNotFound:
                     return False
                 return any(w.name.endswith(f"-{pid}") for w in workers)

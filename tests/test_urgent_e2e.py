@@ -22,7 +22,13 @@ from sqlalchemy import select
 from flows import urgent
 from models.tables import Deadline, Deviation
 from tasks.adapters import Adapters
-from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, STALLED_DECISION, ZOMBIE, ensure_automations
+from tasks.adapters.automations import (
+    MISSED_CALLBACK,
+    RUN_FAILED,
+    STALLED_DECISION,
+    ZOMBIE,
+    ensure_automations,
+)
 from tasks.steps import escalation, orders, urgency
 from tests.conftest import FlowServer
 from tests.e2e import body, mails, status, submit, text_of, wait_mails, wait_status
