@@ -129,7 +129,7 @@ def _drive(ad: Adapters, workers: Workers, ref: str, timeout: float = 120) -> li
     raise AssertionError(f"{ref} is {status(ad, ref)} after {timeout} s")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_lost_workers_claimed_and_mid_segment_every_order_completes_once(
         production: tuple[Adapters, Workers], tmp_path: Path) -> None:
     ad, workers = production
