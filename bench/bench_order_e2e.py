@@ -115,7 +115,8 @@ def system(layout: str, old_path: bool, postgres: bool) -> Iterator[dict[str, An
         # Housekeeping as the embedded process runs it (production runs it every minute from a deployment).
         spawn("housekeeping", [sys.executable, "-c", "import threading, flows.serve as s, flows.bootstrap as b; "
                                "s.housekeeping_loop(b.build(), 1.0)"])
-    time.sleep(10)  # deployments applied, workers claiming
+    pool = POOL if layout == "production" else "restriction-orders-embedded"
+    _wait_workers(pool, 0 if old_path and layout == "embedded" else len(workers))
     try:
         yield {"tmp": tmp, "workers": workers, "server": procs[0]}
     finally:
@@ -131,6 +132,26 @@ def system(layout: str, old_path: bool, postgres: bool) -> Iterator[dict[str, An
         sink.stop()
         if dropped:
             _drop(dropped)
+
+
+def _wait_workers(pool: str, n: int, timeout: float = 300) -> None:
+    """Until the deployments are there and `n` workers of the pool have told Prefect they are up."""
+    from prefect.client.orchestration import get_client
+
+    async def ready() -> bool:
+        async with get_client() as c:
+            if len(await c.read_deployments()) < 4:
+                return False
+            if n == 0:
+                return True
+            try:
+                return len(await c.read_workers_for_work_pool(pool)) >= n
+            except Exception:
+                return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not asyncio.run(ready()):
+        time.sleep(0.5)
+    time.sleep(3)  # the workers' event subscriptions and preloads
 
 
 async def _production_pool(process_pool: bool) -> None:
@@ -253,6 +274,11 @@ def main() -> None:
         print(f"bench_order_e2e {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {args.layout} ({path}), "
               f"{'PostgreSQL' if args.postgres or args.layout == 'production' else 'SQLite'}; {machine()}; "
               f"load {load:.1f} at the start", flush=True)
+        warm = Driver(ad, time.monotonic() + 120)
+        t0 = time.monotonic()
+        warm.one()  # one order through first: imports, caches, connections
+        print(f"  warm-up order: {'completed' if warm.completed else 'NOT completed'} in {time.monotonic() - t0:.1f} s",
+              flush=True)
         for n in [int(x) for x in args.inflight.split(",")]:
             r = measure(ad, n, args.seconds, pids)
             print(f"  {n} in flight, {r['seconds']:.0f} s: {r['completed']} completed = {r['per_s']:.2f} orders/s; "

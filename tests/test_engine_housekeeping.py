@@ -182,3 +182,15 @@ def test_the_logging_settings_for_every_process_lower_suspensions_to_info(tmp_pa
         assert [r.levelname for r in records] == ["INFO", "ERROR"]
     finally:
         logger.filters[:] = saved
+
+
+def test_the_admin_overview_lists_stalled_decisions(iad: Adapters) -> None:
+    from datetime import datetime
+
+    from forms.admin_routes import Filters, overview_data
+    order = _waiting_order(iad)
+    _store_decision(iad, order, timedelta(minutes=5))
+    data = overview_data(iad, iad.now(), Filters(None, None))
+    rows = [r for r in data["stalled_decisions"] if r["reference"] == order.reference]
+    assert rows and rows[0]["stage"] == "harm_assessment" and rows[0]["waited_minutes"] >= 5
+    assert isinstance(datetime.fromisoformat(data["generated_at"]), datetime)
