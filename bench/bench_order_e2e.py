@@ -227,7 +227,7 @@ class Driver:
                     stage, actor, decision = NEXT[st]
                     since = time.monotonic()
                     asyncio.run(commands.decide(self.ad, ref, stage, actor, decision))
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     def loop(self) -> None:
         while time.monotonic() < self.stop_at:
@@ -258,6 +258,8 @@ def fmt(values: list[float]) -> str:
 
 
 def main() -> None:
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: where every thread is
     ap = argparse.ArgumentParser()
     ap.add_argument("--layout", choices=["embedded", "production"], default="embedded")
     ap.add_argument("--old-path", action="store_true", help="prefect.serve / Prefect process workers instead")
