@@ -171,6 +171,8 @@ async def _production_pool(process_pool: bool) -> None:
         for queue, priority in POOL_QUEUES:
             await client.create_work_queue(name=queue, work_pool_name=POOL, priority=priority)
     for d in await asyncio.to_thread(pool_deployments, POOL):
+        if process_pool:  # a process worker runs each segment in a new process, in this directory
+            d.job_variables = {"working_dir": str(ROOT)}
         await d.aapply()
 
 
