@@ -1,7 +1,7 @@
 """Housekeeping: page and escalate (the urgent path), send the outbox, start runs the engine missed, hand
 stored decisions to suspended runs, and the paper routine's sweep.
 
-In production this runs every minute from the `housekeeping` deployment, and the app runs the urgent
+In production this runs every 15 s from the `housekeeping` deployment, and the app runs the urgent
 dispatcher itself every RO_APP_DISPATCH_SECONDS (forms/app.py), so escalations do not depend on Prefect and
 its workers; in the embedded default the serving process runs the same steps in two loops every couple of
 seconds (flows/serve.py).
