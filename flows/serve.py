@@ -148,6 +148,12 @@ def pool_deployments(pool: str = EMBEDDED_POOL) -> list[RunnerDeployment]:
 async def deploy_to_pool(deployments: list[RunnerDeployment], pool: str = EMBEDDED_POOL) -> None:
     """The pool (type `warm`), its queues, and the deployments (`pool_deployments`, made outside the event
     loop: `to_deployment` is a coroutine inside one). Idempotent: every start does it again."""
+    await ensure_pool(pool)
+    await asyncio.gather(*(d.aapply() for d in deployments))
+
+
+async def ensure_pool(pool: str = EMBEDDED_POOL) -> None:
+    """The pool and its queues, before the worker starts (it would create a bare pool itself)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -160,8 +166,11 @@ async def deploy_to_pool(deployments: list[RunnerDeployment], pool: str = EMBEDD
         for queue, priority in POOL_QUEUES:
             with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_work_queue(name=queue, work_pool_name=pool, priority=priority)
-    for d in deployments:
-        await d.aapply()
+
+
+def _report_deploy(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("deployments not applied: %s", task.exception())
 
 
 def worker_name() -> str:
@@ -170,9 +179,13 @@ def worker_name() -> str:
 
 
 async def run_warm_worker(deployments: list[RunnerDeployment], pool: str = EMBEDDED_POOL) -> None:
-    """Deploy, then execute this pool's runs here until SIGTERM/SIGINT (segments in flight finish)."""
+    """Deploy, and execute this pool's runs here until SIGTERM/SIGINT (segments in flight finish). The worker
+    starts while the deployments are applied: after a restart they exist already, and the runs waiting for
+    this process are claimed some seconds sooner."""
     from tasks.adapters.warm_worker import WarmWorker, serve
-    await deploy_to_pool(deployments, pool)
+    await ensure_pool(pool)
+    deploying = asyncio.ensure_future(asyncio.gather(*(d.aapply() for d in deployments)))
+    deploying.add_done_callback(_report_deploy)
     worker = WarmWorker(pool, code_dir=ROOT, name=worker_name(), limit=int(os.environ.get("RO_SERVE_LIMIT", "20")),
                         heartbeat_interval_seconds=int(os.environ.get("RO_WORKER_HEARTBEAT_SECONDS", "10")))
     await serve(worker)

@@ -406,7 +406,7 @@ class FlowServer:
 
         async def ready() -> bool:
             async with get_client() as c:
-                if len(await c.read_deployments()) < 4:
+                if len(await c.read_deployments()) < 10:  # the order flows, urgent-order, ops flows, monitors
                     return False
                 if not warm:
                     return True
