@@ -1,7 +1,7 @@
 """Housekeeping: page and escalate (the urgent path), send the outbox, start runs the engine missed, hand
 stored decisions to suspended runs, and the paper routine's sweep.
 
-In production this runs every minute from the `housekeeping` deployment, and the app runs the urgent
+In production this runs every 15 s from the `housekeeping` deployment, and the app runs the urgent
 dispatcher itself every RO_APP_DISPATCH_SECONDS (forms/app.py), so escalations do not depend on Prefect and
 its workers; in the embedded default the serving process runs the same steps in two loops every couple of
 seconds (flows/serve.py).
@@ -18,13 +18,17 @@ from flows.bootstrap import passed, process_adapters
 from tasks.adapters import Adapters
 from tasks.steps.escalation import dispatch
 from tasks.steps.paper_fallback import Sweeper
-from tasks.steps.runs import reconcile
+from tasks.steps.runs import crash_stuck, reconcile, report_stalled
 
 
 @task(name="reconcile-runs", persist_result=False, cache_policy=NO_CACHE)
 async def reconcile_runs(ad: Adapters) -> dict[str, int]:
+    """Crash the runs nobody executes (their worker is gone), then repair: the crashed ones are replaced in
+    the same round; decisions stored for too long are reported."""
     with ad.engine.fails_fast():
-        return await reconcile(ad)
+        crashed = await crash_stuck(ad)
+        counts = await reconcile(ad)
+    return counts | {"stuck_crashed": crashed, "stalled_reported": report_stalled(ad)}
 
 
 @task(name="urgent-dispatch", persist_result=False, cache_policy=NO_CACHE)

@@ -200,7 +200,15 @@ def overview_data(ad: Adapters, at: datetime, f: Filters) -> dict[str, Any]:
             "counts": [{"region": c.region, "status": c.status, "open": c.open, "overdue": c.overdue} for c in counts],
             "by_status": by_status, "by_region": by_region,
             "open_total": sum(c.open for c in counts), "overdue_total": sum(c.overdue for c in counts),
-            "overdue": red, "deviations_total": n_deviations, "reviews_due_total": n_reviews}
+            "overdue": red, "deviations_total": n_deviations, "reviews_due_total": n_reviews,
+            "stalled_decisions": stalled_rows(ad, at)}
+
+
+def stalled_rows(ad: Adapters, at: datetime) -> list[dict[str, Any]]:
+    """Stored decisions that have not moved their order on (tasks/steps/runs.py): the order's run is stuck."""
+    from tasks.steps.runs import stalled_decisions
+    return [{"reference": x.reference, "stage": x.stage, "waited_minutes": round(x.waited_seconds / 60, 1)}
+            for x in stalled_decisions(ad, at)]
 
 
 def deviation_rows(ad: Adapters, region: str | None) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ def _env() -> dict[str, str]:
         "PREFECT_HOME": str(DATA / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # Runners poll every 10 s by default; a resumed order should not wait that long.
+        # The flows run on a warm worker woken by Prefect's events (flows/serve.py); with RO_SERVE_MODE=process
+        # (`prefect.serve`) runners poll every 10 s by default, and a resumed order should not wait that long.
         "PREFECT_RUNNER_POLL_FREQUENCY": env.get("PREFECT_RUNNER_POLL_FREQUENCY", "1"),
         "PYTHONPATH": str(ROOT),
         # The embedded default is the demo: every page and PDF says so (tasks/settings.py `demo`).
@@ -71,6 +72,9 @@ def main() -> int:
     secret = prefect_auth.ensure_secret(secret_path)
     env.update(prefect_auth.client_env(secret))  # before Prefect is imported here, and for every child
     server_env = {**env, **prefect_auth.server_env(secret, env["RO_APP_BASE_URL"])}
+    if "PREFECT_LOGGING_SETTINGS_PATH" not in env:  # suspensions at INFO in every process (quiet_suspensions.py)
+        from tasks.adapters.quiet_suspensions import write_logging_settings
+        env["PREFECT_LOGGING_SETTINGS_PATH"] = str(write_logging_settings(DATA / "prefect-logging.yml"))
     os.environ.update(env)
     logs = DATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)

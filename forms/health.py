@@ -27,6 +27,9 @@ class HealthResponse(BaseModel):
     # The audit log's hash chain as last verified (`audit verify`, the hourly `audit-verify` flow): not ok
     # when that verification found the chain broken.
     audit: ComponentHealth
+    # Order runs: not ok while a stored decision has not moved its order for `stalled_decision_seconds`; the
+    # detail also counts the runs crashed in the last hour because nobody executed them (they are replaced).
+    runs: ComponentHealth
 
 
 router = APIRouter(tags=["health"])
@@ -83,12 +86,31 @@ def _audit_chain(ad: Adapters) -> ComponentHealth:
     return ComponentHealth(ok=False, detail=f"BRUTEN vid rad id {v.row_id} ({v.problem}), verifierad {when}")
 
 
+def _runs(ad: Adapters) -> ComponentHealth:
+    from datetime import timedelta
+
+    from tasks.steps.runs import stalled_decisions, stuck_runs_crashed_since
+    try:
+        now = ad.now()
+        stalled = stalled_decisions(ad, now)
+        crashed = stuck_runs_crashed_since(ad, now - timedelta(hours=1))
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=type(exc).__name__)
+    detail = f"{crashed} fastnade körningar ersatta senaste timmen"
+    if stalled:
+        oldest = max(x.waited_seconds for x in stalled)
+        refs = ", ".join(x.reference for x in stalled[:5])
+        return ComponentHealth(ok=False, detail=f"{len(stalled)} beslut har inte flyttat beställningen på "
+                                                f"{oldest / 60:.0f} min ({refs}); {detail}")
+    return ComponentHealth(ok=True, detail=detail)
+
+
 @router.get("/healthz", response_model=HealthResponse,
             summary="Databas, Prefect API, SMTP, e-postkö och granskningsloggens kedja")
 async def healthz(ad: Adapters = Depends(adapters)) -> HealthResponse:
-    db, pf, mail, queue, chain = await asyncio.gather(run_in_threadpool(_database, ad), _engine(ad), _smtp(ad),
-                                                      run_in_threadpool(_outbox, ad),
-                                                      run_in_threadpool(_audit_chain, ad))
-    ok = db.ok and pf.ok and mail.ok and queue.ok and chain.ok
+    db, pf, mail, queue, chain, runs = await asyncio.gather(
+        run_in_threadpool(_database, ad), _engine(ad), _smtp(ad), run_in_threadpool(_outbox, ad),
+        run_in_threadpool(_audit_chain, ad), run_in_threadpool(_runs, ad))
+    ok = db.ok and pf.ok and mail.ok and queue.ok and chain.ok and runs.ok
     return HealthResponse(status="ok" if ok else "degraded", database=db, prefect=pf, smtp=mail, outbox=queue,
-                          audit=chain)
+                          audit=chain, runs=runs)

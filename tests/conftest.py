@@ -103,6 +103,8 @@ def _logging_settings() -> Path:
     config["root"]["level"] = "INFO"
     for name in _QUIET:
         config["loggers"][name] = {"level": "WARNING"}
+    from tasks.adapters.quiet_suspensions import add_to_logging_config
+    add_to_logging_config(config)  # suspensions at INFO in every process, as make run and the workers have it
     path = _TMP / "logging.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -374,7 +376,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
 
 class FlowServer:
-    """`python -m flows.serve` in a subprocess, so tests can kill it and start it again."""
+    """`python -m flows.serve` in a subprocess, so tests can kill it and start it again: the flows deployed to
+    the local `restriction-orders-embedded` pool and executed by the warm worker inside that process (flows/serve.py);
+    with RO_SERVE_MODE=process in `env`, the old `prefect.serve` path."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -386,22 +390,39 @@ class FlowServer:
             # Its own process group, so `kill()` takes its flow runs down with it, as a crash of the machine.
             self.proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=ROOT, env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_deployments()
+        self._wait_ready()
 
-    def _wait_deployments(self) -> None:
+    def _wait_ready(self) -> None:
+        """The deployments are there and, on the warm path, this process's worker has told Prefect it is up
+        (its name ends with the process id: flows/serve.py `worker_name`)."""
         import asyncio
 
         from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
 
-        async def count() -> int:
+        from flows.serve import EMBEDDED_POOL
+        assert self.proc is not None
+        pid, warm = self.proc.pid, self.env.get("RO_SERVE_MODE", "warm") != "process"
+
+        async def ready() -> bool:
             async with get_client() as c:
-                return len(await c.read_deployments())
+                if len(await c.read_deployments()) < 10:  # the order flows, urgent-order, ops flows, monitors
+                    return False
+                if not warm:
+                    return True
+                try:
+                    workers = await c.read_workers_for_work_pool(EMBEDDED_POOL)
+                except ObjectNotFound:
+                    return False
+                return any(w.name.endswith(f"-{pid}") for w in workers)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            if asyncio.run(count()) >= 4:
+            if self.proc.poll() is not None:
+                return  # died (a failpoint may fire at once): the caller sees it in `proc`
+            if asyncio.run(ready()):
                 return
-            time.sleep(0.5)
-        raise TimeoutError("deployments not served")
+            time.sleep(0.2)
+        raise TimeoutError("flows not served")
 
     def kill(self) -> None:
         if self.proc:
@@ -438,6 +459,7 @@ def flow_server(db: Database, smtp: Path, prefect_server: str) -> Iterator[FlowS
     env["RO_SERVE_SCHEDULES"] = "0"
     env["RO_PAPER_RESUME_SECONDS"] = "1"  # the paper sweep probes the gateway soon after a fallback
     env["RO_EXECUTE_RETRY_DELAYS"] = "[1, 2, 4]"  # three bounded retries, shorter than production's 1, 5, 15 s
+    env["RO_WORKER_HEARTBEAT_SECONDS"] = "2"  # a lost worker's runs are found within seconds, not half a minute
     env["PYTHONPATH"] = str(ROOT)
     fs = FlowServer(env)
     fs.start()

@@ -14,13 +14,13 @@ import pytest
 from flows import commands
 from forms import cli
 from tasks.adapters import Adapters
-from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE
+from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, STALLED_DECISION, ZOMBIE
 from tasks.adapters.automations_monitoring import AUDIT_CHAIN_BROKEN, MONITORING_FAILED, OVERDUE_ORDERS
 from tests.conftest import FlowServer, prefect_headers
 from tests.e2e import body, decide, submit, wait_status
 
 pytestmark = pytest.mark.e2e
-SHIPPED = {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, OVERDUE_ORDERS, MONITORING_FAILED, AUDIT_CHAIN_BROKEN}
+SHIPPED = {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, STALLED_DECISION, OVERDUE_ORDERS, MONITORING_FAILED, AUDIT_CHAIN_BROKEN}
 
 
 def _listed(api: str) -> dict[str, list[str]]:

@@ -853,7 +853,7 @@ def test_cli_urgent_callback_clock_escalate(ad: Adapters, clock: FixedClock, smt
     assert cli.main(["automations", "--print"]) == 0
     names = [a["name"] for a in json.loads(capsys.readouterr().out)["automations"]]
     assert names == ["Missed urgent callback", "Order run failed", "Crash unresponsive order runs",
-                     "Overdue order", "Monitoring run failed", "Audit chain broken"]
+                     "Stored decision not moving", "Overdue order", "Monitoring run failed", "Audit chain broken"]
 
 
 def test_cli_is_installed_as_a_console_script() -> None:

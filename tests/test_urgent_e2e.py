@@ -22,7 +22,13 @@ from sqlalchemy import select
 from flows import urgent
 from models.tables import Deadline, Deviation
 from tasks.adapters import Adapters
-from tasks.adapters.automations import MISSED_CALLBACK, RUN_FAILED, ZOMBIE, ensure_automations
+from tasks.adapters.automations import (
+    MISSED_CALLBACK,
+    RUN_FAILED,
+    STALLED_DECISION,
+    ZOMBIE,
+    ensure_automations,
+)
 from tasks.steps import escalation, orders, urgency
 from tests.conftest import FlowServer
 from tests.e2e import body, mails, status, submit, text_of, wait_mails, wait_status
@@ -164,7 +170,7 @@ def test_missed_callback_escalates_emits_an_event_and_fires_the_automation(prefe
                                                                            smtp: Path) -> None:
     ad = prefect_ad
     ids = ensure_automations()
-    assert set(ids) == {MISSED_CALLBACK, RUN_FAILED, ZOMBIE}
+    assert set(ids) == {MISSED_CALLBACK, RUN_FAILED, ZOMBIE, STALLED_DECISION}
     assert ensure_automations() == ids  # idempotent by name
     since = datetime.now(UTC) - timedelta(seconds=5)
     out = orders.submit(ad, body("seal_or_lock", urgent=True), "DEMO-KALMAR-CLINICIAN",

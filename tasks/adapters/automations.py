@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MISSED_CALLBACK = "Missed urgent callback"
 RUN_FAILED = "Order run failed"
 ZOMBIE = "Crash unresponsive order runs"
+STALLED_DECISION = "Stored decision not moving"
 
 
 def _heartbeat_s() -> int:
@@ -113,7 +114,18 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
                                     message=f"Inga hjärtslag på {3 * beat} sekunder.")],
     )
-    return [missed, failed, zombie]
+    stalled = AutomationCore(
+        name=STALLED_DECISION, tags=[TAG],
+        description="Ett registrerat beslut har inte flyttat beställningen vidare inom tiden "
+                    "(RO_STALLED_DECISION_SECONDS, 2 min): körningen rör sig inte. Händelse order.decision.stalled; "
+                    "/healthz säger degraded tills beställningen går vidare.",
+        trigger=EventTrigger(posture=Posture.Reactive, expect={"order.decision.stalled"},
+                             match={"prefect.resource.id": "order.*"}, for_each={"prefect.resource.id"},
+                             threshold=1),
+        actions=_actions(notify_block_id, "Beslut står still: {{ event.resource.id }}",
+                         "Ett beslut har inte flyttat {{ event.resource.id }} vidare: se körningen."),
+    )
+    return [missed, failed, zombie, stalled]
 
 
 def _comparable(a: Any) -> dict[str, Any]:

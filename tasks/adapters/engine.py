@@ -197,18 +197,35 @@ class PrefectEngine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    SCHEMA_WAIT_S = 1.0  # how long a missing input schema may be Prefect still suspending the run
+
     async def resume(self, run_id: str, run_input: dict[str, Any]) -> bool:
         from prefect.exceptions import PrefectException
         from prefect.flow_runs import aresume_flow_run
-        try:
-            await aresume_flow_run(UUID(run_id), run_input=run_input)
-        except RuntimeError as exc:  # refused by the server; "not paused" and timeouts raise PrefectException
-            # Seen when the process died in the middle of suspending: the run is paused but its input schema
-            # was never saved, so Prefect refuses every resume ("Run input schema not found").
-            raise NotResumable(str(exc)) from exc
-        except PrefectException:
-            return False
-        return True
+        deadline = time.monotonic() + self.SCHEMA_WAIT_S
+        while True:
+            try:
+                await aresume_flow_run(UUID(run_id), run_input=run_input)
+            except RuntimeError as exc:  # refused by the server; "not paused" and timeouts raise PrefectException
+                # Prefect makes a run Suspended before it saves the run's input schema (asuspend_flow_run), so a
+                # decision handed over right after the suspension is refused for some milliseconds with "Run
+                # input schema not found": try again for a second. Still refused: the process died in the
+                # middle of suspending and the schema will never come (the run is replaced).
+                if "schema not found" in str(exc).lower() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                    continue
+                raise NotResumable(str(exc)) from exc
+            except PrefectException:
+                return False
+            return True
+
+    async def crash_stuck(self, flow_names: list[str], threshold: float) -> list[tuple[str, str, str]]:
+        """End Crashed the runs of these flows that nobody executes any more (tasks/adapters/stuck_runs.py);
+        returns (run name, run id, reason) for each."""
+        from tasks.adapters.stuck_runs import crash_stuck_runs
+        async with self.client() as client:
+            crashed = await crash_stuck_runs(client, flow_names, threshold)
+        return [(c.name, str(c.flow_run_id), f"{c.was}: {c.reason}") for c in crashed]
 
     async def set_state(self, run_id: str, state: str, message: str) -> None:
         from prefect.states import Cancelled, Crashed

@@ -9,6 +9,7 @@ Points (each a single `hit(...)` line where it is):
                                  (flows/order.py); `after-decision` names all four
 - `after-execute`                the 1177 change made (flows/order.py)
 - `after-confirm`                final status set and its emails queued, nothing delivered yet (flows/order.py)
+- `after-claim`                  a warm worker claimed the order's run, before it starts it (warm_worker.py)
 - `after-smtp-accept`            the SMTP server accepted a message, the outbox not yet told (tasks/adapters/mail.py)
 
 In `RO_FAILPOINT_DIR` a file `<reference>.armed` arms an order (other orders in flight pass untouched); when

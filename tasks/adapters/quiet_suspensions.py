@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 FLOW_RUN_LOGGER = "prefect.flow_runs"
@@ -71,3 +72,20 @@ def add_to_logging_config(config: dict[str, Any]) -> dict[str, Any]:
     if "suspensions_at_info" not in filters:
         filters.append("suspensions_at_info")
     return config
+
+
+def write_logging_settings(path: Path, root_level: str | None = None) -> Path:
+    """Prefect's default logging configuration with the filter on, written to `path`: give it to every process
+    that runs flows through `PREFECT_LOGGING_SETTINGS_PATH` (`make run` does, for its children; production's
+    process workers and `prefect.serve` children need it, warm workers install the filter themselves)."""
+    import importlib.util
+
+    import yaml
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    config = yaml.safe_load((Path(spec.origin).parent / "logging" / "logging.yml").read_text())
+    if root_level:
+        config["root"]["level"] = root_level
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(add_to_logging_config(config)))
+    return path

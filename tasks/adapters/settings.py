@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     run_restart_delay_seconds: float = 10.0
     # How often the reconciler reads a window of open orders' runs from Prefect to find ended ones.
     run_liveness_seconds: float = 10.0
+    # A run Pending or Running this long whose worker has stopped heartbeating is crashed by housekeeping
+    # (tasks/adapters/stuck_runs.py), and the reconciler replaces it. Workers heartbeat every 10 s.
+    stuck_run_seconds: float = 30.0
+    # A stored decision that has not moved its order on for this long: /healthz degraded, admin overview,
+    # event order.decision.stalled and the automation "Stored decision not moving".
+    stalled_decision_seconds: float = 120.0
     # The app's own urgent dispatcher (forms/app.py): escalations without Prefect. 0 turns it off.
     app_dispatch_seconds: float = 15.0
     # Paging beside the email (tasks/adapters/notifiers.py): a JSON POST per page, off while the URL is empty.

@@ -55,7 +55,7 @@ from prefect.states import Cancelled
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import PrivateAttr
 
-from tasks.adapters import quiet_suspensions
+from tasks.adapters import failpoints, quiet_suspensions
 from tasks.adapters.in_process_runs import (
     FlowCache,
     InProcessRun,
@@ -365,6 +365,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                   task_status: anyio.abc.TaskStatus[Any] | None = None) -> WarmWorkerResult:
         if configuration._entrypoint is None:
             raise ValueError(f"flow run {flow_run.id} has no deployment entrypoint to import")
+        # Claimed (Pending, the worker's name on the run) and not started: the window the fault tests kill in.
+        failpoints.hit("after-claim", flow_run.name)
         assert self._executor is not None
         execution = InProcessRun(flow_run.id)
         self._executing[flow_run.id] = execution

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from models.routine import STAGE_STATUS, Stage
+from models.routine import ORDER_FLOW_NAMES, STAGE_STATUS, Stage
 from models.runs import RestartPolicy, RestartVerdict, RunHistory, history_from_audit
 from models.status import FINAL, OrderStatus
 from models.tables import AuditEvent, Decision, Order
@@ -270,3 +270,90 @@ def give_up(ad: Adapters, reference: str, run_id: str, now: datetime) -> bool:
     ad.events.emit(EXHAUSTED_EVENT, order_resource(reference), payload={"restarts": history.restarts_since_progress},
                    related=run_related(run_id), occurred=now)
     return True
+
+
+# --- runs nobody executes, decisions that do not move ---------------------------------------------------
+
+STUCK_ACTION = "run_stuck_crashed"
+STALLED_ACTION = "decision_stalled"
+STALLED_EVENT = "order.decision.stalled"
+
+
+async def crash_stuck(ad: Adapters) -> int:
+    """End Crashed the order runs claimed but never started, or lost with their worker (tasks/adapters/
+    stuck_runs.py), and note each on its order's audit trail (what /healthz counts); the reconciler's
+    liveness check then starts the order's next run. 0 on an engine without workers (in-process)."""
+    crash = getattr(ad.engine, "crash_stuck", None)
+    if crash is None:
+        return 0
+    crashed = await crash([*ORDER_FLOW_NAMES, "urgent-order"], ad.settings.stuck_run_seconds)
+    for name, run_id, reason in crashed:
+        with ad.db.session() as s:
+            order = s.scalar(select(Order).where(Order.reference == name))
+            if order is not None and order.flow_run_id == run_id:
+                audit.record(s, actor=RECONCILER, action=STUCK_ACTION, order=order,
+                             detail={"flow_run_id": run_id, "reason": reason[:200]}, at=ad.now())
+    return len(crashed)
+
+
+def stuck_runs_crashed_since(ad: Adapters, since: datetime) -> int:
+    with ad.db.session() as s:
+        return len(list(s.scalars(select(AuditEvent.id).where(AuditEvent.action == STUCK_ACTION,
+                                                               AuditEvent.at >= since))))
+
+
+@dataclass(frozen=True)
+class StalledDecision:
+    reference: str
+    decision_id: int
+    stage: str
+    waited_seconds: float
+
+
+def stalled_decisions(ad: Adapters, now: datetime | None = None, limit: int = 200) -> list[StalledDecision]:
+    """Stored decisions the order still waits on (its status is the decision's stage) older than
+    `stalled_decision_seconds`: the reconciler hands a decision over within seconds, so one this old means
+    the order's run is not moving (nobody executes it, or the engine refuses it)."""
+    now = now or ad.now()
+    cutoff = now - timedelta(seconds=ad.settings.stalled_decision_seconds)
+    with ad.db.session() as s:
+        rows = s.execute(select(Order.reference, Order.status, Decision.id, Decision.stage, Decision.created_at)
+                         .join(Decision, Decision.order_id == Order.id)
+                         .where(_open(), Decision.state == "proposed", Decision.created_at < cutoff)
+                         .order_by(Decision.id).limit(limit)).all()
+    out = []
+    for r in rows:
+        if STAGE_STATUS.get(Stage(r.stage)) != r.status:
+            continue
+        created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
+        out.append(StalledDecision(r.reference, r.id, r.stage, (now - created).total_seconds()))
+    return out
+
+
+def report_stalled(ad: Adapters, now: datetime | None = None) -> int:
+    """Each stalled decision once: an audit row on the order and the event `order.decision.stalled` (the
+    shipped automation "Stored decision not moving" fires on it). Returns how many were new."""
+    now = now or ad.now()
+    stalled = stalled_decisions(ad, now)
+    if not stalled:
+        return 0
+    new = 0
+    with ad.db.session() as s:
+        told = {int((e.detail or {}).get("decision_id", 0)) for e in s.scalars(
+            select(AuditEvent).where(AuditEvent.action == STALLED_ACTION,
+                                     AuditEvent.order_reference.in_([x.reference for x in stalled])))}
+        for x in stalled:
+            if x.decision_id in told:
+                continue
+            order = s.scalar(select(Order).where(Order.reference == x.reference))
+            if order is None:
+                continue
+            audit.record(s, actor=RECONCILER, action=STALLED_ACTION, order=order, at=now,
+                         detail={"decision_id": x.decision_id, "stage": x.stage, "waited_s": round(x.waited_seconds)})
+            new += 1
+            log.warning("decision %d of %s (%s) has not moved the order for %.0f s", x.decision_id, x.reference,
+                        x.stage, x.waited_seconds)
+            ad.events.emit(STALLED_EVENT, order_resource(x.reference),
+                           payload={"stage": x.stage, "waited_seconds": round(x.waited_seconds)},
+                           related=run_related(order.flow_run_id), occurred=now)
+    return new
