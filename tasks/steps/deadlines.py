@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from models import sla
 from models.calendar import urgent_due_at
-from models.tables import Deadline, Order
+from models.tables import Deadline, Deviation, Order
 from tasks.adapters import Adapters, audit
 
 
@@ -61,3 +62,35 @@ def callback_made(ad: Adapters, s: Session, order: Order, at: datetime, actor: s
 def open_deadlines(s: Session, reference: str) -> list[Deadline]:
     return list(s.scalars(select(Deadline).where(Deadline.order_reference == reference,
                                                  Deadline.met_at.is_(None))))
+
+
+def claim(s: Session, deadline_id: int, now: datetime) -> tuple[Deadline, Order] | None:
+    """Claim a due deadline for firing, then read it and its order; None when another dispatcher (or the
+    act it waits for) got there first. Claim first, read after: the UPDATE takes the deadline row (a row
+    lock on PostgreSQL, the write lock on SQLite), and the act that meets the deadline meets that same row in
+    its own transaction, so one committed first makes this UPDATE change nothing and one still being
+    committed makes it wait. Only then is the order read (a fresh snapshot per statement)."""
+    res = s.execute(update(Deadline).where(Deadline.id == deadline_id, Deadline.fired_at.is_(None),
+                                           Deadline.met_at.is_(None), Deadline.due_at <= now)
+                    .values(fired_at=now))
+    if getattr(res, "rowcount", 0) != 1:
+        s.rollback()
+        return None
+    dl = s.get(Deadline, deadline_id)
+    order = s.scalar(select(Order).where(Order.reference == dl.order_reference)) if dl else None
+    if dl is None or order is None:
+        s.rollback()
+        return None
+    return dl, order
+
+
+def deviation(s: Session, order: Order, kind: str, due_at: datetime, now: datetime, actor: str, action: str,
+              detail: dict[str, object]) -> tuple[Deviation, int]:
+    """A missed deadline recorded: the deviation and its audit row (with the deviation's id); (it, minutes late)."""
+    late = sla.minutes_late(due_at, now)
+    dev = Deviation(order_reference=order.reference, kind=kind, minutes_late=late, at=now)
+    s.add(dev)
+    s.flush()
+    audit.record(s, actor=actor, action=action, order=order, at=now,
+                 detail={**detail, "deviation_id": dev.id, "minutes_late": late})
+    return dev, late

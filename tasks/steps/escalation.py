@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.status import FINAL, OrderStatus
-from models.tables import Deadline, Decision, Deviation, Order
-from tasks.adapters import Adapters, audit
+from models.tables import Deadline, Decision, Order
+from tasks.adapters import Adapters
 from tasks.adapters.events import order_resource, run_related, stable_id
 from tasks.adapters.mail import Recipient
-from tasks.steps import notifications, notifications_digest, notifications_escalation
+from tasks.steps import deadlines, notifications, notifications_digest, notifications_escalation
 from tasks.steps.paging import page_unpaged, when_local
 
 log = logging.getLogger(__name__)
@@ -90,39 +90,21 @@ def callback_recorded_at(s: Session, order: Order) -> datetime | None:
     return min(times) if times else None
 
 
-def minutes_late(due_at: datetime, now: datetime) -> int:
-    return max(0, int((now - due_at).total_seconds() // 60))
-
-
 def _fire(ad: Adapters, deadline_id: int, now: datetime) -> MissedCallback | None:
     with ad.db.session() as s:
-        # Claim first, read after. The UPDATE takes the deadline row (a row lock on PostgreSQL, the write
-        # lock on SQLite), and recording a callback meets that same row in its own transaction
-        # (tasks/orders.propose, flows/urgent): so a callback whose transaction got there first makes this
-        # UPDATE change nothing, and one still being committed makes it wait for the commit. Only then is
-        # the order read, so a callback committed meanwhile is seen (a fresh snapshot per statement).
-        res = s.execute(update(Deadline).where(Deadline.id == deadline_id, Deadline.fired_at.is_(None),
-                                               Deadline.met_at.is_(None), Deadline.due_at <= now)
-                        .values(fired_at=now))
-        if getattr(res, "rowcount", 0) != 1:
-            s.rollback()
+        claimed = deadlines.claim(s, deadline_id, now)
+        if claimed is None:
             return None
-        dl = s.get(Deadline, deadline_id)
-        order = s.scalar(select(Order).where(Order.reference == dl.order_reference)) if dl else None
-        if dl is None or order is None or OrderStatus(order.status) in FINAL:
+        dl, order = claimed
+        if OrderStatus(order.status) in FINAL:
             s.rollback()
             return None
         recorded = callback_recorded_at(s, order)
         if recorded is not None and recorded <= dl.due_at:
             s.rollback()
             return None  # called back in time; the run marks the deadline met when it accepts the decision
-        late = minutes_late(dl.due_at, now)
-        dev = Deviation(order_reference=order.reference, kind=DEVIATION_KIND, minutes_late=late, at=now)
-        s.add(dev)
-        s.flush()
-        audit.record(s, actor=ACTOR, action="callback_escalated", order=order, at=now,
-                     detail={"deadline_id": dl.id, "deviation_id": dev.id, "minutes_late": late,
-                             "callback_due_at": dl.due_at.isoformat()})
+        dev, late = deadlines.deviation(s, order, DEVIATION_KIND, dl.due_at, now, ACTOR, "callback_escalated",
+                                        {"deadline_id": dl.id, "callback_due_at": dl.due_at.isoformat()})
         region = ad.region(order.region)
         to = ad.required_mailbox(order.region, "escalation_email")
         ad.mail.enqueue(s, order, f"escalated-{dl.id}", [Recipient("escalation", to)],

@@ -17,15 +17,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.routine import ROLE_LABELS_SV, STAGES, Stage
 from models.status import FINAL, OrderStatus
-from models.tables import AuditEvent, Deadline, Decision, Deviation, Order
-from tasks.adapters import Adapters, audit
+from models.tables import AuditEvent, Deadline, Decision, Order
+from tasks.adapters import Adapters
 from tasks.adapters.events import order_resource, run_related, stable_id
 from tasks.adapters.mail import Recipient
+from tasks.steps import deadlines
 from tasks.steps.notifications import work_of
 from tasks.steps.paging import when_local
 
@@ -88,29 +89,18 @@ def _announced_at(s: Session, reference: str, stage: Stage) -> datetime | None:
 
 def _fire(ad: Adapters, deadline_id: int, now: datetime) -> Unattended | None:
     with ad.db.session() as s:
-        res = s.execute(update(Deadline).where(Deadline.id == deadline_id, Deadline.fired_at.is_(None),
-                                               Deadline.met_at.is_(None), Deadline.due_at <= now)
-                        .values(fired_at=now))
-        if getattr(res, "rowcount", 0) != 1:
-            s.rollback()
+        claimed = deadlines.claim(s, deadline_id, now)
+        if claimed is None:
             return None
-        dl = s.get(Deadline, deadline_id)
-        order = s.scalar(select(Order).where(Order.reference == dl.order_reference)) if dl else None
-        if dl is None or order is None:
-            s.rollback()
-            return None
+        dl, order = claimed
         stage = Stage(dl.kind.removeprefix(KIND_PREFIX))
         acted = acted_by(s, order, stage, dl.due_at)
         if acted is not None:
             dl.fired_at, dl.met_at = None, min(acted, now)
             return None
-        late = max(0, int((now - dl.due_at).total_seconds() // 60))
-        dev = Deviation(order_reference=order.reference, kind=DEVIATION_KIND, minutes_late=late, at=now)
-        s.add(dev)
-        s.flush()
-        audit.record(s, actor=ACTOR, action="stage_escalated", order=order, at=now,
-                     detail={"stage": stage.value, "deadline_id": dl.id, "deviation_id": dev.id,
-                             "minutes_late": late, "escalates_at": dl.due_at.isoformat()})
+        dev, late = deadlines.deviation(s, order, DEVIATION_KIND, dl.due_at, now, ACTOR, "stage_escalated",
+                                        {"stage": stage.value, "deadline_id": dl.id,
+                                         "escalates_at": dl.due_at.isoformat()})
         announced = _announced_at(s, order.reference, stage)
         work = work_of(ad, s, order, stage, dl.due_at)
         waited = int((now - announced).total_seconds() // 60) if announced else ad.region(order.region).escalation_minutes

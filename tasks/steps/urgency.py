@@ -17,11 +17,12 @@ from models.authority import Refusal, refusal
 from models.calendar import callback_deadline, urgent_due_at
 from models.reference import REFERENCE
 from models.routine import STAGES, Stage, StagePlan, replan_urgent
+from models.sla import minutes_late
 from models.status import FINAL, OrderStatus
 from models.tables import Deadline, Decision, Deviation, Order, Staff
 from tasks.adapters import Adapters, audit, directory
 from tasks.steps import deadlines
-from tasks.steps.escalation import callback_recorded_at, minutes_late
+from tasks.steps.escalation import callback_recorded_at
 from tasks.steps.orders import Conflict, Forbidden, decider, facts, get
 
 # Who may make an order urgent: the people who call the orderer back (the callback stage's deciders).
