@@ -73,6 +73,19 @@ def _add_responses(path: str, method: str, op: dict[str, Any]) -> None:
                 answer["content"] = {"application/json": {"schema": ERROR_REF}}
 
 
+# Parameters whose schema is fixed, by (name, where).
+FIXED_PARAMS: dict[tuple[Any, Any], dict[str, Any]] = {
+    ("reference", "path"): {"type": "string", "pattern": REFERENCE_PATTERN, "title": "Reference"},
+    ("stage", "path"): {"type": "string", "enum": [s.value for s in Stage], "title": "Stage"},
+    # A queue's filters (empty: all): an order type, a care unit's HSA-id.
+    ("type", "query"): {"type": "string", "enum": ["", *ORDER_TYPES], "title": "Order type"},
+    ("unit", "query"): {"type": "string", "pattern": HSA_ID_PATTERN, "title": "Care unit"},
+    # A statistics period's first and last day (empty: the default period).
+    **{(day, "query"): {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "maxLength": 0}],
+                        "title": day} for day in ("from", "to")},
+}
+
+
 def _param_schema(param: dict[str, Any], regions: list[str]) -> None:
     name, where = param.get("name"), param.get("in")
     enums = {"region": regions, "status": [s.value for s in OrderStatus], "order_type": list(ORDER_TYPES)}
@@ -87,17 +100,8 @@ def _param_schema(param: dict[str, Any], regions: list[str]) -> None:
         for option in schema.get("anyOf", [schema]):  # FastAPI's `str | None`: the string gets the shape
             if option.get("type") == "string":
                 option["pattern"] = "^[\\x21-\\x7e]{1,120}$"
-    elif name == "reference" and where == "path":
-        param["schema"] = {"type": "string", "pattern": REFERENCE_PATTERN, "title": "Reference"}
-    elif name == "stage" and where == "path":
-        param["schema"] = {"type": "string", "enum": [s.value for s in Stage], "title": "Stage"}
-    elif name == "type" and where == "query":  # a queue's order-type filter (empty: all)
-        param["schema"] = {"type": "string", "enum": ["", *ORDER_TYPES], "title": "Order type"}
-    elif name == "unit" and where == "query":  # a queue's care-unit filter: an HSA-id (empty: all)
-        param["schema"] = {"type": "string", "pattern": HSA_ID_PATTERN, "title": "Care unit"}
-    elif name in ("from", "to") and where == "query":  # a statistics period's first and last day (empty: default)
-        param["schema"] = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "maxLength": 0}],
-                           "title": name}
+    elif (name, where) in FIXED_PARAMS:
+        param["schema"] = copy.deepcopy(FIXED_PARAMS[(name, where)])
 
 
 def _component_schemas(components: dict[str, Any], regions: list[str]) -> None:
