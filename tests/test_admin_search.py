@@ -109,7 +109,7 @@ def test_every_shipped_automation_says_what_it_does() -> None:
     from tasks.adapters.automations import all_specs
     for block in (None, uuid4()):
         specs = all_specs(block)
-        assert len(specs) == 6
+        assert len(specs) == 7
         for spec in specs:
             assert "Åtgärd:" in spec.description and len(spec.description) > 80, spec.name
 

@@ -116,9 +116,10 @@ def automation_specs(notify_block_id: UUID | None = None) -> list[AutomationCore
     )
     stalled = AutomationCore(
         name=STALLED_DECISION, tags=[TAG],
-        description="Ett registrerat beslut har inte flyttat beställningen vidare inom tiden "
-                    "(RO_STALLED_DECISION_SECONDS, 2 min): körningen rör sig inte. Händelse order.decision.stalled; "
-                    "/healthz säger degraded tills beställningen går vidare.",
+        description=with_action("Ett registrerat beslut har inte flyttat beställningen vidare inom tiden "
+                                "(RO_STALLED_DECISION_SECONDS, 2 min): körningen rör sig inte. Händelse "
+                                "order.decision.stalled; /healthz säger degraded tills beställningen går vidare.",
+                                notify_block_id),
         trigger=EventTrigger(posture=Posture.Reactive, expect={"order.decision.stalled"},
                              match={"prefect.resource.id": "order.*"}, for_each={"prefect.resource.id"},
                              threshold=1),
