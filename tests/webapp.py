@@ -60,9 +60,11 @@ _SERIALS: dict[date, Iterator[int]] = {}
 def _fresh_serial(born: date) -> int:
     """A serial not yet given out in this process for that birth date: a random one could repeat (900 serials
     a day), and a repeated patient makes a duplicate-order warning no test asked for."""
-    if born not in _SERIALS:
+    serial = next(_SERIALS.get(born, iter(())), None)
+    if serial is None:  # the first, or all 900 given out (a test of hundreds of orders): a new round
         _SERIALS[born] = iter(random.sample(range(100, 1000), 900))
-    return next(_SERIALS[born])
+        serial = next(_SERIALS[born])
+    return serial
 
 
 def pnr(born: date | None = None, serial: int | None = None) -> str:
