@@ -21,6 +21,7 @@ import os
 import random
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -159,6 +160,12 @@ def test_no_personal_numbers_outside_the_orders_database(prefect_ad: Adapters, f
     asyncio.run(urgent.record_callback(ad, paged, "DEMO-KALMAR-ONCALL", f"Uppringd om {aged(51, 336)}"))
     wait_status(ad, paged, "awaiting_assessment")
     wait_status(ad, ref, "awaiting_assessment")
+    # A warm worker sends its runs' logs to Prefect in batches (every couple of seconds), not at a process's
+    # exit as a run per process did: wait until this order's lines are in before reading everything.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+            t == "log" and (ref in text or ref.lower() in text) for t, text in prefect_database_rows()):
+        time.sleep(1)
     logging.getLogger("restriction_orders.leak_scan").info("leak scan of %s starts", ref)
     leaks: list[str] = []
     rows: Counter[str] = Counter()
