@@ -37,28 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import PG_ADMIN, _drop, _wait, free_port, machine, percentile  # noqa: E402
+from bench.harness import _drop, _pg_databases, _wait, free_port, machine, percentile  # noqa: E402
 
 NEXT: dict[str, tuple[str, str, dict[str, Any]]] = {"awaiting_assessment": ("harm_assessment", "DEMO-KALMAR-ASSESSOR", {"harm_found": True, "decision": "restrict"}),
         "awaiting_approval": ("approval", "DEMO-KALMAR-HEAD", {"approved": True})}
 POOL = "restriction-orders"
-
-
-def _pg(tmp: Path) -> tuple[dict[str, str], list[str]]:
-    import sqlalchemy as sa
-    names = [f"ro_bench_orders_{tmp.name[-8:].lower()}", f"ro_bench_prefect_{tmp.name[-8:].lower()}"]
-    eng = sa.create_engine(f"{PG_ADMIN}/postgres", isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        for n in names:
-            c.execute(sa.text(f"CREATE DATABASE {n}"))
-    eng.dispose()
-    eng = sa.create_engine(f"{PG_ADMIN}/{names[1]}", isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-    eng.dispose()
-    base = PG_ADMIN.split("://", 1)[1]
-    return {"DATABASE_URL": f"{PG_ADMIN}/{names[0]}",
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{base}/{names[1]}"}, names
 
 
 @contextmanager
@@ -75,7 +58,7 @@ def system(layout: str, old_path: bool, postgres: bool) -> Iterator[dict[str, An
     env.update(prefect_auth.client_env(secret))
     dropped: list[str] = []
     if postgres or layout == "production":
-        pg_env, dropped = _pg(tmp)
+        pg_env, dropped = _pg_databases(tmp)
         env.update(pg_env)
     os.environ.update(env)
     from models.regions import load_regions

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import free_port  # noqa: E402
+from tasks.adapters.processes import stop_all  # noqa: E402
 
 TARGET_P95 = 2.0
 BODY = {"order_type": "seal_or_lock", "initiative": "care", "actions": ["seal_journal", "lock_login"],
@@ -179,12 +180,7 @@ def main() -> int:
             print(f"  {handler.leaks} messages contained the patient's personal number")
             ok = False
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(reversed(procs))
         sink.stop()
     return 0 if ok else 1
 

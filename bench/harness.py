@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from tasks.adapters.processes import stop_all, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,15 +77,7 @@ def _drop(names: list[str]) -> None:
 
 
 def _wait(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+    wait_http(url, timeout)
 
 
 @contextmanager
@@ -146,12 +138,7 @@ def embedded(extra_env: dict[str, str] | None = None, serve: bool = True, app: b
                "prefect": procs[0],
                "db": "PostgreSQL (orders and Prefect)" if postgres else "embedded default (SQLite)"}
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(reversed(procs))
         if serve_proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(serve_proc.pid, 9)

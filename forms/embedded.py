@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from tasks.adapters import prefect_auth
+from tasks.adapters.processes import ExitedEarly, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RO_DATA_DIR", ROOT / ".data")).resolve()
@@ -48,17 +47,12 @@ def _env() -> dict[str, str]:
 
 
 def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"process for {url} exited with {proc.returncode}; see {DATA / 'logs'}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+    try:
+        wait_http(url, timeout, proc)
+    except ExitedEarly as exc:
+        raise SystemExit(f"{exc}; see {DATA / 'logs'}") from None
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _terminate(signum: int, frame: object) -> None:

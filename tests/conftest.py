@@ -238,16 +238,8 @@ def smtp(smtp_sink: SmtpSink) -> Path:
 
 
 def _wait_http(url: str, timeout: float) -> None:
-    import httpx
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
+    from tasks.adapters.processes import wait_http
+    wait_http(url, timeout, every=0.3)
 
 
 # Where the test Prefect server keeps its own database. Prefect on SQLite stalls for up to a minute with
