@@ -7,7 +7,10 @@ so a restart of everything in between loses nothing.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -16,6 +19,9 @@ from models import sla
 from models.calendar import urgent_due_at
 from models.tables import Deadline, Deviation, Order
 from tasks.adapters import Adapters, audit
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def schedule(s: Session, order: Order) -> None:
@@ -94,3 +100,17 @@ def deviation(s: Session, order: Order, kind: str, due_at: datetime, now: dateti
     audit.record(s, actor=actor, action=action, order=order, at=now,
                  detail={**detail, "deviation_id": dev.id, "minutes_late": late})
     return dev, late
+
+
+def fire_all(ids: Iterable[int], fire: Callable[[int], T | None], what: str) -> list[T]:
+    """Fire each due deadline; what fired. One broken row must not stop the others: the next round retries it."""
+    fired: list[T] = []
+    for deadline_id in ids:
+        try:
+            done = fire(deadline_id)
+        except Exception as exc:
+            log.warning("%s of deadline %s failed: %s", what, deadline_id, type(exc).__name__)
+            continue
+        if done is not None:
+            fired.append(done)
+    return fired

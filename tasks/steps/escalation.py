@@ -136,17 +136,9 @@ def escalate_due(ad: Adapters, now: datetime, *, references: Collection[str] | N
     `references` limits the sweep (tests, the CLI)."""
     if now.tzinfo is None:
         raise ValueError("naive datetime: give a timezone")
-    fired: list[MissedCallback] = []
-    for deadline_id in due_deadlines(ad, now, references, limit):
-        try:
-            m = _fire(ad, deadline_id, now)
-        except Exception as exc:  # one broken row must not stop the others; the next round retries it
-            log.warning("escalation of deadline %s failed: %s", deadline_id, type(exc).__name__)
-            continue
-        if m is not None:
-            fired.append(m)
-            log.warning("urgent callback missed for %s: escalated %s min late", m.reference, m.minutes_late)
+    fired = deadlines.fire_all(due_deadlines(ad, now, references, limit), lambda i: _fire(ad, i, now), "escalation")
     for m in fired:
+        log.warning("urgent callback missed for %s: escalated %s min late", m.reference, m.minutes_late)
         ad.mail.deliver(m.reference, now=max(now, ad.now()))
         emit(ad, m)
     return [m.reference for m in fired]

@@ -137,17 +137,9 @@ def emit(ad: Adapters, u: Unattended) -> None:
 
 def escalate_unattended(ad: Adapters, now: datetime, limit: int = 200) -> list[str]:
     """Escalate every urgent stage nobody acted on in time; each deadline row fires at most once."""
-    fired: list[Unattended] = []
-    for deadline_id in due_rows(ad, now, limit):
-        try:
-            u = _fire(ad, deadline_id, now)
-        except Exception as exc:  # one broken row must not stop the others; the next round retries it
-            log.warning("stage escalation of deadline %s failed: %s", deadline_id, type(exc).__name__)
-            continue
-        if u is not None:
-            fired.append(u)
-            log.warning("urgent %s: %s unattended, escalated %s min late", u.reference, u.stage, u.minutes_late)
+    fired = deadlines.fire_all(due_rows(ad, now, limit), lambda i: _fire(ad, i, now), "stage escalation")
     for u in fired:
+        log.warning("urgent %s: %s unattended, escalated %s min late", u.reference, u.stage, u.minutes_late)
         ad.mail.deliver(u.reference, now=max(now, ad.now()))
         emit(ad, u)
     return [u.reference for u in fired]
