@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from forms.admin_routes import BadFilter, admin_user, order_row, parse_filters, render
 from forms.auth import User
 from forms.deps import adapters, now
+from forms.errors import ApiError
 from models import statistics as stats_model
 from models.calendar import local
 from models.clock import STOCKHOLM
@@ -156,14 +157,19 @@ def period_statistics(ad: Adapters, p: Period, at: datetime) -> dict[str, Any]:
             "generated_at": local(at).isoformat(), **figures}
 
 
-@router.get("/api/admin/statistics", summary="Ledtider, servicenivå och volymer för en period (administratör)")
-async def api_statistics(region: str | None = Query(None), first: str | None = Query(None, alias="from"),
-                         last: str | None = Query(None, alias="to"), user: User = Depends(admin_user),
-                         at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
+def queried_period(region: str | None = Query(None), first: str | None = Query(None, alias="from"),
+                   last: str | None = Query(None, alias="to"), at: datetime = Depends(now),
+                   ad: Adapters = Depends(adapters)) -> Period:
+    """The period a statistics request asks for (422 for one that cannot be)."""
     try:
-        p = parse_period(ad, region, first, last, at)
+        return parse_period(ad, region, first, last, at)
     except BadFilter as exc:
-        return _problem(422, "invalid_value", exc.message, exc.field)
+        raise ApiError(422, "invalid_value", exc.message, field=exc.field) from None
+
+
+@router.get("/api/admin/statistics", summary="Ledtider, servicenivå och volymer för en period (administratör)")
+async def api_statistics(user: User = Depends(admin_user), p: Period = Depends(queried_period),
+                         at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Any:
     return await run_in_threadpool(period_statistics, ad, p, at)
 
 
@@ -180,13 +186,8 @@ def statistics_csv(data: dict[str, Any]) -> str:
 
 @router.get("/api/admin/statistics.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}},
             summary="Statistiken som CSV, utan personnummer (administratör)")
-async def api_statistics_csv(region: str | None = Query(None), first: str | None = Query(None, alias="from"),
-                             last: str | None = Query(None, alias="to"), user: User = Depends(admin_user),
+async def api_statistics_csv(user: User = Depends(admin_user), p: Period = Depends(queried_period),
                              at: datetime = Depends(now), ad: Adapters = Depends(adapters)) -> Response:
-    try:
-        p = parse_period(ad, region, first, last, at)
-    except BadFilter as exc:
-        return _problem(422, "invalid_value", exc.message, exc.field)
     data = await run_in_threadpool(period_statistics, ad, p, at)
     with ad.db.session() as s:
         audit.record(s, actor=user.hsa_id, action="statistics_exported", at=at,

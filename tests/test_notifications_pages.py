@@ -5,7 +5,6 @@ tests/test_pages.py: Debian's Chromium through Playwright, the app on uvicorn wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,26 +12,14 @@ import pytest
 from tasks.adapters import Adapters
 
 pytest.register_assert_rewrite("tests.webapp")
-from tests.test_pages import CHROMIUM, CHROMIUM_ARGS, Visitor  # noqa: E402
+from tests.test_pages import Visitor, browser  # noqa: E402, F401  (the browser fixture)
 from tests.webapp import client, pnr, staff  # noqa: E402
 
 pytest_plugins = ["tests.webapp"]
 pytestmark = [pytest.mark.browser]
 
 
-@pytest.fixture(scope="module")
-def browser(live_app: str) -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed")
-    from playwright.sync_api import sync_playwright
-    pw = sync_playwright().start()
-    b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-    yield b
-    b.close()
-    pw.stop()
-
-
-def test_start_page_lists_what_was_sent_and_the_order_page_both_deadlines(browser: Any, live_app: str,
+def test_start_page_lists_what_was_sent_and_the_order_page_both_deadlines(browser: Any, live_app: str,  # noqa: F811
                                                                           ad: Adapters) -> None:
     body = {"order_type": "seal_or_lock", "initiative": "care", "patient_personal_number": pnr(),
             "care_unit_hsa_id": "DEMO-KALMAR-UNIT", "region": "kalmar", "reason": "Hot mot patienten",
