@@ -21,6 +21,7 @@ from tasks.adapters import Adapters
 from tasks.adapters.automations import all_specs
 from tasks.adapters.deploy import PREFECT_FILE, DeployError, deploy, read_plan
 from tests.conftest import ROOT
+from tests.test_deploy_e2e import assert_schedules
 
 POOL = "ro-deploycli"
 SUFFIX = "-deploycli"
@@ -134,14 +135,7 @@ def test_deploy_twice_against_prefect_then_read_back(prefect_server: str, ad: Ad
             assert dep.entrypoint == d["entrypoint"]
             assert (dep.work_pool_name, dep.work_queue_name) == (POOL, d["work_pool"]["work_queue_name"])
             assert set(dep.tags) == {t.replace("restriction-orders", POOL) for t in d["tags"]}
-            want = d.get("schedules", [])
-            assert len(dep.schedules) == len(want), (dep.name, dep.schedules)
-            for s, w in zip(dep.schedules, want, strict=True):
-                assert s.active is w["active"]
-                if "interval" in w:
-                    assert s.schedule.interval.total_seconds() == w["interval"]  # type: ignore[union-attr]
-                else:
-                    assert (s.schedule.cron, s.schedule.timezone) == (w["cron"], w["timezone"])  # type: ignore[union-attr]
+            assert_schedules(dep, d)
             props = set((dep.parameter_openapi_schema or {}).get("properties", {}))
             assert props <= {"reference", "now"}, (dep.name, props)  # no personal data can be passed
             assert dep.pull_steps and "set_working_directory" in str(dep.pull_steps[0])

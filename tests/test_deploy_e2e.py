@@ -71,6 +71,18 @@ def _flow_name(entrypoint: str) -> str:
     return load_flow_from_entrypoint(str(ROOT / entrypoint)).name
 
 
+def assert_schedules(dep: Any, d: dict[str, Any]) -> None:
+    """A deployment read back from Prefect has the schedules `prefect.yaml` gives it (`d`), active or not."""
+    want = d.get("schedules", [])
+    assert len(dep.schedules) == len(want), (dep.name, dep.schedules)
+    for s, w in zip(dep.schedules, want, strict=True):
+        assert s.active is w["active"]
+        if "interval" in w:
+            assert s.schedule.interval.total_seconds() == w["interval"]
+        else:
+            assert (s.schedule.cron, s.schedule.timezone) == (w["cron"], w["timezone"])
+
+
 def test_prefect_yaml_has_one_deployment_per_flow_and_serve_serves_the_same() -> None:
     entrypoints = [d["entrypoint"] for d in PREFECT_YAML["deployments"]]
     assert len(entrypoints) == len(set(entrypoints)) == 10
@@ -169,14 +181,7 @@ def test_prefect_deploy_all_and_urgent_orders_in_the_urgent_queue(prefect_server
             assert dep.entrypoint == d["entrypoint"]
             assert (dep.work_pool_name, dep.work_queue_name) == (POOL, d["work_pool"]["work_queue_name"]), name
             assert set(dep.tags) == set(d["tags"])
-            want = d.get("schedules", [])
-            assert len(dep.schedules) == len(want), name
-            for s, w in zip(dep.schedules, want, strict=True):
-                assert s.active is w["active"]
-                if "interval" in w:
-                    assert s.schedule.interval.total_seconds() == w["interval"]  # type: ignore[union-attr]
-                else:
-                    assert (s.schedule.cron, s.schedule.timezone) == (w["cron"], w["timezone"])  # type: ignore[union-attr]
+            assert_schedules(dep, d)
             # No personal data can be passed: the order reference (or, for the monitors, a time) only.
             props = set((dep.parameter_openapi_schema or {}).get("properties", {}))
             assert props <= {"reference", "now"}, (name, props)
