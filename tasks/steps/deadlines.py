@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -22,6 +23,20 @@ from tasks.adapters import Adapters, audit
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Escalated:
+    """A missed deadline escalated, as told to Prefect and the people: references and times only."""
+    reference: str
+    region: str
+    order_type: str
+    deadline_id: int
+    deviation_id: int
+    due_at: datetime
+    escalated_at: datetime
+    minutes_late: int
+    flow_run_id: str | None
 
 
 def schedule(s: Session, order: Order) -> None:

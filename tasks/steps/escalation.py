@@ -47,17 +47,8 @@ ACTOR = "system:escalation"
 
 
 @dataclass(frozen=True)
-class MissedCallback:
-    """One escalation, as told to Prefect: references and times only."""
-    reference: str
-    region: str
-    order_type: str
-    deadline_id: int
-    deviation_id: int
-    due_at: datetime
-    escalated_at: datetime
-    minutes_late: int
-    flow_run_id: str | None
+class MissedCallback(deadlines.Escalated):
+    """A missed callback escalated."""
 
     @property
     def event_id(self) -> uuid.UUID:

@@ -39,17 +39,9 @@ KIND_PREFIX = "unattended:"
 
 
 @dataclass(frozen=True)
-class Unattended:
-    reference: str
-    region: str
-    order_type: str
-    stage: str
-    deadline_id: int
-    deviation_id: int
-    due_at: datetime
-    escalated_at: datetime
-    minutes_late: int
-    flow_run_id: str | None
+class Unattended(deadlines.Escalated):
+    """An urgent stage nobody acted on, escalated."""
+    stage: str = ""
 
 
 def next_level(ad: Adapters, region: str) -> list[Recipient]:
@@ -113,8 +105,8 @@ def _fire(ad: Adapters, deadline_id: int, now: datetime) -> Unattended | None:
                                    "announced_local": when_local(announced) if announced else "–",
                                    "deciders": ", ".join(ROLE_LABELS_SV.get(x, x).lower() for x in roles),
                                    "recipient_label": "support" if r.role == "support" else "jourhavande chef"})
-        return Unattended(order.reference, order.region, order.order_type, stage.value, dl.id, dev.id, dl.due_at,
-                          now, late, order.flow_run_id)
+        return Unattended(order.reference, order.region, order.order_type, dl.id, dev.id, dl.due_at, now, late,
+                          order.flow_run_id, stage=stage.value)
 
 
 def due_rows(ad: Adapters, now: datetime, limit: int = 200) -> list[int]:

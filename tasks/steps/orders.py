@@ -138,13 +138,18 @@ def check(ad: Adapters, raw: Any, now: datetime, actor: str, *, intake: bool = F
         return result
 
 
-def by_idempotency_key(ad: Adapters, key: str) -> Order | None:
-    """The order a (scoped) idempotency key already made, if any."""
+def detached(ad: Adapters, *where: Any) -> Order | None:
+    """The order matching `where`, read in a session of its own and usable after it, or None."""
     with ad.db.session() as s:
-        order = s.scalar(select(Order).where(Order.idempotency_key == key))
+        order = s.scalar(select(Order).where(*where))
         if order is not None:
             s.expunge(order)
         return order
+
+
+def by_idempotency_key(ad: Adapters, key: str) -> Order | None:
+    """The order a (scoped) idempotency key already made, if any."""
+    return detached(ad, Order.idempotency_key == key)
 
 
 def stored_request(order: Order) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tasks.adapters import Adapters, audit
 from tasks.adapters.engine import URGENT_QUEUE, NotResumable, RunInfo, tags_for
 from tasks.adapters.events import order_resource, run_related
 from tasks.steps import confirmations
-from tasks.steps.orders import transition
+from tasks.steps.orders import detached, transition
 
 log = logging.getLogger(__name__)
 RECONCILER = "system:reconciler"
@@ -32,11 +32,7 @@ URGENT_QUEUE_REASON = "urgent_queue"  # a run replaced to move it to the urgent 
 
 
 def _order(ad: Adapters, reference: str) -> Order | None:
-    with ad.db.session() as s:
-        order = s.scalar(select(Order).where(Order.reference == reference))
-        if order is not None:
-            s.expunge(order)
-        return order
+    return detached(ad, Order.reference == reference)
 
 
 async def start_run(ad: Adapters, reference: str, *, restart: int = 0, reason: str = "") -> str | None:
