@@ -29,7 +29,6 @@ from models.clock import STOCKHOLM
 from models.statistics import OrderRecord, median, percentile, statistics
 from models.tables import Decision, Deviation, Order
 from tasks.adapters import Adapters, audit
-from tasks.adapters.database import Database
 from tasks.adapters.settings import Settings
 from tests.conftest import own_database
 from tests.webapp import pnr
@@ -106,15 +105,12 @@ def test_a_cancelled_order_is_not_late_and_a_callback_still_running_is_not_count
 
 # --- through the database, the API and the page -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    yield from own_database(tmp_path_factory, "statistics", first_reference=700000)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def ad(settings: Settings, db: Database) -> Adapters:
+def ad(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adapters]:
+    """The in-process adapters on an orders database of this module's own (its known set of orders only)."""
     from flows.bootstrap import in_process
-    return in_process(settings, db=db)
+    for database in own_database(tmp_path_factory, "statistics", first_reference=700000):
+        yield in_process(settings, db=database)
 
 
 def store(ad: Adapters, r: OrderRecord, prefix: str = "RO-2026-7") -> None:
