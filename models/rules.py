@@ -58,7 +58,7 @@ REQUIRED_SV: dict[str, str] = {
     "care_unit_hsa_id": "Välj beställande vårdenhet.",
     "minor_access": "Ange om tillgång ska ges eller tas bort, och för vem.",
     "callback_phone": "Ange ditt telefonnummer: det krävs när beställningen är brådskande.",
-    "rationale": "Skriv en motivering till beslutet.",
+    "rationale": "Skriv en motivering till beslutet: den krävs.",
 }
 CHILD_REQUIRED_SV = "Ange barnets personnummer eller samordningsnummer."
 WARNINGS: dict[str, str] = {

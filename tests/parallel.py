@@ -71,8 +71,10 @@ def main(args: list[str]) -> int:
         print(f"session {i}: {len(group)} files, ~{sum(weight(p) for p in group):.0f} s -> {log.relative_to(ROOT)}",
               flush=True)
         with open(log, "wb") as out:
+            # PYTHONFAULTHANDLER: a crash after pytest's own handler is gone (at exit) still says where.
             proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, *paths],
-                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         running.append((i, proc, log))
     codes: dict[int, int] = {}
     while len(codes) < len(running):

@@ -6,6 +6,7 @@ segment) and each suspension is logged at INFO, not ERROR."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 from uuid import UUID
@@ -49,6 +50,10 @@ def test_one_order_costs_one_flow_run_three_segments_and_five_task_runs(prefect_
     decide(ad, ref, "approval", "DEMO-KALMAR-HEAD", {"approved": True})
     wait_status(ad, ref, "completed")
     costs = asyncio.run(_costs(ref))
+    deadline = time.monotonic() + 30  # the worker sends its runs' logs in batches: wait for all three segments'
+    while len(costs["finished"]) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+        costs = asyncio.run(_costs(ref))
     print(costs)
     assert costs["flow_runs"] == 1
     assert costs["segments"] == 3  # the first, and one per human step waited for

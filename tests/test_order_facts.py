@@ -230,7 +230,7 @@ def test_the_assessment_form_reports_the_same_problems_at_once() -> None:
         [("harm_found", "no"), ("decision", "restrict"), ("rationale", ""), ("review_after_days", "abc")]), True)
     assert decision is None
     assert set(errors) == {"rationale", "decision", "review_after_days"}
-    assert "risk för men" in errors["decision"] and errors["rationale"] == "Skriv en motivering till beslutet."
+    assert "risk för men" in errors["decision"] and errors["rationale"] == "Skriv en motivering till beslutet: den krävs."
     ok, none, _ = parse_decision("harm_assessment", FormData(
         [("harm_found", "yes"), ("decision", "restrict"), ("rationale", "Risk."), ("review_after_days", "90")]), True)
     assert ok is not None and none == {}

@@ -221,6 +221,8 @@ async def _held_for_confirmation(request: Request, ad: Adapters, user: User, ord
         return form_page(request, user, order_type, values, checked.errors, checked.warnings, 422)
     if not any(w.code == DUPLICATE for w in checked.warnings):
         return None
+    if await run_in_threadpool(orders.by_idempotency_key, ad, f"{user.hsa_id}:{key}") is not None:
+        return None  # a double click: the first post's order (the duplicate seen) came in meanwhile; replay it
     # Shown once already and sent again without the box ticked: say so at the box and in the summary.
     unticked = [Problem(field="confirm_duplicate", code="required", message=CONFIRM_DUPLICATE)] \
         if values.get("duplicate_shown") else None
