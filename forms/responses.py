@@ -80,6 +80,9 @@ FIXED_PARAMS: dict[tuple[Any, Any], dict[str, Any]] = {
     # A queue's filters (empty: all): an order type, a care unit's HSA-id.
     ("type", "query"): {"type": "string", "enum": ["", *ORDER_TYPES], "title": "Order type"},
     ("unit", "query"): {"type": "string", "pattern": HSA_ID_PATTERN, "title": "Care unit"},
+    # The administrators' search: a reference or a part of one (a personal number is searched in the log
+    # extract, where the search is logged: refused with 422 here).
+    ("q", "query"): {"type": "string", "pattern": "^([A-Za-z0-9-]{1,20})?$", "title": "Reference or part of one"},
     # A statistics period's first and last day (empty: the default period).
     **{(day, "query"): {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "maxLength": 0}],
                         "title": day} for day in ("from", "to")},
