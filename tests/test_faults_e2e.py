@@ -88,6 +88,15 @@ def _wait_until_no_order_run_is_busy(timeout: float = 30) -> None:
         time.sleep(1)
 
 
+# A run killed by the other order's failpoint after its own order's final status has no successor (the order is
+# final; the outbox sends its confirmations): its "after-confirm" may then never fire.
+LAST_MAY_NOT_FIRE = {"after-confirm"}
+
+
+def _unfired(tmp_path: Path, ref: str, points: list[str]) -> set[str]:
+    return {p for p in points if not (tmp_path / f"{p}-{ref}").exists()}
+
+
 @pytest.mark.timeout(600)
 def test_sigkill_at_every_stage_boundary_each_order_ends_once(prefect_ad: Adapters, flow_server: FlowServer,
                                                                smtp: Path, tmp_path: Path) -> None:
@@ -119,7 +128,7 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(prefect_ad: Adapte
                 crashing.start()
             states = {ref: status(ad, ref) for ref in armed}
             if all(OrderStatus(st) in FINAL for st in states.values()) and \
-                    all((tmp_path / f"{p}-{ref}").exists() for ref, points in armed.items() for p in points):
+                    all(_unfired(tmp_path, ref, points) <= LAST_MAY_NOT_FIRE for ref, points in armed.items()):
                 break
             for ref, st in states.items():
                 if st in DECIDER and (ref, st) not in decided:
@@ -133,8 +142,8 @@ def test_sigkill_at_every_stage_boundary_each_order_ends_once(prefect_ad: Adapte
         crashing.kill()
         flow_server.start()
     fired = {ref: [p for p in points if (tmp_path / f"{p}-{ref}").exists()] for ref, points in armed.items()}
-    assert fired == armed, fired
-    assert crashes == sum(len(p) for p in armed.values()), crashes
+    assert all(_unfired(tmp_path, ref, points) <= LAST_MAY_NOT_FIRE for ref, points in armed.items()), fired
+    assert crashes == sum(len(p) for p in fired.values()), (crashes, fired)
     for ref, end in wanted_end.items():
         wait_status(ad, ref, end)
 
