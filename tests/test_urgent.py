@@ -597,8 +597,8 @@ def test_make_urgent_after_the_callback_stage_keeps_the_clock_in_the_database(ad
     with ad.db.session() as s:
         order = orders.get(s, ref)
         assert order.stage_plan["approval"]["role"] == "bakjour"
-        assert [d.kind for d in s.scalars(select(Deadline).where(Deadline.order_reference == ref))] \
-            == ["due", "callback"]
+        assert [d.kind for d in s.scalars(select(Deadline).where(Deadline.order_reference == ref)
+                                          .order_by(Deadline.id))] == ["due", "callback"]
     clock.advance(minutes=12)
     cb = asyncio.run(urgent.record_callback(ad, ref, ONCALL, "Uppringd", clock.now()))
     assert (cb.via, cb.on_time, cb.status) == ("stored", True, "awaiting_assessment")
